@@ -1,0 +1,25 @@
+"""
+agw's configuration: agentgateway's YAML format parsed into frozen attrs
+classes. No Twisted, no I/O beyond reading the file.
+"""
+
+from agw.config.load import ConfigError, load_config, parse_config
+from agw.config.model import (
+    AIBackend,
+    Address,
+    Bind,
+    GatewayConfig,
+    HeaderTransform,
+    Listener,
+    PathMatch,
+    Policies,
+    Route,
+    RouteMatch,
+    RouteType,
+    Secret,
+)
+
+__all__ = [
+    "AIBackend", "Address", "Bind", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener",
+    "PathMatch", "Policies", "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
+]

@@ -1,0 +1,130 @@
+"""
+The typed configuration: frozen attrs classes mirroring agentgateway's
+camelCase YAML, with no behaviour beyond what the data itself implies.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from attrs import field, frozen
+
+
+class RouteType(str, Enum):
+    """What a request on an AI backend is, chosen by C{policies.ai.routes}."""
+
+    COMPLETIONS = "completions"
+    MESSAGES = "messages"
+    MODELS = "models"
+    PASSTHROUGH = "passthrough"
+    DETECT = "detect"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+    REALTIME = "realtime"
+
+
+@frozen(repr=False)
+class Secret:
+    """
+    A credential from the config. Its C{repr} and C{str} never show the value,
+    so it cannot leak through a log line or an error message by accident.
+    """
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+
+@frozen
+class PathMatch:
+    """One of C{exact}, C{pathPrefix} or C{regex}."""
+
+    kind: str
+    value: str
+
+
+@frozen
+class RouteMatch:
+    """A C{matches[]} entry; C{path=None} matches every path."""
+
+    path: PathMatch | None = None
+
+
+@frozen
+class AIBackend:
+    """An C{ai:} backend. Only the C{openAI} provider is supported so far."""
+
+    name: str
+    provider: str = "openAI"
+    model: str | None = None
+    host_override: str | None = None
+    path_override: str | None = None
+    path_prefix: str | None = None
+
+
+@frozen
+class HeaderTransform:
+    """C{transformations.request}: literal header values only (no CEL)."""
+
+    remove: tuple[str, ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+
+
+@frozen
+class Policies:
+    """A route's C{policies}."""
+
+    # Path suffix -> route type, in file order; lookup orders by length.
+    ai_routes: tuple[tuple[str, RouteType], ...] = ()
+    backend_key: Secret | None = None
+    request_headers: HeaderTransform = HeaderTransform()
+
+
+@frozen
+class Route:
+    """A C{routes[]} entry. C{name} is the metric label (default C{routeN})."""
+
+    name: str
+    matches: tuple[RouteMatch, ...]
+    backends: tuple[AIBackend, ...]
+    policies: Policies = Policies()
+
+
+@frozen
+class Listener:
+    """A C{listeners[]} entry. C{name} is the metric label (default C{listenerN})."""
+
+    name: str
+    routes: tuple[Route, ...]
+    hostname: str | None = None
+    protocol: str = "HTTP"
+
+
+@frozen
+class Bind:
+    """A C{binds[]} entry: one listening port."""
+
+    port: int
+    listeners: tuple[Listener, ...]
+
+
+@frozen
+class Address:
+    """A C{host:port} to listen on; C{host} is C{::} for C{[::]}."""
+
+    host: str
+    port: int
+
+
+@frozen
+class GatewayConfig:
+    """The whole file."""
+
+    binds: tuple[Bind, ...]
+    stats_addr: Address = Address("::", 15020)
+    readiness_addr: Address = Address("::", 15021)
+    admin_addr: Address = Address("localhost", 15000)

@@ -1,0 +1,105 @@
+"""
+The gateway: a config turned into one resource per bind, a metrics registry
+and a service. This is agw's embedding API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTCP
+from twisted.web.resource import IResource
+
+from agw.backend import BackendTarget
+from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
+from agw.metrics import GatewayMetrics, RouteLabels
+from agw.realtime import RealtimeRelay, RelayOptions
+from agw.routing import BindResource, RoutedRoute
+from agw.web import ErrorResource
+
+
+class Gateway:
+    """
+    agw built from a L{GatewayConfig}.
+
+    Embed it in an existing twisted.web site with L{resource}, or run all of
+    it (binds, stats, readiness) with L{service}::
+
+        gateway = Gateway.from_file("config.yaml")
+        root.putChild(b"ai", gateway.resource())      # or:
+        gateway.service().setServiceParent(application)
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: IReactorTCP | None = None,
+        metrics: GatewayMetrics | None = None,
+        relay_options: RelayOptions = RelayOptions(),
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor  # type: ignore[assignment]
+        self.config = config
+        self.reactor = reactor
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.relay_options = relay_options
+        self.relays: list[RealtimeRelay] = []
+        self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
+
+    @classmethod
+    def from_file(cls, filename: str, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Gateway:
+        """Build from a config file; raises L{agw.config.ConfigError}."""
+        return cls(load_config(filename, environ), **kwargs)
+
+    def resource(self, port: int | None = None) -> IResource:
+        """The resource serving bind C{port} (the first bind by default)."""
+        return self._resources[self.config.binds[0].port if port is None else port]
+
+    def service(self, interface: str = "::") -> Any:
+        """
+        A L{agw.service.GatewayService} listening on every bind (on
+        C{interface}), stats and readiness.
+        """
+        from agw.service import GatewayService
+
+        return GatewayService(self, interface)
+
+    def close_sessions(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
+        """Close every open Realtime session."""
+        for relay in self.relays:
+            relay.close_all(code, reason)
+
+    def _bind_resource(self, bind: Bind) -> BindResource:
+        return BindResource(
+            [
+                RoutedRoute(listener, route, self._route_resources(bind, listener, route))
+                for listener in bind.listeners
+                for route in listener.routes
+            ]
+        )
+
+    def _route_resources(self, bind: Bind, listener: Listener, route: Route) -> Any:
+        labels = RouteLabels.of(bind.port, listener.name, route.name)
+        if not route.backends:
+            missing = ErrorResource(500, f"route {route.name} has no backend", "no_backend")
+            return lambda route_type: missing
+        target = BackendTarget.from_backend(route.backends[0])
+        built: dict[RouteType, IResource] = {}
+
+        def resource_for(route_type: RouteType) -> IResource:
+            # Built on first use: most routes serve one or two types.
+            if route_type not in built:
+                built[route_type] = self._build(route_type, route, target, labels)
+            return built[route_type]
+
+        return resource_for
+
+    def _build(self, route_type: RouteType, route: Route, target: BackendTarget, labels: RouteLabels) -> IResource:
+        if route_type is RouteType.REALTIME:
+            relay = RealtimeRelay(self.reactor, target, route.policies, self.metrics, labels, self.relay_options)
+            self.relays.append(relay)
+            return relay.resource
+        return ErrorResource(501, f"route type {route_type.value} is not supported by agw yet", "unsupported_route_type")

@@ -1,0 +1,118 @@
+"""
+The gateway's metrics: one L{CollectorRegistry} per gateway, and the only
+module that knows metric names. Names and labels of the C{agentgateway_*}
+metrics match agentgateway's so that existing dashboards keep working.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from agw.usage import AudioDuration, TokenUsage
+
+SYSTEM = "openai"
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864
+DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(14))  # 0.01 ... 81.92 s
+UNKNOWN_MODEL = "unknown"
+
+_ROUTE_LABELS = ("bind", "gateway", "listener", "route", "route_rule")
+_GEN_AI_LABELS = ("gen_ai_operation_name", "gen_ai_system", "gen_ai_request_model", "gen_ai_response_model")
+
+
+@frozen
+class RouteLabels:
+    """Where a request was routed: agentgateway's route labels."""
+
+    bind: str
+    gateway: str
+    listener: str
+    route: str
+    route_rule: str = ""
+
+    @classmethod
+    def of(cls, port: int, listener: str, route: str) -> RouteLabels:
+        """Labels for a route of the listener on bind C{port}."""
+        return cls(bind=str(port), gateway=f"bind/{port}", listener=listener, route=route)
+
+    def values(self) -> tuple[str, ...]:
+        return (self.bind, self.gateway, self.listener, self.route, self.route_rule)
+
+
+@frozen
+class ModelLabels:
+    """What was asked for and what answered."""
+
+    operation: str
+    request_model: str | None
+    response_model: str | None
+
+    def values(self) -> tuple[str, ...]:
+        return (
+            self.operation,
+            SYSTEM,
+            self.request_model or UNKNOWN_MODEL,
+            self.response_model or UNKNOWN_MODEL,
+        )
+
+
+class GatewayMetrics:
+    """
+    The metrics of one gateway, in its own registry (never the process-global
+    one: tests and embedders build several gateways in one process).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.token_usage = Histogram(
+            "agentgateway_gen_ai_client_token_usage",
+            "Number of tokens used per request, by token type (agentgateway-compatible).",
+            ("gen_ai_token_type",) + _GEN_AI_LABELS + _ROUTE_LABELS,
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "agw_gen_ai_tokens",
+            "Tokens used, by token type and modality; sums by type equal the token usage histogram's.",
+            ("gen_ai_token_type", "gen_ai_token_modality") + _GEN_AI_LABELS + _ROUTE_LABELS,
+            registry=self.registry,
+        )
+        self.audio_seconds = Counter(
+            "agw_gen_ai_audio_seconds",
+            "Audio billed by duration (transcription with usage.type=duration).",
+            _GEN_AI_LABELS + _ROUTE_LABELS,
+            registry=self.registry,
+        )
+        self.realtime_sessions = Gauge(
+            "agw_realtime_sessions",
+            "Realtime sessions open now.",
+            _ROUTE_LABELS,
+            registry=self.registry,
+        )
+
+    def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage) -> None:
+        """Record one response's usage: one observation per token type."""
+        common = models.values() + route.values()
+        self._observe("input", usage.input, usage.input_by_modality, common)
+        self._observe("output", usage.output, usage.output_by_modality, common)
+        if usage.cached_input is not None:
+            self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common)
+
+    def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration) -> None:
+        """Record transcription billed by time."""
+        self.audio_seconds.labels(*(models.values() + route.values())).inc(duration.seconds)
+
+    def _observe(
+        self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...]
+    ) -> None:
+        self.token_usage.labels(token_type, *common).observe(total)
+        # The provider's per-modality details should add up to the total;
+        # whatever they leave unexplained is counted as "unknown" so that the
+        # counter's sums always equal the histogram's.
+        attributed = 0
+        for modality, tokens in by_modality:
+            if tokens:
+                self.tokens.labels(token_type, modality, *common).inc(tokens)
+                attributed += tokens
+        if total > attributed:
+            self.tokens.labels(token_type, "unknown", *common).inc(total - attributed)

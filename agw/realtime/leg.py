@@ -1,0 +1,88 @@
+"""
+What both halves of a Realtime relay share: the partner link, flow control
+and close-code passing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.logger import Logger
+
+# Codes RFC 6455 forbids in a close frame: they describe how a connection
+# ended (no code, no close frame, TLS failure), so the partner gets 1011.
+UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
+INTERNAL_ERROR = 1011
+
+
+def close_reason_bytes(reason: str) -> bytes:
+    """C{reason} as UTF-8, cut to the 123 bytes a close frame allows, on a character boundary."""
+    return reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+
+
+def partner_close_code(code: int | None) -> int:
+    """The code to close the partner with when a leg closed with C{code}."""
+    if code is None or code in UNSENDABLE_CLOSE_CODES:
+        return INTERNAL_ERROR
+    return code
+
+
+class RelayLeg:
+    """
+    Mixin for one half of a relay (an Autobahn protocol): holds the partner,
+    forwards whole messages, and closes the partner the way this leg closed.
+    """
+
+    log = Logger()
+    partner: RelayLeg | None = None
+
+    # Provided by Autobahn's protocol classes (sendMessage, sendCloseFrame
+    # and dropConnection too; not declared here, or the mixin would shadow them).
+    state: int
+    transport: Any
+    closedByMe: bool
+    localCloseCode: int | None
+    sendMessage: Any
+    sendCloseFrame: Any
+    dropConnection: Any
+
+    def link(self, other: RelayLeg) -> None:
+        """
+        Join two open legs, with back pressure both ways: each transport is
+        the producer of the other, so a peer that does not read pauses
+        reading from the opposite peer instead of filling our memory.
+        """
+        self.partner, other.partner = other, self
+        for consumer, producer in ((self.transport, other.transport), (other.transport, self.transport)):
+            # twisted.web registered its HTTPChannel as the producer of a
+            # taken-over transport; it has no say any more.
+            consumer.unregisterProducer()
+            consumer.registerProducer(producer, True)
+
+    def relay_closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:
+        """
+        This leg closed: close the partner with the same code and reason.
+        When this side failed its peer (oversized message, protocol error,
+        ping timeout) the partner gets 1011: the failure was not its peer's.
+        """
+        partner, self.partner = self.partner, None
+        if partner is None:
+            return
+        partner.partner = None
+        if self.closedByMe and self.localCloseCode is not None:
+            code, reason = INTERNAL_ERROR, "gateway failed the other leg"
+        elif not was_clean:
+            code, reason = INTERNAL_ERROR, "peer went away"
+        partner.close(partner_close_code(code), reason)
+
+    def close(self, code: int, reason: str | None) -> None:
+        """
+        Close with any code RFC 6455 allows (Autobahn's C{sendClose} only
+        allows 1000 and 3000-4999, which would mangle 1001, 1011, 1013...).
+        """
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            reason_bytes = close_reason_bytes(reason) if reason else None
+            self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
+        elif self.state != WebSocketProtocol.STATE_CLOSED and self.state != WebSocketProtocol.STATE_CLOSING:
+            self.dropConnection(abort=True)

@@ -1,0 +1,209 @@
+"""
+The relay factory: joins client legs to upstream legs for one route.
+It knows the backend, the credentials and the header policy; the legs know
+only each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from attrs import frozen
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from agw.backend import BackendTarget
+from agw.config import Policies
+from agw.metrics import GatewayMetrics, RouteLabels
+from agw.realtime.server import RealtimeServerFactory, RealtimeServerProtocol
+from agw.realtime.session import RealtimeSession
+from agw.realtime.upstream import UpstreamFactory, UpstreamProtocol
+from agw.web import render_error
+
+MiB = 1024 * 1024
+
+# Headers that belong to the client's own connection and handshake; the
+# upstream leg makes its own.
+_HANDSHAKE_HEADERS = frozenset({
+    "host", "connection", "upgrade", "keep-alive", "te", "trailer", "transfer-encoding", "content-length",
+    "proxy-authorization", "proxy-connection", "sec-websocket-key", "sec-websocket-version",
+    "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept", "origin",
+    # Credentials: the backend key replaces them, or they are rebuilt below.
+    "authorization", "api-key", "cookie",
+})
+_KEY_PROTOCOL = "openai-insecure-api-key."
+_ORG_PROTOCOL = "openai-organization."
+_PROJECT_PROTOCOL = "openai-project."
+
+
+@frozen
+class RelayOptions:
+    """Limits and timeouts of the Realtime relay."""
+
+    max_message_size: int = 16 * MiB
+    handshake_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 1.0
+
+
+def upstream_headers(
+    request_headers: dict[str, str], protocols: Iterable[str], policies: Policies
+) -> dict[str, str]:
+    """
+    The headers of the upstream handshake: the client's, minus handshake,
+    hop-by-hop and credential headers and the route's C{remove} list, with
+    C{set}/C{add} applied and the backend key as C{Authorization}.
+
+    Browser clients send credentials as subprotocols; they are never
+    forwarded as such. Without a backend key they become the headers
+    OpenAI expects, so the client still authenticates as itself.
+    """
+    transform = policies.request_headers
+    dropped = _HANDSHAKE_HEADERS | set(transform.remove)
+    headers = {name: value for name, value in request_headers.items() if name.lower() not in dropped}
+    for name, value in transform.set:
+        headers[name] = value
+    for name, value in transform.add:
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if policies.backend_key is not None:
+        headers["Authorization"] = f"Bearer {policies.backend_key.value}"
+        return headers
+    client_auth = request_headers.get("authorization")
+    if client_auth is not None:
+        headers["Authorization"] = client_auth
+    for protocol in protocols:
+        if protocol.startswith(_KEY_PROTOCOL):
+            headers["Authorization"] = f"Bearer {protocol[len(_KEY_PROTOCOL):]}"
+        elif protocol.startswith(_ORG_PROTOCOL):
+            headers["OpenAI-Organization"] = protocol[len(_ORG_PROTOCOL):]
+        elif protocol.startswith(_PROJECT_PROTOCOL):
+            headers["OpenAI-Project"] = protocol[len(_PROJECT_PROTOCOL):]
+    return headers
+
+
+class RealtimeRelay:
+    """
+    The Realtime relay of one route: a L{WebSocketResource} for the client
+    side, and upstream legs opened per client handshake.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        target: BackendTarget,
+        policies: Policies,
+        metrics: GatewayMetrics,
+        route: RouteLabels,
+        options: RelayOptions = RelayOptions(),
+    ) -> None:
+        self._reactor = reactor
+        self._target = target
+        self._policies = policies
+        self._metrics = metrics
+        self._route = route
+        self.options = options
+        self.sessions: set[RealtimeServerProtocol] = set()
+        self._factory = RealtimeServerFactory(self)
+        self._factory.setProtocolOptions(
+            maxMessagePayloadSize=options.max_message_size,
+            maxFramePayloadSize=options.max_message_size,
+            openHandshakeTimeout=options.handshake_timeout + 5,
+            closeHandshakeTimeout=options.close_timeout,
+            autoPingInterval=options.ping_interval,
+            autoPingTimeout=options.ping_timeout,
+            # Reset by setProtocolOptions; browsers on file:// send "null".
+            allowNullOrigin=True,
+        )
+        self.resource = RealtimeResource(WebSocketResource(self._factory))
+
+    def new_session(self, request: ConnectionRequest) -> RealtimeSession:
+        """Accounting for a client that is shaking hands."""
+        model = request.params.get("model", [None])[0]
+        return RealtimeSession(self._metrics, self._route, model)
+
+    def open_upstream(
+        self, request_uri: str, request: ConnectionRequest, session: RealtimeSession
+    ) -> Deferred[UpstreamProtocol]:
+        """
+        Open the upstream leg for a client handshake to C{request_uri} (raw
+        path and query, forwarded as they came). Fires with the open upstream
+        protocol, or fails (refusal, unreachable, timeout).
+        """
+        split = urlsplit(request_uri)
+        url = self._target.url(split.path, split.query, websocket=True)
+        headers = upstream_headers(request.headers, request.protocols, self._policies)
+        factory = UpstreamFactory(url, headers=headers, useragent=None)
+        factory.setProtocolOptions(
+            maxMessagePayloadSize=self.options.max_message_size,
+            maxFramePayloadSize=self.options.max_message_size,
+            openHandshakeTimeout=self.options.handshake_timeout,
+            closeHandshakeTimeout=self.options.close_timeout,
+            autoPingInterval=self.options.ping_interval,
+            autoPingTimeout=self.options.ping_timeout,
+            perMessageCompressionOffers=[],
+        )
+        # Host without a default port, as a browser would send it.
+        factory.host = self._target.host
+        protocol_ready = factory.opened
+        connecting = self._target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
+        connecting.addErrback(lambda failure: factory.failed(failure.value))
+
+        def cancel(opened: Deferred[UpstreamProtocol]) -> None:
+            if not connecting.called:
+                connecting.cancel()
+            elif not isinstance(connecting.result, BaseException) and hasattr(connecting.result, "transport"):
+                connecting.result.transport.abortConnection()
+
+        opened: Deferred[UpstreamProtocol] = Deferred(cancel)
+        protocol_ready.chainDeferred(opened)
+        opened.addTimeout(self.options.handshake_timeout, self._reactor)  # type: ignore[arg-type]
+
+        def attach(upstream: UpstreamProtocol) -> UpstreamProtocol:
+            upstream.usage_sink = session
+            return upstream
+
+        return opened.addCallback(attach)
+
+    def opened(self, leg: RealtimeServerProtocol) -> None:
+        self.sessions.add(leg)
+
+    def closed(self, leg: RealtimeServerProtocol) -> None:
+        self.sessions.discard(leg)
+
+    def close_all(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
+        """Close every open session (used when the gateway stops)."""
+        for leg in list(self.sessions):
+            leg.close(code, reason)
+
+
+
+class RealtimeResource(Resource):
+    """
+    The realtime route type's resource: WebSocket upgrades go to the relay;
+    anything else gets a JSON 426 instead of Autobahn's HTML status page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, websocket: WebSocketResource) -> None:
+        super().__init__()
+        self._websocket = websocket
+
+    def render(self, request: Request) -> bytes | int:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if upgrade.lower() != b"websocket":
+            request.setHeader(b"upgrade", b"websocket")
+            return render_error(
+                request, 426, "this path is a Realtime WebSocket endpoint: send a WebSocket upgrade", "upgrade_required",
+                "invalid_request_error",
+            )
+        return self._websocket.render(request)

@@ -1,0 +1,127 @@
+"""
+The client-facing leg of the Realtime relay: an Autobahn server protocol
+that opens the upstream leg during the client's handshake, so upstream
+refusals reach the client as HTTP statuses instead of silent closes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectError, TimeoutError as ConnectTimeout
+from twisted.python.failure import Failure
+
+from agw.realtime.leg import RelayLeg
+from agw.realtime.session import RealtimeSession
+from agw.realtime.upstream import UpstreamProtocol, UpstreamRefused
+
+if TYPE_CHECKING:
+    from agw.realtime.relay import RealtimeRelay
+
+REALTIME_SUBPROTOCOL = "realtime"
+
+
+class HandshakeAnswer(Exception):
+    """An HTTP answer to a handshake we will not complete."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        super().__init__(status, reason)
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+
+    @classmethod
+    def error(cls, status: int, reason: str, message: str, code: str) -> HandshakeAnswer:
+        """An answer with OpenAI's error shape."""
+        body = json.dumps({"error": {"message": message, "type": "gateway_error", "code": code}}).encode()
+        return cls(status, reason, [("Content-Type", "application/json")], body)
+
+
+def answer_for(failure: Failure) -> HandshakeAnswer:
+    """The client's answer when the upstream leg could not be opened."""
+    error = failure.value
+    if isinstance(error, UpstreamRefused):
+        # Pass the provider's answer through, minus framing we recompute.
+        headers = [(k, v) for k, v in error.headers if k.lower() not in ("content-length", "connection", "transfer-encoding")]
+        return HandshakeAnswer(error.status, error.reason or "Refused", headers, error.body)
+    if isinstance(error, (TimeoutError, ConnectTimeout, CancelledError)):
+        return HandshakeAnswer.error(504, "Gateway Timeout", "upstream did not answer the handshake in time", "upstream_timeout")
+    if isinstance(error, ConnectError):
+        return HandshakeAnswer.error(502, "Bad Gateway", "upstream unreachable", "upstream_unreachable")
+    return HandshakeAnswer.error(502, "Bad Gateway", "upstream closed the connection during the handshake", "upstream_closed")
+
+
+class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
+    """The server half of the relay; its partner is an L{UpstreamProtocol}."""
+
+    factory: RealtimeServerFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._opening: Deferred[UpstreamProtocol] | None = None
+        self._upstream: UpstreamProtocol | None = None
+        self._answer: HandshakeAnswer | None = None
+        self.session: RealtimeSession | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
+        relay = self.factory.relay
+        self.session = relay.new_session(request)
+        opening = self._opening = relay.open_upstream(self.http_request_uri, request, self.session)
+
+        def opened(upstream: UpstreamProtocol) -> str | None:
+            self._upstream = upstream
+            return REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in request.protocols else None
+
+        def refused(failure: Failure) -> None:
+            self._answer = answer_for(failure)
+            relay.log.info(
+                "realtime upstream refused {path}: {status}", path=request.path, status=self._answer.status
+            )
+            raise ConnectionDeny(self._answer.status, self._answer.reason)
+
+        return opening.addCallbacks(opened, refused)
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        answer = self._answer
+        if answer is None or answer.status != code:
+            answer = HandshakeAnswer.error(code, reason, reason, "handshake_failed")
+        head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+        head += [f"{name}: {value}" for name, value in answer.headers]
+        head += [f"Content-Length: {len(answer.body)}", "Connection: close", "", ""]
+        self.sendData("\r\n".join(head).encode("iso-8859-1") + answer.body)
+
+    def onOpen(self) -> None:
+        upstream = self._upstream
+        if upstream is None or upstream.state != upstream.STATE_OPEN:
+            self.close(1011, "upstream went away")
+            return
+        upstream.link(self)
+        assert self.session is not None
+        self.session.started()
+        self.factory.relay.opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.partner is not None:
+            self.partner.sendMessage(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._opening is not None and not self._opening.called:
+            self._opening.cancel()  # the client left during the handshake
+        elif self.partner is None and self._upstream is not None:
+            self._upstream.close(1011, "client went away")
+        self.relay_closed(wasClean, code, reason)
+        if self.session is not None:
+            self.session.ended()
+        self.factory.relay.closed(self)
+
+
+class RealtimeServerFactory(WebSocketServerFactory):
+    """Builds server legs for one relay."""
+
+    protocol = RealtimeServerProtocol
+
+    def __init__(self, relay: RealtimeRelay, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.relay = relay

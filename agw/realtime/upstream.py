@@ -1,0 +1,137 @@
+"""
+The upstream leg of the Realtime relay: an Autobahn client to the provider
+that reports usage through the mixin and reports handshake refusals (status,
+headers and body) instead of swallowing them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.types import ConnectionResponse
+from twisted.internet.defer import Deferred
+
+from agw.realtime.leg import RelayLeg
+from agw.realtime.usage_mixin import RealtimeUsageMixin
+
+# How much of a refusal body is kept for the client (provider errors are small).
+MAX_REFUSAL_BODY = 64 * 1024
+_WAIT = object()
+
+
+class UpstreamRefused(Exception):
+    """The provider answered the WebSocket handshake with a non-101 status."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+
+class UpstreamClosed(Exception):
+    """The upstream connection ended before the handshake completed."""
+
+
+class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
+    """
+    The client half of the relay. Messages that arrive before the client's
+    leg is open are held (with reading paused) and flushed by L{link}.
+    """
+
+    factory: UpstreamFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: list[tuple[bytes, bool]] | None = []
+
+    def processHandshake(self) -> Any:
+        end = self.data.find(b"\r\n\r\n")
+        refusal = self._refusal(end) if end >= 0 else None
+        if refusal is _WAIT:
+            return None  # a refusal whose body is still arriving
+        if isinstance(refusal, UpstreamRefused):
+            self.factory.failed(refusal)
+            self.dropConnection(abort=True)
+            return None
+        return super().processHandshake()
+
+    def _refusal(self, end: int, complete: bool = False) -> UpstreamRefused | object | None:
+        """
+        C{None} for a 101 (or a status line Autobahn should judge), the
+        refusal once its body is complete, else L{_WAIT}.
+        """
+        head = self.data[:end].decode("iso-8859-1").split("\r\n")
+        status_line = head[0].split(" ", 2)
+        try:
+            status = int(status_line[1])
+        except (IndexError, ValueError):
+            return None  # Autobahn reports a malformed status line itself.
+        if status == 101:
+            return None
+        headers = [tuple(part.strip() for part in line.split(":", 1)) for line in head[1:] if ":" in line]
+        length = next((v for k, v in headers if k.lower() == "content-length"), None)
+        body = self.data[end + 4 :]
+        wanted = min(int(length), MAX_REFUSAL_BODY) if length and length.isdigit() else MAX_REFUSAL_BODY
+        if len(body) < wanted and not complete and length is not None:
+            return _WAIT
+        reason = status_line[2] if len(status_line) > 2 else ""
+        return UpstreamRefused(status, reason, headers, body[:wanted])  # type: ignore[arg-type]
+
+    def onConnect(self, response: ConnectionResponse) -> None:
+        return None
+
+    def onOpen(self) -> None:
+        # Hold the provider's first events (session.created) until the
+        # client's leg is open too.
+        self.transport.pauseProducing()
+        self.factory.succeeded(self)
+
+    def link(self, other: RelayLeg) -> None:
+        held, self._held = self._held, None
+        super().link(other)
+        for payload, is_binary in held or ():
+            other.sendMessage(payload, is_binary)
+        self.transport.resumeProducing()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.inspect_server_event(payload, isBinary)
+        if self._held is not None:
+            self._held.append((payload, isBinary))
+        elif self.partner is not None:
+            self.partner.sendMessage(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.factory.opened.called:
+            end = self.data.find(b"\r\n\r\n") if self.data else -1
+            refusal = self._refusal(end, complete=True) if end >= 0 else None
+            if not isinstance(refusal, UpstreamRefused):
+                refusal = None
+            self.factory.failed(refusal or UpstreamClosed(reason or "connection closed during handshake"))
+        self.relay_closed(wasClean, code, reason)
+
+
+class UpstreamFactory(WebSocketClientFactory):
+    """
+    Opens one upstream leg; L{opened} fires with the protocol once the
+    provider accepted the handshake, or fails with L{UpstreamRefused},
+    L{UpstreamClosed} or the connection error.
+    """
+
+    protocol = UpstreamProtocol
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened: Deferred[UpstreamProtocol] = Deferred()
+
+    def succeeded(self, protocol: UpstreamProtocol) -> None:
+        if not self.opened.called:
+            self.opened.callback(protocol)
+        else:  # cancelled while the handshake finished: nobody wants it
+            protocol.dropConnection(abort=True)
+
+    def failed(self, reason: Exception) -> None:
+        if not self.opened.called:
+            self.opened.errback(reason)

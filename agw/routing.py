@@ -1,0 +1,117 @@
+"""
+Routing: the config's listeners and routes become one twisted.web resource
+per bind, which picks the most specific matching route and, within it, the
+route type by path suffix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from attrs import frozen
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from agw.config import Listener, Route, RouteMatch, RouteType
+from agw.web import render_error
+
+# Rank of a match kind: exact beats prefix beats regex beats match-all.
+_EXACT, _PREFIX, _REGEX, _ANY = 0, 1, 2, 3
+
+
+@frozen
+class _Matcher:
+    rank: int
+    length: int
+    test: Callable[[str], bool]
+
+
+def _matcher(match: RouteMatch) -> _Matcher:
+    path = match.path
+    if path is None:
+        return _Matcher(_ANY, 0, lambda p: True)
+    value = path.value
+    if path.kind == "exact":
+        return _Matcher(_EXACT, len(value), lambda p: p == value)
+    if path.kind == "pathPrefix":
+        # Element-wise, as in Gateway API: /v1/realtime matches
+        # /v1/realtime/calls, not /v1/realtimeX.
+        base = value.rstrip("/")
+        return _Matcher(_PREFIX, len(base), lambda p: p == base or p.startswith(base + "/") or base == "")
+    pattern = re.compile(value)
+    return _Matcher(_REGEX, len(value), lambda p: pattern.fullmatch(p) is not None)
+
+
+def route_type_for(path: str, ai_routes: Sequence[tuple[str, RouteType]]) -> RouteType:
+    """
+    The route type of C{path}: the longest C{ai.routes} key that C{path}
+    ends with; C{"*"} otherwise. No map at all means C{completions}; a map
+    that matches nothing (and has no C{"*"}) means C{passthrough}.
+    """
+    if not ai_routes:
+        return RouteType.COMPLETIONS
+    fallback = RouteType.PASSTHROUGH
+    best: tuple[int, RouteType] | None = None
+    for suffix, kind in ai_routes:
+        if suffix == "*":
+            fallback = kind
+        elif path.endswith(suffix) and (best is None or len(suffix) > best[0]):
+            best = (len(suffix), kind)
+    return best[1] if best else fallback
+
+
+def _host_matches(pattern: str | None, host: str) -> bool:
+    if pattern is None:
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+class RoutedRoute:
+    """A route of a listener, with the resource of each of its route types."""
+
+    def __init__(self, listener: Listener, route: Route, resource_for: Callable[[RouteType], IResource]) -> None:
+        self.listener = listener
+        self.route = route
+        self._matchers = [_matcher(m) for m in route.matches] or [_matcher(RouteMatch())]
+        self._resource_for = resource_for
+
+    def best_match(self, path: str) -> tuple[int, int] | None:
+        """C{(rank, -length)} of the best matcher for C{path}, or C{None}."""
+        scores = [(m.rank, -m.length) for m in self._matchers if m.test(path)]
+        return min(scores) if scores else None
+
+    def resource(self, path: str) -> IResource:
+        return self._resource_for(route_type_for(path, self.route.policies.ai_routes))
+
+
+class BindResource(Resource):
+    """The root of one bind: dispatches each request to its route."""
+
+    isLeaf = True
+
+    def __init__(self, routes: Sequence[RoutedRoute]) -> None:
+        super().__init__()
+        self._routes = list(routes)
+
+    def select(self, host: str, path: str) -> RoutedRoute | None:
+        """The most specific route for C{host} and C{path}; file order breaks ties."""
+        best: tuple[tuple[int, int, int], RoutedRoute] | None = None
+        for order, routed in enumerate(self._routes):
+            if not _host_matches(routed.listener.hostname, host):
+                continue
+            score = routed.best_match(path)
+            if score is not None and (best is None or (*score, order) < best[0]):
+                best = ((*score, order), routed)
+        return best[1] if best else None
+
+    def render(self, request: Request) -> bytes | int:
+        path = request.path.decode("utf-8", "replace")
+        host = (request.getRequestHostname() or b"").decode("ascii", "replace").lower()
+        routed = self.select(host, path)
+        if routed is None:
+            return render_error(request, 404, f"no route for {path}", "route_not_found", "invalid_request_error")
+        request.agw_route = routed  # type: ignore[attr-defined]
+        return routed.resource(path).render(request)

@@ -1,0 +1,125 @@
+"""
+The gateway as a Twisted service: one listener per bind, plus the stats
+and readiness listeners, stopped cleanly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from agw.config import Address
+from agw.web import readiness_root, stats_root
+
+if TYPE_CHECKING:
+    from agw.gateway import Gateway
+
+# Idle HTTP connections are dropped after this long (twisted.web's default
+# is 12 hours, an invitation to slowloris).
+HTTP_IDLE_TIMEOUT = 60.0
+
+
+class ListeningService(Service):
+    """Listens on one address while running; C{port} is the bound port."""
+
+    log = Logger()
+
+    def __init__(self, reactor: object, address: Address, factory: IProtocolFactory, label: str) -> None:
+        self._reactor = reactor
+        self.address = address
+        self._factory = factory
+        self.label = label
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        host = self.address.host
+        if ":" in host:
+            endpoint = TCP6ServerEndpoint(self._reactor, self.address.port, interface=host)
+        else:
+            if host == "localhost":
+                host = "127.0.0.1"
+            endpoint = TCP4ServerEndpoint(self._reactor, self.address.port, interface=host)
+        self._listening = endpoint.listen(self._factory)
+        self._listening.addCallback(self._listened)
+        # A port that cannot be bound stops twistd with the reason.
+        self._listening.addErrback(self._failed)
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        self.log.info("{label} listening on {host}:{port}", label=self.label, host=self.address.host, port=port.getHost().port)
+        return port
+
+    def _failed(self, failure: object) -> None:
+        self.log.failure("{label} cannot listen on {host}:{port}", failure, label=self.label, host=self.address.host, port=self.address.port)
+        from twisted.internet import reactor
+
+        if reactor.running:  # type: ignore[attr-defined]
+            reactor.stop()  # type: ignore[attr-defined]
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return succeed(None)
+        listening.addCallback(lambda port: port.stopListening() if port is not None else None)
+        return listening
+
+    @property
+    def listening(self) -> bool:
+        return self.port is not None
+
+
+def make_site(resource: IResource, reactor: object) -> Site:
+    site = Site(resource, reactor=reactor)  # type: ignore[arg-type]
+    site.timeOut = HTTP_IDLE_TIMEOUT
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+class GatewayService(MultiService):
+    """
+    Every listener of a L{Gateway}; stopping it closes sessions first.
+    Binds listen on C{interface} (all interfaces, IPv4 and IPv6, by default).
+    """
+
+    log = Logger()
+
+    def __init__(self, gateway: Gateway, interface: str = "::") -> None:
+        super().__init__()
+        self.gateway = gateway
+        reactor = gateway.reactor
+        config = gateway.config
+        self.binds: dict[int, ListeningService] = {}
+        for bind in config.binds:
+            listener = ListeningService(reactor, Address(interface, bind.port), make_site(gateway.resource(bind.port), reactor), f"bind/{bind.port}")
+            listener.setServiceParent(self)
+            self.binds[bind.port] = listener
+        self.stats = ListeningService(reactor, config.stats_addr, make_site(stats_root(gateway.metrics.registry), reactor), "stats")
+        self.stats.setServiceParent(self)
+        self.readiness = ListeningService(reactor, config.readiness_addr, make_site(readiness_root(self.is_ready), reactor), "readiness")
+        self.readiness.setServiceParent(self)
+
+    def is_ready(self) -> bool:
+        """Every bind is listening."""
+        return self.running and all(listener.listening for listener in self.binds.values())
+
+    def port_of(self, bind_port: int) -> int:
+        """The port bind C{bind_port} actually listens on (differs for port 0)."""
+        port = self.binds[bind_port].port
+        assert port is not None, "not listening yet"
+        return port.getHost().port
+
+    @inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]
+        self.gateway.close_sessions()
+        yield MultiService.stopService(self)

@@ -1,0 +1,37 @@
+"""
+twistd's entry point: C{twistd -n agw -f config.yaml}.
+
+The config is loaded and checked while options are parsed, so a bad config
+stops twistd with one line naming the problem before anything listens.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from agw.config import ConfigError, GatewayConfig, load_config
+
+
+class Options(usage.Options):
+    """Command-line options of C{twistd agw}."""
+
+    optParameters = [
+        ["config", "f", "config.yaml", "agentgateway-format config file (YAML)."],
+        ["interface", "i", "::", "Address the binds listen on."],
+    ]
+
+    config_object: GatewayConfig
+
+    def postOptions(self) -> None:
+        try:
+            self.config_object = load_config(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    """The gateway's service, from parsed options."""
+    from agw.gateway import Gateway
+
+    return Gateway(options.config_object).service(options["interface"])

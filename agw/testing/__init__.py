@@ -1,0 +1,10 @@
+"""
+Test doubles for agw and for agw's users, in the spirit of C{treq.testing}:
+L{FakeOpenAI} is an in-process OpenAI upstream (Realtime over Autobahn) that
+keeps a ledger of every token it billed.
+"""
+
+from agw.testing.fake import REALTIME_MODEL, FakeOpenAI
+from agw.testing.realtime import Billed, Handshake, Refusal, response_usage
+
+__all__ = ["REALTIME_MODEL", "Billed", "FakeOpenAI", "Handshake", "Refusal", "response_usage"]

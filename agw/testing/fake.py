@@ -1,0 +1,82 @@
+"""
+L{FakeOpenAI}: the fake upstream's public face.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from agw.testing.realtime import _HANG, Billed, FakeRealtimeFactory, FakeRealtimeProtocol, Handshake, Refusal
+
+REALTIME_MODEL = "gpt-realtime-2025-08-28"
+
+
+class FakeOpenAI:
+    """
+    A fake OpenAI API for tests, in-process on Twisted: serve L{resource}
+    in a L{Site}, or L{listen} on loopback and point agw's C{hostOverride}
+    at it.
+
+    Every usage figure it reports is in L{ledger}; L{handshakes} and
+    L{received} show what reached it; L{refuse} and L{hang} script the next
+    Realtime handshake; L{sessions} are the open Realtime connections (call
+    C{close(code, reason)} on one to close it from the provider's side).
+    """
+
+    def __init__(self, realtime_model: str = REALTIME_MODEL) -> None:
+        self.realtime_model = realtime_model
+        self.transcription_model = "gpt-4o-transcribe"
+        self.transcription_usage: dict[str, Any] | None = None
+        self.ledger: list[Billed] = []
+        self.handshakes: list[Handshake] = []
+        self.received: list[bytes] = []
+        self.sessions: list[FakeRealtimeProtocol] = []
+        self.ids = itertools.count(1)
+        self.response_numbers = itertools.count(1)
+        self._refusals: list[Refusal] = []
+
+    def refuse(self, status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] | None = None) -> None:
+        """Answer the next Realtime handshake with C{status} and C{body}."""
+        self._refusals.append(Refusal(status, body) if headers is None else Refusal(status, body, headers))
+
+    def hang(self) -> None:
+        """Accept the next Realtime connection and never answer its handshake."""
+        self._refusals.append(_HANG)
+
+    def take_refusal(self) -> Refusal | None:
+        return self._refusals.pop(0) if self._refusals else None
+
+    def billed(self) -> dict[tuple[str, str, str], int]:
+        """Ledger totals by C{(operation, model, token type)}, token types as agw's metric names them."""
+        totals: dict[tuple[str, str, str], int] = defaultdict(int)
+        for entry in self.ledger:
+            usage = entry.usage
+            details = usage.get("input_token_details") or {}
+            totals[(entry.operation, entry.model, "input")] += usage.get("input_tokens", 0)
+            totals[(entry.operation, entry.model, "output")] += usage.get("output_tokens", 0)
+            if "cached_tokens" in details:
+                totals[(entry.operation, entry.model, "input_cache_read")] += details["cached_tokens"]
+        return dict(totals)
+
+    def resource(self) -> Resource:
+        """The fake's twisted.web tree: C{/v1/realtime}."""
+        root = Resource()
+        v1 = Resource()
+        root.putChild(b"v1", v1)
+        v1.putChild(b"realtime", WebSocketResource(FakeRealtimeFactory(self)))
+        return root
+
+    def listen(self, reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> Deferred[IListeningPort]:
+        """Listen on loopback (an ephemeral port by default)."""
+        site = Site(self.resource())
+        site.noisy = False
+        return TCP4ServerEndpoint(reactor, port, interface=interface).listen(site)

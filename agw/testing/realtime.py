@@ -1,0 +1,196 @@
+"""
+A fake OpenAI Realtime endpoint on Autobahn: GA events, usage on every
+C{response.done}, a ledger of everything it billed, and scripted failures.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import TYPE_CHECKING, Any
+
+from attrs import define, field, frozen
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from agw.testing.fake import FakeOpenAI
+
+
+@frozen
+class Handshake:
+    """What the fake saw of one Realtime handshake (lower-case header names)."""
+
+    uri: str
+    headers: dict[str, str]
+    protocols: tuple[str, ...]
+    extensions: tuple[str, ...]
+
+
+@frozen
+class Refusal:
+    """A scripted answer to the next handshake instead of C{101}."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+
+
+@define
+class Billed:
+    """One usage report the fake sent, as OpenAI would bill it."""
+
+    operation: str  # "chat" (response.done) or "transcription"
+    model: str
+    usage: dict[str, Any] = field(factory=dict)
+
+
+def response_usage(number: int, audio: bool) -> dict[str, Any]:
+    """
+    The deterministic, GA-shaped usage of the fake's C{number}th response:
+    text and audio input, a cached subset from the second response on.
+    """
+    text_in, audio_in = 20 + 3 * number, (40 + 5 * number if audio else 0)
+    cached_text, cached_audio = (8 * (number % 3), (16 if audio and number % 2 else 0))
+    text_out, audio_out = 5 + number, (30 + 2 * number if audio else 0)
+    return {
+        "total_tokens": text_in + audio_in + text_out + audio_out,
+        "input_tokens": text_in + audio_in,
+        "output_tokens": text_out + audio_out,
+        "input_token_details": {
+            "text_tokens": text_in,
+            "audio_tokens": audio_in,
+            "image_tokens": 0,
+            "cached_tokens": cached_text + cached_audio,
+            "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio, "image_tokens": 0},
+        },
+        "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+    }
+
+
+class FakeRealtimeProtocol(WebSocketServerProtocol):
+    """One fake Realtime session. Test events: C{test.echo} (echoed back
+    whole), C{test.stream} (C{bytes} of audio deltas in C{chunk}-sized
+    events); binary messages are echoed."""
+
+    factory: FakeRealtimeFactory
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        fake = self.factory.fake
+        fake.handshakes.append(
+            Handshake(self.http_request_uri, dict(request.headers), tuple(request.protocols), tuple(request.extensions))
+        )
+        self._refusal: Refusal | None = fake.take_refusal()
+        if self._refusal == _HANG:
+            return Deferred()  # accept TCP, never answer
+        if self._refusal is not None:
+            raise ConnectionDeny(self._refusal.status, "Refused")
+        self.model = fake.realtime_model
+        self.session_id = f"sess_{next(fake.ids)}"
+        return None
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        refusal = self._refusal or Refusal(code)
+        head = [f"HTTP/1.1 {code} {reason}"] + [f"{k}: {v}" for k, v in refusal.headers]
+        head += [f"Content-Length: {len(refusal.body)}", "", ""]
+        self.sendData("\r\n".join(head).encode("iso-8859-1") + refusal.body)
+
+    def onOpen(self) -> None:
+        self.factory.fake.sessions.append(self)
+        self.send_event("session.created", session=self.session())
+
+    def session(self) -> dict[str, Any]:
+        return {"object": "realtime.session", "type": "realtime", "id": self.session_id, "model": self.model}
+
+    def send_event(self, event_type: str, **fields: Any) -> None:
+        event = {"type": event_type, "event_id": f"event_{next(self.factory.fake.ids)}", **fields}
+        self.sendMessage(json.dumps(event).encode())
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close with any code (Autobahn's sendClose refuses 1001, 1011...)."""
+        self.sendCloseFrame(code, reason.encode() or None, isReply=False)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        fake = self.factory.fake
+        fake.received.append(payload)
+        if isBinary:
+            self.sendMessage(payload, isBinary=True)
+            return
+        try:
+            event = json.loads(payload)
+            kind = event["type"]
+        except (ValueError, KeyError, TypeError):
+            self.send_event("error", error={"type": "invalid_request_error", "code": "invalid_json", "message": "bad event"})
+            return
+        handler = getattr(self, "on_" + kind.replace(".", "_"), None)
+        if handler is None:
+            self.send_event("error", error={"type": "invalid_request_error", "code": "unknown_event", "message": kind})
+        else:
+            handler(event)
+
+    def on_test_echo(self, event: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(event).encode())
+
+    def on_test_stream(self, event: dict[str, Any]) -> None:
+        chunk = base64.b64encode(b"\0" * int(event.get("chunk", 4096))).decode()
+        for _ in range(int(event["bytes"]) // max(len(chunk), 1)):
+            self.send_event("response.output_audio.delta", delta=chunk)
+
+    def on_session_update(self, event: dict[str, Any]) -> None:
+        self.send_event("session.updated", session=self.session())
+
+    def on_conversation_item_create(self, event: dict[str, Any]) -> None:
+        self.send_event("conversation.item.created", item=event.get("item", {}))
+
+    def on_input_audio_buffer_append(self, event: dict[str, Any]) -> None:
+        pass
+
+    def on_input_audio_buffer_commit(self, event: dict[str, Any]) -> None:
+        fake = self.factory.fake
+        self.send_event("input_audio_buffer.committed", item_id=f"item_{next(fake.ids)}")
+        if fake.transcription_usage is not None:
+            usage = dict(fake.transcription_usage)
+            fake.ledger.append(Billed("transcription", fake.transcription_model, usage))
+            self.send_event(
+                "conversation.item.input_audio_transcription.completed", item_id="item", transcript="hi", usage=usage
+            )
+
+    def on_response_create(self, event: dict[str, Any]) -> None:
+        fake = self.factory.fake
+        response = event.get("response") or {}
+        modalities = response.get("output_modalities") or response.get("modalities") or ["text"]
+        number = next(fake.response_numbers)
+        response_id = f"resp_{number}"
+        self.send_event("response.created", response={"id": response_id, "status": "in_progress"})
+        for word in ("Hello", "!"):
+            self.send_event("response.output_text.delta", response_id=response_id, delta=word)
+        if "audio" in modalities:
+            self.send_event("response.output_audio.delta", response_id=response_id, delta="AAAA")
+        self.finish_response(response_id, number, "audio" in modalities, "completed")
+
+    def finish_response(self, response_id: str, number: int, audio: bool, status: str) -> None:
+        fake = self.factory.fake
+        usage = response_usage(number, audio)
+        fake.ledger.append(Billed("chat", self.model, usage))
+        self.send_event(
+            "response.done",
+            response={"object": "realtime.response", "id": response_id, "status": status, "usage": usage},
+        )
+
+
+_HANG = Refusal(0)
+
+
+class FakeRealtimeFactory(WebSocketServerFactory):
+    protocol = FakeRealtimeProtocol
+
+    def __init__(self, fake: FakeOpenAI) -> None:
+        super().__init__()
+        self.fake = fake
+        self.setProtocolOptions(maxMessagePayloadSize=64 * 1024 * 1024, maxFramePayloadSize=64 * 1024 * 1024)
+
+
+def counter() -> itertools.count[int]:
+    return itertools.count(1)

@@ -1,0 +1,184 @@
+"""
+Token usage extraction: pure functions from provider events and bodies to
+L{TokenUsage}. No I/O, no Twisted; the most tested module in agw.
+
+Cached input tokens are a subset of input tokens and reasoning tokens a
+subset of output tokens: they are reported beside the totals, never added.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attrs import frozen
+
+# Quoted JSON string tokens: a JSON string can only contain one of these
+# unescaped if it *is* that string, so a text delta that merely mentions
+# "response.done" does not match and does not get decoded.
+RESPONSE_DONE = b'"response.done"'
+SESSION_CREATED = b'"session.created"'
+SESSION_UPDATED = b'"session.updated"'
+TRANSCRIPTION_COMPLETED = b'"conversation.item.input_audio_transcription.completed"'
+_MARKERS = (RESPONSE_DONE, SESSION_CREATED, SESSION_UPDATED, TRANSCRIPTION_COMPLETED)
+
+MODALITIES = ("text", "audio", "image")
+
+
+@frozen
+class TokenUsage:
+    """
+    Tokens one response (or request) used. C{cached_input} is C{None} when the
+    provider did not report it; modality tuples hold C{(modality, tokens)}.
+    """
+
+    input: int = 0
+    output: int = 0
+    cached_input: int | None = None
+    input_by_modality: tuple[tuple[str, int], ...] = ()
+    cached_by_modality: tuple[tuple[str, int], ...] = ()
+    output_by_modality: tuple[tuple[str, int], ...] = ()
+
+
+@frozen
+class AudioDuration:
+    """Transcription billed by time rather than tokens."""
+
+    seconds: float
+
+
+def might_carry_usage(payload: bytes) -> bool:
+    """
+    Cheap pre-filter for Realtime server events: C{False} means the message
+    certainly matters neither for usage nor for the session model, so it need
+    not be decoded.
+    """
+    return any(marker in payload for marker in _MARKERS)
+
+
+def decode_event(payload: bytes | str) -> dict[str, Any] | None:
+    """A JSON object, or C{None} for anything else (not JSON, not an object)."""
+    try:
+        event = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _count(value: Any) -> int:
+    # Counts must be non-negative integers; anything else counts as 0 rather
+    # than poisoning a metric with a float, a string or a negative.
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+def _details(details: Any) -> dict[str, Any]:
+    return details if isinstance(details, dict) else {}
+
+
+def _modalities(details: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple((m, _count(details.get(f"{m}_tokens"))) for m in MODALITIES if f"{m}_tokens" in details)
+
+
+def realtime_response_usage(event: dict[str, Any]) -> TokenUsage | None:
+    """
+    Usage of a Realtime C{response.done} (completed, cancelled or failed
+    alike), or C{None} when the event is not one or carries no usage.
+    """
+    if event.get("type") != "response.done":
+        return None
+    response = event.get("response")
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    input_details = _details(usage.get("input_token_details"))
+    cached_details = _details(input_details.get("cached_tokens_details"))
+    return TokenUsage(
+        input=_count(usage.get("input_tokens")),
+        output=_count(usage.get("output_tokens")),
+        cached_input=_count(input_details["cached_tokens"]) if "cached_tokens" in input_details else None,
+        input_by_modality=_modalities(input_details),
+        cached_by_modality=_modalities(cached_details),
+        output_by_modality=_modalities(_details(usage.get("output_token_details"))),
+    )
+
+
+def realtime_transcription_usage(event: dict[str, Any]) -> TokenUsage | AudioDuration | None:
+    """Usage of C{conversation.item.input_audio_transcription.completed}."""
+    if event.get("type") != "conversation.item.input_audio_transcription.completed":
+        return None
+    usage = event.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    if usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+            return AudioDuration(float(seconds))
+        return None
+    input_details = _details(usage.get("input_token_details"))
+    return TokenUsage(
+        input=_count(usage.get("input_tokens")),
+        output=_count(usage.get("output_tokens")),
+        input_by_modality=_modalities(input_details),
+        # Transcripts are text.
+        output_by_modality=(("text", _count(usage.get("output_tokens"))),) if "output_tokens" in usage else (),
+    )
+
+
+def session_model(event: dict[str, Any]) -> str | None:
+    """The serving model named by C{session.created}/C{session.updated}."""
+    if event.get("type") not in ("session.created", "session.updated"):
+        return None
+    session = event.get("session")
+    model = session.get("model") if isinstance(session, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def chat_completion_usage(body: dict[str, Any]) -> TokenUsage | None:
+    """Usage of a chat completion, or of a streamed chunk that carries it."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt_details = _details(usage.get("prompt_tokens_details"))
+    return TokenUsage(
+        input=_count(usage.get("prompt_tokens")),
+        output=_count(usage.get("completion_tokens")),
+        cached_input=_count(prompt_details["cached_tokens"]) if "cached_tokens" in prompt_details else None,
+        input_by_modality=_modalities(prompt_details),
+        output_by_modality=_modalities(_details(usage.get("completion_tokens_details"))),
+    )
+
+
+def embeddings_usage(body: dict[str, Any]) -> TokenUsage | None:
+    """Usage of an embeddings response (input only)."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return TokenUsage(input=_count(usage.get("prompt_tokens")))
+
+
+def responses_usage(body: dict[str, Any]) -> TokenUsage | None:
+    """
+    Usage of a Responses API object: the JSON body itself, or the
+    C{response} inside a streamed C{response.completed} event.
+    """
+    if isinstance(body.get("response"), dict) and body.get("type", "").startswith("response."):
+        body = body["response"]
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    input_details = _details(usage.get("input_tokens_details"))
+    return TokenUsage(
+        input=_count(usage.get("input_tokens")),
+        output=_count(usage.get("output_tokens")),
+        cached_input=_count(input_details["cached_tokens"]) if "cached_tokens" in input_details else None,
+    )
+
+
+def response_model(body: dict[str, Any]) -> str | None:
+    """The C{model} a provider says served an HTTP response."""
+    if isinstance(body.get("response"), dict):
+        body = body["response"]
+    model = body.get("model")
+    return model if isinstance(model, str) and model else None

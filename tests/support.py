@@ -1,0 +1,113 @@
+"""
+Helpers for end-to-end tests: the repo's seed config pointed at a
+L{FakeOpenAI} on loopback, a running gateway, and metric readers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import treq
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from agw import Gateway, parse_config
+from agw.realtime import RelayOptions
+from agw.testing import FakeOpenAI
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_CONFIG = os.path.join(REPO, "config.yaml")
+BACKEND_KEY = "sk-backend-SECRET-0123456789"
+CLIENT_KEY = "sk-client-DIFFERENT-9876543210"
+TOKEN_METRIC = "agentgateway_gen_ai_client_token_usage"
+
+
+def seed_config_text(upstream_port: int) -> str:
+    """
+    The repo's config.yaml unchanged except: every AI backend gets
+    C{hostOverride} to the fake, binds use ephemeral ports and the stats and
+    readiness listeners are on loopback.
+    """
+    with open(SEED_CONFIG) as f:
+        data = yaml.safe_load(f)
+    for bind in data["binds"]:
+        bind["port"] = 0
+        for listener in bind["listeners"]:
+            for route in listener["routes"]:
+                for backend in route.get("backends", []):
+                    backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
+    data["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"}
+    return yaml.safe_dump(data)
+
+
+class GatewayTestCase(TestCase):
+    """A trial test case with a fake upstream and agw (seed config) running."""
+
+    relay_options = RelayOptions()
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.fake = FakeOpenAI()
+        upstream = yield self.fake.listen(reactor)
+        self.addCleanup(upstream.stopListening)
+        self.upstream_port = upstream.getHost().port
+        config = parse_config(seed_config_text(self.upstream_port), {"OPENAI_API_KEY": BACKEND_KEY})
+        self.gateway = Gateway(config, relay_options=self.relay_options)
+        self.service = self.gateway.service(interface="127.0.0.1")
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        yield wait_until(self.service.is_ready)
+        self.port = self.service.port_of(0)
+        self.stats_port = self.service.stats.port.getHost().port
+        self.readiness_port = self.service.readiness.port.getHost().port
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @inlineCallbacks
+    def scrape(self) -> Any:
+        """C{{(name, frozenset(labels.items())): value}} from the live /metrics page."""
+        response = yield treq.get(f"http://127.0.0.1:{self.stats_port}/metrics", persistent=False)
+        self.assertEqual(response.code, 200)
+        text = yield response.text()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return samples
+
+
+def token_sums(samples: dict, metric: str = TOKEN_METRIC) -> dict[tuple[str, str, str], float]:
+    """Histogram C{_sum}s by C{(operation, response model, token type)}."""
+    sums: dict[tuple[str, str, str], float] = {}
+    for (name, labels), value in samples.items():
+        if name == metric + "_sum":
+            label = dict(labels)
+            key = (label["gen_ai_operation_name"], label["gen_ai_response_model"], label["gen_ai_token_type"])
+            sums[key] = sums.get(key, 0) + value
+    return sums
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Deferred[None]:
+    """Poll C{predicate} on the reactor until true; fail after C{timeout}."""
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+
+    @inlineCallbacks
+    def poll() -> Any:
+        while not predicate():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"timed out waiting for {predicate!r}")
+            yield deferLater(reactor, interval, lambda: None)
+
+    return poll()

@@ -1,0 +1,15 @@
+"""
+The twistd plugin for agw: C{twistd -n agw -f config.yaml}.
+
+Only names the service maker; everything heavy is imported by L{agw.tap} when
+twistd actually runs it.
+"""
+
+from twisted.application.service import ServiceMaker
+
+agw = ServiceMaker(
+    "agw",
+    "agw.tap",
+    "An AI gateway: OpenAI Realtime and HTTP relay with token metrics.",
+    "agw",
+)
