@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTCP
 from twisted.web.resource import IResource
 
@@ -67,10 +68,9 @@ class Gateway:
 
         return GatewayService(self, interface)
 
-    def close_sessions(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
-        """Close every open Realtime session."""
-        for relay in self.relays:
-            relay.close_all(code, reason)
+    def close_sessions(self, code: int = 1001, reason: str = "gateway shutting down") -> Deferred[Any]:
+        """Close every open Realtime session; fires when all their connections are gone."""
+        return DeferredList([relay.close_all(code, reason) for relay in self.relays])
 
     def _bind_resource(self, bind: Bind) -> BindResource:
         return BindResource(

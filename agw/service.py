@@ -121,5 +121,7 @@ class GatewayService(MultiService):
 
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
-        self.gateway.close_sessions()
+        # Stop accepting first, then close sessions with 1001 and wait for
+        # every leg to be gone.
         yield MultiService.stopService(self)
+        yield self.gateway.close_sessions()

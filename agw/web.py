@@ -18,9 +18,13 @@ def error_body(message: str, error_type: str, code: str | None) -> bytes:
     return json.dumps({"error": {"message": message, "type": error_type, "code": code}}).encode()
 
 
+# Phrases twisted.web does not know.
+_PHRASES = {426: b"Upgrade Required", 499: b"Client Closed Request"}
+
+
 def render_error(request: Request, status: int, message: str, code: str, error_type: str = "gateway_error") -> bytes:
     """Set C{status} and JSON headers on C{request}; return the error body."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, _PHRASES.get(status))
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     return error_body(message, error_type, code)
 

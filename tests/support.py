@@ -52,7 +52,7 @@ class GatewayTestCase(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         self.fake = FakeOpenAI()
-        upstream = yield self.fake.listen(reactor)
+        upstream = self.fake_port = yield self.fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
         self.upstream_port = upstream.getHost().port
         config = parse_config(seed_config_text(self.upstream_port), {"OPENAI_API_KEY": BACKEND_KEY})

@@ -10,6 +10,9 @@ from typing import Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.logger import Logger
 
+from agw.realtime.timers import cancel_leftover_timers
+from agw.realtime.tracker import ConnectionTracker
+
 # Codes RFC 6455 forbids in a close frame: they describe how a connection
 # ended (no code, no close frame, TLS failure), so the partner gets 1011.
 UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
@@ -36,6 +39,7 @@ class RelayLeg:
 
     log = Logger()
     partner: RelayLeg | None = None
+    tracker: ConnectionTracker | None = None
 
     # Provided by Autobahn's protocol classes (sendMessage, sendCloseFrame
     # and dropConnection too; not declared here, or the mixin would shadow them).
@@ -46,6 +50,19 @@ class RelayLeg:
     sendMessage: Any
     sendCloseFrame: Any
     dropConnection: Any
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[misc]
+        if self.tracker is not None:
+            self.tracker.add(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        try:
+            super().connectionLost(reason)  # type: ignore[misc]
+        finally:
+            cancel_leftover_timers(self)
+            if self.tracker is not None:
+                self.tracker.discard(self)
 
     def link(self, other: RelayLeg) -> None:
         """

@@ -23,6 +23,8 @@ from agw.config import Policies
 from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime.server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime.session import RealtimeSession
+from agw.realtime.timers import use_reactor_timers
+from agw.realtime.tracker import ConnectionTracker
 from agw.realtime.upstream import UpstreamFactory, UpstreamProtocol
 from agw.web import render_error
 
@@ -112,6 +114,7 @@ class RealtimeRelay:
         self._route = route
         self.options = options
         self.sessions: set[RealtimeServerProtocol] = set()
+        self.connections = ConnectionTracker()
         self._factory = RealtimeServerFactory(self)
         self._factory.setProtocolOptions(
             maxMessagePayloadSize=options.max_message_size,
@@ -122,7 +125,11 @@ class RealtimeRelay:
             autoPingTimeout=options.ping_timeout,
             # Reset by setProtocolOptions; browsers on file:// send "null".
             allowNullOrigin=True,
+            # Tell a misbehaving peer why (1009, 1002, 1007) instead of
+            # just dropping the TCP connection.
+            failByDrop=False,
         )
+        use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
         self.resource = RealtimeResource(WebSocketResource(self._factory))
 
     def new_session(self, request: ConnectionRequest) -> RealtimeSession:
@@ -150,21 +157,23 @@ class RealtimeRelay:
             autoPingInterval=self.options.ping_interval,
             autoPingTimeout=self.options.ping_timeout,
             perMessageCompressionOffers=[],
+            failByDrop=False,
         )
-        # Host without a default port, as a browser would send it.
-        factory.host = self._target.host
-        protocol_ready = factory.opened
+        use_reactor_timers(factory, self._reactor)  # type: ignore[arg-type]
+        factory.tracker = self.connections
         connecting = self._target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
-        connecting.addErrback(lambda failure: factory.failed(failure.value))
 
         def cancel(opened: Deferred[UpstreamProtocol]) -> None:
+            # Timed out, or the client left: abandon the attempt at any stage.
             if not connecting.called:
                 connecting.cancel()
-            elif not isinstance(connecting.result, BaseException) and hasattr(connecting.result, "transport"):
+            elif isinstance(connecting.result, UpstreamProtocol):
                 connecting.result.transport.abortConnection()
 
-        opened: Deferred[UpstreamProtocol] = Deferred(cancel)
-        protocol_ready.chainDeferred(opened)
+        # The factory's guards (fire once; drop a protocol nobody wants)
+        # apply to this cancellable Deferred.
+        factory.opened = opened = Deferred(cancel)
+        connecting.addErrback(lambda failure: factory.failed(failure.value))
         opened.addTimeout(self.options.handshake_timeout, self._reactor)  # type: ignore[arg-type]
 
         def attach(upstream: UpstreamProtocol) -> UpstreamProtocol:
@@ -179,10 +188,14 @@ class RealtimeRelay:
     def closed(self, leg: RealtimeServerProtocol) -> None:
         self.sessions.discard(leg)
 
-    def close_all(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
-        """Close every open session (used when the gateway stops)."""
+    def close_all(self, code: int = 1001, reason: str = "gateway shutting down") -> Deferred[None]:
+        """
+        Close every open session; fires when every leg is gone (legs whose
+        peers do not finish the close handshake in time are aborted).
+        """
         for leg in list(self.sessions):
             leg.close(code, reason)
+        return self.connections.when_empty(self._reactor, self.options.close_timeout + 1)
 
 
 

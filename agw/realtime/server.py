@@ -125,3 +125,8 @@ class RealtimeServerFactory(WebSocketServerFactory):
     def __init__(self, relay: RealtimeRelay, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.relay = relay
+
+    def buildProtocol(self, addr: Any) -> RealtimeServerProtocol:
+        protocol = super().buildProtocol(addr)
+        protocol.tracker = self.relay.connections
+        return protocol

@@ -13,6 +13,7 @@ from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
 from agw.realtime.leg import RelayLeg
+from agw.realtime.tracker import ConnectionTracker
 from agw.realtime.usage_mixin import RealtimeUsageMixin
 
 # How much of a refusal body is kept for the client (provider errors are small).
@@ -122,9 +123,16 @@ class UpstreamFactory(WebSocketClientFactory):
 
     protocol = UpstreamProtocol
 
+    tracker: ConnectionTracker | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opened: Deferred[UpstreamProtocol] = Deferred()
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        protocol = super().buildProtocol(addr)
+        protocol.tracker = self.tracker
+        return protocol
 
     def succeeded(self, protocol: UpstreamProtocol) -> None:
         if not self.opened.called:

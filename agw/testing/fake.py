@@ -29,7 +29,9 @@ class FakeOpenAI:
     Every usage figure it reports is in L{ledger}; L{handshakes} and
     L{received} show what reached it; L{refuse} and L{hang} script the next
     Realtime handshake; L{sessions} are the open Realtime connections (call
-    C{close(code, reason)} on one to close it from the provider's side).
+    C{close(code, reason)} on one to close it from the provider's side, or
+    C{transport.abortConnection()} to vanish); L{closes} holds the close
+    code and reason each session ended with, as the fake saw them.
     """
 
     def __init__(self, realtime_model: str = REALTIME_MODEL) -> None:
@@ -40,6 +42,7 @@ class FakeOpenAI:
         self.handshakes: list[Handshake] = []
         self.received: list[bytes] = []
         self.sessions: list[FakeRealtimeProtocol] = []
+        self.closes: list[tuple[int | None, str | None]] = []
         self.ids = itertools.count(1)
         self.response_numbers = itertools.count(1)
         self._refusals: list[Refusal] = []
@@ -67,16 +70,18 @@ class FakeOpenAI:
                 totals[(entry.operation, entry.model, "input_cache_read")] += details["cached_tokens"]
         return dict(totals)
 
-    def resource(self) -> Resource:
+    def resource(self, reactor: Any = None) -> Resource:
         """The fake's twisted.web tree: C{/v1/realtime}."""
+        if reactor is None:
+            from twisted.internet import reactor
         root = Resource()
         v1 = Resource()
         root.putChild(b"v1", v1)
-        v1.putChild(b"realtime", WebSocketResource(FakeRealtimeFactory(self)))
+        v1.putChild(b"realtime", WebSocketResource(FakeRealtimeFactory(self, reactor)))
         return root
 
     def listen(self, reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> Deferred[IListeningPort]:
         """Listen on loopback (an ephemeral port by default)."""
-        site = Site(self.resource())
+        site = Site(self.resource(reactor), reactor=reactor)
         site.noisy = False
         return TCP4ServerEndpoint(reactor, port, interface=interface).listen(site)

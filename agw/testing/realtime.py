@@ -6,7 +6,6 @@ C{response.done}, a ledger of everything it billed, and scripted failures.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,8 @@ from attrs import define, field, frozen
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
+
+from agw.realtime.timers import cancel_leftover_timers, use_reactor_timers
 
 if TYPE_CHECKING:
     from agw.testing.fake import FakeOpenAI
@@ -108,6 +109,14 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         event = {"type": event_type, "event_id": f"event_{next(self.factory.fake.ids)}", **fields}
         self.sendMessage(json.dumps(event).encode())
 
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        cancel_leftover_timers(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self in self.factory.fake.sessions:
+            self.factory.fake.closes.append((code, reason))
+
     def close(self, code: int, reason: str = "") -> None:
         """Close with any code (Autobahn's sendClose refuses 1001, 1011...)."""
         self.sendCloseFrame(code, reason.encode() or None, isReply=False)
@@ -186,11 +195,8 @@ _HANG = Refusal(0)
 class FakeRealtimeFactory(WebSocketServerFactory):
     protocol = FakeRealtimeProtocol
 
-    def __init__(self, fake: FakeOpenAI) -> None:
+    def __init__(self, fake: FakeOpenAI, reactor: Any) -> None:
         super().__init__()
         self.fake = fake
+        use_reactor_timers(self, reactor)
         self.setProtocolOptions(maxMessagePayloadSize=64 * 1024 * 1024, maxFramePayloadSize=64 * 1024 * 1024)
-
-
-def counter() -> itertools.count[int]:
-    return itertools.count(1)

@@ -1,0 +1,192 @@
+"""
+The Realtime relay's contract with raw WebSocket clients (the websockets
+library, in threads): close codes both ways, refusals, subprotocols,
+message fidelity.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from agw.realtime import RelayOptions
+from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, wait_until
+
+MiB = 1024 * 1024
+
+
+def open_client(url: str, **kwargs: Any) -> ClientConnection:
+    kwargs.setdefault("additional_headers", {"Authorization": f"Bearer {CLIENT_KEY}"})
+    return connect(url, max_size=None, open_timeout=10, compression=None, **kwargs)
+
+
+def recv_event(ws: ClientConnection) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout=10))
+
+
+def handshake_status(url: str, **kwargs: Any) -> tuple[int, bytes]:
+    """Status and body of a refused handshake."""
+    try:
+        open_client(url, **kwargs).close()
+    except InvalidStatus as e:
+        return e.response.status_code, e.response.body or b""
+    raise AssertionError("handshake was accepted")
+
+
+def wait_closed(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """Read until the connection closes; the close code and reason received."""
+    try:
+        while True:
+            ws.recv(timeout=10)
+    except ConnectionClosed as e:
+        return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, None)
+
+
+class CloseCodeTests(GatewayTestCase):
+    @property
+    def url(self) -> str:
+        return f"{self.ws_base}/realtime?model=gpt-realtime"
+
+    @inlineCallbacks
+    def opened(self) -> Any:
+        ws = yield deferToThread(open_client, self.url)
+        self.addCleanup(deferToThread, ws.close)
+        created = yield deferToThread(recv_event, ws)
+        self.assertEqual(created["type"], "session.created")
+        return ws
+
+    @inlineCallbacks
+    def test_upstream_code_and_reason_reach_client(self) -> Any:
+        ws = yield self.opened()
+        self.fake.sessions[0].close(1001, "session_expired")
+        code, reason = yield deferToThread(wait_closed, ws)
+        self.assertEqual((code, reason), (1001, "session_expired"))
+
+    @inlineCallbacks
+    def test_client_code_and_reason_reach_upstream(self) -> Any:
+        ws = yield self.opened()
+        yield deferToThread(ws.close, 4001, "user hung up")
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes, [(4001, "user hung up")])
+
+    @inlineCallbacks
+    def test_upstream_vanishing_closes_client_with_1011(self) -> Any:
+        ws = yield self.opened()
+        self.fake.sessions[0].transport.abortConnection()
+        code, _ = yield deferToThread(wait_closed, ws)
+        self.assertEqual(code, 1011)
+
+    @inlineCallbacks
+    def test_client_vanishing_closes_upstream(self) -> Any:
+        ws = yield self.opened()
+        ws.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the TCP connection just ends
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes[0][0], 1011)
+        yield wait_until(lambda: not any(r.sessions for r in self.gateway.relays))
+
+
+class RefusalTests(GatewayTestCase):
+    relay_options = RelayOptions(handshake_timeout=0.5)
+
+    @property
+    def url(self) -> str:
+        return f"{self.ws_base}/realtime?model=gpt-realtime"
+
+    @inlineCallbacks
+    def test_upstream_status_and_body_reach_client(self) -> Any:
+        body = json.dumps({"error": {"message": "Incorrect API key", "code": "invalid_api_key"}}).encode()
+        self.fake.refuse(401, body)
+        status, received = yield deferToThread(handshake_status, self.url)
+        self.assertEqual((status, received), (401, body))
+
+    @inlineCallbacks
+    def test_rate_limit_passes_through(self) -> Any:
+        self.fake.refuse(429, b'{"error": {"code": "rate_limit_exceeded"}}')
+        status, _ = yield deferToThread(handshake_status, self.url)
+        self.assertEqual(status, 429)
+
+    @inlineCallbacks
+    def test_silent_upstream_is_504(self) -> Any:
+        self.fake.hang()
+        status, body = yield deferToThread(handshake_status, self.url)
+        self.assertEqual(status, 504)
+        self.assertEqual(json.loads(body)["error"]["code"], "upstream_timeout")
+
+    @inlineCallbacks
+    def test_unreachable_upstream_is_502(self) -> Any:
+        yield self.fake_port.stopListening()
+        status, body = yield deferToThread(handshake_status, self.url)
+        self.assertEqual(status, 502)
+        self.assertEqual(json.loads(body)["error"]["code"], "upstream_unreachable")
+
+
+class SubprotocolTests(GatewayTestCase):
+    @inlineCallbacks
+    def test_browser_credentials_not_forwarded(self) -> Any:
+        """`realtime` is echoed; key, organization and project tokens stay at the gateway."""
+        protocols = ["realtime", f"openai-insecure-api-key.{CLIENT_KEY}", "openai-organization.org-1", "openai-project.proj-1"]
+        ws = yield deferToThread(
+            open_client, f"{self.ws_base}/realtime?model=gpt-realtime", subprotocols=protocols, additional_headers={}
+        )
+        self.addCleanup(deferToThread, ws.close)
+        self.assertEqual(ws.subprotocol, "realtime")
+        (handshake,) = self.fake.handshakes
+        self.assertEqual(handshake.protocols, ())
+        self.assertEqual(handshake.headers["authorization"], f"Bearer {BACKEND_KEY}")
+        self.assertNotIn(CLIENT_KEY, repr(handshake))
+
+
+class MessageTests(GatewayTestCase):
+    @inlineCallbacks
+    def test_text_and_binary_in_order(self) -> Any:
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+
+        def exchange() -> list[Any]:
+            sent = []
+            for i in range(20):
+                if i % 3 == 0:
+                    message: Any = bytes([i]) * (i + 1)
+                else:
+                    message = json.dumps({"type": "test.echo", "n": i})
+                ws.send(message)
+                sent.append(message)
+            return [ws.recv(timeout=10) for _ in sent] == sent
+
+        same = yield deferToThread(exchange)
+        self.assertTrue(same)
+
+    @inlineCallbacks
+    def test_fifteen_mib_message_relayed_whole(self) -> Any:
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+        audio = "A" * (15 * MiB)
+        yield deferToThread(ws.send, json.dumps({"type": "test.echo", "audio": audio}))
+        echoed = yield deferToThread(recv_event, ws)
+        self.assertEqual(len(echoed["audio"]), len(audio))
+
+    @inlineCallbacks
+    def test_oversized_message_closes_with_1009(self) -> Any:
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+
+        def send_too_much() -> tuple[int | None, str | None]:
+            try:
+                ws.send(b"x" * (16 * MiB + 1))
+            except ConnectionClosed as e:
+                return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, None)
+            return wait_closed(ws)
+
+        code, _ = yield deferToThread(send_too_much)
+        self.assertEqual(code, 1009)
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes[0][0], 1011)
