@@ -108,7 +108,14 @@ class BindResource(Resource):
         return best[1] if best else None
 
     def render(self, request: Request) -> bytes | int:
-        path = request.path.decode("utf-8", "replace")
+        # Relative to where this resource is mounted: the whole path when it
+        # is a Site's root, the rest when an embedder put it under a child.
+        path = "/" + "/".join(segment.decode("utf-8", "replace") for segment in request.postpath)
+        if request.prepath:
+            # Upstream sees the path relative to the mount point too.
+            _, _, query = request.uri.partition(b"?")
+            request.uri = b"/" + b"/".join(request.postpath) + (b"?" + query if query else b"")
+            request.path = request.uri.partition(b"?")[0]
         host = (request.getRequestHostname() or b"").decode("ascii", "replace").lower()
         routed = self.select(host, path)
         if routed is None:
