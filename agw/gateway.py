@@ -14,10 +14,16 @@ from twisted.web.resource import IResource
 
 from agw.backend import BackendTarget
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
+from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime import RealtimeRelay, RelayOptions
 from agw.routing import BindResource, RoutedRoute
 from agw.web import ErrorResource
+
+
+_HTTP_TYPES = frozenset({
+    RouteType.COMPLETIONS, RouteType.EMBEDDINGS, RouteType.RESPONSES, RouteType.PASSTHROUGH, RouteType.MODELS,
+})
 
 
 class Gateway:
@@ -38,6 +44,7 @@ class Gateway:
         reactor: IReactorTCP | None = None,
         metrics: GatewayMetrics | None = None,
         relay_options: RelayOptions = RelayOptions(),
+        http_options: HTTPOptions = HTTPOptions(),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -48,6 +55,7 @@ class Gateway:
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.relay_options = relay_options
         self.relays: list[RealtimeRelay] = []
+        self.http_client = UpstreamClient(reactor, http_options)
         self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
 
     @classmethod
@@ -69,8 +77,12 @@ class Gateway:
         return GatewayService(self, interface)
 
     def close_sessions(self, code: int = 1001, reason: str = "gateway shutting down") -> Deferred[Any]:
-        """Close every open Realtime session; fires when all their connections are gone."""
-        return DeferredList([relay.close_all(code, reason) for relay in self.relays])
+        """
+        Close every open Realtime session and the idle upstream HTTP
+        connections; fires when all of them are gone.
+        """
+        closing = [relay.close_all(code, reason) for relay in self.relays]
+        return DeferredList([*closing, self.http_client.close()])
 
     def _bind_resource(self, bind: Bind) -> BindResource:
         return BindResource(
@@ -102,4 +114,10 @@ class Gateway:
             relay = RealtimeRelay(self.reactor, target, route.policies, self.metrics, labels, self.relay_options)
             self.relays.append(relay)
             return relay.resource
+        if route_type in _HTTP_TYPES:
+            model = route.backends[0].model
+            forwarded_as = RouteType.PASSTHROUGH if route_type is RouteType.MODELS else route_type
+            return HTTPForwarder(
+                forwarded_as, self.http_client, target, route.policies, model, self.metrics, labels, self.reactor  # type: ignore[arg-type]
+            )
         return ErrorResource(501, f"route type {route_type.value} is not supported by agw yet", "unsupported_route_type")

@@ -83,6 +83,40 @@ class GatewayMetrics:
             _GEN_AI_LABELS + _ROUTE_LABELS,
             registry=self.registry,
         )
+        self.requests = Counter(
+            "agentgateway_requests",
+            "HTTP requests, by method and status.",
+            _ROUTE_LABELS + ("method", "status"),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "agentgateway_request_duration_seconds",
+            "HTTP request duration, by method and status.",
+            _ROUTE_LABELS + ("method", "status"),
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.llm_request_duration = Histogram(
+            "agentgateway_gen_ai_server_request_duration",
+            "LLM request duration in seconds (agentgateway-compatible).",
+            _GEN_AI_LABELS + _ROUTE_LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "agentgateway_gen_ai_server_time_to_first_token",
+            "Seconds from request to the first streamed token (agentgateway-compatible).",
+            _GEN_AI_LABELS + _ROUTE_LABELS,
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
+            registry=self.registry,
+        )
+        self.time_per_output_token = Histogram(
+            "agentgateway_gen_ai_server_time_per_output_token",
+            "Seconds per output token after the first (agentgateway-compatible).",
+            _GEN_AI_LABELS + _ROUTE_LABELS,
+            buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
+            registry=self.registry,
+        )
         self.realtime_sessions = Gauge(
             "agw_realtime_sessions",
             "Realtime sessions open now.",
@@ -97,6 +131,30 @@ class GatewayMetrics:
         self._observe("output", usage.output, usage.output_by_modality, common)
         if usage.cached_input is not None:
             self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common)
+
+    def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
+        """Record one finished HTTP request."""
+        method_text = method.decode("ascii", "replace") if isinstance(method, bytes) else method
+        labels = route.values() + (method_text, str(status))
+        self.requests.labels(*labels).inc()
+        self.request_duration.labels(*labels).observe(seconds)
+
+    def record_llm_timing(
+        self,
+        route: RouteLabels,
+        models: ModelLabels,
+        seconds: float,
+        time_to_first_token: float | None = None,
+        output_tokens: int = 0,
+    ) -> None:
+        """Record an LLM request's duration and, when streamed, its token timing."""
+        labels = models.values() + route.values()
+        self.llm_request_duration.labels(*labels).observe(seconds)
+        if time_to_first_token is not None:
+            self.time_to_first_token.labels(*labels).observe(time_to_first_token)
+            if output_tokens > 1:
+                per_token = (seconds - time_to_first_token) / (output_tokens - 1)
+                self.time_per_output_token.labels(*labels).observe(per_token)
 
     def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration) -> None:
         """Record transcription billed by time."""

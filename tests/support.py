@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from agw import Gateway, parse_config
+from agw.http import HTTPOptions
 from agw.realtime import RelayOptions
 from agw.testing import FakeOpenAI
 
@@ -26,7 +27,7 @@ CLIENT_KEY = "sk-client-DIFFERENT-9876543210"
 TOKEN_METRIC = "agentgateway_gen_ai_client_token_usage"
 
 
-def seed_config_text(upstream_port: int) -> str:
+def seed_config_text(upstream_port: int, extra_routes: dict[str, str] | None = None) -> str:
     """
     The repo's config.yaml unchanged except: every AI backend gets
     C{hostOverride} to the fake, binds use ephemeral ports and the stats and
@@ -40,6 +41,8 @@ def seed_config_text(upstream_port: int) -> str:
             for route in listener["routes"]:
                 for backend in route.get("backends", []):
                     backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
+                if extra_routes and "*" in route["policies"]["ai"]["routes"]:
+                    route["policies"]["ai"]["routes"].update(extra_routes)
     data["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"}
     return yaml.safe_dump(data)
 
@@ -48,6 +51,9 @@ class GatewayTestCase(TestCase):
     """A trial test case with a fake upstream and agw (seed config) running."""
 
     relay_options = RelayOptions()
+    http_options = HTTPOptions()
+    # Extra path suffix -> route type entries for the seed's catch-all route.
+    relay_types: dict[str, str] = {}
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -55,8 +61,8 @@ class GatewayTestCase(TestCase):
         upstream = self.fake_port = yield self.fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
         self.upstream_port = upstream.getHost().port
-        config = parse_config(seed_config_text(self.upstream_port), {"OPENAI_API_KEY": BACKEND_KEY})
-        self.gateway = Gateway(config, relay_options=self.relay_options)
+        config = parse_config(seed_config_text(self.upstream_port, self.relay_types), {"OPENAI_API_KEY": BACKEND_KEY})
+        self.gateway = Gateway(config, relay_options=self.relay_options, http_options=self.http_options)
         self.service = self.gateway.service(interface="127.0.0.1")
         self.service.startService()
         self.addCleanup(self.service.stopService)

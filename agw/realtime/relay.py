@@ -20,6 +20,7 @@ from twisted.web.server import Request
 
 from agw.backend import BackendTarget
 from agw.config import Policies
+from agw.headers import upstream_headers
 from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime.server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime.session import RealtimeSession
@@ -30,14 +31,10 @@ from agw.web import render_error
 
 MiB = 1024 * 1024
 
-# Headers that belong to the client's own connection and handshake; the
-# upstream leg makes its own.
+# The client's WebSocket handshake headers: the upstream leg makes its own.
 _HANDSHAKE_HEADERS = frozenset({
-    "host", "connection", "upgrade", "keep-alive", "te", "trailer", "transfer-encoding", "content-length",
-    "proxy-authorization", "proxy-connection", "sec-websocket-key", "sec-websocket-version",
-    "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept", "origin",
-    # Credentials: the backend key replaces them, or they are rebuilt below.
-    "authorization", "api-key", "cookie",
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol",
+    "sec-websocket-accept", "origin", "cookie",
 })
 _KEY_PROTOCOL = "openai-insecure-api-key."
 _ORG_PROTOCOL = "openai-organization."
@@ -55,38 +52,23 @@ class RelayOptions:
     close_timeout: float = 1.0
 
 
-def upstream_headers(
-    request_headers: dict[str, str], protocols: Iterable[str], policies: Policies
-) -> dict[str, str]:
+def handshake_headers(request_headers: dict[str, str], protocols: Iterable[str], policies: Policies) -> dict[str, str]:
     """
-    The headers of the upstream handshake: the client's, minus handshake,
-    hop-by-hop and credential headers and the route's C{remove} list, with
-    C{set}/C{add} applied and the backend key as C{Authorization}.
+    The headers of the upstream handshake (see L{upstream_headers}).
 
     Browser clients send credentials as subprotocols; they are never
     forwarded as such. Without a backend key they become the headers
     OpenAI expects, so the client still authenticates as itself.
     """
-    transform = policies.request_headers
-    dropped = _HANDSHAKE_HEADERS | set(transform.remove)
-    headers = {name: value for name, value in request_headers.items() if name.lower() not in dropped}
-    for name, value in transform.set:
-        headers[name] = value
-    for name, value in transform.add:
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    if policies.backend_key is not None:
-        headers["Authorization"] = f"Bearer {policies.backend_key.value}"
-        return headers
-    client_auth = request_headers.get("authorization")
-    if client_auth is not None:
-        headers["Authorization"] = client_auth
-    for protocol in protocols:
-        if protocol.startswith(_KEY_PROTOCOL):
-            headers["Authorization"] = f"Bearer {protocol[len(_KEY_PROTOCOL):]}"
-        elif protocol.startswith(_ORG_PROTOCOL):
-            headers["OpenAI-Organization"] = protocol[len(_ORG_PROTOCOL):]
-        elif protocol.startswith(_PROJECT_PROTOCOL):
-            headers["OpenAI-Project"] = protocol[len(_PROJECT_PROTOCOL):]
+    headers = dict(upstream_headers(request_headers.items(), policies, also_drop=_HANDSHAKE_HEADERS))
+    if policies.backend_key is None:
+        for protocol in protocols:
+            if protocol.startswith(_KEY_PROTOCOL):
+                headers["authorization"] = f"Bearer {protocol[len(_KEY_PROTOCOL):]}"
+            elif protocol.startswith(_ORG_PROTOCOL):
+                headers["openai-organization"] = protocol[len(_ORG_PROTOCOL):]
+            elif protocol.startswith(_PROJECT_PROTOCOL):
+                headers["openai-project"] = protocol[len(_PROJECT_PROTOCOL):]
     return headers
 
 
@@ -147,7 +129,7 @@ class RealtimeRelay:
         """
         split = urlsplit(request_uri)
         url = self._target.url(split.path, split.query, websocket=True)
-        headers = upstream_headers(request.headers, request.protocols, self._policies)
+        headers = handshake_headers(request.headers, request.protocols, self._policies)
         factory = UpstreamFactory(url, headers=headers, useragent=None)
         factory.setProtocolOptions(
             maxMessagePayloadSize=self.options.max_message_size,

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from agw.testing.http import FakeHTTPAPI, FakeV1, HTTPRequest
 from agw.testing.realtime import _HANG, Billed, FakeRealtimeFactory, FakeRealtimeProtocol, Handshake, Refusal
 
 REALTIME_MODEL = "gpt-realtime-2025-08-28"
@@ -32,6 +33,11 @@ class FakeOpenAI:
     C{close(code, reason)} on one to close it from the provider's side, or
     C{transport.abortConnection()} to vanish); L{closes} holds the close
     code and reason each session ended with, as the fake saw them.
+
+    HTTP: L{http_requests} records each request (headers, body size and
+    hash); L{fail_http} and L{hang_http} script the next answer; setting
+    L{stream_gate} to a Deferred holds the next streamed completion after
+    its first chunk until it fires. Every HTTP answer sets a cookie.
     """
 
     def __init__(self, realtime_model: str = REALTIME_MODEL) -> None:
@@ -46,6 +52,10 @@ class FakeOpenAI:
         self.ids = itertools.count(1)
         self.response_numbers = itertools.count(1)
         self._refusals: list[Refusal] = []
+        self.http_requests: list[HTTPRequest] = []
+        self.http_abandoned: list[bytes] = []
+        self.stream_gate: Deferred[None] | None = None
+        self._http_scripts: list[tuple[int, bytes]] = []
 
     def refuse(self, status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] | None = None) -> None:
         """Answer the next Realtime handshake with C{status} and C{body}."""
@@ -54,6 +64,17 @@ class FakeOpenAI:
     def hang(self) -> None:
         """Accept the next Realtime connection and never answer its handshake."""
         self._refusals.append(_HANG)
+
+    def fail_http(self, status: int, body: bytes = b'{"error": {"message": "scripted", "type": "server_error", "code": null}}') -> None:
+        """Answer the next HTTP request with C{status} and C{body}."""
+        self._http_scripts.append((status, body))
+
+    def hang_http(self) -> None:
+        """Never answer the next HTTP request; its URI goes to L{http_abandoned} when the caller gives up."""
+        self._http_scripts.append((0, b""))
+
+    def take_http_script(self) -> tuple[int, bytes] | None:
+        return self._http_scripts.pop(0) if self._http_scripts else None
 
     def take_refusal(self) -> Refusal | None:
         return self._refusals.pop(0) if self._refusals else None
@@ -71,13 +92,12 @@ class FakeOpenAI:
         return dict(totals)
 
     def resource(self, reactor: Any = None) -> Resource:
-        """The fake's twisted.web tree: C{/v1/realtime}."""
+        """The fake's twisted.web tree: C{/v1/realtime} and the HTTP API under C{/v1}."""
         if reactor is None:
             from twisted.internet import reactor
         root = Resource()
-        v1 = Resource()
-        root.putChild(b"v1", v1)
-        v1.putChild(b"realtime", WebSocketResource(FakeRealtimeFactory(self, reactor)))
+        realtime = WebSocketResource(FakeRealtimeFactory(self, reactor))
+        root.putChild(b"v1", FakeV1(realtime, FakeHTTPAPI(self, reactor)))
         return root
 
     def listen(self, reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> Deferred[IListeningPort]:

@@ -1,0 +1,73 @@
+"""
+The gateway's one HTTP client: treq over a persistent connection pool,
+with no cookie jar and no redirects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+
+MiB = 1024 * 1024
+
+
+@frozen
+class HTTPOptions:
+    """Limits and timeouts of HTTP forwarding."""
+
+    # Upstream silent (no response headers) this long: 504.
+    response_timeout: float = 300.0
+    connect_timeout: float = 10.0
+    # Bodies the gateway must read (completions, embeddings, responses).
+    max_json_body: int = 32 * MiB
+    max_persistent_per_host: int = 32
+
+
+class _NoCookies(IndexableCookieJar):
+    """
+    treq always puts a cookie jar in front of its agent; a shared one would
+    hand one client's upstream cookies to the next. This one keeps nothing.
+    """
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+
+class UpstreamClient:
+    """Sends forwarded requests; one per gateway, sharing one pool."""
+
+    def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions()) -> None:
+        self.options = options
+        self._reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = options.max_persistent_per_host
+        # A POST that failed on a reused connection must not be sent twice.
+        self.pool.retryAutomatically = False
+        agent = Agent(reactor, connectTimeout=options.connect_timeout, pool=self.pool)
+        self._http = HTTPClient(agent, cookiejar=_NoCookies())
+
+    def request(self, method: bytes, url: str, headers: Headers, body: IBodyProducer | None) -> Deferred[IResponse]:
+        """
+        Send one request; fires with the (unbuffered) response headers.
+        Cancelling it abandons the upstream request.
+        """
+        return self._http.request(
+            method.decode("ascii"), url, headers=headers, data=body, unbuffered=True, allow_redirects=False,
+        )
+
+    def close(self) -> Deferred[None]:
+        """Close idle pooled connections (on gateway stop)."""
+        return self.pool.closeCachedConnections()

@@ -1,0 +1,227 @@
+"""
+HTTP forwarding: one resource per route type of a route. Requests go
+upstream through the gateway's L{UpstreamClient}; responses come back as
+they arrive, with usage read on the way.
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from agw.backend import BackendTarget
+from agw.config import Policies, RouteType
+from agw.headers import HOP_BY_HOP, upstream_headers
+from agw.http.body import BodyRelay, JSONWatcher, SSEWatcher, UsageExtractor, Watcher
+from agw.http.client import UpstreamClient
+from agw.metrics import GatewayMetrics, ModelLabels, RouteLabels
+from agw.usage import TokenUsage, chat_completion_usage, embeddings_usage, responses_usage
+from agw.web import render_error
+
+# Route types whose bodies the gateway reads: extractor and operation name.
+_PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
+    RouteType.COMPLETIONS: (chat_completion_usage, "chat"),
+    RouteType.RESPONSES: (responses_usage, "chat"),
+    RouteType.EMBEDDINGS: (embeddings_usage, "embeddings"),
+}
+
+
+class _Refused(Exception):
+    """The client's request is answered by the gateway itself."""
+
+    def __init__(self, status: int, message: str, code: str, error_type: str = "invalid_request_error") -> None:
+        super().__init__(status, message)
+        self.status, self.message, self.code, self.error_type = status, message, code, error_type
+
+
+class HTTPForwarder(Resource):
+    """Forwards one route type of one route."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        route_type: RouteType,
+        client: UpstreamClient,
+        target: BackendTarget,
+        policies: Policies,
+        model_override: str | None,
+        metrics: GatewayMetrics,
+        route: RouteLabels,
+        reactor: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self._type = route_type
+        self._parsed = _PARSED.get(route_type)
+        self._client = client
+        self._target = target
+        self._policies = policies
+        self._model_override = model_override
+        self._metrics = metrics
+        self._route = route
+        self._reactor = reactor
+
+    def render(self, request: Request) -> int:
+        ensureDeferred(self._forward(request)).addErrback(self._unexpected, request)
+        return NOT_DONE_YET
+
+    def _unexpected(self, failure: Failure, request: Request) -> None:
+        self.log.failure("forwarding {uri} failed", failure, uri=request.path)
+        if not request.startedWriting and not request.finished:
+            request.write(render_error(request, 502, "gateway error", "gateway_error"))
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.finish()
+
+    async def _forward(self, request: Request) -> None:
+        started = self._reactor.seconds()
+        method = request.method
+        path, _, query = request.uri.decode("latin-1").partition("?")
+        try:
+            body, request_model = self._request_body(request)
+        except _Refused as refused:
+            return self._answer(request, started, refused.status, refused.message, refused.code, refused.error_type)
+
+        pending = self._client.request(method, self._target.url(path, query), self._headers(request), body)
+        gone = request.notifyFinish()
+        gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
+        timed_out: list[bool] = []
+
+        def time_out() -> None:
+            timed_out.append(True)
+            pending.cancel()
+
+        timer = self._reactor.callLater(self._client.options.response_timeout, time_out)  # type: ignore[attr-defined]
+        try:
+            response: IResponse = await pending
+        except (CancelledError, ConnectError, DNSLookupError, ConnectingCancelledError, ResponseFailed) as e:
+            if timed_out:
+                return self._answer(request, started, 504, "upstream did not answer in time", "upstream_timeout")
+            if getattr(request, "_disconnected", False):
+                return self._metrics.record_request(self._route, method, 499, self._reactor.seconds() - started)
+            if isinstance(e, ResponseFailed):
+                return self._answer(request, started, 502, "upstream closed the connection", "upstream_closed")
+            return self._answer(request, started, 502, "upstream unreachable", "upstream_unreachable")
+        finally:
+            if timer.active():
+                timer.cancel()
+
+        request.setResponseCode(response.code, response.phrase)
+        for name, values in response.headers.getAllRawHeaders():
+            if name.lower().decode("latin-1") not in HOP_BY_HOP:
+                request.responseHeaders.setRawHeaders(name, values)
+        if isinstance(response.length, int):
+            request.setHeader(b"content-length", b"%d" % response.length)
+
+        models = {"request": request_model, "response": None, "first": None}
+
+        def first_byte() -> None:
+            models["first"] = self._reactor.seconds()
+
+        def report(usage: TokenUsage | None, model: str | None) -> None:
+            models["response"] = model
+            models["usage"] = usage
+
+        watcher = self._watcher(response, report)
+        models["streamed"] = isinstance(watcher, SSEWatcher)
+        relay = BodyRelay(request, watcher, first_byte)
+        response.deliverBody(relay)
+        reason = await relay.done
+        if not request.finished and not getattr(request, "_disconnected", False):
+            if not isinstance(reason, ResponseDone):
+                request.loseConnection()  # the body broke off: don't pretend it is complete
+            else:
+                request.finish()
+        self._record(method, response.code, started, models)
+
+    def _request_body(self, request: Request) -> tuple[IBodyProducer | None, str | None]:
+        content = request.content
+        if self._parsed is None or request.method != b"POST":
+            content.seek(0, 2)
+            size = content.tell()
+            content.seek(0)
+            # twisted.web spooled a large body to a temporary file: stream it
+            # from there instead of reading it into memory.
+            return (FileBodyProducer(content) if size else None), None
+        limit = self._client.options.max_json_body
+        raw = content.read(limit + 1)
+        if len(raw) > limit:
+            raise _Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise _Refused(400, "request body must be a JSON object", "invalid_json")
+        changed = False
+        if self._model_override is not None and body.get("model") != self._model_override:
+            body["model"] = self._model_override
+            changed = True
+        if self._type is RouteType.COMPLETIONS and body.get("stream") is True:
+            options = body.get("stream_options")
+            if not isinstance(options, dict) or "include_usage" not in options:
+                # Without it a streamed completion reports no usage at all.
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                changed = True
+        data = json.dumps(body).encode() if changed else raw
+        model = body.get("model")
+        return FileBodyProducer(BytesIO(data)), model if isinstance(model, str) else None
+
+    def _headers(self, request: Request) -> Headers:
+        client = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values
+        ]
+        # treq negotiates (and decodes) compression itself.
+        headers = upstream_headers(client, self._policies, also_drop=("accept-encoding",))
+        result = Headers()
+        for name, value in headers:
+            result.addRawHeader(name, value)
+        if self._target.authority:
+            result.setRawHeaders(b"host", [self._target.authority.encode("ascii")])
+        return result
+
+    def _watcher(self, response: IResponse, report: Any) -> Watcher | None:
+        if self._parsed is None or not 200 <= response.code < 300:
+            return None
+        extract = self._parsed[0]
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        if content_type.startswith(b"text/event-stream"):
+            return SSEWatcher(extract, report)
+        return JSONWatcher(extract, report, self._client.options.max_json_body)
+
+    def _answer(self, request: Request, started: float, status: int, message: str, code: str, error_type: str = "gateway_error") -> None:
+        if getattr(request, "_disconnected", False):
+            return
+        request.write(render_error(request, status, message, code, error_type))
+        request.finish()
+        self._metrics.record_request(self._route, request.method, status, self._reactor.seconds() - started)
+
+    def _record(self, method: bytes, status: int, started: float, seen: dict[str, Any]) -> None:
+        now = self._reactor.seconds()
+        self._metrics.record_request(self._route, method, status, now - started)
+        if self._parsed is None or not 200 <= status < 300:
+            return
+        models = ModelLabels(self._parsed[1], seen["request"], seen["response"])
+        usage: TokenUsage | None = seen.get("usage")
+        first = seen["first"]
+        self._metrics.record_llm_timing(
+            self._route, models, now - started,
+            time_to_first_token=(first - started) if first is not None and seen.get("streamed") else None,
+            output_tokens=usage.output if usage is not None else 0,
+        )
+        if usage is not None:
+            self._metrics.record_tokens(self._route, models, usage)

@@ -1,0 +1,210 @@
+"""
+The fake's HTTP API: chat completions (JSON and SSE), embeddings,
+responses, and an echo for every other path, with scripted failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from agw.testing.realtime import Billed
+
+if TYPE_CHECKING:
+    from agw.testing.fake import FakeOpenAI
+
+
+@frozen
+class HTTPRequest:
+    """What the fake saw of one HTTP request (lower-case header names)."""
+
+    method: str
+    uri: str
+    headers: dict[str, str]
+    body_size: int
+    body_sha256: str
+    json: Any
+
+
+def chat_usage(number: int) -> dict[str, Any]:
+    """The deterministic usage of the fake's C{number}th HTTP completion."""
+    prompt, completion = 10 + 2 * number, 5 + number
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 4 * (number % 2), "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 0},
+    }
+
+
+def _billed(operation: str, model: str, input_tokens: int, output_tokens: int, cached: int | None) -> Billed:
+    usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+    if cached is not None:
+        usage["input_token_details"] = {"cached_tokens": cached}
+    return Billed(operation, model, usage)
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return (head + "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n").encode()
+
+
+class FakeHTTPAPI(Resource):
+    """Every C{/v1/...} path but C{realtime}."""
+
+    isLeaf = True
+
+    def __init__(self, fake: FakeOpenAI, reactor: Any) -> None:
+        super().__init__()
+        self._fake = fake
+        self._reactor = reactor
+
+    def render(self, request: Request) -> bytes | int:
+        fake = self._fake
+        body = self._record(request)
+        request.setHeader(b"set-cookie", f"fake_session={len(fake.http_requests)}; Path=/".encode())
+        script = fake.take_http_script()
+        if script is not None:
+            status, payload = script
+            if status == 0:  # hang: answer never, note when the gateway gives up
+                request.notifyFinish().addErrback(lambda _: fake.http_abandoned.append(request.uri))
+                return NOT_DONE_YET
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"application/json")
+            return payload
+        path = request.path.decode()
+        handler = {
+            "/v1/chat/completions": self._chat,
+            "/v1/embeddings": self._embeddings,
+            "/v1/responses": self._responses,
+        }.get(path)
+        if handler is None or request.method != b"POST":
+            return self._echo(request)
+        if not isinstance(body, dict):
+            request.setResponseCode(400)
+            return json.dumps({"error": {"message": "bad json", "type": "invalid_request_error", "code": None}}).encode()
+        ensureDeferred(handler(request, body))
+        return NOT_DONE_YET
+
+    def _record(self, request: Request) -> Any:
+        content = request.content
+        content.seek(0)
+        digest, size, head = hashlib.sha256(), 0, b""
+        while chunk := content.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+            if len(head) < 1024 * 1024:
+                head += chunk
+        try:
+            body = json.loads(head) if size <= 1024 * 1024 else None
+        except ValueError:
+            body = None
+        headers = {k.decode().lower(): b", ".join(v).decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        self._fake.http_requests.append(
+            HTTPRequest(request.method.decode(), request.uri.decode(), headers, size, digest.hexdigest(), body)
+        )
+        return body
+
+    def _echo(self, request: Request) -> bytes:
+        seen = self._fake.http_requests[-1]
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"method": seen.method, "uri": seen.uri, "body_size": seen.body_size, "body_sha256": seen.body_sha256}).encode()
+
+    async def _chat(self, request: Request, body: dict[str, Any]) -> None:
+        fake = self._fake
+        number = next(fake.response_numbers)
+        model = f"{body.get('model', 'unknown')}-2025-01-01"
+        usage = chat_usage(number)
+        fake.ledger.append(
+            _billed("chat", model, usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"])
+        )
+        base = {"id": f"chatcmpl-{number}", "created": 0, "model": model}
+        if body.get("stream") is not True:
+            request.setHeader(b"content-type", b"application/json")
+            message = {"role": "assistant", "content": "Hello!"}
+            request.write(json.dumps({**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}).encode())
+            request.finish()
+            return
+        request.setHeader(b"content-type", b"text/event-stream")
+        chunk = {**base, "object": "chat.completion.chunk"}
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        request.write(_sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}], **({"usage": None} if include_usage else {})}))
+        if fake.stream_gate is not None:
+            gate, fake.stream_gate = fake.stream_gate, None
+            await gate
+        for piece in ("lo", "!"):
+            request.write(_sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}}]}))
+        request.write(_sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        if include_usage:
+            request.write(_sse({**chunk, "choices": [], "usage": usage}))
+        request.write(_sse("[DONE]"))
+        request.finish()
+
+    async def _embeddings(self, request: Request, body: dict[str, Any]) -> None:
+        fake = self._fake
+        number = next(fake.response_numbers)
+        model = body.get("model", "unknown")
+        tokens = 8 + number
+        fake.ledger.append(_billed("embeddings", model, tokens, 0, None))
+        request.setHeader(b"content-type", b"application/json")
+        request.write(json.dumps({
+            "object": "list", "model": model,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, 1.0]}],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }).encode())
+        request.finish()
+
+    async def _responses(self, request: Request, body: dict[str, Any]) -> None:
+        fake = self._fake
+        number = next(fake.response_numbers)
+        model = f"{body.get('model', 'unknown')}-2025-01-01"
+        usage = {
+            "input_tokens": 30 + number, "input_tokens_details": {"cached_tokens": 2 * number},
+            "output_tokens": 12 + number, "output_tokens_details": {"reasoning_tokens": 3}, "total_tokens": 42 + 2 * number,
+        }
+        fake.ledger.append(_billed("chat", model, usage["input_tokens"], usage["output_tokens"], usage["input_tokens_details"]["cached_tokens"]))
+        response = {
+            "id": f"resp_{number}", "object": "response", "status": "completed", "model": model,
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello!"}]}],
+            "usage": usage,
+        }
+        if body.get("stream") is not True:
+            request.setHeader(b"content-type", b"application/json")
+            request.write(json.dumps(response).encode())
+        else:
+            request.setHeader(b"content-type", b"text/event-stream")
+            in_progress = {**response, "status": "in_progress", "usage": None, "output": []}
+            request.write(_sse({"type": "response.created", "response": in_progress}, "response.created"))
+            request.write(_sse({"type": "response.output_text.delta", "delta": "Hello!"}, "response.output_text.delta"))
+            request.write(_sse({"type": "response.completed", "response": response}, "response.completed"))
+        request.finish()
+
+
+class FakeV1(Resource):
+    """C{/v1}: C{realtime} is a WebSocket endpoint, everything else HTTP."""
+
+    def __init__(self, realtime: Resource, http: Resource) -> None:
+        super().__init__()
+        self._realtime, self._http = realtime, http
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"realtime" and not request.postpath:
+            return self._realtime
+        request.postpath.insert(0, path)
+        request.prepath.pop()
+        return self._http
+
+    def render(self, request: Request) -> bytes:
+        return self._http.render(request)
+
+
+def stream_gate() -> Deferred[None]:
+    """A Deferred the fake's next SSE completion waits on after its first chunk."""
+    return Deferred()
