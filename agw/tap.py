@@ -19,6 +19,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "f", "config.yaml", "agentgateway-format config file (YAML)."],
         ["interface", "i", "::", "Address the binds listen on."],
+        ["upstream-timeout", None, "300", "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
     ]
 
     config_object: GatewayConfig
@@ -33,5 +34,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     """The gateway's service, from parsed options."""
     from agw.gateway import Gateway
+    from agw.http import HTTPOptions
 
-    return Gateway(options.config_object).service(options["interface"])
+    http_options = HTTPOptions(response_timeout=options["upstream-timeout"])
+    return Gateway(options.config_object, http_options=http_options).service(options["interface"])

@@ -82,3 +82,19 @@ class EmbeddingTests(TestCase):
         self.assertEqual(len(done), 1)
         yield application.stopService()
         self.assertFalse(service.is_ready())
+
+
+class NoRouteTests(TestCase):
+    @inlineCallbacks
+    def test_unmatched_path_is_json_404(self) -> Any:
+        config = parse_config(
+            "binds:\n- port: 0\n  listeners:\n  - routes:\n    - matches:\n      - path:\n          exact: /v1/models\n"
+            "      backends:\n      - ai:\n          name: openai\n          provider:\n            openAI: {}\n",
+            {},
+        )
+        gateway = Gateway(config)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(gateway.resource()))
+        self.addCleanup(port.stopListening)
+        response = yield treq.get(f"http://127.0.0.1:{port.getHost().port}/v1/other", persistent=False)
+        body = yield response.json()
+        self.assertEqual((response.code, body["error"]["code"]), (404, "route_not_found"))

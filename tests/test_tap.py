@@ -1,0 +1,40 @@
+"""The twistd plugin's options and service."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from agw.service import GatewayService
+from agw.tap import Options, makeService
+from tests.support import SEED_CONFIG
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_seed_config_makes_service(self) -> None:
+        os.environ["OPENAI_API_KEY"] = "sk-x"
+        self.addCleanup(os.environ.pop, "OPENAI_API_KEY")
+        options = Options()
+        options.parseOptions(["-f", SEED_CONFIG, "--upstream-timeout", "7"])
+        service = makeService(options)
+        self.assertIsInstance(service, GatewayService)
+        self.assertEqual(list(service.binds), [3000])
+        self.assertEqual(service.gateway.http_client.options.response_timeout, 7.0)
+
+    def test_bad_config_is_usage_error(self) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write("binds:\n- port: 1\n  nonsense: 2\n")
+        self.addCleanup(os.unlink, f.name)
+        with self.assertRaises(UsageError) as e:
+            Options().parseOptions(["-f", f.name])
+        self.assertIn("binds[0].nonsense: unknown field", str(e.exception))
+
+    def test_plugin_names_the_service_maker(self) -> None:
+        from twisted.plugin import getPlugins
+        from twisted.application.service import IServiceMaker
+
+        names = [p.tapname for p in getPlugins(IServiceMaker)]
+        self.assertIn("agw", names)
