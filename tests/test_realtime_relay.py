@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from agw.realtime import RelayOptions
-from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, wait_until
+from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, token_sums, wait_until
 
 MiB = 1024 * 1024
 
@@ -190,3 +190,29 @@ class MessageTests(GatewayTestCase):
         self.assertEqual(code, 1009)
         yield wait_until(lambda: self.fake.closes)
         self.assertEqual(self.fake.closes[0][0], 1011)
+
+
+class CompressionTests(GatewayTestCase):
+    @inlineCallbacks
+    def test_compressed_client_leg_still_counted(self) -> Any:
+        """A client offering permessage-deflate: upstream sees no offer, every token is counted."""
+
+        def session() -> str | None:
+            with connect(
+                f"{self.ws_base}/realtime?model=gpt-realtime", compression="deflate", max_size=None,
+                additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+            ) as ws:
+                extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+                recv_event(ws)
+                for _ in range(3):
+                    ws.send(json.dumps({"type": "response.create"}))
+                    while recv_event(ws)["type"] != "response.done":
+                        pass
+                return extensions
+
+        negotiated = yield deferToThread(session)
+        self.assertIn("permessage-deflate", negotiated or "")
+        (handshake,) = self.fake.handshakes
+        self.assertNotIn("sec-websocket-extensions", handshake.headers)
+        samples = yield self.scrape()
+        self.assertEqual({k: float(v) for k, v in self.fake.billed().items()}, token_sums(samples))

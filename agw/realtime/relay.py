@@ -7,10 +7,12 @@ only each other.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import frozen
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
@@ -72,6 +74,14 @@ def handshake_headers(request_headers: dict[str, str], protocols: Iterable[str],
     return headers
 
 
+def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+    """Accept a client's permessage-deflate offer, if it made one."""
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
 class RealtimeRelay:
     """
     The Realtime relay of one route: a L{WebSocketResource} for the client
@@ -110,6 +120,9 @@ class RealtimeRelay:
             # Tell a misbehaving peer why (1009, 1002, 1007) instead of
             # just dropping the TCP connection.
             failByDrop=False,
+            # Each leg negotiates compression on its own: the relay works on
+            # whole decompressed messages, so usage is read either way.
+            perMessageCompressionAccept=accept_deflate,
         )
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
         self.resource = RealtimeResource(WebSocketResource(self._factory))

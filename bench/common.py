@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmarks: free ports, processes, the config."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start_fake() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port)], cwd=REPO)
+    wait_port(port)
+    return proc, port
+
+
+def start_agw(upstream_port: int) -> tuple[subprocess.Popen, int, int]:
+    """twistd -n agw with the repo's config.yaml pointed at the fake; (process, port, stats port)."""
+    with open(os.path.join(REPO, "config.yaml")) as f:
+        data = yaml.safe_load(f)
+    port, stats, ready = free_port(), free_port(), free_port()
+    data["binds"][0]["port"] = port
+    for route in data["binds"][0]["listeners"][0]["routes"]:
+        for backend in route["backends"]:
+            backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
+    data["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
+    config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    yaml.safe_dump(data, config)
+    config.close()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    proc = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "--logfile=/dev/null", "agw", "-f", config.name, "-i", "127.0.0.1"],
+        cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "sk-bench"},
+    )
+    wait_port(port)
+    urllib.request.urlopen(f"http://127.0.0.1:{ready}/healthz/ready", timeout=5).read()
+    return proc, port, stats
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "maxrss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
