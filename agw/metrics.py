@@ -123,6 +123,25 @@ class GatewayMetrics:
             _ROUTE_LABELS,
             registry=self.registry,
         )
+        self.realtime_session_duration = Histogram(
+            "agw_realtime_session_duration_seconds",
+            "Realtime session duration (OpenAI ends sessions at 60 minutes).",
+            _ROUTE_LABELS,
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 2700, 3600, 3900),
+            registry=self.registry,
+        )
+        self.realtime_messages = Counter(
+            "agw_realtime_messages",
+            "Realtime messages relayed, by direction (client_to_upstream, upstream_to_client).",
+            _ROUTE_LABELS + ("direction",),
+            registry=self.registry,
+        )
+        self.realtime_bytes = Counter(
+            "agw_realtime_bytes",
+            "Realtime message payload bytes relayed (decompressed), by direction.",
+            _ROUTE_LABELS + ("direction",),
+            registry=self.registry,
+        )
 
     def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage) -> None:
         """Record one response's usage: one observation per token type."""

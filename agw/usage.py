@@ -19,8 +19,9 @@ from attrs import frozen
 RESPONSE_DONE = b'"response.done"'
 SESSION_CREATED = b'"session.created"'
 SESSION_UPDATED = b'"session.updated"'
+RESPONSE_CREATED = b'"response.created"'
 TRANSCRIPTION_COMPLETED = b'"conversation.item.input_audio_transcription.completed"'
-_MARKERS = (RESPONSE_DONE, SESSION_CREATED, SESSION_UPDATED, TRANSCRIPTION_COMPLETED)
+_MARKERS = (RESPONSE_DONE, RESPONSE_CREATED, SESSION_CREATED, SESSION_UPDATED, TRANSCRIPTION_COMPLETED)
 
 MODALITIES = ("text", "audio", "image")
 

@@ -77,21 +77,31 @@ class RelayLeg:
             consumer.unregisterProducer()
             consumer.registerProducer(producer, True)
 
-    def relay_closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:
+    def code_for_partner(self, was_clean: bool, code: int | None, reason: str | None) -> tuple[int, str | None]:
         """
-        This leg closed: close the partner with the same code and reason.
-        When this side failed its peer (oversized message, protocol error,
-        ping timeout) the partner gets 1011: the failure was not its peer's.
+        How to close the partner after this leg closed: the same code and
+        reason. When this side failed its peer (oversized message, protocol
+        error, ping timeout) the partner gets 1011: the failure was not its
+        peer's; so does a peer that vanished.
         """
-        partner, self.partner = self.partner, None
-        if partner is None:
-            return
-        partner.partner = None
         if self.closedByMe and self.localCloseCode is not None:
-            code, reason = INTERNAL_ERROR, "gateway failed the other leg"
-        elif not was_clean:
-            code, reason = INTERNAL_ERROR, "peer went away"
-        partner.close(partner_close_code(code), reason)
+            return INTERNAL_ERROR, "gateway failed the other leg"
+        if not was_clean:
+            return INTERNAL_ERROR, "peer went away"
+        return partner_close_code(code), reason
+
+    def unlink(self) -> RelayLeg | None:
+        """Forget the partner (both ways); return it."""
+        partner, self.partner = self.partner, None
+        if partner is not None:
+            partner.partner = None
+        return partner
+
+    def relay_closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:
+        """This leg closed: close the partner the same way (see L{code_for_partner})."""
+        partner = self.unlink()
+        if partner is not None:
+            partner.close(*self.code_for_partner(was_clean, code, reason))
 
     def close(self, code: int, reason: str | None) -> None:
         """

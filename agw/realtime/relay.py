@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from agw.backend import BackendTarget
+from agw.accesslog import NO_ACCESS_LOG, AccessLog
 from agw.config import Policies
 from agw.headers import upstream_headers
 from agw.metrics import GatewayMetrics, RouteLabels
@@ -52,6 +53,8 @@ class RelayOptions:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     close_timeout: float = 1.0
+    # How long a response the client abandoned may take to report its usage.
+    cancel_grace: float = 5.0
 
 
 def handshake_headers(request_headers: dict[str, str], protocols: Iterable[str], policies: Policies) -> dict[str, str]:
@@ -98,8 +101,10 @@ class RealtimeRelay:
         metrics: GatewayMetrics,
         route: RouteLabels,
         options: RelayOptions = RelayOptions(),
+        access_log: AccessLog = NO_ACCESS_LOG,
     ) -> None:
         self._reactor = reactor
+        self._access_log = access_log
         self._target = target
         self._policies = policies
         self._metrics = metrics
@@ -130,7 +135,7 @@ class RealtimeRelay:
     def new_session(self, request: ConnectionRequest) -> RealtimeSession:
         """Accounting for a client that is shaking hands."""
         model = request.params.get("model", [None])[0]
-        return RealtimeSession(self._metrics, self._route, model)
+        return RealtimeSession(self._metrics, self._route, model, self._reactor.seconds, self._access_log)  # type: ignore[attr-defined]
 
     def open_upstream(
         self, request_uri: str, request: ConnectionRequest, session: RealtimeSession
@@ -156,6 +161,7 @@ class RealtimeRelay:
         )
         use_reactor_timers(factory, self._reactor)  # type: ignore[arg-type]
         factory.tracker = self.connections
+        factory.clock = self._reactor
         connecting = self._target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
 
         def cancel(opened: Deferred[UpstreamProtocol]) -> None:

@@ -16,13 +16,15 @@ from twisted.internet.error import ConnectError, TimeoutError as ConnectTimeout
 from twisted.python.failure import Failure
 
 from agw.realtime.leg import RelayLeg
-from agw.realtime.session import RealtimeSession
+from agw.realtime.session import CLIENT_TO_UPSTREAM, RealtimeSession
 from agw.realtime.upstream import UpstreamProtocol, UpstreamRefused
 
 if TYPE_CHECKING:
     from agw.realtime.relay import RealtimeRelay
 
 REALTIME_SUBPROTOCOL = "realtime"
+RESPONSE_CREATE = b'"response.create"'
+_HEAD = 256
 
 
 class HandshakeAnswer(Exception):
@@ -103,18 +105,35 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         self.factory.relay.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if session is not None:
+            session.relayed(CLIENT_TO_UPSTREAM, len(payload))
+            # Clients put "type" first; only the head is looked at.
+            if not isBinary and RESPONSE_CREATE in payload[:_HEAD]:
+                session.response_requested()
         if self.partner is not None:
             self.partner.sendMessage(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.relay.closed(self)
+        session = self.session
         if self._opening is not None and not self._opening.called:
             self._opening.cancel()  # the client left during the handshake
-        elif self.partner is None and self._upstream is not None:
+            return
+        upstream = self.partner
+        if upstream is not None and session is not None and session.responses_in_progress and self.factory.relay.options.cancel_grace > 0:
+            # The provider bills a response the client will never see: ask
+            # it to stop, and keep listening for that response's usage.
+            partner_code, partner_reason = self.code_for_partner(wasClean, code, reason)
+            self.unlink()
+            assert isinstance(upstream, UpstreamProtocol)
+            upstream.drain(partner_code, partner_reason, self.factory.relay.options.cancel_grace, code)
+            return  # the upstream leg ends the session when it is done
+        if upstream is None and self._upstream is not None:
             self._upstream.close(1011, "client went away")
         self.relay_closed(wasClean, code, reason)
-        if self.session is not None:
-            self.session.ended()
-        self.factory.relay.closed(self)
+        if session is not None:
+            session.ended(code if wasClean else 1006, reason)
 
 
 class RealtimeServerFactory(WebSocketServerFactory):

@@ -5,39 +5,107 @@ at once, response by response, so nothing waits for the session to end.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from agw.accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
 from agw.metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.usage import AudioDuration, TokenUsage
 
+CLIENT_TO_UPSTREAM = "client_to_upstream"
+UPSTREAM_TO_CLIENT = "upstream_to_client"
+CHAT = "chat"  # agentgateway's operation name for Realtime responses
+
 
 class RealtimeSession:
-    """The L{UsageSink} of one relayed session."""
+    """The L{UsageSink} of one relayed session, and its session metrics."""
 
-    def __init__(self, metrics: GatewayMetrics, route: RouteLabels, request_model: str | None) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        route: RouteLabels,
+        request_model: str | None,
+        clock: Callable[[], float],
+        access_log: AccessLog = NO_ACCESS_LOG,
+    ) -> None:
         self._metrics = metrics
         self._route = route
+        self._clock = clock
+        self._log = access_log
         self.request_model = request_model
         self.response_model: str | None = None
-        self._open = False
+        self.responses_in_progress = 0
+        self.responses = 0
+        self.started_at: float | None = None
+        self._ttft_from: float | None = None
+        self.totals = {"input": 0, "output": 0, "input_cache_read": 0}
+        labels = route.values()
+        self._messages = {d: metrics.realtime_messages.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
+        self._bytes = {d: metrics.realtime_bytes.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
 
     def started(self) -> None:
         """Both legs are open."""
-        self._open = True
+        self.started_at = self._clock()
         self._metrics.realtime_sessions.labels(*self._route.values()).inc()
 
-    def ended(self) -> None:
-        """The session is over (idempotent)."""
-        if self._open:
-            self._open = False
-            self._metrics.realtime_sessions.labels(*self._route.values()).dec()
+    def ended(self, close_code: int | None, reason: str | None) -> None:
+        """The client's leg is closed (idempotent)."""
+        if self.started_at is None:
+            return
+        duration = self._clock() - self.started_at
+        self.started_at = None
+        self._metrics.realtime_sessions.labels(*self._route.values()).dec()
+        self._metrics.realtime_session_duration.labels(*self._route.values()).observe(duration)
+        self._log.emit(
+            "realtime.session", self._route, self._models(CHAT),
+            **{"duration_s": round(duration, 6), "websocket.close_code": close_code, "agw.responses": self.responses,
+               "agw.responses_in_progress": self.responses_in_progress,
+               **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()}},
+        )
+
+    def relayed(self, direction: str, size: int) -> None:
+        self._messages[direction].inc()
+        self._bytes[direction].inc(size)
 
     def _models(self, operation: str) -> ModelLabels:
         return ModelLabels(operation, self.request_model, self.response_model)
 
+    # UsageSink
+
     def model_changed(self, model: str) -> None:
         self.response_model = model
 
+    def response_requested(self) -> None:
+        """The client sent C{response.create}: time to first token starts."""
+        if self._ttft_from is None:
+            self._ttft_from = self._clock()
+
+    @property
+    def awaiting_first_delta(self) -> bool:
+        return self._ttft_from is not None
+
+    def first_delta(self) -> None:
+        if self._ttft_from is not None:
+            elapsed, self._ttft_from = self._clock() - self._ttft_from, None
+            self._metrics.time_to_first_token.labels(*(self._models(CHAT).values() + self._route.values())).observe(elapsed)
+
+    def response_started(self) -> None:
+        self.responses_in_progress += 1
+
+    def response_finished(self, status: str | None, usage: TokenUsage | None) -> None:
+        self.responses_in_progress = max(0, self.responses_in_progress - 1)
+        self.responses += 1
+        if usage is not None:
+            self.tokens_used(CHAT, usage)
+        self._log.emit("realtime.response", self._route, self._models(CHAT), status=status, **usage_fields(usage))
+
     def tokens_used(self, operation: str, usage: TokenUsage) -> None:
         self._metrics.record_tokens(self._route, self._models(operation), usage)
+        self.totals["input"] += usage.input
+        self.totals["output"] += usage.output
+        self.totals["input_cache_read"] += usage.cached_input or 0
+        if operation != CHAT:
+            self._log.emit(f"realtime.{operation}", self._route, self._models(operation), **usage_fields(usage))
 
     def audio_used(self, operation: str, duration: AudioDuration) -> None:
         self._metrics.record_audio(self._route, self._models(operation), duration)
+        self._log.emit(f"realtime.{operation}", self._route, self._models(operation), **{"agw.usage.audio_seconds": duration.seconds})

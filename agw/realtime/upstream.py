@@ -13,6 +13,7 @@ from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
 from agw.realtime.leg import RelayLeg
+from agw.realtime.session import UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.realtime.tracker import ConnectionTracker
 from agw.realtime.usage_mixin import RealtimeUsageMixin
 
@@ -44,9 +45,13 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
 
     factory: UpstreamFactory
 
+    usage_sink: RealtimeSession | None  # type: ignore[assignment]
+
     def __init__(self) -> None:
         super().__init__()
         self._held: list[tuple[bytes, bool]] | None = []
+        self._draining: tuple[int, str | None, int | None] | None = None
+        self._drain_timer: Any = None
 
     def processHandshake(self) -> Any:
         end = self.data.find(b"\r\n\r\n")
@@ -102,9 +107,36 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         if self._held is not None:
             self._held.append((payload, isBinary))
         elif self.partner is not None:
+            if self.usage_sink is not None:
+                self.usage_sink.relayed(UPSTREAM_TO_CLIENT, len(payload))
             self.partner.sendMessage(payload, isBinary)
+        elif self._draining is not None and self.usage_sink is not None and not self.usage_sink.responses_in_progress:
+            self._finish_drain()
+
+    def drain(self, code: int, reason: str | None, grace: float, client_code: int | None) -> None:
+        """
+        The client left mid-response: cancel the response upstream and stay
+        open up to C{grace} seconds for its C{response.done} (and usage),
+        then close with C{code}.
+        """
+        self._draining = (code, reason, client_code)
+        self.sendMessage(b'{"type":"response.cancel"}')
+        self._drain_timer = self.factory.clock.callLater(grace, self._finish_drain)
+
+    def _finish_drain(self) -> None:
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        if self._draining is not None:
+            code, reason, _ = self._draining
+            self.close(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._draining is not None:
+            if self._drain_timer is not None and self._drain_timer.active():
+                self._drain_timer.cancel()
+            if self.usage_sink is not None:
+                self.usage_sink.ended(self._draining[2], self._draining[1])
+            self._draining = None
         if not self.factory.opened.called:
             end = self.data.find(b"\r\n\r\n") if self.data else -1
             refusal = self._refusal(end, complete=True) if end >= 0 else None
@@ -124,6 +156,7 @@ class UpstreamFactory(WebSocketClientFactory):
     protocol = UpstreamProtocol
 
     tracker: ConnectionTracker | None = None
+    clock: Any = None  # the reactor, for the drain timer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,6 +1,7 @@
 """
 The usage mixin: reads Realtime server events on their way through and
-records every usage report as it arrives.
+reports every usage figure, and each response's start and end, as they
+arrive.
 """
 
 from __future__ import annotations
@@ -17,14 +18,24 @@ from agw.usage import (
     session_model,
 )
 
-CHAT = "chat"  # agentgateway's operation name for Realtime responses
 TRANSCRIPTION = "transcription"
+# Deltas start with their type (OpenAI serialises "type" first); only the
+# head of a message is looked at, and only while a first token is awaited.
+_DELTA_HEAD = 96
 
 
 class UsageSink(Protocol):
     """Where the mixin reports what it found (see L{agw.realtime.session})."""
 
+    awaiting_first_delta: bool
+
     def model_changed(self, model: str) -> None: ...
+
+    def response_started(self) -> None: ...
+
+    def first_delta(self) -> None: ...
+
+    def response_finished(self, status: str | None, usage: TokenUsage | None) -> None: ...
 
     def tokens_used(self, operation: str, usage: TokenUsage) -> None: ...
 
@@ -35,28 +46,37 @@ class RealtimeUsageMixin:
     """
     Mix into a protocol that receives Realtime server events; call
     L{inspect_server_event} with each whole message. Only text messages that
-    can carry usage or the session's model are decoded.
+    can matter (C{response.created}, C{response.done}, C{session.*}, completed
+    transcriptions) are decoded.
     """
 
     usage_sink: UsageSink | None = None
 
     def inspect_server_event(self, payload: bytes, is_binary: bool) -> None:
         sink = self.usage_sink
-        if sink is None or is_binary or not might_carry_usage(payload):
+        if sink is None or is_binary:
+            return
+        if sink.awaiting_first_delta and b'delta"' in payload[:_DELTA_HEAD]:
+            sink.first_delta()
+        if not might_carry_usage(payload):
             return
         event = decode_event(payload)
         if event is None:
             return
-        model = session_model(event)
-        if model is not None:
-            sink.model_changed(model)
-            return
-        usage = realtime_response_usage(event)
-        if usage is not None:
-            sink.tokens_used(CHAT, usage)
-            return
-        transcription = realtime_transcription_usage(event)
-        if isinstance(transcription, TokenUsage):
-            sink.tokens_used(TRANSCRIPTION, transcription)
-        elif isinstance(transcription, AudioDuration):
-            sink.audio_used(TRANSCRIPTION, transcription)
+        kind = event.get("type")
+        if kind == "response.created":
+            sink.response_started()
+        elif kind == "response.done":
+            response = event.get("response")
+            status = response.get("status") if isinstance(response, dict) else None
+            sink.response_finished(status if isinstance(status, str) else None, realtime_response_usage(event))
+        elif kind in ("session.created", "session.updated"):
+            model = session_model(event)
+            if model is not None:
+                sink.model_changed(model)
+        else:
+            transcription = realtime_transcription_usage(event)
+            if isinstance(transcription, TokenUsage):
+                sink.tokens_used(TRANSCRIPTION, transcription)
+            elif isinstance(transcription, AudioDuration):
+                sink.audio_used(TRANSCRIPTION, transcription)
