@@ -136,6 +136,26 @@ def session_model(event: dict[str, Any]) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
+def session_transcription_model(event: dict[str, Any]) -> str | None:
+    """
+    The input transcription model a C{session.created}/C{session.updated}
+    configures (GA: C{session.audio.input.transcription.model}; beta:
+    C{session.input_audio_transcription.model}).
+    """
+    if event.get("type") not in ("session.created", "session.updated"):
+        return None
+    session = event.get("session")
+    if not isinstance(session, dict):
+        return None
+    audio = session.get("audio")
+    audio_input = audio.get("input") if isinstance(audio, dict) else None
+    transcription = audio_input.get("transcription") if isinstance(audio_input, dict) else None
+    if not isinstance(transcription, dict):
+        transcription = session.get("input_audio_transcription")
+    model = transcription.get("model") if isinstance(transcription, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 def chat_completion_usage(body: dict[str, Any]) -> TokenUsage | None:
     """Usage of a chat completion, or of a streamed chunk that carries it."""
     usage = body.get("usage")

@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from agw.realtime.timers import cancel_leftover_timers
 from agw.realtime.tracker import ConnectionTracker
@@ -29,6 +31,28 @@ def partner_close_code(code: int | None) -> int:
     if code is None or code in UNSENDABLE_CLOSE_CODES:
         return INTERNAL_ERROR
     return code
+
+
+@implementer(IPushProducer)
+class PauseOnly:
+    """
+    The producer one leg registers on the other's transport: pause and
+    resume pass through, but C{stopProducing} (called when the consumer's
+    connection is lost) does not drop this leg: how it closes is the
+    relay's decision (close code, draining an abandoned response).
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class RelayLeg:
@@ -75,7 +99,7 @@ class RelayLeg:
             # twisted.web registered its HTTPChannel as the producer of a
             # taken-over transport; it has no say any more.
             consumer.unregisterProducer()
-            consumer.registerProducer(producer, True)
+            consumer.registerProducer(PauseOnly(producer), True)
 
     def code_for_partner(self, was_clean: bool, code: int | None, reason: str | None) -> tuple[int, str | None]:
         """
@@ -91,10 +115,18 @@ class RelayLeg:
         return partner_close_code(code), reason
 
     def unlink(self) -> RelayLeg | None:
-        """Forget the partner (both ways); return it."""
+        """
+        Forget the partner (both ways) and end flow control between the two
+        transports, resuming either side a full buffer had paused; return
+        the partner.
+        """
         partner, self.partner = self.partner, None
         if partner is not None:
             partner.partner = None
+            for leg in (self, partner):
+                if not getattr(leg.transport, "disconnected", False):
+                    leg.transport.unregisterProducer()
+                    leg.transport.resumeProducing()
         return partner
 
     def relay_closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:

@@ -14,6 +14,7 @@ from agw.usage import AudioDuration, TokenUsage
 CLIENT_TO_UPSTREAM = "client_to_upstream"
 UPSTREAM_TO_CLIENT = "upstream_to_client"
 CHAT = "chat"  # agentgateway's operation name for Realtime responses
+TRANSCRIPTION = "transcription"
 
 
 class RealtimeSession:
@@ -33,6 +34,7 @@ class RealtimeSession:
         self._log = access_log
         self.request_model = request_model
         self.response_model: str | None = None
+        self.transcription_model: str | None = None
         self.responses_in_progress = 0
         self.responses = 0
         self.started_at: float | None = None
@@ -67,12 +69,18 @@ class RealtimeSession:
         self._bytes[direction].inc(size)
 
     def _models(self, operation: str) -> ModelLabels:
+        if operation == TRANSCRIPTION:
+            # Transcription is served by the session's transcription model.
+            return ModelLabels(operation, self.transcription_model, self.transcription_model)
         return ModelLabels(operation, self.request_model, self.response_model)
 
     # UsageSink
 
     def model_changed(self, model: str) -> None:
         self.response_model = model
+
+    def transcription_model_changed(self, model: str) -> None:
+        self.transcription_model = model
 
     def response_requested(self) -> None:
         """The client sent C{response.create}: time to first token starts."""

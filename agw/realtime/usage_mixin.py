@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agw.realtime.session import TRANSCRIPTION
 from agw.usage import (
     AudioDuration,
     TokenUsage,
@@ -16,9 +17,9 @@ from agw.usage import (
     realtime_response_usage,
     realtime_transcription_usage,
     session_model,
+    session_transcription_model,
 )
 
-TRANSCRIPTION = "transcription"
 # Deltas start with their type (OpenAI serialises "type" first); only the
 # head of a message is looked at, and only while a first token is awaited.
 _DELTA_HEAD = 96
@@ -30,6 +31,8 @@ class UsageSink(Protocol):
     awaiting_first_delta: bool
 
     def model_changed(self, model: str) -> None: ...
+
+    def transcription_model_changed(self, model: str) -> None: ...
 
     def response_started(self) -> None: ...
 
@@ -74,6 +77,9 @@ class RealtimeUsageMixin:
             model = session_model(event)
             if model is not None:
                 sink.model_changed(model)
+            transcription_model = session_transcription_model(event)
+            if transcription_model is not None:
+                sink.transcription_model_changed(transcription_model)
         else:
             transcription = realtime_transcription_usage(event)
             if isinstance(transcription, TokenUsage):

@@ -44,6 +44,9 @@ class FakeOpenAI:
         self.realtime_model = realtime_model
         self.transcription_model = "gpt-4o-transcribe"
         self.transcription_usage: dict[str, Any] | None = None
+        # Seconds between a response's first deltas and its response.done;
+        # within them a response.cancel ends it as "cancelled".
+        self.response_delay = 0.0
         self.ledger: list[Billed] = []
         self.handshakes: list[Handshake] = []
         self.received: list[bytes] = []

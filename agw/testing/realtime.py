@@ -90,6 +90,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(self._refusal.status, "Refused")
         self.model = fake.realtime_model
         self.session_id = f"sess_{next(fake.ids)}"
+        self._pending: tuple[Any, str, int, bool] | None = None
         return None
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
@@ -103,7 +104,11 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         self.send_event("session.created", session=self.session())
 
     def session(self) -> dict[str, Any]:
-        return {"object": "realtime.session", "type": "realtime", "id": self.session_id, "model": self.model}
+        session: dict[str, Any] = {"object": "realtime.session", "type": "realtime", "id": self.session_id, "model": self.model}
+        fake = self.factory.fake
+        if fake.transcription_usage is not None:
+            session["audio"] = {"input": {"transcription": {"model": fake.transcription_model}}}
+        return session
 
     def send_event(self, event_type: str, **fields: Any) -> None:
         event = {"type": event_type, "event_id": f"event_{next(self.factory.fake.ids)}", **fields}
@@ -114,6 +119,9 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         cancel_leftover_timers(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        pending = getattr(self, "_pending", None)
+        if pending is not None and pending[0].active():
+            pending[0].cancel()
         if self in self.factory.fake.sessions:
             self.factory.fake.closes.append((code, reason))
 
@@ -175,9 +183,25 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         self.send_event("response.created", response={"id": response_id, "status": "in_progress"})
         for word in ("Hello", "!"):
             self.send_event("response.output_text.delta", response_id=response_id, delta=word)
-        if "audio" in modalities:
+        audio = "audio" in modalities
+        if audio:
             self.send_event("response.output_audio.delta", response_id=response_id, delta="AAAA")
-        self.finish_response(response_id, number, "audio" in modalities, "completed")
+        if fake.response_delay > 0:
+            call = self.factory.reactor.callLater(fake.response_delay, self._finish_pending, "completed")
+            self._pending = (call, response_id, number, audio)
+        else:
+            self.finish_response(response_id, number, audio, "completed")
+
+    def on_response_cancel(self, event: dict[str, Any]) -> None:
+        if self._pending is not None and self._pending[0].active():
+            self._pending[0].cancel()
+            self._finish_pending("cancelled")
+
+    def _finish_pending(self, status: str) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and self.state == self.STATE_OPEN:
+            _, response_id, number, audio = pending
+            self.finish_response(response_id, number, audio, status)
 
     def finish_response(self, response_id: str, number: int, audio: bool, status: str) -> None:
         fake = self.factory.fake
@@ -198,5 +222,6 @@ class FakeRealtimeFactory(WebSocketServerFactory):
     def __init__(self, fake: FakeOpenAI, reactor: Any) -> None:
         super().__init__()
         self.fake = fake
+        self.reactor = reactor
         use_reactor_timers(self, reactor)
         self.setProtocolOptions(maxMessagePayloadSize=64 * 1024 * 1024, maxFramePayloadSize=64 * 1024 * 1024)

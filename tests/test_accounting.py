@@ -1,0 +1,177 @@
+"""
+Accounting beyond agentgateway: transcription, modality, abandoned
+responses, session metrics; counted tokens equal the upstream's ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+
+from agw.realtime import RelayOptions
+from agw.testing import REALTIME_MODEL
+from tests.support import GatewayTestCase, token_sums, wait_until
+from tests.test_realtime_relay import open_client, recv_event
+
+ROUTE = {"bind": "0", "gateway": "bind/0", "listener": "listener0", "route": "route0", "route_rule": ""}
+
+
+def modality_sums(samples: dict) -> dict[tuple[str, str, str], float]:
+    """agw_gen_ai_tokens_total by (operation, token type, modality)."""
+    sums: dict[tuple[str, str, str], float] = {}
+    for (name, labels), value in samples.items():
+        if name == "agw_gen_ai_tokens_total":
+            label = dict(labels)
+            key = (label["gen_ai_operation_name"], label["gen_ai_token_type"], label["gen_ai_token_modality"])
+            sums[key] = sums.get(key, 0) + value
+    return sums
+
+
+def ledger_modalities(ledger: list) -> dict[tuple[str, str, str], float]:
+    """The fake's ledger by (operation, token type, modality), unreported remainders as 'unknown'."""
+    sums: dict[tuple[str, str, str], float] = {}
+
+    def add(operation: str, token_type: str, total: int, details: dict) -> None:
+        attributed = 0
+        for modality in ("text", "audio", "image"):
+            tokens = details.get(f"{modality}_tokens", 0)
+            if tokens:
+                sums[(operation, token_type, modality)] = sums.get((operation, token_type, modality), 0) + tokens
+                attributed += tokens
+        if total > attributed:
+            sums[(operation, token_type, "unknown")] = sums.get((operation, token_type, "unknown"), 0) + total - attributed
+
+    for entry in ledger:
+        usage = entry.usage
+        input_details = usage.get("input_token_details") or {}
+        add(entry.operation, "input", usage.get("input_tokens", 0), input_details)
+        output_details = usage.get("output_token_details") or ({"text_tokens": usage.get("output_tokens", 0)} if entry.operation == "transcription" else {})
+        add(entry.operation, "output", usage.get("output_tokens", 0), output_details)
+        if "cached_tokens" in input_details:
+            add(entry.operation, "input_cache_read", input_details["cached_tokens"], input_details.get("cached_tokens_details") or {})
+    return sums
+
+
+class AccountingTestCase(GatewayTestCase):
+    @property
+    def url(self) -> str:
+        return f"{self.ws_base}/realtime?model=gpt-realtime"
+
+    @inlineCallbacks
+    def assert_ledger_on_metrics(self) -> Any:
+        samples = yield self.scrape()
+        self.assertEqual({k: float(v) for k, v in self.fake.billed().items()}, token_sums(samples))
+        self.assertEqual(ledger_modalities(self.fake.ledger), modality_sums(samples))
+        return samples
+
+
+class ModalityAndTranscriptionTests(AccountingTestCase):
+    @inlineCallbacks
+    def test_audio_text_and_transcription(self) -> Any:
+        self.fake.transcription_usage = {
+            "type": "tokens", "input_tokens": 14, "output_tokens": 5, "total_tokens": 19,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
+        }
+
+        def session() -> None:
+            with open_client(self.url) as ws:
+                recv_event(ws)
+                for modalities in (["audio"], ["text"], ["audio"]):
+                    ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"}))
+                    ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                    ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": modalities}}))
+                    while recv_event(ws)["type"] != "response.done":
+                        pass
+
+        yield deferToThread(session)
+        samples = yield self.assert_ledger_on_metrics()
+        transcription = {k: v for k, v in token_sums(samples).items() if k[0] == "transcription"}
+        self.assertEqual(transcription, {("transcription", "gpt-4o-transcribe", "input"): 42.0, ("transcription", "gpt-4o-transcribe", "output"): 15.0})
+        self.assertEqual(modality_sums(samples)[("chat", "output", "audio")], sum(
+            e.usage["output_token_details"]["audio_tokens"] for e in self.fake.ledger if e.operation == "chat"))
+        ttft = samples[("agentgateway_gen_ai_server_time_to_first_token_count", frozenset({
+            "gen_ai_operation_name": "chat", "gen_ai_system": "openai", "gen_ai_request_model": "gpt-realtime",
+            "gen_ai_response_model": REALTIME_MODEL, **ROUTE}.items()))]
+        self.assertEqual(ttft, 3.0)
+
+    @inlineCallbacks
+    def test_transcription_by_duration(self) -> Any:
+        self.fake.transcription_usage = {"type": "duration", "seconds": 2.5}
+
+        def session() -> None:
+            with open_client(self.url) as ws:
+                recv_event(ws)
+                ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                while recv_event(ws)["type"] != "conversation.item.input_audio_transcription.completed":
+                    pass
+
+        yield deferToThread(session)
+        samples = yield self.scrape()
+        seconds = [v for (n, _), v in samples.items() if n == "agw_gen_ai_audio_seconds_total"]
+        self.assertEqual(seconds, [2.5])
+
+
+class SessionMetricsTests(AccountingTestCase):
+    @inlineCallbacks
+    def test_messages_bytes_and_duration(self) -> Any:
+        def session() -> None:
+            with open_client(self.url) as ws:
+                recv_event(ws)
+                ws.send(json.dumps({"type": "test.echo", "pad": "x" * 1000}))
+                recv_event(ws)
+
+        yield deferToThread(session)
+        yield wait_until(lambda: not self.gateway.relays[0].connections)
+        samples = yield self.scrape()
+        sent = samples[("agw_realtime_messages_total", frozenset({**ROUTE, "direction": "client_to_upstream"}.items()))]
+        received = samples[("agw_realtime_messages_total", frozenset({**ROUTE, "direction": "upstream_to_client"}.items()))]
+        self.assertEqual((sent, received), (1.0, 2.0))  # echo; session.created + echo
+        self.assertGreater(samples[("agw_realtime_bytes_total", frozenset({**ROUTE, "direction": "client_to_upstream"}.items()))], 1000)
+        self.assertEqual(samples[("agw_realtime_session_duration_seconds_count", frozenset(ROUTE.items()))], 1.0)
+        self.assertEqual(samples[("agw_realtime_sessions", frozenset(ROUTE.items()))], 0.0)
+
+
+class AbandonedResponseTests(AccountingTestCase):
+    relay_options = RelayOptions(cancel_grace=5.0)
+
+    @inlineCallbacks
+    def test_client_leaving_mid_response_still_counts_it(self) -> Any:
+        self.fake.response_delay = 30.0  # only response.cancel ends it in time
+
+        def leave_mid_response() -> None:
+            ws = open_client(self.url)
+            recv_event(ws)
+            ws.send(json.dumps({"type": "response.create"}))
+            while recv_event(ws)["type"] != "response.output_text.delta":
+                pass
+            ws.close(4000, "user hung up")
+
+        yield deferToThread(leave_mid_response)
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes, [(4000, "user hung up")])
+        self.assertIn(b'{"type":"response.cancel"}', self.fake.received)
+        self.assertEqual(len(self.fake.ledger), 1)
+        yield self.assert_ledger_on_metrics()
+
+    @inlineCallbacks
+    def test_vanished_client_mid_response(self) -> Any:
+        import socket
+
+        self.fake.response_delay = 30.0
+
+        def vanish_mid_response() -> None:
+            ws = open_client(self.url)
+            recv_event(ws)
+            ws.send(json.dumps({"type": "response.create"}))
+            while recv_event(ws)["type"] != "response.output_text.delta":
+                pass
+            ws.socket.shutdown(socket.SHUT_RDWR)
+
+        yield deferToThread(vanish_mid_response)
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes[0][0], 1011)
+        self.assertEqual(len(self.fake.ledger), 1)
+        yield self.assert_ledger_on_metrics()
