@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTCP
 from twisted.web.resource import IResource
 
+from agw.accesslog import NO_ACCESS_LOG, AccessLog
 from agw.backend import BackendTarget
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
@@ -45,6 +46,7 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         relay_options: RelayOptions = RelayOptions(),
         http_options: HTTPOptions = HTTPOptions(),
+        access_log: AccessLog = NO_ACCESS_LOG,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -54,6 +56,7 @@ class Gateway:
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.relay_options = relay_options
+        self.access_log = access_log
         self.relays: list[RealtimeRelay] = []
         self.http_client = UpstreamClient(reactor, http_options)
         self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
@@ -111,13 +114,16 @@ class Gateway:
 
     def _build(self, route_type: RouteType, route: Route, target: BackendTarget, labels: RouteLabels) -> IResource:
         if route_type is RouteType.REALTIME:
-            relay = RealtimeRelay(self.reactor, target, route.policies, self.metrics, labels, self.relay_options)
+            relay = RealtimeRelay(
+                self.reactor, target, route.policies, self.metrics, labels, self.relay_options, self.access_log
+            )
             self.relays.append(relay)
             return relay.resource
         if route_type in _HTTP_TYPES:
             model = route.backends[0].model
             forwarded_as = RouteType.PASSTHROUGH if route_type is RouteType.MODELS else route_type
             return HTTPForwarder(
-                forwarded_as, self.http_client, target, route.policies, model, self.metrics, labels, self.reactor  # type: ignore[arg-type]
+                forwarded_as, self.http_client, target, route.policies, model, self.metrics, labels,
+                self.reactor, self.access_log,  # type: ignore[arg-type]
             )
         return ErrorResource(501, f"route type {route_type.value} is not supported by agw yet", "unsupported_route_type")

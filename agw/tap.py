@@ -7,10 +7,16 @@ stops twistd with one line naming the problem before anything listens.
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 from twisted.application.service import IService
 from twisted.python import usage
 
 from agw.config import ConfigError, GatewayConfig, load_config
+
+if TYPE_CHECKING:
+    from agw.accesslog import AccessLog
 
 
 class Options(usage.Options):
@@ -20,6 +26,7 @@ class Options(usage.Options):
         ["config", "f", "config.yaml", "agentgateway-format config file (YAML)."],
         ["interface", "i", "::", "Address the binds listen on."],
         ["upstream-timeout", None, "300", "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
+        ["access-log", None, "-", "Where JSON access log lines go: '-' for standard output, 'none', or a file to append to."],
     ]
 
     config_object: GatewayConfig
@@ -37,4 +44,19 @@ def makeService(options: Options) -> IService:
     from agw.http import HTTPOptions
 
     http_options = HTTPOptions(response_timeout=options["upstream-timeout"])
-    return Gateway(options.config_object, http_options=http_options).service(options["interface"])
+    return Gateway(
+        options.config_object, http_options=http_options, access_log=open_access_log(options["access-log"])
+    ).service(options["interface"])
+
+
+def open_access_log(where: str) -> AccessLog:
+    """The access log named on the command line."""
+    from agw.accesslog import NO_ACCESS_LOG, AccessLog
+
+    if where == "none":
+        return NO_ACCESS_LOG
+    if where == "-":
+        # twistd replaces sys.stdout with a logging file; the access log
+        # wants plain lines on the real standard output.
+        return AccessLog(sys.__stdout__)
+    return AccessLog(open(where, "a", encoding="utf-8"))

@@ -5,6 +5,7 @@ L{FakeOpenAI} on loopback, a running gateway, and metric readers.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from agw import Gateway, parse_config
+from agw.accesslog import AccessLog
 from agw.http import HTTPOptions
 from agw.realtime import RelayOptions
 from agw.testing import FakeOpenAI
@@ -62,7 +64,11 @@ class GatewayTestCase(TestCase):
         self.addCleanup(upstream.stopListening)
         self.upstream_port = upstream.getHost().port
         config = parse_config(seed_config_text(self.upstream_port, self.relay_types), {"OPENAI_API_KEY": BACKEND_KEY})
-        self.gateway = Gateway(config, relay_options=self.relay_options, http_options=self.http_options)
+        self.access_log = io.StringIO()
+        self.gateway = Gateway(
+            config, relay_options=self.relay_options, http_options=self.http_options,
+            access_log=AccessLog(self.access_log),
+        )
         self.service = self.gateway.service(interface="127.0.0.1")
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -80,11 +86,16 @@ class GatewayTestCase(TestCase):
         return f"http://127.0.0.1:{self.port}/v1"
 
     @inlineCallbacks
-    def scrape(self) -> Any:
-        """C{{(name, frozenset(labels.items())): value}} from the live /metrics page."""
+    def metrics_text(self) -> Any:
+        """The live /metrics page."""
         response = yield treq.get(f"http://127.0.0.1:{self.stats_port}/metrics", persistent=False)
         self.assertEqual(response.code, 200)
-        text = yield response.text()
+        return (yield response.text())
+
+    @inlineCallbacks
+    def scrape(self) -> Any:
+        """C{{(name, frozenset(labels.items())): value}} from the live /metrics page."""
+        text = yield self.metrics_text()
         samples = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

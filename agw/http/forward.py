@@ -21,6 +21,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from agw.accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
 from agw.backend import BackendTarget
 from agw.config import Policies, RouteType
 from agw.headers import HOP_BY_HOP, upstream_headers
@@ -62,8 +63,10 @@ class HTTPForwarder(Resource):
         metrics: GatewayMetrics,
         route: RouteLabels,
         reactor: IReactorTime,
+        access_log: AccessLog = NO_ACCESS_LOG,
     ) -> None:
         super().__init__()
+        self._log = access_log
         self._type = route_type
         self._parsed = _PARSED.get(route_type)
         self._client = client
@@ -110,7 +113,7 @@ class HTTPForwarder(Resource):
             if timed_out:
                 return self._answer(request, started, 504, "upstream did not answer in time", "upstream_timeout")
             if getattr(request, "_disconnected", False):
-                return self._metrics.record_request(self._route, method, 499, self._reactor.seconds() - started)
+                return self._record(method, 499, started, {"request": request_model, "response": None, "first": None, "path": request.path})
             if isinstance(e, ResponseFailed):
                 return self._answer(request, started, 502, "upstream closed the connection", "upstream_closed")
             return self._answer(request, started, 502, "upstream unreachable", "upstream_unreachable")
@@ -125,7 +128,7 @@ class HTTPForwarder(Resource):
         if isinstance(response.length, int):
             request.setHeader(b"content-length", b"%d" % response.length)
 
-        models = {"request": request_model, "response": None, "first": None}
+        models = {"request": request_model, "response": None, "first": None, "path": request.path}
 
         def first_byte() -> None:
             models["first"] = self._reactor.seconds()
@@ -208,15 +211,21 @@ class HTTPForwarder(Resource):
             return
         request.write(render_error(request, status, message, code, error_type))
         request.finish()
-        self._metrics.record_request(self._route, request.method, status, self._reactor.seconds() - started)
+        self._record(request.method, status, started, {"request": None, "response": None, "first": None, "path": request.path})
 
     def _record(self, method: bytes, status: int, started: float, seen: dict[str, Any]) -> None:
         now = self._reactor.seconds()
         self._metrics.record_request(self._route, method, status, now - started)
-        if self._parsed is None or not 200 <= status < 300:
-            return
-        models = ModelLabels(self._parsed[1], seen["request"], seen["response"])
         usage: TokenUsage | None = seen.get("usage")
+        models = ModelLabels(self._parsed[1], seen["request"], seen["response"]) if self._parsed else None
+        # The path only: a query string is the client's business.
+        self._log.emit(
+            "http", self._route, models,
+            **{"http.request.method": method.decode("ascii", "replace"), "url.path": seen["path"].decode("utf-8", "replace"),
+               "http.response.status_code": status, "duration_s": round(now - started, 6), **usage_fields(usage)},
+        )
+        if models is None or not 200 <= status < 300:
+            return
         first = seen["first"]
         self._metrics.record_llm_timing(
             self._route, models, now - started,

@@ -9,7 +9,7 @@ from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from agw.realtime.timers import cancel_leftover_timers
@@ -31,6 +31,21 @@ def partner_close_code(code: int | None) -> int:
     if code is None or code in UNSENDABLE_CLOSE_CODES:
         return INTERNAL_ERROR
     return code
+
+
+class LegLogger(Logger):
+    """
+    The legs' logger. Autobahn logs raw handshakes, credentials included, at
+    debug level through C{self.log}; nothing below info leaves a leg.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if level < LogLevel.info:
+            return
+        super().emit(level, format, **kwargs)
+
+    def trace(self, *args: Any, **kwargs: Any) -> None:
+        """txaio's level below debug: never emitted."""
 
 
 @implementer(IPushProducer)
@@ -61,7 +76,7 @@ class RelayLeg:
     forwards whole messages, and closes the partner the way this leg closed.
     """
 
-    log = Logger()
+    log = LegLogger()
     partner: RelayLeg | None = None
     tracker: ConnectionTracker | None = None
 
