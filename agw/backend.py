@@ -6,7 +6,8 @@ C{ai:} backend's config.
 from __future__ import annotations
 
 from attrs import frozen
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 
@@ -62,7 +63,14 @@ class BackendTarget:
 
     def endpoint(self, reactor: IReactorTCP, timeout: float) -> IStreamClientEndpoint:
         """A client endpoint for this backend, TLS-verified when C{tls}."""
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(self.host):
+            # No name to resolve: skip the resolver's thread hop.
+            endpoint = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=timeout)
+        elif isIPv6Address(self.host):
+            endpoint = TCP6ClientEndpoint(reactor, self.host, self.port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
         if self.tls:
             endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
         return endpoint

@@ -59,6 +59,8 @@ class GatewayTestCase(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
+        # Blocking clients (the SDK, websockets) run in reactor threads.
+        reactor.suggestThreadPoolSize(32)
         self.fake = FakeOpenAI()
         upstream = self.fake_port = yield self.fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
