@@ -82,6 +82,15 @@ def _modalities(details: dict[str, Any]) -> tuple[tuple[str, int], ...]:
     return tuple((m, _count(details.get(f"{m}_tokens"))) for m in MODALITIES if f"{m}_tokens" in details)
 
 
+def _text_remainder(total: int, details: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """
+    HTTP APIs report audio (and image) tokens but not text: text is what
+    the other modalities leave of the total.
+    """
+    others = tuple((m, _count(details.get(f"{m}_tokens"))) for m in ("audio", "image") if f"{m}_tokens" in details)
+    return (("text", max(0, total - sum(n for _, n in others))),) + others
+
+
 def realtime_response_usage(event: dict[str, Any]) -> TokenUsage | None:
     """
     Usage of a Realtime C{response.done} (completed, cancelled or failed
@@ -162,12 +171,13 @@ def chat_completion_usage(body: dict[str, Any]) -> TokenUsage | None:
     if not isinstance(usage, dict):
         return None
     prompt_details = _details(usage.get("prompt_tokens_details"))
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
     return TokenUsage(
-        input=_count(usage.get("prompt_tokens")),
-        output=_count(usage.get("completion_tokens")),
+        input=prompt,
+        output=completion,
         cached_input=_count(prompt_details["cached_tokens"]) if "cached_tokens" in prompt_details else None,
-        input_by_modality=_modalities(prompt_details),
-        output_by_modality=_modalities(_details(usage.get("completion_tokens_details"))),
+        input_by_modality=_text_remainder(prompt, prompt_details),
+        output_by_modality=_text_remainder(completion, _details(usage.get("completion_tokens_details"))),
     )
 
 
@@ -176,7 +186,8 @@ def embeddings_usage(body: dict[str, Any]) -> TokenUsage | None:
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return None
-    return TokenUsage(input=_count(usage.get("prompt_tokens")))
+    tokens = _count(usage.get("prompt_tokens"))
+    return TokenUsage(input=tokens, input_by_modality=(("text", tokens),))
 
 
 def responses_usage(body: dict[str, Any]) -> TokenUsage | None:
@@ -190,10 +201,13 @@ def responses_usage(body: dict[str, Any]) -> TokenUsage | None:
     if not isinstance(usage, dict):
         return None
     input_details = _details(usage.get("input_tokens_details"))
+    input_tokens, output_tokens = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
     return TokenUsage(
-        input=_count(usage.get("input_tokens")),
-        output=_count(usage.get("output_tokens")),
+        input=input_tokens,
+        output=output_tokens,
         cached_input=_count(input_details["cached_tokens"]) if "cached_tokens" in input_details else None,
+        input_by_modality=_text_remainder(input_tokens, input_details),
+        output_by_modality=_text_remainder(output_tokens, _details(usage.get("output_tokens_details"))),
     )
 
 

@@ -132,16 +132,21 @@ class HTTPUsageTests(SynchronousTestCase):
         usage = chat_completion_usage(body)
         assert usage is not None
         self.assertEqual((usage.input, usage.output, usage.cached_input), (19, 10, 8))  # reasoning not added
+        self.assertEqual(usage.input_by_modality, (("text", 19), ("audio", 0)))
+
+    def test_chat_audio_modality(self) -> None:
+        usage = chat_completion_usage({"usage": {"prompt_tokens": 100, "completion_tokens": 50, "prompt_tokens_details": {"audio_tokens": 60}, "completion_tokens_details": {"audio_tokens": 45, "reasoning_tokens": 0}}})
+        assert usage is not None
+        self.assertEqual((usage.input_by_modality, usage.output_by_modality), ((("text", 40), ("audio", 60)), (("text", 5), ("audio", 45))))
 
     def test_streamed_chunk_without_usage(self) -> None:
         self.assertIsNone(chat_completion_usage({"choices": [{"delta": {"content": "hi"}}], "usage": None}))
 
     def test_embeddings(self) -> None:
-        self.assertEqual(embeddings_usage({"usage": {"prompt_tokens": 8, "total_tokens": 8}}), TokenUsage(input=8))
+        self.assertEqual(embeddings_usage({"usage": {"prompt_tokens": 8, "total_tokens": 8}}), TokenUsage(input=8, input_by_modality=(("text", 8),)))
 
     def test_responses_json_and_stream(self) -> None:
         usage = {"input_tokens": 36, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 87, "output_tokens_details": {"reasoning_tokens": 0}}
-        self.assertEqual(responses_usage({"object": "response", "usage": usage}), TokenUsage(input=36, output=87, cached_input=4))
-        self.assertEqual(
-            responses_usage({"type": "response.completed", "response": {"usage": usage}}), TokenUsage(input=36, output=87, cached_input=4)
-        )
+        expected = TokenUsage(input=36, output=87, cached_input=4, input_by_modality=(("text", 36),), output_by_modality=(("text", 87),))
+        self.assertEqual(responses_usage({"object": "response", "usage": usage}), expected)
+        self.assertEqual(responses_usage({"type": "response.completed", "response": {"usage": usage}}), expected)
