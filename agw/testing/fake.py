@@ -50,6 +50,10 @@ class FakeOpenAI:
         self.ledger: list[Billed] = []
         self.handshakes: list[Handshake] = []
         self.received: list[bytes] = []
+        self.streamed = 0  # bytes sent by test.stream
+        # Set to False to keep only a count of received bytes (for volume tests).
+        self.keep_received = True
+        self.received_bytes = 0
         self.sessions: list[FakeRealtimeProtocol] = []
         self.closes: list[tuple[int | None, str | None]] = []
         self.ids = itertools.count(1)

@@ -13,6 +13,8 @@ from attrs import define, field, frozen
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from agw.realtime.timers import cancel_leftover_timers, use_reactor_timers
 
@@ -131,7 +133,9 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         fake = self.factory.fake
-        fake.received.append(payload)
+        fake.received_bytes += len(payload)
+        if fake.keep_received:
+            fake.received.append(payload)
         if isBinary:
             self.sendMessage(payload, isBinary=True)
             return
@@ -152,8 +156,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
 
     def on_test_stream(self, event: dict[str, Any]) -> None:
         chunk = base64.b64encode(b"\0" * int(event.get("chunk", 4096))).decode()
-        for _ in range(int(event["bytes"]) // max(len(chunk), 1)):
-            self.send_event("response.output_audio.delta", delta=chunk)
+        message = json.dumps({"type": "response.output_audio.delta", "delta": chunk}).encode()
+        _Stream(self, message, int(event["bytes"])).start()
 
     def on_session_update(self, event: dict[str, Any]) -> None:
         self.send_event("session.updated", session=self.session())
@@ -211,6 +215,43 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             "response.done",
             response={"object": "realtime.response", "id": response_id, "status": status, "usage": usage},
         )
+
+
+@implementer(IPushProducer)
+class _Stream:
+    """
+    Sends one message over and over until C{total} bytes are out, as fast
+    as the connection takes them and no faster: the fake never buffers
+    what its peer does not read.
+    """
+
+    def __init__(self, protocol: FakeRealtimeProtocol, message: bytes, total: int) -> None:
+        self._protocol = protocol
+        self._message = message
+        self._remaining = total
+        self._paused = False
+
+    def start(self) -> None:
+        # twisted.web's HTTPChannel is still registered on a taken-over transport.
+        self._protocol.transport.unregisterProducer()
+        self._protocol.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        fake = self._protocol.factory.fake
+        while not self._paused and self._remaining > 0 and self._protocol.state == self._protocol.STATE_OPEN:
+            self._protocol.sendMessage(self._message)
+            self._remaining -= len(self._message)
+            fake.streamed += len(self._message)
+        if self._remaining <= 0:
+            self._protocol.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def stopProducing(self) -> None:
+        self._remaining = 0
 
 
 _HANG = Refusal(0)
