@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTCP
 from twisted.web.resource import IResource
 
@@ -19,6 +19,7 @@ from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime import RealtimeRelay, RelayOptions
 from agw.routing import BindResource, RoutedRoute
+from agw.tracker import ConnectionTracker
 from agw.web import ErrorResource
 
 
@@ -59,6 +60,7 @@ class Gateway:
         self.access_log = access_log
         self.relays: list[RealtimeRelay] = []
         self.http_client = UpstreamClient(reactor, http_options)
+        self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
         self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
 
     @classmethod
@@ -70,14 +72,29 @@ class Gateway:
         """The resource serving bind C{port} (the first bind by default)."""
         return self._resources[self.config.binds[0].port if port is None else port]
 
-    def service(self, interface: str = "::") -> Any:
+    def service(self, interface: str = "::", drain_period: float = 5.0) -> Any:
         """
         A L{agw.service.GatewayService} listening on every bind (on
-        C{interface}), stats and readiness.
+        C{interface}), stats and readiness; stopping it drains for up to
+        C{drain_period} seconds (see L{drain}).
         """
         from agw.service import GatewayService
 
-        return GatewayService(self, interface)
+        return GatewayService(self, interface, drain_period)
+
+    @inlineCallbacks
+    def drain(self, period: float) -> Any:
+        """
+        Stop gracefully (call after the listeners stopped): give Realtime
+        sessions and in-flight HTTP requests up to C{period} seconds to end
+        by themselves, then close the sessions with 1001 and drop what is
+        left.
+        """
+        waits = [relay.connections.wait_empty(self.reactor, period) for relay in self.relays]  # type: ignore[arg-type]
+        waits.append(self.in_flight.wait_empty(self.reactor, period))  # type: ignore[arg-type]
+        yield DeferredList(waits)
+        yield self.close_sessions()
+        self.in_flight.abort_all()
 
     def close_sessions(self, code: int = 1001, reason: str = "gateway shutting down") -> Deferred[Any]:
         """
@@ -124,6 +141,6 @@ class Gateway:
             forwarded_as = RouteType.PASSTHROUGH if route_type is RouteType.MODELS else route_type
             return HTTPForwarder(
                 forwarded_as, self.http_client, target, route.policies, model, self.metrics, labels,
-                self.reactor, self.access_log,  # type: ignore[arg-type]
+                self.reactor, self.access_log, self.in_flight,  # type: ignore[arg-type]
             )
         return ErrorResource(501, f"route type {route_type.value} is not supported by agw yet", "unsupported_route_type")

@@ -67,6 +67,7 @@ class ListeningService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self.port = None
         listening, self._listening = self._listening, None
         if listening is None:
             return succeed(None)
@@ -94,9 +95,11 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, gateway: Gateway, interface: str = "::") -> None:
+    def __init__(self, gateway: Gateway, interface: str = "::", drain_period: float = 5.0) -> None:
         super().__init__()
         self.gateway = gateway
+        self.drain_period = drain_period
+        self.draining = False
         reactor = gateway.reactor
         config = gateway.config
         self.binds: dict[int, ListeningService] = {}
@@ -110,8 +113,8 @@ class GatewayService(MultiService):
         self.readiness.setServiceParent(self)
 
     def is_ready(self) -> bool:
-        """Every bind is listening."""
-        return self.running and all(listener.listening for listener in self.binds.values())
+        """Every bind is listening (and the gateway is not stopping)."""
+        return self.running and not self.draining and all(listener.listening for listener in self.binds.values())
 
     def port_of(self, bind_port: int) -> int:
         """The port bind C{bind_port} actually listens on (differs for port 0)."""
@@ -121,7 +124,13 @@ class GatewayService(MultiService):
 
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
-        # Stop accepting first, then close sessions with 1001 and wait for
-        # every leg to be gone.
+        """
+        Stop accepting (readiness says 503 from now on), let sessions and
+        HTTP requests finish for up to the drain period, close the rest of
+        the sessions with 1001, then stop the stats and readiness listeners.
+        """
+        self.draining = True
+        yield DeferredList([listener.stopService() for listener in self.binds.values()])
+        yield self.gateway.drain(self.drain_period)
         yield MultiService.stopService(self)
-        yield self.gateway.close_sessions()
+        self.draining = False

@@ -27,6 +27,10 @@ class Options(usage.Options):
         ["interface", "i", "::", "Address the binds listen on."],
         ["upstream-timeout", None, "300", "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
         ["access-log", None, "-", "Where JSON access log lines go: '-' for standard output, 'none', or a file to append to."],
+        ["drain-period", None, "5", "On stop, seconds sessions and HTTP requests get to finish before sessions are closed with 1001.", float],
+        ["max-message-size", None, str(16 * 1024 * 1024), "Largest Realtime message in bytes (bigger: close 1009).", int],
+        ["handshake-timeout", None, "10", "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
+        ["cancel-grace", None, "5", "Seconds an abandoned Realtime response gets to report its usage.", float],
     ]
 
     config_object: GatewayConfig
@@ -42,11 +46,19 @@ def makeService(options: Options) -> IService:
     """The gateway's service, from parsed options."""
     from agw.gateway import Gateway
     from agw.http import HTTPOptions
+    from agw.realtime import RelayOptions
 
     http_options = HTTPOptions(response_timeout=options["upstream-timeout"])
-    return Gateway(
-        options.config_object, http_options=http_options, access_log=open_access_log(options["access-log"])
-    ).service(options["interface"])
+    relay_options = RelayOptions(
+        max_message_size=options["max-message-size"],
+        handshake_timeout=options["handshake-timeout"],
+        cancel_grace=options["cancel-grace"],
+    )
+    gateway = Gateway(
+        options.config_object, relay_options=relay_options, http_options=http_options,
+        access_log=open_access_log(options["access-log"]),
+    )
+    return gateway.service(options["interface"], drain_period=options["drain-period"])
 
 
 def open_access_log(where: str) -> AccessLog:

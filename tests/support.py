@@ -71,7 +71,7 @@ class GatewayTestCase(TestCase):
             config, relay_options=self.relay_options, http_options=self.http_options,
             access_log=AccessLog(self.access_log),
         )
-        self.service = self.gateway.service(interface="127.0.0.1")
+        self.service = self.gateway.service(interface="127.0.0.1", drain_period=0)
         self.service.startService()
         self.addCleanup(self.service.stopService)
         yield wait_until(self.service.is_ready)

@@ -125,7 +125,8 @@ class BodyRelay(Protocol):
             self._request.write(data)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        if self._request.producer is not None:
+        # The client may already be gone (then twisted.web dropped the channel).
+        if self._request.producer is not None and self._request.channel is not None:
             self._request.unregisterProducer()
         if self._watcher is not None:
             self._watcher.finish()

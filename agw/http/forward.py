@@ -28,6 +28,7 @@ from agw.headers import HOP_BY_HOP, upstream_headers
 from agw.http.body import BodyRelay, JSONWatcher, SSEWatcher, UsageExtractor, Watcher
 from agw.http.client import UpstreamClient
 from agw.metrics import GatewayMetrics, ModelLabels, RouteLabels
+from agw.tracker import ConnectionTracker
 from agw.usage import TokenUsage, chat_completion_usage, embeddings_usage, responses_usage
 from agw.web import render_error
 
@@ -64,9 +65,11 @@ class HTTPForwarder(Resource):
         route: RouteLabels,
         reactor: IReactorTime,
         access_log: AccessLog = NO_ACCESS_LOG,
+        in_flight: ConnectionTracker | None = None,
     ) -> None:
         super().__init__()
         self._log = access_log
+        self._in_flight = in_flight if in_flight is not None else ConnectionTracker()
         self._type = route_type
         self._parsed = _PARSED.get(route_type)
         self._client = client
@@ -78,7 +81,9 @@ class HTTPForwarder(Resource):
         self._reactor = reactor
 
     def render(self, request: Request) -> int:
-        ensureDeferred(self._forward(request)).addErrback(self._unexpected, request)
+        self._in_flight.add(request)
+        forwarding = ensureDeferred(self._forward(request)).addErrback(self._unexpected, request)
+        forwarding.addBoth(lambda _: self._in_flight.discard(request))
         return NOT_DONE_YET
 
     def _unexpected(self, failure: Failure, request: Request) -> None:

@@ -13,7 +13,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from agw.realtime.timers import cancel_leftover_timers
-from agw.realtime.tracker import ConnectionTracker
+from agw.tracker import ConnectionTracker
 
 # Codes RFC 6455 forbids in a close frame: they describe how a connection
 # ended (no code, no close frame, TLS failure), so the partner gets 1011.
@@ -78,6 +78,8 @@ class RelayLeg:
 
     log = LegLogger()
     partner: RelayLeg | None = None
+    # Set when the relay itself closed this leg (shutdown, partner closed).
+    closed_with: tuple[int, str | None] | None = None
     tracker: ConnectionTracker | None = None
 
     # Provided by Autobahn's protocol classes (sendMessage, sendCloseFrame
@@ -119,10 +121,13 @@ class RelayLeg:
     def code_for_partner(self, was_clean: bool, code: int | None, reason: str | None) -> tuple[int, str | None]:
         """
         How to close the partner after this leg closed: the same code and
-        reason. When this side failed its peer (oversized message, protocol
-        error, ping timeout) the partner gets 1011: the failure was not its
-        peer's; so does a peer that vanished.
+        reason. When the relay closed this leg on purpose (shutdown) the
+        partner gets that same code; when Autobahn failed this leg's peer
+        (oversized message, protocol error, ping timeout) the partner gets
+        1011: the failure was not its peer's; so does a peer that vanished.
         """
+        if self.closed_with is not None:
+            return self.closed_with
         if self.closedByMe and self.localCloseCode is not None:
             return INTERNAL_ERROR, "gateway failed the other leg"
         if not was_clean:
@@ -155,6 +160,8 @@ class RelayLeg:
         Close with any code RFC 6455 allows (Autobahn's C{sendClose} only
         allows 1000 and 3000-4999, which would mangle 1001, 1011, 1013...).
         """
+        if self.closed_with is None:
+            self.closed_with = (code, reason)
         if self.state == WebSocketProtocol.STATE_OPEN:
             reason_bytes = close_reason_bytes(reason) if reason else None
             self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)

@@ -28,7 +28,7 @@ from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime.server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime.session import RealtimeSession
 from agw.realtime.timers import use_reactor_timers
-from agw.realtime.tracker import ConnectionTracker
+from agw.tracker import ConnectionTracker
 from agw.realtime.upstream import UpstreamFactory, UpstreamProtocol
 from agw.web import render_error
 

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from agw.realtime.leg import RelayLeg
 from agw.realtime.session import UPSTREAM_TO_CLIENT, RealtimeSession
-from agw.realtime.tracker import ConnectionTracker
+from agw.tracker import ConnectionTracker
 from agw.realtime.usage_mixin import RealtimeUsageMixin
 
 # How much of a refusal body is kept for the client (provider errors are small).

@@ -1,0 +1,52 @@
+"""Stopping the gateway: stop accepting, drain, close sessions with 1001, finish HTTP requests."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import treq
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
+
+from tests.support import GatewayTestCase, wait_until
+from tests.test_realtime_relay import open_client, recv_event, wait_closed
+
+
+def accepting(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+class GracefulStopTests(GatewayTestCase):
+    @inlineCallbacks
+    def test_stop_drains_then_closes_with_1001(self) -> Any:
+        self.service.drain_period = 0.5
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+
+        # An HTTP request in flight: a streamed completion held after its first chunk.
+        gate: Deferred[None] = Deferred()
+        self.fake.stream_gate = gate
+        pending = treq.post(
+            f"{self.http_base}/chat/completions", json={"model": "m", "messages": [], "stream": True}, persistent=False
+        )
+        response = yield pending
+        body = treq.content(response)
+        yield wait_until(lambda: len(self.gateway.in_flight) == 1)
+
+        stopping = self.service.stopService()
+        self.assertFalse(self.service.is_ready())
+        yield wait_until(lambda: not accepting(self.port))
+        self.assertFalse(stopping.called)
+        gate.callback(None)  # the HTTP request finishes within the drain period
+        content = yield body
+        self.assertIn(b"[DONE]", content)
+        code, _ = yield deferToThread(wait_closed, ws)
+        self.assertEqual(code, 1001)
+        yield stopping
+        self.assertEqual(self.fake.closes, [(1001, "gateway shutting down")])
