@@ -7,10 +7,11 @@ stops twistd with one line naming the problem before anything listens.
 
 from __future__ import annotations
 
+import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.python import usage
 
 from agw.config import ConfigError, GatewayConfig, load_config
@@ -22,15 +23,16 @@ if TYPE_CHECKING:
 class Options(usage.Options):
     """Command-line options of C{twistd agw}."""
 
+    # Defaults are given as numbers: twistd coerces only what is typed.
     optParameters = [
         ["config", "f", "config.yaml", "agentgateway-format config file (YAML)."],
         ["interface", "i", "::", "Address the binds listen on."],
-        ["upstream-timeout", None, "300", "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
+        ["upstream-timeout", None, 300.0, "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
         ["access-log", None, "-", "Where JSON access log lines go: '-' for standard output, 'none', or a file to append to."],
-        ["drain-period", None, "5", "On stop, seconds sessions and HTTP requests get to finish before sessions are closed with 1001.", float],
-        ["max-message-size", None, str(16 * 1024 * 1024), "Largest Realtime message in bytes (bigger: close 1009).", int],
-        ["handshake-timeout", None, "10", "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
-        ["cancel-grace", None, "5", "Seconds an abandoned Realtime response gets to report its usage.", float],
+        ["drain-period", None, 5.0, "On stop, seconds sessions and HTTP requests get to finish before sessions are closed with 1001.", float],
+        ["max-message-size", None, 16 * 1024 * 1024, "Largest Realtime message in bytes (bigger: close 1009).", int],
+        ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
+        ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response gets to report its usage.", float],
     ]
 
     config_object: GatewayConfig
@@ -58,7 +60,30 @@ def makeService(options: Options) -> IService:
         options.config_object, relay_options=relay_options, http_options=http_options,
         access_log=open_access_log(options["access-log"]),
     )
-    return gateway.service(options["interface"], drain_period=options["drain-period"])
+    service = gateway.service(options["interface"], drain_period=options["drain-period"])
+    CleanExitOnSIGTERM().setServiceParent(service)
+    return service
+
+
+class CleanExitOnSIGTERM(Service):
+    """
+    twistd stops on SIGTERM, then kills itself with the same signal to
+    report how it died (exit 143). A gateway that drained and stopped
+    cleanly exits 0 instead: SIGTERM simply stops the reactor.
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import reactor
+
+        reactor.callWhenRunning(self._install, reactor)  # after twistd installed its own handlers
+
+    def _install(self, reactor: Any) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(self._stop, reactor))
+
+    def _stop(self, reactor: Any) -> None:
+        if reactor.running:  # a second SIGTERM while stopping
+            reactor.stop()
 
 
 def open_access_log(where: str) -> AccessLog:

@@ -38,3 +38,22 @@ class OptionsTests(SynchronousTestCase):
 
         names = [p.tapname for p in getPlugins(IServiceMaker)]
         self.assertIn("agw", names)
+
+
+class DefaultOptionTests(SynchronousTestCase):
+    def test_defaults_are_numbers(self) -> None:
+        """twistd does not coerce defaults: they must already be numbers."""
+        os.environ["OPENAI_API_KEY"] = "sk-x"
+        self.addCleanup(os.environ.pop, "OPENAI_API_KEY")
+        options = Options()
+        options.parseOptions(["-f", SEED_CONFIG])
+        service = makeService(options)
+        relay = service.gateway.relay_options
+        self.assertEqual(
+            (relay.handshake_timeout, relay.cancel_grace, relay.max_message_size, service.drain_period),
+            (10.0, 5.0, 16 * 1024 * 1024, 5.0),
+        )
+        self.assertIsInstance(service.gateway.http_client.options.response_timeout, float)
+        for name in ("upstream-timeout", "drain-period", "handshake-timeout", "cancel-grace"):
+            self.assertIsInstance(options[name], float, name)
+        self.assertIsInstance(options["max-message-size"], int)

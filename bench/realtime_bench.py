@@ -1,0 +1,185 @@
+"""
+The Realtime relay, direct to the fake upstream vs through agw (twistd, one
+process), in one run:
+
+- round trip of a small event on one session (p50/p99, 2,000 round trips);
+- messages/s with 8 sessions x 16 in flight;
+- input_audio_buffer.append MB/s with 48 KB chunks on one session;
+- agw RSS per idle session with --idle sessions open;
+- agw CPU per message (from /proc).
+
+The load generator is Autobahn on Twisted in this process; the fake and agw
+are separate processes. Writes JSON (default bench/results/realtime.json).
+
+    python bench/realtime_bench.py [--idle 1000] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cpu_seconds, machine, rss_kib, start_agw, start_fake  # noqa: E402
+
+ECHO = json.dumps({"type": "test.echo", "event_id": "evt_bench", "n": 1}).encode()
+APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (48 * 1024)}).encode()
+
+
+class Client(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.waiting: list[defer.Deferred[bytes]] = []
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.waiting and b"test.echo" in payload[:40]:
+            self.waiting.pop(0).callback(payload)
+
+    def echo(self) -> defer.Deferred[bytes]:
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self.waiting.append(d)
+        self.sendMessage(ECHO)
+        return d
+
+
+def connect(port: int) -> defer.Deferred[Client]:
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/v1/realtime?model=bench", headers={"Authorization": "Bearer sk-client"})
+    factory.protocol = Client
+    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    factory.opened = defer.Deferred()
+    TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory).addErrback(factory.opened.errback)
+    return factory.opened
+
+
+@defer.inlineCallbacks
+def round_trips(port: int, count: int = 2000) -> Any:
+    client = yield connect(port)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        yield client.echo()
+        times.append((time.perf_counter() - start) * 1e6)
+    client.sendClose()
+    times.sort()
+    return {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)], "mean_us": statistics.mean(times)}
+
+
+@defer.inlineCallbacks
+def message_rate(port: int, sessions: int = 8, in_flight: int = 16, seconds: float = 5.0) -> Any:
+    clients = yield defer.gatherResults([connect(port) for _ in range(sessions)])
+    done = {"n": 0}
+    deadline = time.perf_counter() + seconds
+
+    @defer.inlineCallbacks
+    def pump(client: Client) -> Any:
+        while time.perf_counter() < deadline:
+            yield client.echo()
+            done["n"] += 1
+
+    start = time.perf_counter()
+    yield defer.gatherResults([pump(c) for c in clients for _ in range(in_flight)])
+    elapsed = time.perf_counter() - start
+    for c in clients:
+        c.sendClose()
+    return {"messages_per_s": 2 * done["n"] / elapsed, "round_trips": done["n"]}  # each round trip is 2 messages
+
+
+@defer.inlineCallbacks
+def audio_rate(port: int, megabytes: int = 200) -> Any:
+    client = yield connect(port)
+    count = megabytes * 1024 * 1024 // len(APPEND)
+    start = time.perf_counter()
+    for i in range(count):
+        client.sendMessage(APPEND)
+        if i % 64 == 63:
+            yield client.echo()  # keep the pipe from filling memory
+    yield client.echo()
+    elapsed = time.perf_counter() - start
+    client.sendClose()
+    return {"mb_per_s": count * len(APPEND) / 1e6 / elapsed}
+
+
+@defer.inlineCallbacks
+def idle_sessions(port: int, pid: int, count: int) -> Any:
+    before = rss_kib(pid)
+    clients = []
+    for i in range(0, count, 100):
+        batch = yield defer.gatherResults([connect(port) for _ in range(min(100, count - i))])
+        clients.extend(batch)
+    yield defer.gatherResults([c.echo() for c in clients[:10]])
+    after = rss_kib(pid)
+    probe = yield round_trips(port, 200)  # still responsive with all of them open
+    for c in clients:
+        c.sendClose()
+    return {"sessions": count, "rss_kib_per_session": (after - before) / count, "p50_us_while_open": probe["p50_us"]}
+
+
+@defer.inlineCallbacks
+def run(args: argparse.Namespace) -> Any:
+    fake, fake_port = start_fake()
+    gateway, port, _ = start_agw(fake_port)
+    results: dict[str, Any] = {}
+    try:
+        yield round_trips(port, 200)  # warm up
+        for name, target in (("direct", fake_port), ("agw", port)):
+            cpu0 = cpu_seconds(gateway.pid)
+            rt = yield round_trips(target)
+            rate = yield message_rate(target)
+            audio = yield audio_rate(target)
+            cpu = cpu_seconds(gateway.pid) - cpu0
+            messages = 2 * 2000 + rate["messages_per_s"] * 5 + 0
+            results[name] = {"round_trip": rt, "rate": rate, "audio": audio,
+                             "agw_cpu_us_per_message": cpu / messages * 1e6 if name == "agw" else None}
+        results["idle"] = yield idle_sessions(port, gateway.pid, args.idle)
+    finally:
+        gateway.terminate()
+        fake.terminate()
+    d, a = results["direct"], results["agw"]
+    summary = {
+        "added_p50_us": a["round_trip"]["p50_us"] - d["round_trip"]["p50_us"],
+        "messages_ratio": a["rate"]["messages_per_s"] / d["rate"]["messages_per_s"],
+        "audio_ratio": a["audio"]["mb_per_s"] / d["audio"]["mb_per_s"],
+        "rss_kib_per_idle_session": results["idle"]["rss_kib_per_session"],
+        "agw_cpu_us_per_message": a["agw_cpu_us_per_message"],
+    }
+    print(f"{'':34}{'direct':>12}{'via agw':>12}{'ratio':>8}")
+    print(f"{'round trip p50, us':34}{d['round_trip']['p50_us']:12.0f}{a['round_trip']['p50_us']:12.0f}")
+    print(f"{'round trip p99, us':34}{d['round_trip']['p99_us']:12.0f}{a['round_trip']['p99_us']:12.0f}")
+    print(f"{'messages/s (8 x 16 in flight)':34}{d['rate']['messages_per_s']:12.0f}{a['rate']['messages_per_s']:12.0f}{summary['messages_ratio']:8.2f}")
+    print(f"{'audio append MB/s (48 KB)':34}{d['audio']['mb_per_s']:12.1f}{a['audio']['mb_per_s']:12.1f}{summary['audio_ratio']:8.2f}")
+    print(f"added p50 {summary['added_p50_us']:.0f} us; agw CPU {summary['agw_cpu_us_per_message']:.1f} us/message; "
+          f"{results['idle']['sessions']} idle sessions: {summary['rss_kib_per_idle_session']:.1f} KiB each, "
+          f"round trip p50 {results['idle']['p50_us_while_open']:.0f} us while open")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine(), "summary": summary, "runs": results}, f, indent=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "realtime.json"))
+    args = parser.parse_args()
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    failure: list[Any] = []
+    run(args).addErrback(failure.append).addBoth(lambda _: reactor.stop())
+    reactor.run()
+    if failure:
+        failure[0].printTraceback()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

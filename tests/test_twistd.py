@@ -1,0 +1,97 @@
+"""
+The walkthrough as a user runs it: C{twistd -n agw -f config.yaml} in a
+subprocess (the seed config plus hostOverride), a Realtime session and a
+chat completion through it, the metric on /metrics, SIGTERM, exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import treq
+import yaml
+from openai import OpenAI
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from agw.testing import REALTIME_MODEL, FakeOpenAI
+from tests.support import BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, wait_until
+from tests.test_realtime_sdk import run_session
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+class TwistdTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_walkthrough_under_twistd(self) -> Any:
+        fake = FakeOpenAI()
+        upstream = yield fake.listen(reactor)
+        self.addCleanup(upstream.stopListening)
+        with open(SEED_CONFIG) as f:
+            config = yaml.safe_load(f)
+        port, stats, ready = free_port(), free_port(), free_port()
+        config["binds"][0]["port"] = port
+        for route in config["binds"][0]["listeners"][0]["routes"]:
+            route["backends"][0]["ai"]["hostOverride"] = f"127.0.0.1:{upstream.getHost().port}"
+        config["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        log = self.mktemp() + ".log"
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        env = {**os.environ, "OPENAI_API_KEY": BACKEND_KEY, "PYTHONPATH": REPO}
+        process = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", f"--logfile={log}", "agw", "-f", path, "-i", "127.0.0.1", "--access-log", "none"],
+            env=env,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        yield wait_until(lambda: answers(ready), timeout=30)
+
+        done = yield deferToThread(run_session, f"ws://127.0.0.1:{port}/v1", 3)
+        self.assertEqual(len(done), 3)
+
+        def completion() -> str:
+            with OpenAI(api_key=CLIENT_KEY, base_url=f"http://127.0.0.1:{port}/v1", max_retries=0) as client:
+                return client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}]).model
+
+        model = yield deferToThread(completion)
+        self.assertEqual(model, "gpt-4-2025-01-01")
+        response = yield treq.get(f"http://127.0.0.1:{stats}/metrics", persistent=False)
+        text = yield response.text()
+        billed = fake.billed()
+        for token_type in ("input", "output"):
+            expected = billed[("chat", REALTIME_MODEL, token_type)]
+            self.assertIn(
+                f'agentgateway_gen_ai_client_token_usage_sum{{bind="{port}",gateway="bind/{port}",gen_ai_operation_name="chat",'
+                f'gen_ai_request_model="gpt-realtime",gen_ai_response_model="{REALTIME_MODEL}",gen_ai_system="openai",'
+                f'gen_ai_token_type="{token_type}",listener="listener0",route="route0",route_rule=""}} {float(expected)}',
+                text,
+            )
+        process.send_signal(signal.SIGTERM)
+        code = yield deferToThread(process.wait, 30)
+        self.assertEqual(code, 0)
+        with open(log) as f:
+            written = f.read()
+        self.assertNotIn(BACKEND_KEY, written)
+        self.assertNotIn(CLIENT_KEY, written)
