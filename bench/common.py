@@ -56,7 +56,7 @@ def start_agw(upstream_port: int) -> tuple[subprocess.Popen, int, int]:
     config.close()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     proc = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1"],
+        [twistd, "-n", "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none"],
         cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "sk-bench"},
     )
     wait_port(port)
