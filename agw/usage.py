@@ -165,20 +165,28 @@ def session_transcription_model(event: dict[str, Any]) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
+def _http_usage(usage: dict[str, Any], prefix: str) -> TokenUsage:
+    """
+    Chat completions name their counts C{prompt_tokens}/C{completion_tokens}
+    (C{prefix="chat"}), the Responses API C{input_tokens}/C{output_tokens};
+    the shapes are otherwise the same.
+    """
+    inputs, outputs = ("prompt", "completion") if prefix == "chat" else ("input", "output")
+    input_details = _details(usage.get(f"{inputs}_tokens_details"))
+    input_tokens, output_tokens = _count(usage.get(f"{inputs}_tokens")), _count(usage.get(f"{outputs}_tokens"))
+    return TokenUsage(
+        input=input_tokens,
+        output=output_tokens,
+        cached_input=_count(input_details["cached_tokens"]) if "cached_tokens" in input_details else None,
+        input_by_modality=_text_remainder(input_tokens, input_details),
+        output_by_modality=_text_remainder(output_tokens, _details(usage.get(f"{outputs}_tokens_details"))),
+    )
+
+
 def chat_completion_usage(body: dict[str, Any]) -> TokenUsage | None:
     """Usage of a chat completion, or of a streamed chunk that carries it."""
     usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt_details = _details(usage.get("prompt_tokens_details"))
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    return TokenUsage(
-        input=prompt,
-        output=completion,
-        cached_input=_count(prompt_details["cached_tokens"]) if "cached_tokens" in prompt_details else None,
-        input_by_modality=_text_remainder(prompt, prompt_details),
-        output_by_modality=_text_remainder(completion, _details(usage.get("completion_tokens_details"))),
-    )
+    return _http_usage(usage, "chat") if isinstance(usage, dict) else None
 
 
 def embeddings_usage(body: dict[str, Any]) -> TokenUsage | None:
@@ -195,20 +203,10 @@ def responses_usage(body: dict[str, Any]) -> TokenUsage | None:
     Usage of a Responses API object: the JSON body itself, or the
     C{response} inside a streamed C{response.completed} event.
     """
-    if isinstance(body.get("response"), dict) and body.get("type", "").startswith("response."):
+    if isinstance(body.get("response"), dict) and str(body.get("type", "")).startswith("response."):
         body = body["response"]
     usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    input_details = _details(usage.get("input_tokens_details"))
-    input_tokens, output_tokens = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
-    return TokenUsage(
-        input=input_tokens,
-        output=output_tokens,
-        cached_input=_count(input_details["cached_tokens"]) if "cached_tokens" in input_details else None,
-        input_by_modality=_text_remainder(input_tokens, input_details),
-        output_by_modality=_text_remainder(output_tokens, _details(usage.get("output_tokens_details"))),
-    )
+    return _http_usage(usage, "responses") if isinstance(usage, dict) else None
 
 
 def response_model(body: dict[str, Any]) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from typing import Any
 
 import treq
@@ -114,6 +115,15 @@ def token_sums(samples: dict, metric: str = TOKEN_METRIC) -> dict[tuple[str, str
             key = (label["gen_ai_operation_name"], label["gen_ai_response_model"], label["gen_ai_token_type"])
             sums[key] = sums.get(key, 0) + value
     return sums
+
+
+def accepts_connections(port: int) -> bool:
+    """Whether something on 127.0.0.1 accepts a TCP connection on C{port}."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Deferred[None]:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-from tests.support import GatewayTestCase, wait_until
+from tests.support import accepts_connections, GatewayTestCase, wait_until
 from tests.test_realtime_relay import open_client, recv_event, wait_closed
 
-
-def accepting(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 class GracefulStopTests(GatewayTestCase):
@@ -41,7 +33,7 @@ class GracefulStopTests(GatewayTestCase):
 
         stopping = self.service.stopService()
         self.assertFalse(self.service.is_ready())
-        yield wait_until(lambda: not accepting(self.port))
+        yield wait_until(lambda: not accepts_connections(self.port))
         self.assertFalse(stopping.called)
         gate.callback(None)  # the HTTP request finishes within the drain period
         content = yield body

@@ -5,7 +5,6 @@ threads) against the fake upstream: content intact, every token counted.
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import Any
 

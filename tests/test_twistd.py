@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, wait_until
+from tests.support import accepts_connections, BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, wait_until
 from tests.test_realtime_sdk import run_session
 
 
@@ -31,13 +31,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 class TwistdTests(TestCase):
@@ -66,7 +59,7 @@ class TwistdTests(TestCase):
             env=env,
         )
         self.addCleanup(lambda: process.poll() is None and process.kill())
-        yield wait_until(lambda: answers(ready), timeout=30)
+        yield wait_until(lambda: accepts_connections(ready), timeout=30)
 
         done = yield deferToThread(run_session, f"ws://127.0.0.1:{port}/v1", 3)
         self.assertEqual(len(done), 3)

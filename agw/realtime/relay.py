@@ -15,7 +15,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTCP
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
