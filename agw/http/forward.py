@@ -10,6 +10,7 @@ import json
 from io import BytesIO
 from typing import Any
 
+from attrs import define
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
@@ -38,6 +39,21 @@ _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
     RouteType.RESPONSES: (responses_usage, "chat"),
     RouteType.EMBEDDINGS: (embeddings_usage, "embeddings"),
 }
+
+
+@define
+class _Exchange:
+    """What one forwarded request turned out to be, for metrics and the access log."""
+
+    path: bytes
+    request_model: str | None = None
+    response_model: str | None = None
+    usage: TokenUsage | None = None
+    first_byte_at: float | None = None
+    streamed: bool = False
+
+    def report(self, usage: TokenUsage | None, model: str | None) -> None:
+        self.usage, self.response_model = usage, model
 
 
 class _Refused(Exception):
@@ -97,8 +113,9 @@ class HTTPForwarder(Resource):
         started = self._reactor.seconds()
         method = request.method
         path, _, query = request.uri.decode("latin-1").partition("?")
+        exchange = _Exchange(request.path)
         try:
-            body, request_model = self._request_body(request)
+            body, exchange.request_model = self._request_body(request)
         except _Refused as refused:
             return self._answer(request, started, refused.status, refused.message, refused.code, refused.error_type)
 
@@ -118,7 +135,7 @@ class HTTPForwarder(Resource):
             if timed_out:
                 return self._answer(request, started, 504, "upstream did not answer in time", "upstream_timeout")
             if getattr(request, "_disconnected", False):
-                return self._record(method, 499, started, {"request": request_model, "response": None, "first": None, "path": request.path})
+                return self._record(method, 499, started, exchange)
             if isinstance(e, ResponseFailed):
                 return self._answer(request, started, 502, "upstream closed the connection", "upstream_closed")
             return self._answer(request, started, 502, "upstream unreachable", "upstream_unreachable")
@@ -133,17 +150,11 @@ class HTTPForwarder(Resource):
         if isinstance(response.length, int):
             request.setHeader(b"content-length", b"%d" % response.length)
 
-        models = {"request": request_model, "response": None, "first": None, "path": request.path}
-
         def first_byte() -> None:
-            models["first"] = self._reactor.seconds()
+            exchange.first_byte_at = self._reactor.seconds()
 
-        def report(usage: TokenUsage | None, model: str | None) -> None:
-            models["response"] = model
-            models["usage"] = usage
-
-        watcher = self._watcher(response, report)
-        models["streamed"] = isinstance(watcher, SSEWatcher)
+        watcher = self._watcher(response, exchange.report)
+        exchange.streamed = isinstance(watcher, SSEWatcher)
         relay = BodyRelay(request, watcher, first_byte)
         response.deliverBody(relay)
         reason = await relay.done
@@ -152,7 +163,7 @@ class HTTPForwarder(Resource):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
             else:
                 request.finish()
-        self._record(method, response.code, started, models)
+        self._record(method, response.code, started, exchange)
 
     def _request_body(self, request: Request) -> tuple[IBodyProducer | None, str | None]:
         content = request.content
@@ -216,25 +227,25 @@ class HTTPForwarder(Resource):
             return
         request.write(render_error(request, status, message, code, error_type))
         request.finish()
-        self._record(request.method, status, started, {"request": None, "response": None, "first": None, "path": request.path})
+        self._record(request.method, status, started, _Exchange(request.path))
 
-    def _record(self, method: bytes, status: int, started: float, seen: dict[str, Any]) -> None:
+    def _record(self, method: bytes, status: int, started: float, exchange: _Exchange) -> None:
         now = self._reactor.seconds()
         self._metrics.record_request(self._route, method, status, now - started)
-        usage: TokenUsage | None = seen.get("usage")
-        models = ModelLabels(self._parsed[1], seen["request"], seen["response"]) if self._parsed else None
+        usage = exchange.usage
+        models = ModelLabels(self._parsed[1], exchange.request_model, exchange.response_model) if self._parsed else None
         # The path only: a query string is the client's business.
         self._log.emit(
             "http", self._route, models,
-            **{"http.request.method": method.decode("ascii", "replace"), "url.path": seen["path"].decode("utf-8", "replace"),
+            **{"http.request.method": method.decode("ascii", "replace"), "url.path": exchange.path.decode("utf-8", "replace"),
                "http.response.status_code": status, "duration_s": round(now - started, 6), **usage_fields(usage)},
         )
         if models is None or not 200 <= status < 300:
             return
-        first = seen["first"]
+        first = exchange.first_byte_at
         self._metrics.record_llm_timing(
             self._route, models, now - started,
-            time_to_first_token=(first - started) if first is not None and seen.get("streamed") else None,
+            time_to_first_token=(first - started) if first is not None and exchange.streamed else None,
             output_tokens=usage.output if usage is not None else 0,
         )
         if usage is not None:
