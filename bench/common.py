@@ -45,12 +45,21 @@ def start_agw(upstream_port: int) -> tuple[subprocess.Popen, int, int]:
     """twistd -n agw with the repo's config.yaml pointed at the fake; (process, port, stats port)."""
     with open(os.path.join(REPO, "config.yaml")) as f:
         data = yaml.safe_load(f)
-    port, stats, ready = free_port(), free_port(), free_port()
-    data["binds"][0]["port"] = port
+    data["binds"][0]["port"] = free_port()
     for route in data["binds"][0]["listeners"][0]["routes"]:
         for backend in route["backends"]:
             backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
-    data["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
+    stats = free_port()
+    data["config"] = {"statsAddr": f"127.0.0.1:{stats}"}
+    proc, port = start_agw_with(data)
+    return proc, port, stats
+
+
+def start_agw_with(data: dict) -> tuple[subprocess.Popen, int]:
+    """twistd -n agw with config C{data} (one bind); (process, bind port)."""
+    port, ready = data["binds"][0]["port"], free_port()
+    data.setdefault("config", {}).setdefault("statsAddr", f"127.0.0.1:{free_port()}")
+    data["config"]["readinessAddr"] = f"127.0.0.1:{ready}"
     config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     yaml.safe_dump(data, config)
     config.close()
@@ -59,9 +68,9 @@ def start_agw(upstream_port: int) -> tuple[subprocess.Popen, int, int]:
         [twistd, "-n", "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none"],
         cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "sk-bench"},
     )
-    wait_port(port)
+    wait_port(ready)
     urllib.request.urlopen(f"http://127.0.0.1:{ready}/healthz/ready", timeout=5).read()
-    return proc, port, stats
+    return proc, port
 
 
 def cpu_seconds(pid: int) -> float:
