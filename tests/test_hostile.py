@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 
+from agw.realtime import RelayOptions
 from tests.support import GatewayTestCase, wait_until
 from tests.test_realtime_relay import open_client, recv_event, wait_closed
 
@@ -89,3 +90,22 @@ class HostileInputTests(GatewayTestCase):
         # (sometimes after a 400); either way nothing goes upstream.
         self.assertTrue(answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:40])
         self.assertEqual(self.fake.handshakes, [])
+
+
+class IdleDetectionTests(GatewayTestCase):
+    relay_options = RelayOptions(ping_interval=0.2, ping_timeout=0.3)
+
+    @inlineCallbacks
+    def test_silent_client_is_detected_and_upstream_closed(self) -> Any:
+        """A client that never answers pings is dropped; the upstream leg gets 1011."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(
+            b"GET /v1/realtime?model=m HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        answer = yield deferToThread(sock.recv, 4096)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 101"), answer[:40])
+        # ... and now silence: pings go unanswered.
+        yield wait_until(lambda: self.fake.closes, timeout=10)
+        self.assertEqual(self.fake.closes[0][0], 1011)
