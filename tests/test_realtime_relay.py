@@ -109,10 +109,12 @@ class RefusalTests(GatewayTestCase):
         self.assertEqual((status, received), (401, body))
 
     @inlineCallbacks
-    def test_rate_limit_passes_through(self) -> Any:
-        self.fake.refuse(429, b'{"error": {"code": "rate_limit_exceeded"}}')
-        status, _ = yield deferToThread(handshake_status, self.url)
-        self.assertEqual(status, 429)
+    def test_every_refusal_status_passes_through(self) -> Any:
+        for status in (403, 404, 429, 500, 503):
+            body = json.dumps({"error": {"code": f"status_{status}"}}).encode()
+            self.fake.refuse(status, body)
+            received = yield deferToThread(handshake_status, self.url)
+            self.assertEqual(received, (status, body))
 
     @inlineCallbacks
     def test_silent_upstream_is_504(self) -> Any:

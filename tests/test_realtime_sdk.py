@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from openai import OpenAI
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
 from agw.testing import REALTIME_MODEL
@@ -67,3 +68,38 @@ class SeedWalkthroughTests(GatewayTestCase):
         self.assertNotIn(CLIENT_KEY, repr(handshake))
         self.assertNotIn("sec-websocket-extensions", handshake.headers)
         self.assertEqual(handshake.uri, "/v1/realtime?model=gpt-realtime")
+
+
+class ReconnectTests(GatewayTestCase):
+    @inlineCallbacks
+    def test_sdk_reconnects_after_1011_through_agw(self) -> Any:
+        """The upstream fails a session with 1011; the SDK reconnects through agw and carries on."""
+        reconnecting: list[Any] = []
+        first_session_open: Deferred[None] = Deferred()
+        fake = self.fake
+
+        def session() -> list[str]:
+            client = OpenAI(api_key=CLIENT_KEY, websocket_base_url=self.ws_base)
+            created = []
+            with client.realtime.connect(
+                model="gpt-realtime", on_reconnecting=lambda event: reconnecting.append(event), initial_delay=0.05
+            ) as connection:
+                for event in connection:
+                    if event.type == "session.created":
+                        created.append(event.session.id)
+                        if len(created) == 1:
+                            reactor.callFromThread(first_session_open.callback, None)
+                        else:
+                            connection.response.create(response={"output_modalities": ["text"]})
+                    elif event.type == "response.done":
+                        return created
+            return created
+
+        running = deferToThread(session)
+        yield first_session_open
+        fake.sessions[0].close(1011, "internal error")
+        created = yield running
+        self.assertEqual(len(created), 2)
+        self.assertEqual(len(reconnecting), 1)
+        self.assertEqual(len(fake.handshakes), 2)
+        self.assertEqual(fake.closes[0], (1011, "internal error"))

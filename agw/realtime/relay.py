@@ -128,6 +128,9 @@ class RealtimeRelay:
             # Each leg negotiates compression on its own: the relay works on
             # whole decompressed messages, so usage is read either way.
             perMessageCompressionAccept=accept_deflate,
+            # Answer a peer's close with its own code and reason (RFC 6455
+            # 5.5.1), not Autobahn's default bare 1000.
+            echoCloseCodeReason=True,
         )
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
         self.resource = RealtimeResource(WebSocketResource(self._factory))
@@ -158,6 +161,7 @@ class RealtimeRelay:
             autoPingTimeout=self.options.ping_timeout,
             perMessageCompressionOffers=[],
             failByDrop=False,
+            echoCloseCodeReason=True,
         )
         use_reactor_timers(factory, self._reactor)  # type: ignore[arg-type]
         factory.tracker = self.connections
