@@ -64,8 +64,10 @@ def start_agw_with(data: dict) -> tuple[subprocess.Popen, int]:
     yaml.safe_dump(data, config)
     config.close()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    profile = os.environ.get("AGW_BENCH_PROFILE")  # a path: run agw under cProfile, stats saved there
+    profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
     proc = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none"],
+        [twistd, "-n", *profiling, "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none"],
         cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "sk-bench"},
     )
     wait_port(ready)

@@ -37,12 +37,22 @@ class LegLogger(Logger):
     """
     The legs' logger. Autobahn logs raw handshakes, credentials included, at
     debug level through C{self.log}; nothing below info leaves a leg.
+
+    Autobahn also logs at debug level on every frame, so this logger is
+    cheap there: one shared instance (no per-access binding through
+    C{Logger.__get__}) whose C{debug} does nothing.
     """
+
+    def __get__(self, instance: object, owner: type | None = None) -> LegLogger:
+        return self
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
         if level < LogLevel.info:
             return
         super().emit(level, format, **kwargs)
+
+    def debug(self, format: str | None = None, **kwargs: Any) -> None:
+        """Never emitted."""
 
     def trace(self, *args: Any, **kwargs: Any) -> None:
         """txaio's level below debug: never emitted."""
