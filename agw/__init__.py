@@ -7,8 +7,8 @@ Embedding::
 
     from agw import Gateway
     gateway = Gateway.from_file("config.yaml")
-    site_root.putChild(b"v1", ...)  # or use gateway.resource() as a Site root
-    gateway.service().setServiceParent(application)
+    site_root.putChild(b"ai", gateway.resource())   # a bind's routes under /ai
+    gateway.service().setServiceParent(application)  # or: all binds, stats, readiness
 """
 
 from agw.config import ConfigError, GatewayConfig, load_config, parse_config
