@@ -60,10 +60,8 @@ class ListeningService(Service):
 
     def _failed(self, failure: object) -> None:
         self.log.failure("{label} cannot listen on {host}:{port}", failure, label=self.label, host=self.address.host, port=self.address.port)
-        from twisted.internet import reactor
-
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        if getattr(self._reactor, "running", False):
+            self._reactor.stop()  # type: ignore[attr-defined]
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -89,8 +87,9 @@ def make_site(resource: IResource, reactor: object) -> Site:
 
 class GatewayService(MultiService):
     """
-    Every listener of a L{Gateway}; stopping it closes sessions first.
-    Binds listen on C{interface} (all interfaces, IPv4 and IPv6, by default).
+    Every listener of a L{Gateway}; stopping it drains first (see
+    L{stopService}). Binds listen on C{interface} (all interfaces, IPv4 and
+    IPv6, by default).
     """
 
     log = Logger()

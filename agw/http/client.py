@@ -51,7 +51,6 @@ class UpstreamClient:
 
     def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions()) -> None:
         self.options = options
-        self._reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = options.max_persistent_per_host
         # A POST that failed on a reused connection must not be sent twice.

@@ -90,7 +90,6 @@ class RelayLeg:
     partner: RelayLeg | None = None
     # Set when the relay itself closed this leg (shutdown, partner closed).
     closed_with: tuple[int, str | None] | None = None
-    tracker: ConnectionTracker | None = None
 
     # Provided by Autobahn's protocol classes (sendMessage, sendCloseFrame
     # and dropConnection too; not declared here, or the mixin would shadow them).
@@ -101,6 +100,11 @@ class RelayLeg:
     sendMessage: Any
     sendCloseFrame: Any
     dropConnection: Any
+
+    @property
+    def tracker(self) -> ConnectionTracker | None:
+        """Where this leg's factory counts its live connections."""
+        return getattr(self.factory, "tracker", None)  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]

@@ -20,16 +20,16 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from agw.backend import BackendTarget
 from agw.accesslog import NO_ACCESS_LOG, AccessLog
+from agw.backend import BackendTarget
 from agw.config import Policies
 from agw.headers import upstream_headers
 from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime.server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime.session import RealtimeSession
 from agw.realtime.timers import use_reactor_timers
-from agw.tracker import ConnectionTracker
 from agw.realtime.upstream import UpstreamFactory, UpstreamProtocol
+from agw.tracker import ConnectionTracker
 from agw.web import render_error
 
 MiB = 1024 * 1024
@@ -111,7 +111,7 @@ class RealtimeRelay:
         self._route = route
         self.options = options
         self.sessions: set[RealtimeServerProtocol] = set()
-        self.connections = ConnectionTracker()
+        self.connections = ConnectionTracker()  # both legs of every session
         self._factory = RealtimeServerFactory(self)
         self._factory.setProtocolOptions(
             maxMessagePayloadSize=options.max_message_size,

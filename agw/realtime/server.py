@@ -133,7 +133,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             self._upstream.close(1011, "client went away")
         self.relay_closed(wasClean, code, reason)
         if session is not None:
-            session.ended(code if wasClean else 1006, reason)
+            session.ended(code, reason)  # Autobahn reports an unclean end as 1006
 
 
 class RealtimeServerFactory(WebSocketServerFactory):
@@ -144,8 +144,4 @@ class RealtimeServerFactory(WebSocketServerFactory):
     def __init__(self, relay: RealtimeRelay, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.relay = relay
-
-    def buildProtocol(self, addr: Any) -> RealtimeServerProtocol:
-        protocol = super().buildProtocol(addr)
-        protocol.tracker = self.relay.connections
-        return protocol
+        self.tracker = relay.connections

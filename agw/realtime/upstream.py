@@ -123,17 +123,19 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self.sendMessage(b'{"type":"response.cancel"}')
         self._drain_timer = self.factory.clock.callLater(grace, self._finish_drain)
 
-    def _finish_drain(self) -> None:
+    def _stop_drain_timer(self) -> None:
         if self._drain_timer is not None and self._drain_timer.active():
             self._drain_timer.cancel()
+
+    def _finish_drain(self) -> None:
+        self._stop_drain_timer()
         if self._draining is not None:
             code, reason, _ = self._draining
             self.close(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._draining is not None:
-            if self._drain_timer is not None and self._drain_timer.active():
-                self._drain_timer.cancel()
+            self._stop_drain_timer()
             if self.usage_sink is not None:
                 self.usage_sink.ended(self._draining[2], self._draining[1])
             self._draining = None
@@ -161,11 +163,6 @@ class UpstreamFactory(WebSocketClientFactory):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opened: Deferred[UpstreamProtocol] = Deferred()
-
-    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        protocol = super().buildProtocol(addr)
-        protocol.tracker = self.tracker
-        return protocol
 
     def succeeded(self, protocol: UpstreamProtocol) -> None:
         if not self.opened.called:
