@@ -104,7 +104,7 @@ class FakeOpenAI:
             from twisted.internet import reactor
         root = Resource()
         realtime = WebSocketResource(FakeRealtimeFactory(self, reactor))
-        root.putChild(b"v1", FakeV1(realtime, FakeHTTPAPI(self, reactor)))
+        root.putChild(b"v1", FakeV1(realtime, FakeHTTPAPI(self)))
         return root
 
     def listen(self, reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> Deferred[IListeningPort]:

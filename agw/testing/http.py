@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -61,10 +61,9 @@ class FakeHTTPAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, fake: FakeOpenAI, reactor: Any) -> None:
+    def __init__(self, fake: FakeOpenAI) -> None:
         super().__init__()
         self._fake = fake
-        self._reactor = reactor
 
     def render(self, request: Request) -> bytes | int:
         fake = self._fake
@@ -203,8 +202,3 @@ class FakeV1(Resource):
 
     def render(self, request: Request) -> bytes:
         return self._http.render(request)
-
-
-def stream_gate() -> Deferred[None]:
-    """A Deferred the fake's next SSE completion waits on after its first chunk."""
-    return Deferred()
