@@ -209,8 +209,7 @@ class HTTPForwarder(Resource):
         result = Headers()
         for name, value in headers:
             result.addRawHeader(name, value)
-        if self._target.authority:
-            result.setRawHeaders(b"host", [self._target.authority.encode("ascii")])
+        result.setRawHeaders(b"host", [self._target.authority.encode("ascii")])
         return result
 
     def _watcher(self, response: IResponse, report: Any) -> Watcher | None:
