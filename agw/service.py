@@ -5,17 +5,20 @@ and readiness listeners, stopped cleanly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from agw.config import Address
+from agw.reuseport import ReusePortServerEndpoint
 from agw.web import readiness_root, stats_root
 
 if TYPE_CHECKING:
@@ -31,24 +34,28 @@ class ListeningService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: object, address: Address, factory: IProtocolFactory, label: str) -> None:
+    def __init__(
+        self, reactor: object, address: Address, factory: IProtocolFactory, label: str, reuse_port: bool = False,
+    ) -> None:
         self._reactor = reactor
         self.address = address
         self._factory = factory
         self.label = label
+        self._reuse_port = reuse_port
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
 
+    def _endpoint(self) -> IStreamServerEndpoint:
+        host = "127.0.0.1" if self.address.host == "localhost" else self.address.host
+        if self._reuse_port:
+            return ReusePortServerEndpoint(self._reactor, self.address.port, host)  # type: ignore[arg-type]
+        if ":" in host:
+            return TCP6ServerEndpoint(self._reactor, self.address.port, interface=host)  # type: ignore[arg-type]
+        return TCP4ServerEndpoint(self._reactor, self.address.port, interface=host)  # type: ignore[arg-type]
+
     def startService(self) -> None:
         super().startService()
-        host = self.address.host
-        if ":" in host:
-            endpoint = TCP6ServerEndpoint(self._reactor, self.address.port, interface=host)
-        else:
-            if host == "localhost":
-                host = "127.0.0.1"
-            endpoint = TCP4ServerEndpoint(self._reactor, self.address.port, interface=host)
-        self._listening = endpoint.listen(self._factory)
+        self._listening = self._endpoint().listen(self._factory)
         self._listening.addCallback(self._listened)
         # A port that cannot be bound stops twistd with the reason.
         self._listening.addErrback(self._failed)
@@ -57,6 +64,21 @@ class ListeningService(Service):
         self.port = port
         self.log.info("{label} listening on {host}:{port}", label=self.label, host=self.address.host, port=port.getHost().port)
         return port
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the port once listening; fails if it could not listen."""
+        assert self._listening is not None, "not started"
+        done: Deferred[IListeningPort] = Deferred()
+
+        def report(result: object) -> object:
+            if self.port is not None:
+                done.callback(self.port)
+            else:
+                done.errback(CannotListenError(self.address.host, self.address.port, None))
+            return result
+
+        self._listening.addBoth(report)
+        return done
 
     def _failed(self, failure: object) -> None:
         self.log.failure("{label} cannot listen on {host}:{port}", failure, label=self.label, host=self.address.host, port=self.address.port)
@@ -90,11 +112,19 @@ class GatewayService(MultiService):
     Every listener of a L{Gateway}; stopping it drains first (see
     L{stopService}). Binds listen on C{interface} (all interfaces, IPv4 and
     IPv6, by default).
+
+    A worker process (L{agw.workers}) passes C{reuse_ports}: each bind's
+    port (config port to actual port) is shared with the other workers
+    through C{SO_REUSEPORT}; the stats and readiness listeners are the
+    parent's, so C{admin} is false.
     """
 
     log = Logger()
 
-    def __init__(self, gateway: Gateway, interface: str = "::", drain_period: float = 5.0) -> None:
+    def __init__(
+        self, gateway: Gateway, interface: str = "::", drain_period: float = 5.0,
+        reuse_ports: Mapping[int, int] | None = None, admin: bool = True,
+    ) -> None:
         super().__init__()
         self.gateway = gateway
         self.drain_period = drain_period
@@ -103,17 +133,31 @@ class GatewayService(MultiService):
         config = gateway.config
         self.binds: dict[int, ListeningService] = {}
         for bind in config.binds:
-            listener = ListeningService(reactor, Address(interface, bind.port), make_site(gateway.resource(bind.port), reactor), f"bind/{bind.port}")
+            port = bind.port if reuse_ports is None else reuse_ports[bind.port]
+            listener = ListeningService(
+                reactor, Address(interface, port), make_site(gateway.resource(bind.port), reactor), f"bind/{bind.port}",
+                reuse_port=reuse_ports is not None,
+            )
             listener.setServiceParent(self)
             self.binds[bind.port] = listener
-        self.stats = ListeningService(reactor, config.stats_addr, make_site(stats_root(gateway.metrics.registry), reactor), "stats")
-        self.stats.setServiceParent(self)
-        self.readiness = ListeningService(reactor, config.readiness_addr, make_site(readiness_root(self.is_ready), reactor), "readiness")
-        self.readiness.setServiceParent(self)
+        self.stats: ListeningService | None = None
+        self.readiness: ListeningService | None = None
+        if admin:
+            stats = make_site(stats_root(gateway.metrics.registry), reactor)
+            self.stats = ListeningService(reactor, config.stats_addr, stats, "stats")
+            self.stats.setServiceParent(self)
+            readiness = make_site(readiness_root(self.is_ready), reactor)
+            self.readiness = ListeningService(reactor, config.readiness_addr, readiness, "readiness")
+            self.readiness.setServiceParent(self)
 
     def is_ready(self) -> bool:
         """Every bind is listening (and the gateway is not stopping)."""
         return self.running and not self.draining and all(listener.listening for listener in self.binds.values())
+
+    def when_listening(self) -> Deferred[object]:
+        """Fires once every bind listens; fails if one cannot."""
+        waits = [listener.when_listening() for listener in self.binds.values()]
+        return DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
 
     def port_of(self, bind_port: int) -> int:
         """The port bind C{bind_port} actually listens on (differs for port 0)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +40,24 @@ def start_fake() -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port)], cwd=REPO)
     wait_port(port)
     return proc, port
+
+
+def start_byte_relays(upstream_port: int) -> dict[str, tuple[subprocess.Popen, int]]:
+    """
+    Byte relays to the fake, as floors for what a relay adds on this
+    machine: socat (C; if installed) and a Twisted TCP relay. C{{name: (process, port)}}.
+    """
+    relays = {}
+    port = free_port()
+    relays["tcp relay (Twisted)"] = (
+        subprocess.Popen([sys.executable, os.path.join(HERE, "tcp_relay.py"), str(port), str(upstream_port)], cwd=REPO), port)
+    if shutil.which("socat"):
+        port = free_port()
+        relays["tcp relay (socat, C)"] = (
+            subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", f"TCP:127.0.0.1:{upstream_port},nodelay"]), port)
+    for _, port in relays.values():
+        wait_port(port)
+    return relays
 
 
 def start_agw(upstream_port: int) -> tuple[subprocess.Popen, int, int]:

@@ -6,7 +6,9 @@ process), in one run:
 - messages/s with 8 sessions x 16 in flight;
 - input_audio_buffer.append MB/s with 48 KB chunks on one session;
 - agw RSS per idle session with --idle sessions open;
-- agw CPU per message (from /proc).
+- agw CPU per message (from /proc);
+- the same through two byte relays (socat if installed, and a Twisted TCP
+  relay): the floor any relay pays on this machine (--no-floors skips them).
 
 The load generator is Autobahn on Twisted in this process; the fake and agw
 are separate processes. Writes JSON (default bench/results/realtime.json).
@@ -29,7 +31,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_seconds, machine, rss_kib, start_agw, start_fake  # noqa: E402
+from common import cpu_seconds, machine, rss_kib, start_agw, start_byte_relays, start_fake  # noqa: E402
 
 ECHO = json.dumps({"type": "test.echo", "event_id": "evt_bench", "n": 1}).encode()
 APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (48 * 1024)}).encode()
@@ -70,7 +72,7 @@ def round_trips(port: int, count: int = 2000) -> Any:
         times.append((time.perf_counter() - start) * 1e6)
     client.sendClose()
     times.sort()
-    return {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)], "mean_us": statistics.mean(times)}
+    return {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)], "mean_us": statistics.mean(times), "count": count}
 
 
 @defer.inlineCallbacks
@@ -105,7 +107,7 @@ def audio_rate(port: int, megabytes: int = 200) -> Any:
     yield client.echo()
     elapsed = time.perf_counter() - start
     client.sendClose()
-    return {"mb_per_s": count * len(APPEND) / 1e6 / elapsed}
+    return {"mb_per_s": count * len(APPEND) / 1e6 / elapsed, "messages": count}
 
 
 @defer.inlineCallbacks
@@ -124,25 +126,51 @@ def idle_sessions(port: int, pid: int, count: int) -> Any:
 
 
 @defer.inlineCallbacks
+def measure(port: int) -> Any:
+    rt = yield round_trips(port)
+    rate = yield message_rate(port)
+    audio = yield audio_rate(port)
+    return {"round_trip": rt, "rate": rate, "audio": audio}
+
+
+def median_run(runs: list[Any]) -> Any:
+    """Per figure, the median over rounds."""
+    def median(path: tuple[str, str]) -> float:
+        return statistics.median(r[path[0]][path[1]] for r in runs)
+
+    figures = (("round_trip", "p50_us"), ("round_trip", "p99_us"), ("rate", "messages_per_s"), ("audio", "mb_per_s"))
+    out: dict[str, Any] = {"rounds": runs}
+    for section, name in figures:
+        out.setdefault(section, {})[name] = median((section, name))
+    return out
+
+
+@defer.inlineCallbacks
 def run(args: argparse.Namespace) -> Any:
     fake, fake_port = start_fake()
     gateway, port, _ = start_agw(fake_port)
+    relays = start_byte_relays(fake_port) if args.floors else {}
     results: dict[str, Any] = {}
     try:
         yield round_trips(port, 200)  # warm up
-        for name, target in (("direct", fake_port), ("agw", port)):
-            cpu0 = cpu_seconds(gateway.pid)
-            rt = yield round_trips(target)
-            rate = yield message_rate(target)
-            audio = yield audio_rate(target)
-            cpu = cpu_seconds(gateway.pid) - cpu0
-            messages = 2 * 2000 + rate["messages_per_s"] * 5 + 0
-            results[name] = {"round_trip": rt, "rate": rate, "audio": audio,
-                             "agw_cpu_us_per_message": cpu / messages * 1e6 if name == "agw" else None}
+        targets = {"direct": fake_port, **{name: p for name, (_, p) in relays.items()}, "agw": port}
+        rounds: dict[str, list[Any]] = {name: [] for name in targets}
+        agw_cpu, agw_messages = 0.0, 0
+        for _ in range(args.rounds):  # interleaved, so drifts of the machine hit all alike
+            for name, target in targets.items():
+                cpu0 = cpu_seconds(gateway.pid)
+                run_ = yield measure(target)
+                rounds[name].append(run_)
+                if name == "agw":
+                    agw_cpu += cpu_seconds(gateway.pid) - cpu0
+                    agw_messages += 2 * run_["round_trip"]["count"] + 2 * run_["rate"]["round_trips"] + run_["audio"]["messages"]
+        results = {name: median_run(runs) for name, runs in rounds.items()}
+        results["agw"]["agw_cpu_us_per_message"] = agw_cpu / agw_messages * 1e6
         results["idle"] = yield idle_sessions(port, gateway.pid, args.idle)
     finally:
-        gateway.terminate()
-        fake.terminate()
+        for process in [gateway, fake, *(p for p, _ in relays.values())]:
+            process.terminate()
+            process.wait()
     d, a = results["direct"], results["agw"]
     summary = {
         "added_p50_us": a["round_trip"]["p50_us"] - d["round_trip"]["p50_us"],
@@ -151,12 +179,18 @@ def run(args: argparse.Namespace) -> Any:
         "rss_kib_per_idle_session": results["idle"]["rss_kib_per_session"],
         "agw_cpu_us_per_message": a["agw_cpu_us_per_message"],
     }
-    print(f"{'':34}{'direct':>12}{'via agw':>12}{'ratio':>8}")
-    print(f"{'round trip p50, us':34}{d['round_trip']['p50_us']:12.0f}{a['round_trip']['p50_us']:12.0f}")
-    print(f"{'round trip p99, us':34}{d['round_trip']['p99_us']:12.0f}{a['round_trip']['p99_us']:12.0f}")
-    print(f"{'messages/s (8 x 16 in flight)':34}{d['rate']['messages_per_s']:12.0f}{a['rate']['messages_per_s']:12.0f}{summary['messages_ratio']:8.2f}")
-    print(f"{'audio append MB/s (48 KB)':34}{d['audio']['mb_per_s']:12.1f}{a['audio']['mb_per_s']:12.1f}{summary['audio_ratio']:8.2f}")
-    print(f"added p50 {summary['added_p50_us']:.0f} us; agw CPU {summary['agw_cpu_us_per_message']:.1f} us/message; "
+    runs = [name for name in results if name != "idle"]
+    print(f"{'':28}" + "".join(f"{name:>22}" for name in runs))
+    rows = (
+        ("round trip p50, us", lambda r: f"{r['round_trip']['p50_us']:.0f}"),
+        ("added p50, us", lambda r: f"{r['round_trip']['p50_us'] - d['round_trip']['p50_us']:.0f}"),
+        ("round trip p99, us", lambda r: f"{r['round_trip']['p99_us']:.0f}"),
+        ("messages/s (8 x 16)", lambda r: f"{r['rate']['messages_per_s']:.0f} ({r['rate']['messages_per_s'] / d['rate']['messages_per_s']:.2f}x)"),
+        ("audio MB/s (48 KB)", lambda r: f"{r['audio']['mb_per_s']:.1f} ({r['audio']['mb_per_s'] / d['audio']['mb_per_s']:.2f}x)"),
+    )
+    for label, cell in rows:
+        print(f"{label:28}" + "".join(f"{cell(results[name]):>22}" for name in runs))
+    print(f"agw CPU {summary['agw_cpu_us_per_message']:.1f} us/message; "
           f"{results['idle']['sessions']} idle sessions: {summary['rss_kib_per_idle_session']:.1f} KiB each, "
           f"round trip p50 {results['idle']['p50_us_while_open']:.0f} us while open")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -167,6 +201,8 @@ def run(args: argparse.Namespace) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="each figure is the median of this many interleaved runs")
+    parser.add_argument("--no-floors", dest="floors", action="store_false", help="skip the byte-relay baselines")
     parser.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "realtime.json"))
     args = parser.parse_args()
     import resource

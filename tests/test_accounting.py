@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from agw.realtime import RelayOptions
@@ -132,6 +134,25 @@ class SessionMetricsTests(AccountingTestCase):
         self.assertGreater(samples[("agw_realtime_bytes_total", frozenset({**ROUTE, "direction": "client_to_upstream"}.items()))], 1000)
         self.assertEqual(samples[("agw_realtime_session_duration_seconds_count", frozenset(ROUTE.items()))], 1.0)
         self.assertEqual(samples[("agw_realtime_sessions", frozenset(ROUTE.items()))], 0.0)
+
+
+class OpenSessionCounterTests(AccountingTestCase):
+    relay_options = RelayOptions(counter_flush_interval=0.05)
+
+    @inlineCallbacks
+    def test_open_sessions_messages_reach_the_metrics(self) -> Any:
+        ws = yield deferToThread(open_client, self.url)
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+        key = ("agw_realtime_messages_total", frozenset({**ROUTE, "direction": "upstream_to_client"}.items()))
+        deadline = reactor.seconds() + 10
+        while True:  # scrape until the flush shows session.created
+            samples = yield self.scrape()
+            if samples.get(key) == 1.0 or reactor.seconds() > deadline:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(samples.get(key), 1.0)
+        self.assertEqual(len(self.gateway.relays[0].sessions), 1)  # still open
 
 
 class AbandonedResponseTests(AccountingTestCase):

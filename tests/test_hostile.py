@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
+from websockets.exceptions import ConnectionClosed
 
 from agw.realtime import RelayOptions
 from tests.support import GatewayTestCase, wait_until
@@ -62,6 +63,26 @@ class HostileInputTests(GatewayTestCase):
         yield wait_until(lambda: self.fake.closes)
         self.assertEqual(self.fake.closes[0][0], 1011)
         yield self.assert_still_healthy(healthy)
+
+    @inlineCallbacks
+    def test_invalid_utf8_from_provider_is_the_clients_to_refuse(self) -> Any:
+        # The upstream leg does not validate UTF-8 (the client does): the
+        # client's 1007 reaches the provider.
+        bad = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        yield deferToThread(recv_event, bad)
+        yield deferToThread(bad.send, json.dumps({"type": "test.invalid_utf8"}))
+
+        def sent_close() -> Any:
+            try:
+                while True:
+                    bad.recv(timeout=10)
+            except ConnectionClosed as e:
+                return e.sent.code if e.sent else None
+
+        code = yield deferToThread(sent_close)
+        self.assertEqual(code, 1007)
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes[0][0], 1007)
 
     @inlineCallbacks
     def test_non_json_text_is_relayed(self) -> Any:

@@ -108,6 +108,16 @@ class PrefilterTests(SynchronousTestCase):
     def test_deltas_are_skipped(self) -> None:
         self.assertFalse(might_carry_usage(b'{"type":"response.output_audio.delta","delta":"AAAA"}'))
 
+    def test_type_read_from_the_head_when_it_comes_first(self) -> None:
+        self.assertFalse(might_carry_usage(b'{"type":"response.output_audio.delta","item":{"type":"response.done"}}'))
+        self.assertFalse(might_carry_usage(b'{ "type" : "response.done2", "x": "\\"response.done\\""}'))
+        self.assertTrue(might_carry_usage(b'{ "type" : "response.done" , "response": {}}'))
+
+    def test_type_found_anywhere_when_it_does_not_come_first(self) -> None:
+        self.assertTrue(might_carry_usage(b'{"event_id":"event_1","response":{"status":"completed"},"type":"response.done"}'))
+        self.assertTrue(might_carry_usage(b'{"event_id":"e","type":"session.updated"}'))
+        self.assertFalse(might_carry_usage(b'{"event_id":"e","type":"response.output_audio.delta","delta":"AAAA"}'))
+
     def test_mentioning_the_name_in_text_is_skipped(self) -> None:
         payload = json.dumps({"type": "response.output_text.delta", "delta": 'say "response.done"'}).encode()
         self.assertFalse(might_carry_usage(payload))

@@ -12,7 +12,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
+from agw.realtime.frames import LeanMessages
 from agw.realtime.timers import cancel_leftover_timers
+from agw.realtime.utf8 import DecoderUtf8Validator
 from agw.tracker import ConnectionTracker
 
 # Codes RFC 6455 forbids in a close frame: they describe how a connection
@@ -80,7 +82,7 @@ class PauseOnly:
         pass
 
 
-class RelayLeg:
+class RelayLeg(LeanMessages):
     """
     Mixin for one half of a relay (an Autobahn protocol): holds the partner,
     forwards whole messages, and closes the partner the way this leg closed.
@@ -91,13 +93,10 @@ class RelayLeg:
     # Set when the relay itself closed this leg (shutdown, partner closed).
     closed_with: tuple[int, str | None] | None = None
 
-    # Provided by Autobahn's protocol classes (sendMessage, sendCloseFrame
-    # and dropConnection too; not declared here, or the mixin would shadow them).
-    state: int
-    transport: Any
+    # Provided by Autobahn's protocol classes (sendCloseFrame and
+    # dropConnection too; not declared here, or the mixin would shadow them).
     closedByMe: bool
     localCloseCode: int | None
-    sendMessage: Any
     sendCloseFrame: Any
     dropConnection: Any
 
@@ -108,6 +107,13 @@ class RelayLeg:
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
+        self.utf8validator = DecoderUtf8Validator()  # Autobahn's is slow on big messages
+        size = getattr(self.factory, "write_buffer_size", None)
+        if size is not None:
+            # How much may wait for this peer before reading from the other
+            # one pauses (see link); Twisted's 64 KiB is barely one audio
+            # message, so flow control would pause and resume on every one.
+            self.transport.bufferSize = size
         if self.tracker is not None:
             self.tracker.add(self)
 

@@ -16,6 +16,7 @@ from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflat
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -55,6 +56,11 @@ class RelayOptions:
     close_timeout: float = 1.0
     # How long a response the client abandoned may take to report its usage.
     cancel_grace: float = 5.0
+    # How often open sessions add their message and byte counts to the metrics.
+    counter_flush_interval: float = 1.0
+    # Bytes that may wait to be sent to one peer before reading from the
+    # other pauses (flow control), per leg.
+    write_buffer_size: int = 256 * 1024
 
 
 def handshake_headers(request_headers: dict[str, str], protocols: Iterable[str], policies: Policies) -> dict[str, str]:
@@ -112,6 +118,9 @@ class RealtimeRelay:
         self.options = options
         self.sessions: set[RealtimeServerProtocol] = set()
         self.connections = ConnectionTracker()  # both legs of every session
+        # Runs while sessions are open (see RealtimeSession.relayed).
+        self._flushing = LoopingCall(self._flush_counters)
+        self._flushing.clock = reactor  # type: ignore[assignment]
         self._factory = RealtimeServerFactory(self)
         self._factory.setProtocolOptions(
             maxMessagePayloadSize=options.max_message_size,
@@ -133,6 +142,7 @@ class RealtimeRelay:
             echoCloseCodeReason=True,
         )
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
+        self._factory.write_buffer_size = options.write_buffer_size
         self.resource = RealtimeResource(WebSocketResource(self._factory))
 
     def new_session(self, request: ConnectionRequest) -> RealtimeSession:
@@ -161,11 +171,16 @@ class RealtimeRelay:
             autoPingTimeout=self.options.ping_timeout,
             perMessageCompressionOffers=[],
             failByDrop=False,
+            # The provider's text is not validated as UTF-8 here: the client
+            # validates what it receives (and closes with 1007, which the
+            # relay passes on). What clients send is validated.
+            utf8validateIncoming=False,
             echoCloseCodeReason=True,
         )
         use_reactor_timers(factory, self._reactor)  # type: ignore[arg-type]
         factory.tracker = self.connections
         factory.clock = self._reactor
+        factory.write_buffer_size = self.options.write_buffer_size
         connecting = self._target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
 
         def cancel(opened: Deferred[UpstreamProtocol]) -> None:
@@ -189,9 +204,18 @@ class RealtimeRelay:
 
     def opened(self, leg: RealtimeServerProtocol) -> None:
         self.sessions.add(leg)
+        if not self._flushing.running:
+            self._flushing.start(self.options.counter_flush_interval, now=False)
 
     def closed(self, leg: RealtimeServerProtocol) -> None:
         self.sessions.discard(leg)
+        if not self.sessions and self._flushing.running:
+            self._flushing.stop()
+
+    def _flush_counters(self) -> None:
+        for leg in self.sessions:
+            if leg.session is not None:
+                leg.session.flush()
 
     def close_all(self, code: int = 1001, reason: str = "gateway shutting down") -> Deferred[None]:
         """

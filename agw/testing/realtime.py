@@ -76,7 +76,8 @@ def response_usage(number: int, audio: bool) -> dict[str, Any]:
 class FakeRealtimeProtocol(WebSocketServerProtocol):
     """One fake Realtime session. Test events: C{test.echo} (echoed back
     whole), C{test.stream} (C{bytes} of audio deltas in C{chunk}-sized
-    events); binary messages are echoed."""
+    events), C{test.invalid_utf8} (answered with a text message that is
+    not UTF-8); binary messages are echoed."""
 
     factory: FakeRealtimeFactory
 
@@ -153,6 +154,9 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
 
     def on_test_echo(self, event: dict[str, Any]) -> None:
         self.sendMessage(json.dumps(event).encode())
+
+    def on_test_invalid_utf8(self, event: dict[str, Any]) -> None:
+        self.sendMessage(b'{"type":"\xff\xfe"}')
 
     def on_test_stream(self, event: dict[str, Any]) -> None:
         chunk = base64.b64encode(b"\0" * int(event.get("chunk", 4096))).decode()

@@ -1,0 +1,106 @@
+"""
+Whole WebSocket messages in and out without Autobahn's per-message
+bookkeeping: a relay sends and receives every message of every session, so
+what Autobahn spends per message on features the relay never uses (its
+observable C{"message"} event, traffic statistics, argument assertions,
+debug-log arguments) is a large part of agw's CPU per message.
+
+Only the common case is shortened: an open connection, no compression, no
+fragmentation, nothing queued. Everything else goes through Autobahn.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.xormasker import create_xor_masker
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_GROUND = WebSocketProtocol.SEND_STATE_GROUND
+_TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
+_MASKED = 0x80
+_SHORT, _MEDIUM = struct.Struct("!BB"), struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+# Below this size XOR-ing as one big integer beats the compiled masker,
+# whose fixed cost per call is about 3 us.
+_SMALL = 1024
+
+
+def mask_payload(mask: bytes, payload: bytes) -> bytes:
+    """C{payload} XOR-ed with the 4-byte C{mask} repeated (RFC 6455 section 5.3)."""
+    length = len(payload)
+    if length >= _SMALL:
+        return create_xor_masker(mask, length).process(payload)  # type: ignore[no-any-return]
+    key = (mask * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(length, "little")
+
+
+def frame_header(first: int, length: int, mask_bit: int) -> bytes:
+    """The first bytes of a frame (RFC 6455 section 5.2) up to the masking key."""
+    if length <= 125:
+        return _SHORT.pack(first, mask_bit | length)
+    if length <= 0xFFFF:
+        return _MEDIUM.pack(first, mask_bit | 126, length)
+    return _LONG.pack(first, mask_bit | 127, length)
+
+
+class LeanMessages:
+    """
+    Mixin for an Autobahn protocol (listed before it): C{sendMessage}
+    writes one unfragmented frame straight to the transport, and a received
+    message goes to C{onMessage} without Autobahn's observable event (one
+    Deferred per message that nothing here listens to).
+
+    Frames are the same bytes Autobahn would write; client frames are masked
+    (L{mask_payload}: Autobahn's compiled masker for all but small messages).
+    """
+
+    # Provided by Autobahn's protocol classes.
+    state: int
+    send_state: int
+    send_queue: Any
+    transport: Any
+    factory: Any
+    failedByMe: bool
+    message_data: Any
+    message_is_binary: bool
+    maxMessagePayloadSize: int
+    autoFragmentSize: int
+    maskClientFrames: bool
+    maskServerFrames: bool
+    logFrames: bool
+    trackedTimings: Any
+    _perMessageCompress: Any
+    onMessage: Any
+
+    def sendMessage(
+        self, payload: bytes, isBinary: bool = False, fragmentSize: int | None = None,
+        sync: bool = False, doNotCompress: bool = False,
+    ) -> None:
+        length = len(payload)
+        if (
+            self.state != _OPEN or self.send_state != _GROUND or self.send_queue
+            or fragmentSize is not None or sync or self.autoFragmentSize
+            or self._perMessageCompress is not None or self.logFrames or self.trackedTimings
+            or 0 < self.maxMessagePayloadSize < length
+        ):
+            # Autobahn handles (or refuses) everything else.
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+            return
+        first = _BINARY if isBinary else _TEXT
+        if self.maskServerFrames if self.factory.isServer else self.maskClientFrames:
+            # The same mask source as Autobahn (see its sendFrame on why).
+            mask = struct.pack("!I", random.getrandbits(32))
+            self.transport.write(frame_header(first, length, _MASKED) + mask + mask_payload(mask, payload))
+        else:
+            self.transport.write(frame_header(first, length, 0) + payload)
+
+    def onMessageEnd(self) -> None:
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
