@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from agw.metrics import ModelLabels, RouteLabels
@@ -29,11 +29,17 @@ def usage_fields(usage: TokenUsage | None) -> dict[str, Any]:
 
 
 class AccessLog:
-    """Writes records to C{stream} (nothing when C{stream} is C{None})."""
+    """
+    Writes records to C{stream} (nothing when C{stream} is C{None}); every
+    record also carries C{fields} (a worker's number, say).
+    """
 
-    def __init__(self, stream: IO[str] | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, stream: IO[str] | None, clock: Callable[[], float] = time.time, fields: Mapping[str, Any] | None = None,
+    ) -> None:
         self._stream = stream
         self._clock = clock
+        self._fields = dict(fields or {})
 
     @property
     def enabled(self) -> bool:
@@ -51,6 +57,7 @@ class AccessLog:
                 "gen_ai.request.model": models.request_model,
                 "gen_ai.response.model": models.response_model,
             })
+        record.update(self._fields)
         record.update(fields)
         self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._stream.flush()

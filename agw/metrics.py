@@ -122,6 +122,7 @@ class GatewayMetrics:
             "Realtime sessions open now.",
             _ROUTE_LABELS,
             registry=self.registry,
+            multiprocess_mode="livesum",  # with workers: the sum over live workers
         )
         self.realtime_session_duration = Histogram(
             "agw_realtime_session_duration_seconds",

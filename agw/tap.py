@@ -7,6 +7,7 @@ stops twistd with one line naming the problem before anything listens.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from agw.config import ConfigError, GatewayConfig, load_config
 
 if TYPE_CHECKING:
     from agw.accesslog import AccessLog
+    from agw.gateway import Gateway
 
 
 class Options(usage.Options):
@@ -33,6 +35,7 @@ class Options(usage.Options):
         ["max-message-size", None, 16 * 1024 * 1024, "Largest Realtime message in bytes (bigger: close 1009).", int],
         ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
         ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response gets to report its usage.", float],
+        ["workers", None, None, "Gateway processes sharing the binds (0: one per CPU; default: config.workers, or 1).", int],
     ]
 
     config_object: GatewayConfig
@@ -42,10 +45,42 @@ class Options(usage.Options):
             self.config_object = load_config(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["workers"] is not None and self["workers"] < 0:
+            raise usage.UsageError("--workers: expected 0 (one per CPU) or more")
+
+    @property
+    def worker_count(self) -> int:
+        """How many gateway processes to run: the option, else the config."""
+        count = self["workers"] if self["workers"] is not None else self.config_object.workers
+        return count or os.cpu_count() or 1
+
+    def gateway_arguments(self) -> list[str]:
+        """These options (but C{--workers}) as command-line arguments, for worker processes."""
+        values = {name: self[name] for name, *_ in Options.optParameters if name != "workers"}
+        values["config"] = os.path.abspath(values["config"])
+        return [f"--{name}={value}" for name, value in values.items()]
 
 
 def makeService(options: Options) -> IService:
-    """The gateway's service, from parsed options."""
+    """The gateway's service, from parsed options: one process, or a pool of workers."""
+    service: Any
+    if options.worker_count > 1:
+        from twisted.internet import reactor
+
+        from agw.workerpool import WorkerPool
+
+        service = WorkerPool(
+            reactor, options.config_object, options["interface"], options.gateway_arguments(), options.worker_count,
+            options["drain-period"], stdout=sys.__stdout__.buffer,
+        )
+    else:
+        service = gateway_from_options(options).service(options["interface"], drain_period=options["drain-period"])
+    CleanExitOnSIGTERM().setServiceParent(service)
+    return service
+
+
+def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:
+    """The L{Gateway} these options describe."""
     from agw.gateway import Gateway
     from agw.http import HTTPOptions
     from agw.realtime import RelayOptions
@@ -56,13 +91,10 @@ def makeService(options: Options) -> IService:
         handshake_timeout=options["handshake-timeout"],
         cancel_grace=options["cancel-grace"],
     )
-    gateway = Gateway(
+    return Gateway(
         options.config_object, relay_options=relay_options, http_options=http_options,
-        access_log=open_access_log(options["access-log"]),
+        access_log=open_access_log(options["access-log"], access_log_fields),
     )
-    service = gateway.service(options["interface"], drain_period=options["drain-period"])
-    CleanExitOnSIGTERM().setServiceParent(service)
-    return service
 
 
 class CleanExitOnSIGTERM(Service):
@@ -86,8 +118,8 @@ class CleanExitOnSIGTERM(Service):
             reactor.stop()
 
 
-def open_access_log(where: str) -> AccessLog:
-    """The access log named on the command line."""
+def open_access_log(where: str, fields: dict[str, Any] | None = None) -> AccessLog:
+    """The access log named on the command line; C{fields} go into every line."""
     from agw.accesslog import NO_ACCESS_LOG, AccessLog
 
     if where == "none":
@@ -95,5 +127,5 @@ def open_access_log(where: str) -> AccessLog:
     if where == "-":
         # twistd replaces sys.stdout with a logging file; the access log
         # wants plain lines on the real standard output.
-        return AccessLog(sys.__stdout__)
-    return AccessLog(open(where, "a", encoding="utf-8"))
+        return AccessLog(sys.__stdout__, fields=fields)
+    return AccessLog(open(where, "a", encoding="utf-8"), fields=fields)

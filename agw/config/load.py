@@ -157,7 +157,10 @@ class _Parser:
         for i, port in enumerate(ports):
             if port != 0 and port in ports[:i]:
                 raise self.fail(("binds", i, "port"), f"port {port} is bound twice")
-        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr"}, "config")
+        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers"}, "config")
+        workers = settings.get("workers", 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise self.fail(("config", "workers"), f"expected a number of processes (0: one per CPU), got {workers!r}")
         defaults = GatewayConfig(binds=binds)
         return GatewayConfig(
             binds=binds,
@@ -166,6 +169,7 @@ class _Parser:
                 settings.get("readinessAddr"), ("config", "readinessAddr"), defaults.readiness_addr
             ),
             admin_addr=self.address(settings.get("adminAddr"), ("config", "adminAddr"), defaults.admin_addr),
+            workers=workers,
         )
 
     def address(self, value: Any, path: Path, default: Address) -> Address:

@@ -128,3 +128,5 @@ class GatewayConfig:
     stats_addr: Address = Address("::", 15020)
     readiness_addr: Address = Address("::", 15021)
     admin_addr: Address = Address("localhost", 15000)
+    # agw's own: gateway processes sharing the binds (0: one per CPU).
+    workers: int = 1

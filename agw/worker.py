@@ -1,0 +1,116 @@
+"""
+One worker process of C{twistd agw --workers N}, started by
+L{agw.workerpool.WorkerPool} (not by hand): the gateway's binds on ports
+shared with the other workers, no stats or readiness listener of its own.
+
+It talks to the pool over three pipes: log events as JSON lines on standard
+error, access log lines on standard output, and C{ready} on descriptor 3
+once every bind listens. SIGTERM drains and exits 0; so does the death of
+the pool (Linux's parent-death signal).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLogBeginner
+from twisted.python import usage
+from zope.interface import implementer
+
+from agw.tap import Options, gateway_from_options
+
+CONTROL_FD = 3
+READY = b"ready\n"
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerOptions(Options):
+    """C{twistd agw}'s options, and where this worker stands in the pool."""
+
+    optParameters = [
+        *Options.optParameters,
+        ["index", None, 1, "This worker's number in the pool.", int],
+        ["ports", None, "", "Each bind's config port and the port to share: 3000=3000,0=41234."],
+    ]
+
+    def shared_ports(self) -> dict[int, int]:
+        try:
+            pairs = (item.split("=") for item in self["ports"].split(",") if item)
+            return {int(config_port): int(port) for config_port, port in pairs}
+        except ValueError:
+            raise usage.UsageError(f"--ports: expected config_port=port,... got {self['ports']!r}") from None
+
+
+@implementer(ILogObserver)
+class JSONLineObserver:
+    """Log events as one JSON line each: level, namespace and the formatted text (never raw event fields)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        level = event.get("log_level", LogLevel.info)
+        if level < LogLevel.info:
+            return
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text = f"{text}\n{failure.getTraceback()}"
+        line = {"level": level.name, "namespace": event.get("log_namespace", "-"), "text": text}
+        self._stream.write(json.dumps(line) + "\n")
+        self._stream.flush()
+
+
+def die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the pool's process dies (nothing elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = WorkerOptions()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.exit(f"agw worker: {e}")
+    die_with_parent()
+    from twisted.internet import reactor
+
+    from agw.service import GatewayService
+
+    log = Logger(namespace="agw.worker")
+    globalLogBeginner.beginLoggingTo([JSONLineObserver(sys.stderr)], redirectStandardIO=False)
+    gateway = gateway_from_options(options, access_log_fields={"agw.worker": options["index"]})
+    service = GatewayService(
+        gateway, options["interface"], options["drain-period"], reuse_ports=options.shared_ports(), admin=False,
+    )
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # SIGTERM: drain, then exit
+    outcome = {"code": 1}
+
+    def listening(_: object) -> None:
+        outcome["code"] = 0
+        os.write(CONTROL_FD, READY)
+
+    def cannot_listen(failure: Any) -> None:
+        log.failure("worker {index} cannot listen", failure, index=options["index"])
+        reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
+
+    service.when_listening().addCallbacks(listening, cannot_listen)
+    reactor.run()  # type: ignore[attr-defined]
+    sys.exit(outcome["code"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""
+C{twistd agw --workers N}: N gateway processes (L{agw.worker}) listening on
+each bind's port together (C{SO_REUSEPORT}), and this parent, which keeps
+them running and answers for all of them: one C{/metrics} summing every
+worker (prometheus-client's multiprocess mode) and one readiness probe that
+is ready only while every worker is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from agw.config import GatewayConfig
+from agw.reuseport import reuse_port_socket
+from agw.service import ListeningService, make_site
+from agw.web import readiness_root, stats_root
+from agw.worker import CONTROL_FD, READY
+
+RESTART_DELAY = 0.5  # doubled after each crash in a row, up to:
+MAX_RESTART_DELAY = 30.0
+STABLE_AFTER = 10.0  # a worker ready this long resets the doubling
+STOP_GRACE = 10.0  # after the drain period, before SIGKILL
+
+
+class WorkerProcess(ProcessProtocol):
+    """The pool's side of one worker process (all its lives: restarts reuse it)."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.pid: int | None = None
+        self.ready_at: float | None = None
+        self.crashes = 0
+        self.restart: IDelayedCall | None = None
+        self._ended: list[Deferred[None]] = []
+        self._partial: dict[int, bytes] = {}
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.pool.log.info("worker {index} started (pid {pid})", index=self.index, pid=self.pid)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial.pop(childFD, b"") + data).split(b"\n")
+        if lines[-1]:
+            self._partial[childFD] = lines[-1]
+        for line in lines[:-1]:
+            if childFD == CONTROL_FD and line + b"\n" == READY:
+                self.ready_at = self.pool.reactor.seconds()
+                self.pool.log.info("worker {index} ready", index=self.index)
+            elif childFD == 1:
+                self.pool.stdout.write(line + b"\n")  # access log lines, passed on whole
+                self.pool.stdout.flush()
+            elif childFD == 2:
+                self._relay_log(line)
+
+    def _relay_log(self, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+            level = LogLevel.levelWithName(event["level"])
+            text = str(event["text"])
+        except (ValueError, KeyError, TypeError, LogLevel.InvalidLogLevelError):
+            level, text = LogLevel.warn, line.decode("utf-8", "replace")  # say, a crash before logging began
+        self.pool.log.emit(level, "{text}", text=text, log_system=f"worker {self.index}")
+
+    def when_ended(self) -> Deferred[None]:
+        """Fires when the running process has ended."""
+        d: Deferred[None] = Deferred()
+        if self.running:
+            self._ended.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def processEnded(self, reason: Failure) -> None:
+        pid, self.pid = self.pid, None
+        ready_at, self.ready_at = self.ready_at, None
+        self._partial.clear()
+        if ready_at is not None and self.pool.reactor.seconds() - ready_at >= STABLE_AFTER:
+            self.crashes = 0
+        ended, self._ended = self._ended, []
+        for d in ended:
+            d.callback(None)
+        self.pool.ended(self, pid, reason)
+
+
+class WorkerPool(MultiService):
+    """
+    Runs C{count} worker processes with C{gateway_arguments} (see
+    L{agw.tap.Options.gateway_arguments}); restarts a worker that dies;
+    stopping sends every worker SIGTERM (they drain) and waits for them.
+    """
+
+    log = Logger(namespace="agw.workers")
+
+    def __init__(
+        self, reactor: Any, config: GatewayConfig, interface: str, gateway_arguments: list[str], count: int,
+        drain_period: float = 5.0, stdout: IO[bytes] | None = None, python: str = sys.executable,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.interface = interface
+        self.drain_period = drain_period
+        self.stdout = stdout if stdout is not None else sys.stdout.buffer
+        self._arguments = gateway_arguments
+        self._python = python
+        self.workers = [WorkerProcess(self, index) for index in range(1, count + 1)]
+        self.ports: dict[int, int] = {}  # config port: port the workers share
+        self._reserved: list[socket.socket] = []
+        self.metrics_dir: str | None = None
+        self.stopping = False
+        self.registry = CollectorRegistry()
+        self.registry.register(_WorkerMetrics(self))
+        self.restarts = Counter("agw_worker_restarts", "Worker processes restarted after they died.", registry=self.registry)
+        Gauge("agw_workers_ready", "Worker processes ready to serve.", registry=self.registry).set_function(
+            lambda: sum(worker.ready for worker in self.workers)
+        )
+        self.stats = ListeningService(reactor, config.stats_addr, make_site(stats_root(self.registry), reactor), "stats")
+        self.stats.setServiceParent(self)
+        readiness = make_site(readiness_root(self.is_ready), reactor)
+        self.readiness = ListeningService(reactor, config.readiness_addr, readiness, "readiness")
+        self.readiness.setServiceParent(self)
+
+    def is_ready(self) -> bool:
+        """Every worker is ready (and the pool is not stopping)."""
+        return self.running and not self.stopping and all(worker.ready for worker in self.workers)
+
+    def startService(self) -> None:
+        # Each bind's port is held by a socket that never listens: port 0
+        # becomes a real port every worker shares, kept across restarts.
+        for bind in self.config.binds:
+            sock = reuse_port_socket("127.0.0.1" if self.interface == "localhost" else self.interface, bind.port)
+            self._reserved.append(sock)
+            self.ports[bind.port] = sock.getsockname()[1]
+        self.metrics_dir = tempfile.mkdtemp(prefix="agw-metrics-")
+        super().startService()
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def _spawn(self, worker: WorkerProcess) -> None:
+        worker.restart = None
+        ports = ",".join(f"{config_port}={port}" for config_port, port in self.ports.items())
+        argv = [self._python, "-m", "agw.worker", f"--index={worker.index}", f"--ports={ports}", *self._arguments]
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
+        self.reactor.spawnProcess(worker, self._python, argv, env=env, childFDs={1: "r", 2: "r", CONTROL_FD: "r"})
+
+    def ended(self, worker: WorkerProcess, pid: int | None, reason: Failure) -> None:
+        """A worker process ended: forget its live gauges; restart it unless stopping."""
+        if pid is not None and self.metrics_dir is not None:
+            mark_process_dead(pid, self.metrics_dir)
+        if self.stopping or not self.running:
+            return
+        delay = min(RESTART_DELAY * 2**worker.crashes, MAX_RESTART_DELAY)
+        worker.crashes += 1
+        how = "exited" if reason.check(ProcessDone) else f"died ({reason.value})"
+        self.log.warn("worker {index} (pid {pid}) {how}; restarting in {delay}s", index=worker.index, pid=pid, how=how, delay=delay)
+        self.restarts.inc()
+        worker.restart = self.reactor.callLater(delay, self._spawn, worker)
+
+    @inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]
+        """SIGTERM every worker (each drains), wait (SIGKILL after the drain period and a grace), then stop."""
+        self.stopping = True
+        for worker in self.workers:
+            if worker.restart is not None and worker.restart.active():
+                worker.restart.cancel()
+        ended = DeferredList([worker.when_ended() for worker in self.workers])
+        self._signal_all(signal.SIGTERM)
+        kill = self.reactor.callLater(self.drain_period + STOP_GRACE, self._signal_all, signal.SIGKILL)
+        yield ended
+        if kill.active():
+            kill.cancel()
+        yield MultiService.stopService(self)
+        for sock in self._reserved:
+            sock.close()
+        self._reserved.clear()
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
+        self.stopping = False
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.running:
+                try:
+                    worker.transport.signalProcess(signum)  # type: ignore[union-attr]
+                except ProcessExitedAlready:
+                    pass
+
+
+class _WorkerMetrics:
+    """Collector: every worker's metrics, summed (their files in the pool's directory)."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Any:
+        if self._pool.metrics_dir is not None:
+            yield from MultiProcessCollector(None, path=self._pool.metrics_dir).collect()

@@ -1,0 +1,121 @@
+"""
+C{twistd -n agw --workers 2} as a user runs it: sessions spread over both
+workers, one /metrics summing them, readiness over all of them, a killed
+worker restarted (its counts kept), SIGTERM stopping every process, exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from collections import Counter
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from agw.testing import REALTIME_MODEL, FakeOpenAI
+from tests.support import BACKEND_KEY, CLIENT_KEY, wait_until
+from tests.test_realtime_relay import open_client, recv_event
+from tests.test_twistd import TwistdAgw
+
+SESSIONS = 16
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def one_response(url: str) -> None:
+    """A blocking session (in a thread): one text response, then close."""
+    with open_client(url) as ws:
+        recv_event(ws)
+        ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+        while recv_event(ws)["type"] != "response.done":
+            pass
+
+
+class WorkerPoolTests(TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def scrape(self, agw: TwistdAgw) -> Any:
+        response = yield treq.get(f"http://127.0.0.1:{agw.stats}/metrics", persistent=False)
+        text = yield response.text()
+        return text
+
+    def token_sum(self, text: str, token_type: str) -> float:
+        pattern = rf'agentgateway_gen_ai_client_token_usage_sum{{[^}}]*gen_ai_token_type="{token_type}"[^}}]*}} (\S+)'
+        return sum(float(value) for value in re.findall(pattern, text))
+
+    def worker_pids(self, agw: TwistdAgw) -> dict[int, int]:
+        """Worker number: pid of its latest start, from the pool's log."""
+        return {int(n): int(pid) for n, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", agw.log_text())}
+
+    def served_by(self, agw: TwistdAgw) -> Counter[int]:
+        """Realtime sessions per worker, from the access log (agw's standard output)."""
+        with open(agw.stdout) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        return Counter(r["agw.worker"] for r in records if r["event"] == "realtime.session")
+
+    @inlineCallbacks
+    def test_two_workers(self) -> Any:
+        fake = FakeOpenAI()
+        upstream = yield fake.listen(reactor)
+        self.addCleanup(upstream.stopListening)
+        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="-")
+        url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
+        text = yield self.scrape(agw)
+        self.assertIn("agw_workers_ready 2.0", text)
+
+        # Spread: each new connection hashes to one worker's accept queue.
+        for _ in range(SESSIONS):
+            yield deferToThread(one_response, url)
+        yield wait_until(lambda: sum(self.served_by(agw).values()) == SESSIONS)
+        spread = self.served_by(agw)
+        self.assertEqual(set(spread), {1, 2}, spread)
+
+        # One /metrics for all workers: equal to what the upstream billed.
+        text = yield self.scrape(agw)
+        billed = fake.billed()
+        for token_type in ("input", "output"):
+            self.assertEqual(self.token_sum(text, token_type), billed[("chat", REALTIME_MODEL, token_type)])
+
+        # A worker killed outright is restarted; readiness says so meanwhile;
+        # what it counted before dying still counts.
+        pids = self.worker_pids(agw)
+        os.kill(pids[1], signal.SIGKILL)
+        yield wait_until(lambda: not agw.is_ready(), timeout=10)
+        yield wait_until(lambda: self.worker_pids(agw)[1] != pids[1] and agw.is_ready(), timeout=30)
+        text = yield self.scrape(agw)
+        self.assertIn("agw_worker_restarts_total 1.0", text)
+        for _ in range(4):
+            yield deferToThread(one_response, url)
+        text = yield self.scrape(agw)
+        billed = fake.billed()
+        self.assertEqual(len(fake.sessions), SESSIONS + 4)
+        for token_type in ("input", "output"):
+            self.assertEqual(self.token_sum(text, token_type), billed[("chat", REALTIME_MODEL, token_type)])
+        self.assertIn('agw_realtime_sessions{bind="%d"' % agw.port, text)
+
+        # SIGTERM stops every process; exit 0; no secret in the log.
+        pids = self.worker_pids(agw)
+        code = yield agw.stop()
+        self.assertEqual(code, 0)
+        self.assertEqual([pid for pid in pids.values() if alive(pid)], [])
+        written = agw.log_text()
+        self.assertNotIn(BACKEND_KEY, written)
+        self.assertNotIn(CLIENT_KEY, written)
