@@ -60,7 +60,7 @@ def start_byte_relays(upstream_port: int) -> dict[str, tuple[subprocess.Popen, i
     return relays
 
 
-def start_agw(upstream_port: int) -> tuple[subprocess.Popen, int, int]:
+def start_agw(upstream_port: int, *args: str) -> tuple[subprocess.Popen, int, int]:
     """twistd -n agw with the repo's config.yaml pointed at the fake; (process, port, stats port)."""
     with open(os.path.join(REPO, "config.yaml")) as f:
         data = yaml.safe_load(f)
@@ -70,11 +70,11 @@ def start_agw(upstream_port: int) -> tuple[subprocess.Popen, int, int]:
             backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
     stats = free_port()
     data["config"] = {"statsAddr": f"127.0.0.1:{stats}"}
-    proc, port = start_agw_with(data)
+    proc, port = start_agw_with(data, *args)
     return proc, port, stats
 
 
-def start_agw_with(data: dict) -> tuple[subprocess.Popen, int]:
+def start_agw_with(data: dict, *args: str) -> tuple[subprocess.Popen, int]:
     """twistd -n agw with config C{data} (one bind); (process, bind port)."""
     port, ready = data["binds"][0]["port"], free_port()
     data.setdefault("config", {}).setdefault("statsAddr", f"127.0.0.1:{free_port()}")
@@ -86,12 +86,20 @@ def start_agw_with(data: dict) -> tuple[subprocess.Popen, int]:
     profile = os.environ.get("AGW_BENCH_PROFILE")  # a path: run agw under cProfile, stats saved there
     profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
     proc = subprocess.Popen(
-        [twistd, "-n", *profiling, "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none"],
+        [twistd, "-n", *profiling, "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none", *args],
         cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "sk-bench"},
     )
     wait_port(ready)
-    urllib.request.urlopen(f"http://127.0.0.1:{ready}/healthz/ready", timeout=5).read()
-    return proc, port
+    deadline = time.monotonic() + 30
+    while True:  # ready once every worker is
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{ready}/healthz/ready", timeout=5).read()
+            return proc, port
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise
+            time.sleep(0.05)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -100,6 +108,20 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def children(pid: int) -> list[int]:
+    """Pids of C{pid}'s child processes (agw's workers), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return found
 
 
 def rss_kib(pid: int) -> int:

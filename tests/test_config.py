@@ -98,6 +98,10 @@ class BadConfigTests(SynchronousTestCase):
     def test_bad_address(self) -> None:
         self.assertIn("config.statsAddr: expected host:port", self.error("binds:\n- port: 1\nconfig:\n  statsAddr: nowhere\n"))
 
+    def test_bad_workers(self) -> None:
+        for value in ("-1", "two", "true", "1.5"):
+            self.assertIn("config.workers: expected a number of processes", self.error(f"binds:\n- port: 1\nconfig:\n  workers: {value}\n"))
+
     def test_duplicate_port(self) -> None:
         self.assertIn("binds[1].port: port 1 is bound twice", self.error("binds:\n- port: 1\n- port: 1\n"))
 

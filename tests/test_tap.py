@@ -40,6 +40,38 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("agw", names)
 
 
+class WorkersOptionTests(SynchronousTestCase):
+    def options(self, *args: str, config: str = "") -> Options:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write("binds:\n- port: 1\n" + config)
+        self.addCleanup(os.unlink, f.name)
+        options = Options()
+        options.parseOptions(["-f", f.name, *args])
+        return options
+
+    def test_option_beats_config_and_zero_means_one_per_cpu(self) -> None:
+        self.assertEqual(self.options().worker_count, 1)
+        self.assertEqual(self.options(config="config:\n  workers: 3\n").worker_count, 3)
+        self.assertEqual(self.options("--workers", "2", config="config:\n  workers: 3\n").worker_count, 2)
+        self.assertEqual(self.options("--workers", "0").worker_count, os.cpu_count())
+
+    def test_negative_is_usage_error(self) -> None:
+        with self.assertRaises(UsageError):
+            self.options("--workers", "-2")
+
+    def test_several_workers_make_a_pool_and_pass_every_other_option_on(self) -> None:
+        from agw.workerpool import WorkerPool
+
+        options = self.options("--workers", "2", "--cancel-grace", "1.5")
+        service = makeService(options)
+        self.assertIsInstance(service, WorkerPool)
+        self.assertEqual(len(service.workers), 2)
+        arguments = options.gateway_arguments()
+        self.assertIn("--cancel-grace=1.5", arguments)
+        self.assertIn(f"--config={os.path.abspath(options['config'])}", arguments)
+        self.assertFalse([a for a in arguments if a.startswith("--workers")])
+
+
 class DefaultOptionTests(SynchronousTestCase):
     def test_defaults_are_numbers(self) -> None:
         """twistd does not coerce defaults: they must already be numbers."""
