@@ -11,11 +11,30 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+
+
+def result_path(name: str) -> str:
+    """Where a benchmark writes its JSON by default."""
+    return os.path.join(HERE, "results", name)
+
+
+def run_on_reactor(start: Callable[[], Any]) -> None:
+    """Run the reactor until the Deferred C{start()} returns fires; exit 1 with its traceback if it failed."""
+    from twisted.internet import reactor
+
+    failure: list[Any] = []
+    start().addErrback(failure.append).addBoth(lambda _: reactor.stop())
+    reactor.run()
+    if failure:
+        failure[0].printTraceback()
+        sys.exit(1)
 
 
 def free_port() -> int:

@@ -31,7 +31,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_seconds, machine, rss_kib, start_agw, start_byte_relays, start_fake  # noqa: E402
+from common import result_path, run_on_reactor, cpu_seconds, machine, rss_kib, start_agw, start_byte_relays, start_fake  # noqa: E402
 
 ECHO = json.dumps({"type": "test.echo", "event_id": "evt_bench", "n": 1}).encode()
 APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (48 * 1024)}).encode()
@@ -203,18 +203,13 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="each figure is the median of this many interleaved runs")
     parser.add_argument("--no-floors", dest="floors", action="store_false", help="skip the byte-relay baselines")
-    parser.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "realtime.json"))
+    parser.add_argument("--json", default=result_path("realtime.json"))
     args = parser.parse_args()
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    failure: list[Any] = []
-    run(args).addErrback(failure.append).addBoth(lambda _: reactor.stop())
-    reactor.run()
-    if failure:
-        failure[0].printTraceback()
-        sys.exit(1)
+    run_on_reactor(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import children, cpu_seconds, machine, start_agw, start_fake  # noqa: E402
+from common import result_path, run_on_reactor, children, cpu_seconds, machine, start_agw, start_fake  # noqa: E402
 from realtime_bench import message_rate, round_trips  # noqa: E402
 
 
@@ -66,14 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "workers.json"))
+    parser.add_argument("--json", default=result_path("workers.json"))
     args = parser.parse_args()
-    failure: list[Any] = []
-    run(args).addErrback(failure.append).addBoth(lambda _: reactor.stop())
-    reactor.run()
-    if failure:
-        failure[0].printTraceback()
-        sys.exit(1)
+    run_on_reactor(lambda: run(args))
 
 
 if __name__ == "__main__":
