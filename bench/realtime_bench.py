@@ -8,7 +8,9 @@ process), in one run:
 - agw RSS per idle session with --idle sessions open;
 - agw CPU per message (from /proc);
 - the same through two byte relays (socat if installed, and a Twisted TCP
-  relay): the floor any relay pays on this machine (--no-floors skips them).
+  relay): the floor any relay pays on this machine (--no-floors skips them);
+- then the completions figures of bench/http_bench.py (needs wrk; --no-http
+  skips them).
 
 The load generator is Autobahn on Twisted in this process; the fake and agw
 are separate processes. Writes JSON (default bench/results/realtime.json).
@@ -21,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -202,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="each figure is the median of this many interleaved runs")
+    parser.add_argument("--no-http", dest="http", action="store_false", help="skip the completions figures (bench/http_bench.py)")
     parser.add_argument("--no-floors", dest="floors", action="store_false", help="skip the byte-relay baselines")
     parser.add_argument("--json", default=result_path("realtime.json"))
     args = parser.parse_args()
@@ -210,6 +215,27 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     run_on_reactor(lambda: run(args))
+    if args.http:
+        add_completions(args.json)
+
+
+def add_completions(realtime_json: str) -> None:
+    """Run bench/http_bench.py (its own fake and agw) and add its completions figures to the table and JSON."""
+    if shutil.which("wrk") is None:
+        print("completions: skipped (needs wrk: apt-get install wrk)")
+        return
+    http_json = result_path("http.json")
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "http_bench.py"), "--json", http_json],
+                   check=True, stdout=subprocess.DEVNULL)
+    with open(http_json) as f:
+        http = json.load(f)["summary"]
+    print(f"completions: added p50 {http['added_p50_ms']:.2f} ms; {http['agw_rps_16conn']:.0f} requests/s via agw, "
+          f"{http['agw_rps_16conn'] / http['direct_rps_16conn']:.2f}x direct; agw CPU {http['agw_cpu_ms_per_request']:.2f} ms/request")
+    with open(realtime_json) as f:
+        report = json.load(f)
+    report["completions"] = http
+    with open(realtime_json, "w") as f:
+        json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":
