@@ -5,9 +5,10 @@ and readiness listeners, stopped cleanly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -17,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from agw.config import Address
+from agw.config import Address, GatewayConfig
 from agw.reuseport import ReusePortServerEndpoint
 from agw.web import readiness_root, stats_root
 
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 # Idle HTTP connections are dropped after this long (twisted.web's default
 # is 12 hours, an invitation to slowloris).
 HTTP_IDLE_TIMEOUT = 60.0
+
+
+def bind_host(host: str) -> str:
+    """The address to bind for C{host}: C{localhost} is IPv4 loopback."""
+    return "127.0.0.1" if host == "localhost" else host
 
 
 class ListeningService(Service):
@@ -46,7 +52,7 @@ class ListeningService(Service):
         self._listening: Deferred[IListeningPort] | None = None
 
     def _endpoint(self) -> IStreamServerEndpoint:
-        host = "127.0.0.1" if self.address.host == "localhost" else self.address.host
+        host = bind_host(self.address.host)
         if self._reuse_port:
             return ReusePortServerEndpoint(self._reactor, self.address.port, host)  # type: ignore[arg-type]
         if ":" in host:
@@ -107,13 +113,24 @@ def make_site(resource: IResource, reactor: object) -> Site:
     return site
 
 
+def admin_listeners(
+    parent: MultiService, reactor: object, config: GatewayConfig, registry: CollectorRegistry, is_ready: Callable[[], bool],
+) -> tuple[ListeningService, ListeningService]:
+    """The stats listener (C{/metrics} of C{registry}) and the readiness listener, as children of C{parent}."""
+    stats = ListeningService(reactor, config.stats_addr, make_site(stats_root(registry), reactor), "stats")
+    stats.setServiceParent(parent)
+    readiness = ListeningService(reactor, config.readiness_addr, make_site(readiness_root(is_ready), reactor), "readiness")
+    readiness.setServiceParent(parent)
+    return stats, readiness
+
+
 class GatewayService(MultiService):
     """
     Every listener of a L{Gateway}; stopping it drains first (see
     L{stopService}). Binds listen on C{interface} (all interfaces, IPv4 and
     IPv6, by default).
 
-    A worker process (L{agw.workers}) passes C{reuse_ports}: each bind's
+    A worker process (L{agw.workerpool}) passes C{reuse_ports}: each bind's
     port (config port to actual port) is shared with the other workers
     through C{SO_REUSEPORT}; the stats and readiness listeners are the
     parent's, so C{admin} is false.
@@ -143,12 +160,7 @@ class GatewayService(MultiService):
         self.stats: ListeningService | None = None
         self.readiness: ListeningService | None = None
         if admin:
-            stats = make_site(stats_root(gateway.metrics.registry), reactor)
-            self.stats = ListeningService(reactor, config.stats_addr, stats, "stats")
-            self.stats.setServiceParent(self)
-            readiness = make_site(readiness_root(self.is_ready), reactor)
-            self.readiness = ListeningService(reactor, config.readiness_addr, readiness, "readiness")
-            self.readiness.setServiceParent(self)
+            self.stats, self.readiness = admin_listeners(self, reactor, config, gateway.metrics.registry, self.is_ready)
 
     def is_ready(self) -> bool:
         """Every bind is listening (and the gateway is not stopping)."""

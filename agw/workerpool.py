@@ -29,8 +29,7 @@ from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
 from agw.reuseport import reuse_port_socket
-from agw.service import ListeningService, make_site
-from agw.web import readiness_root, stats_root
+from agw.service import admin_listeners, bind_host
 from agw.worker import CONTROL_FD, READY
 
 RESTART_DELAY = 0.5  # doubled after each crash in a row, up to:
@@ -140,11 +139,7 @@ class WorkerPool(MultiService):
         Gauge("agw_workers_ready", "Worker processes ready to serve.", registry=self.registry).set_function(
             lambda: sum(worker.ready for worker in self.workers)
         )
-        self.stats = ListeningService(reactor, config.stats_addr, make_site(stats_root(self.registry), reactor), "stats")
-        self.stats.setServiceParent(self)
-        readiness = make_site(readiness_root(self.is_ready), reactor)
-        self.readiness = ListeningService(reactor, config.readiness_addr, readiness, "readiness")
-        self.readiness.setServiceParent(self)
+        self.stats, self.readiness = admin_listeners(self, reactor, config, self.registry, self.is_ready)
 
     def is_ready(self) -> bool:
         """Every worker is ready (and the pool is not stopping)."""
@@ -154,7 +149,7 @@ class WorkerPool(MultiService):
         # Each bind's port is held by a socket that never listens: port 0
         # becomes a real port every worker shares, kept across restarts.
         for bind in self.config.binds:
-            sock = reuse_port_socket("127.0.0.1" if self.interface == "localhost" else self.interface, bind.port)
+            sock = reuse_port_socket(bind_host(self.interface), bind.port)
             self._reserved.append(sock)
             self.ports[bind.port] = sock.getsockname()[1]
         self.metrics_dir = tempfile.mkdtemp(prefix="agw-metrics-")

@@ -64,7 +64,7 @@ def start_fake() -> tuple[subprocess.Popen, int]:
 def start_byte_relays(upstream_port: int) -> dict[str, tuple[subprocess.Popen, int]]:
     """
     Byte relays to the fake, as floors for what a relay adds on this
-    machine: socat (C; if installed) and a Twisted TCP relay. C{{name: (process, port)}}.
+    machine: socat (C; if installed) and a Twisted TCP relay. C{name: (process, port)}.
     """
     relays = {}
     port = free_port()
