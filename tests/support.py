@@ -97,13 +97,18 @@ class GatewayTestCase(TestCase):
 
     @inlineCallbacks
     def scrape(self) -> Any:
-        """C{{(name, frozenset(labels.items())): value}} from the live /metrics page."""
+        """L{samples} of the live /metrics page."""
         text = yield self.metrics_text()
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-        return samples
+        return samples(text)
+
+
+def samples(metrics_text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """C{{(name, frozenset(labels.items())): value}} from a /metrics page."""
+    found = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
 
 
 def token_sums(samples: dict, metric: str = TOKEN_METRIC) -> dict[tuple[str, str, str], float]:

@@ -82,6 +82,12 @@ class TwistdAgw:
         self.process.send_signal(signal.SIGTERM)
         return deferToThread(self.process.wait, 30)
 
+    @inlineCallbacks
+    def metrics_text(self) -> Any:
+        """The parent's /metrics page."""
+        response = yield treq.get(f"http://127.0.0.1:{self.stats}/metrics", persistent=False)
+        return (yield response.text())
+
     def log_text(self) -> str:
         with open(self.log) as f:
             return f.read()
@@ -96,7 +102,7 @@ class TwistdTests(TestCase):
         upstream = yield fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
         agw = yield TwistdAgw.start(self, upstream.getHost().port)
-        port, stats = agw.port, agw.stats
+        port = agw.port
 
         done = yield deferToThread(run_session, f"ws://127.0.0.1:{port}/v1", 3)
         self.assertEqual(len(done), 3)
@@ -107,8 +113,7 @@ class TwistdTests(TestCase):
 
         model = yield deferToThread(completion)
         self.assertEqual(model, "gpt-4-2025-01-01")
-        response = yield treq.get(f"http://127.0.0.1:{stats}/metrics", persistent=False)
-        text = yield response.text()
+        text = yield agw.metrics_text()
         billed = fake.billed()
         for token_type in ("input", "output"):
             expected = billed[("chat", REALTIME_MODEL, token_type)]

@@ -13,14 +13,13 @@ import signal
 from collections import Counter
 from typing import Any
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, CLIENT_KEY, wait_until
+from tests.support import BACKEND_KEY, CLIENT_KEY, samples, token_sums, wait_until
 from tests.test_realtime_relay import open_client, recv_event
 from tests.test_twistd import TwistdAgw
 
@@ -51,16 +50,6 @@ def one_response(url: str) -> None:
 class WorkerPoolTests(TestCase):
     timeout = 90
 
-    @inlineCallbacks
-    def scrape(self, agw: TwistdAgw) -> Any:
-        response = yield treq.get(f"http://127.0.0.1:{agw.stats}/metrics", persistent=False)
-        text = yield response.text()
-        return text
-
-    def token_sum(self, text: str, token_type: str) -> float:
-        pattern = rf'agentgateway_gen_ai_client_token_usage_sum{{[^}}]*gen_ai_token_type="{token_type}"[^}}]*}} (\S+)'
-        return sum(float(value) for value in re.findall(pattern, text))
-
     def worker_pids(self, agw: TwistdAgw) -> dict[int, int]:
         """Worker number: pid of its latest start, from the pool's log."""
         return {int(n): int(pid) for n, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", agw.log_text())}
@@ -78,8 +67,8 @@ class WorkerPoolTests(TestCase):
         self.addCleanup(upstream.stopListening)
         agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="-")
         url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
-        text = yield self.scrape(agw)
-        self.assertIn("agw_workers_ready 2.0", text)
+        text = yield agw.metrics_text()
+        self.assertEqual(samples(text)[("agw_workers_ready", frozenset())], 2.0)
 
         # Spread: each new connection hashes to one worker's accept queue.
         for _ in range(SESSIONS):
@@ -89,10 +78,10 @@ class WorkerPoolTests(TestCase):
         self.assertEqual(set(spread), {1, 2}, spread)
 
         # One /metrics for all workers: equal to what the upstream billed.
-        text = yield self.scrape(agw)
+        text = yield agw.metrics_text()
         billed = fake.billed()
         for token_type in ("input", "output"):
-            self.assertEqual(self.token_sum(text, token_type), billed[("chat", REALTIME_MODEL, token_type)])
+            self.assertEqual(token_sums(samples(text))[("chat", REALTIME_MODEL, token_type)], billed[("chat", REALTIME_MODEL, token_type)])
 
         # A worker killed outright is restarted; readiness says so meanwhile;
         # what it counted before dying still counts.
@@ -100,15 +89,15 @@ class WorkerPoolTests(TestCase):
         os.kill(pids[1], signal.SIGKILL)
         yield wait_until(lambda: not agw.is_ready(), timeout=10)
         yield wait_until(lambda: self.worker_pids(agw)[1] != pids[1] and agw.is_ready(), timeout=30)
-        text = yield self.scrape(agw)
-        self.assertIn("agw_worker_restarts_total 1.0", text)
+        text = yield agw.metrics_text()
+        self.assertEqual(samples(text)[("agw_worker_restarts_total", frozenset())], 1.0)
         for _ in range(4):
             yield deferToThread(one_response, url)
-        text = yield self.scrape(agw)
+        text = yield agw.metrics_text()
         billed = fake.billed()
         self.assertEqual(len(fake.sessions), SESSIONS + 4)
         for token_type in ("input", "output"):
-            self.assertEqual(self.token_sum(text, token_type), billed[("chat", REALTIME_MODEL, token_type)])
+            self.assertEqual(token_sums(samples(text))[("chat", REALTIME_MODEL, token_type)], billed[("chat", REALTIME_MODEL, token_type)])
         self.assertIn('agw_realtime_sessions{bind="%d"' % agw.port, text)
 
         # SIGTERM stops every process; exit 0; no secret in the log.
