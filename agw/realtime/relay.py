@@ -142,7 +142,6 @@ class RealtimeRelay:
             echoCloseCodeReason=True,
         )
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
-        self._factory.write_buffer_size = options.write_buffer_size
         self.resource = RealtimeResource(WebSocketResource(self._factory))
 
     def new_session(self, request: ConnectionRequest) -> RealtimeSession:

@@ -145,3 +145,4 @@ class RealtimeServerFactory(WebSocketServerFactory):
         super().__init__(**kwargs)
         self.relay = relay
         self.tracker = relay.connections
+        self.write_buffer_size = relay.options.write_buffer_size
