@@ -5,6 +5,8 @@ C{ai:} backend's config.
 
 from __future__ import annotations
 
+from urllib.parse import urlunsplit
+
 from attrs import frozen
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
@@ -57,9 +59,15 @@ class BackendTarget:
         return path
 
     def url(self, path: str, query: str, websocket: bool = False) -> str:
-        """The absolute upstream URL for a request path and raw query."""
+        """
+        The absolute upstream URL for a normalised request path and raw
+        query (see L{agw.request_target}). Scheme, host and port come from
+        the config alone; the request supplies only path and query.
+        """
+        if not path.startswith("/") or path.startswith("//"):
+            raise ValueError("not an origin-form path")  # routing refuses these; never glue one on
         scheme = ("wss" if self.tls else "ws") if websocket else ("https" if self.tls else "http")
-        return f"{scheme}://{self.authority}{self.path_for(path)}" + (f"?{query}" if query else "")
+        return urlunsplit((scheme, self.authority, self.path_for(path), query, ""))
 
     def endpoint(self, reactor: IReactorTCP, timeout: float) -> IStreamClientEndpoint:
         """A client endpoint for this backend, TLS-verified when C{tls}."""

@@ -1,7 +1,10 @@
 """
-What the gateway sends upstream of a client's headers: hop-by-hop headers
-and client credentials out, the route's transformations applied, the
-backend key in.
+What the gateway sends upstream of a client's headers, and back of the
+provider's: hop-by-hop headers out (those RFC 9110 names and those the
+sender lists in C{Connection}), client credentials and billing selectors
+out when the gateway holds the backend key, the route's transformations
+applied, the backend key in, C{X-Forwarded-For} set from the connection.
+docs/security.md lists all of it.
 """
 
 from __future__ import annotations
@@ -15,27 +18,57 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
     "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })
-# Client credentials: the backend key replaces them.
-CREDENTIALS = frozenset({"authorization", "api-key"})
+# What a client could use to spend as someone else, or to choose who pays,
+# when the gateway's key is the one that pays: never forwarded with it.
+CREDENTIALS = frozenset({
+    "authorization", "api-key", "x-api-key", "openai-organization", "openai-project", "cookie",
+})
+# Client claims about the path to the gateway: not trusted, X-Forwarded-For is set anew.
+FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"})
+
+
+def connection_listed(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """The header names listed in C{Connection} (RFC 9110 7.6.1): hop-by-hop too."""
+    listed: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            listed.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return listed
 
 
 def upstream_headers(
-    client_headers: Iterable[tuple[str, str]], policies: Policies, also_drop: Iterable[str] = ()
+    client_headers: Iterable[tuple[str, str]], policies: Policies, also_drop: Iterable[str] = (),
+    client_address: str | None = None,
 ) -> list[tuple[str, str]]:
     """
     The client's headers (lower-case names) minus hop-by-hop headers,
     C{also_drop} and the route's C{remove} list, with C{set}/C{add} applied.
     With a backend key, client credentials are replaced by
     C{Authorization: Bearer <key>}; without one they pass through.
+    C{X-Forwarded-For} is C{client_address} (the TCP peer), whatever the
+    client said.
     """
+    client_headers = list(client_headers)
     transform = policies.request_headers
-    dropped = HOP_BY_HOP | set(also_drop) | set(transform.remove)
+    dropped = HOP_BY_HOP | FORWARDING | connection_listed(client_headers) | set(also_drop) | set(transform.remove)
     if policies.backend_key is not None:
         dropped |= CREDENTIALS
     headers = [(name, value) for name, value in client_headers if name not in dropped]
     for name, value in transform.set:
         headers = [(n, v) for n, v in headers if n != name] + [(name, value)]
     headers += list(transform.add)
+    if client_address is not None:
+        headers.append(("x-forwarded-for", client_address))
     if policies.backend_key is not None:
         headers.append(("authorization", f"Bearer {policies.backend_key.value}"))
     return headers
+
+
+def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """
+    The provider's response headers (lower-case names) the client gets:
+    all but hop-by-hop headers and those its C{Connection} lists.
+    """
+    upstream = list(upstream)
+    dropped = HOP_BY_HOP | connection_listed(upstream)
+    return [(name, value) for name, value in upstream if name not in dropped]

@@ -14,6 +14,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from agw.config import Listener, Route, RouteMatch, RouteType
+from agw.request_target import BadTarget, parse_target
 from agw.web import render_error
 
 # Rank of a match kind: exact beats prefix beats regex beats match-all.
@@ -108,17 +109,24 @@ class BindResource(Resource):
         return best[1] if best else None
 
     def render(self, request: Request) -> bytes | int:
-        # Relative to where this resource is mounted: the whole path when it
-        # is a Site's root, the rest when an embedder put it under a child.
-        path = "/" + "/".join(segment.decode("utf-8", "replace") for segment in request.postpath)
-        if request.prepath:
-            # Upstream sees the path relative to the mount point too.
-            _, _, query = request.uri.partition(b"?")
-            request.uri = b"/" + b"/".join(request.postpath) + (b"?" + query if query else b"")
-            request.path = request.uri.partition(b"?")[0]
+        # Relative to where this resource is mounted: the whole target when
+        # it is a Site's root, the rest when an embedder put it under a
+        # child. The raw bytes are used, not twisted.web's decoded segments,
+        # so escapes such as %3F stay escapes.
+        raw_path, question, query = request.uri.partition(b"?")
+        if request.prepath and raw_path.startswith(b"/"):
+            raw_path = b"/" + b"/".join(raw_path.split(b"/")[1 + len(request.prepath):])
+        try:
+            target = parse_target(raw_path + question + query)
+        except BadTarget as bad:
+            return render_error(request, 400, bad.message, "invalid_request_target", "invalid_request_error")
+        # What a route is chosen by is what goes upstream: forwarders and the
+        # WebSocket handshake read these.
+        request.uri = target.uri
+        request.path = target.path.encode("ascii")
         host = (request.getRequestHostname() or b"").decode("ascii", "replace").lower()
-        routed = self.select(host, path)
+        routed = self.select(host, target.path)
         if routed is None:
-            return render_error(request, 404, f"no route for {path}", "route_not_found", "invalid_request_error")
+            return render_error(request, 404, f"no route for {target.path}", "route_not_found", "invalid_request_error")
         request.agw_route = routed  # type: ignore[attr-defined]
-        return routed.resource(path).render(request)
+        return routed.resource(target.path).render(request)

@@ -20,7 +20,7 @@ from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
 from agw.reuseport import ReusePortServerEndpoint
-from agw.web import readiness_root, stats_root
+from agw.web import GatewayRequest, readiness_root, stats_root
 
 if TYPE_CHECKING:
     from agw.gateway import Gateway
@@ -106,7 +106,7 @@ class ListeningService(Service):
 
 
 def make_site(resource: IResource, reactor: object) -> Site:
-    site = Site(resource, reactor=reactor)  # type: ignore[arg-type]
+    site = Site(resource, requestFactory=GatewayRequest, reactor=reactor)  # type: ignore[arg-type]
     site.timeOut = HTTP_IDLE_TIMEOUT
     site.displayTracebacks = False
     site.noisy = False

@@ -13,6 +13,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 
+def client_host(request: Request) -> str | None:
+    """The IP address of the client's TCP peer, if it has one."""
+    return getattr(request.getClientAddress(), "host", None)
+
+
+def client_gone(request: Request) -> bool:
+    """Whether the client's connection is gone (twisted.web's private flag; see its Request.connectionLost)."""
+    return bool(getattr(request, "_disconnected", False))
+
+
 def error_body(message: str, error_type: str, code: str | None) -> bytes:
     """OpenAI's error shape: C{{"error": {"message", "type", "code"}}}."""
     return json.dumps({"error": {"message": message, "type": error_type, "code": code}}).encode()
@@ -27,6 +37,25 @@ def render_error(request: Request, status: int, message: str, code: str, error_t
     request.setResponseCode(status, _PHRASES.get(status))
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     return error_body(message, error_type, code)
+
+
+class GatewayRequest(Request):
+    """
+    The request class of the gateway's own sites. twisted.web answers an
+    asterisk-form target (C{OPTIONS *}) itself, before any resource sees
+    it; a gateway has nothing to say about itself there, so it gets the
+    same 400 as every other target that is not a path.
+    """
+
+    def process(self) -> None:
+        if self.path == b"*":
+            body = render_error(self, 400, "the request-target must be a path starting with '/' (origin-form)",
+                                "invalid_request_target", "invalid_request_error")
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+            return
+        super().process()
 
 
 class ErrorResource(Resource):

@@ -6,11 +6,15 @@ L{FakeOpenAI} on loopback, a running gateway, and metric readers.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 from typing import Any
 
 import treq
+from openai import OpenAI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -122,6 +126,50 @@ def token_sums(samples: dict, metric: str = TOKEN_METRIC) -> dict[tuple[str, str
     return sums
 
 
+def open_client(url: str, **kwargs: Any) -> ClientConnection:
+    kwargs.setdefault("additional_headers", {"Authorization": f"Bearer {CLIENT_KEY}"})
+    return connect(url, max_size=None, open_timeout=10, compression=None, **kwargs)
+
+
+def recv_event(ws: ClientConnection) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout=10))
+
+
+def handshake_status(url: str, **kwargs: Any) -> tuple[int, bytes]:
+    """Status and body of a refused handshake."""
+    try:
+        open_client(url, **kwargs).close()
+    except InvalidStatus as e:
+        return e.response.status_code, e.response.body or b""
+    raise AssertionError("handshake was accepted")
+
+
+def wait_closed(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """Read until the connection closes; the close code and reason received."""
+    try:
+        while True:
+            ws.recv(timeout=10)
+    except ConnectionClosed as e:
+        return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, None)
+
+
+def run_session(ws_base: str, responses: int) -> list[dict[str, Any]]:
+    """A blocking SDK session (run in a thread): N text responses; returns the response.done events."""
+    client = OpenAI(api_key=CLIENT_KEY, websocket_base_url=ws_base)
+    done = []
+    with client.realtime.connect(model="gpt-realtime") as connection:
+        for i in range(responses):
+            connection.conversation.item.create(
+                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Say hello {i}"}]}
+            )
+            connection.response.create(response={"output_modalities": ["text"]})
+            for event in connection:
+                if event.type == "response.done":
+                    done.append(event.model_dump())
+                    break
+    return done
+
+
 def accepts_connections(port: int) -> bool:
     """Whether something on 127.0.0.1 accepts a TCP connection on C{port}."""
     try:
@@ -129,6 +177,22 @@ def accepts_connections(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to 127.0.0.1:C{port}; return whatever comes back until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def status_and_json(response: bytes) -> tuple[int, Any]:
+    """The status code and JSON body (C{None} if empty) of a raw HTTP/1.1 response with a Content-Length."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body) if body else None
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Deferred[None]:

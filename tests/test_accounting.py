@@ -15,8 +15,7 @@ from twisted.internet.threads import deferToThread
 
 from agw.realtime import RelayOptions
 from agw.testing import REALTIME_MODEL
-from tests.support import GatewayTestCase, token_sums, wait_until
-from tests.test_realtime_relay import open_client, recv_event
+from tests.support import GatewayTestCase, open_client, recv_event, token_sums, wait_until
 
 ROUTE = {"bind": "0", "gateway": "bind/0", "listener": "listener0", "route": "route0", "route_rule": ""}
 

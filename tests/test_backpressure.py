@@ -12,8 +12,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-from tests.support import GatewayTestCase, wait_until
-from tests.test_realtime_relay import open_client, recv_event
+from tests.support import GatewayTestCase, open_client, recv_event, wait_until
 
 MiB = 1024 * 1024
 TOTAL = 500 * MiB

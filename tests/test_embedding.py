@@ -16,8 +16,7 @@ from twisted.web.server import Site
 
 from agw import Gateway, parse_config
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, seed_config_text, wait_until
-from tests.test_realtime_sdk import run_session
+from tests.support import BACKEND_KEY, run_session, seed_config_text, wait_until
 
 
 class _Hello(Resource):

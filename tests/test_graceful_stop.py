@@ -8,8 +8,7 @@ import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-from tests.support import accepts_connections, GatewayTestCase, wait_until
-from tests.test_realtime_relay import open_client, recv_event, wait_closed
+from tests.support import accepts_connections, GatewayTestCase, open_client, recv_event, wait_closed, wait_until
 
 
 

@@ -14,18 +14,7 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed
 
 from agw.realtime import RelayOptions
-from tests.support import GatewayTestCase, wait_until
-from tests.test_realtime_relay import open_client, recv_event, wait_closed
-
-
-def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send raw bytes, return whatever comes back until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-        return received
+from tests.support import GatewayTestCase, open_client, raw_exchange, recv_event, wait_closed, wait_until
 
 
 def invalid_utf8_frame() -> bytes:

@@ -12,40 +12,15 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from agw.realtime import RelayOptions
-from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, token_sums, wait_until
+from tests.support import (
+    BACKEND_KEY, CLIENT_KEY, GatewayTestCase, handshake_status, open_client, recv_event, token_sums, wait_closed, wait_until,
+)
 
 MiB = 1024 * 1024
-
-
-def open_client(url: str, **kwargs: Any) -> ClientConnection:
-    kwargs.setdefault("additional_headers", {"Authorization": f"Bearer {CLIENT_KEY}"})
-    return connect(url, max_size=None, open_timeout=10, compression=None, **kwargs)
-
-
-def recv_event(ws: ClientConnection) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout=10))
-
-
-def handshake_status(url: str, **kwargs: Any) -> tuple[int, bytes]:
-    """Status and body of a refused handshake."""
-    try:
-        open_client(url, **kwargs).close()
-    except InvalidStatus as e:
-        return e.response.status_code, e.response.body or b""
-    raise AssertionError("handshake was accepted")
-
-
-def wait_closed(ws: ClientConnection) -> tuple[int | None, str | None]:
-    """Read until the connection closes; the close code and reason received."""
-    try:
-        while True:
-            ws.recv(timeout=10)
-    except ConnectionClosed as e:
-        return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, None)
 
 
 class CloseCodeTests(GatewayTestCase):

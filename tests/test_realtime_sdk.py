@@ -13,24 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
 from agw.testing import REALTIME_MODEL
-from tests.support import BACKEND_KEY, CLIENT_KEY, TOKEN_METRIC, GatewayTestCase, token_sums
-
-
-def run_session(ws_base: str, responses: int) -> list[dict[str, Any]]:
-    """A blocking SDK session (run in a thread): N text responses; returns the response.done events."""
-    client = OpenAI(api_key=CLIENT_KEY, websocket_base_url=ws_base)
-    done = []
-    with client.realtime.connect(model="gpt-realtime") as connection:
-        for i in range(responses):
-            connection.conversation.item.create(
-                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Say hello {i}"}]}
-            )
-            connection.response.create(response={"output_modalities": ["text"]})
-            for event in connection:
-                if event.type == "response.done":
-                    done.append(event.model_dump())
-                    break
-    return done
+from tests.support import BACKEND_KEY, CLIENT_KEY, TOKEN_METRIC, GatewayTestCase, run_session, token_sums
 
 
 class SeedWalkthroughTests(GatewayTestCase):

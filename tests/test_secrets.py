@@ -16,9 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from websockets.exceptions import InvalidStatus
 
-from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase
-from tests.test_realtime_relay import open_client, recv_event
-from tests.test_realtime_sdk import run_session
+from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, open_client, recv_event, run_session
 
 
 class SecretScanTests(GatewayTestCase):

@@ -23,8 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, wait_until
-from tests.test_realtime_sdk import run_session
+from tests.support import BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, run_session, wait_until
 
 
 def free_port() -> int:

@@ -19,8 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, CLIENT_KEY, samples, token_sums, wait_until
-from tests.test_realtime_relay import open_client, recv_event
+from tests.support import BACKEND_KEY, CLIENT_KEY, open_client, recv_event, samples, token_sums, wait_until
 from tests.test_twistd import TwistdAgw
 
 SESSIONS = 16

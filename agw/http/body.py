@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from agw.usage import TokenUsage, response_model
+from agw.web import client_gone
 
 UsageExtractor = Callable[[dict[str, Any]], TokenUsage | None]
 # (usage or None, response model or None)
@@ -121,7 +122,7 @@ class BodyRelay(Protocol):
             self._first_byte = None
         if self._watcher is not None:
             self._watcher.feed(data)
-        if not self._request.finished and not getattr(self._request, "_disconnected", False):
+        if not self._request.finished and not client_gone(self._request):
             self._request.write(data)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:

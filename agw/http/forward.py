@@ -25,13 +25,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 from agw.accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
 from agw.backend import BackendTarget
 from agw.config import Policies, RouteType
-from agw.headers import HOP_BY_HOP, upstream_headers
+from agw.headers import client_response_headers, upstream_headers
 from agw.http.body import BodyRelay, JSONWatcher, SSEWatcher, UsageExtractor, Watcher
 from agw.http.client import UpstreamClient
 from agw.metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.tracker import ConnectionTracker
 from agw.usage import TokenUsage, chat_completion_usage, embeddings_usage, responses_usage
-from agw.web import render_error
+from agw.web import client_gone, client_host, render_error
 
 # Route types whose bodies the gateway reads: extractor and operation name.
 _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
@@ -106,7 +106,7 @@ class HTTPForwarder(Resource):
         self.log.failure("forwarding {uri} failed", failure, uri=request.path)
         if not request.startedWriting and not request.finished:
             request.write(render_error(request, 502, "gateway error", "gateway_error"))
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not client_gone(request):
             request.finish()
 
     async def _forward(self, request: Request) -> None:
@@ -134,7 +134,7 @@ class HTTPForwarder(Resource):
         except (CancelledError, ConnectError, DNSLookupError, ConnectingCancelledError, ResponseFailed) as e:
             if timed_out:
                 return self._answer(request, started, 504, "upstream did not answer in time", "upstream_timeout")
-            if getattr(request, "_disconnected", False):
+            if client_gone(request):
                 return self._record(method, 499, started, exchange)
             if isinstance(e, ResponseFailed):
                 return self._answer(request, started, 502, "upstream closed the connection", "upstream_closed")
@@ -144,9 +144,13 @@ class HTTPForwarder(Resource):
                 timer.cancel()
 
         request.setResponseCode(response.code, response.phrase)
-        for name, values in response.headers.getAllRawHeaders():
-            if name.lower().decode("latin-1") not in HOP_BY_HOP:
-                request.responseHeaders.setRawHeaders(name, values)
+        provided = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, values in response.headers.getAllRawHeaders()
+            for value in values
+        ]
+        for name, value in client_response_headers(provided):
+            request.responseHeaders.addRawHeader(name, value)
         if isinstance(response.length, int):
             request.setHeader(b"content-length", b"%d" % response.length)
 
@@ -158,7 +162,7 @@ class HTTPForwarder(Resource):
         relay = BodyRelay(request, watcher, first_byte)
         response.deliverBody(relay)
         reason = await relay.done
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not client_gone(request):
             if not isinstance(reason, ResponseDone):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
             else:
@@ -205,7 +209,9 @@ class HTTPForwarder(Resource):
             for value in values
         ]
         # treq negotiates (and decodes) compression itself.
-        headers = upstream_headers(client, self._policies, also_drop=("accept-encoding",))
+        headers = upstream_headers(
+            client, self._policies, also_drop=("accept-encoding",), client_address=client_host(request),
+        )
         result = Headers()
         for name, value in headers:
             result.addRawHeader(name, value)
@@ -222,7 +228,7 @@ class HTTPForwarder(Resource):
         return JSONWatcher(extract, report, self._client.options.max_json_body)
 
     def _answer(self, request: Request, started: float, status: int, message: str, code: str, error_type: str = "gateway_error") -> None:
-        if getattr(request, "_disconnected", False):
+        if client_gone(request):
             return
         request.write(render_error(request, status, message, code, error_type))
         request.finish()

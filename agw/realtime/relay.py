@@ -63,7 +63,9 @@ class RelayOptions:
     write_buffer_size: int = 256 * 1024
 
 
-def handshake_headers(request_headers: dict[str, str], protocols: Iterable[str], policies: Policies) -> dict[str, str]:
+def handshake_headers(
+    request_headers: dict[str, str], protocols: Iterable[str], policies: Policies, client_address: str | None = None,
+) -> dict[str, str]:
     """
     The headers of the upstream handshake (see L{upstream_headers}).
 
@@ -71,7 +73,7 @@ def handshake_headers(request_headers: dict[str, str], protocols: Iterable[str],
     forwarded as such. Without a backend key they become the headers
     OpenAI expects, so the client still authenticates as itself.
     """
-    headers = dict(upstream_headers(request_headers.items(), policies, also_drop=_HANDSHAKE_HEADERS))
+    headers = dict(upstream_headers(request_headers.items(), policies, _HANDSHAKE_HEADERS, client_address))
     if policies.backend_key is None:
         for protocol in protocols:
             if protocol.startswith(_KEY_PROTOCOL):
@@ -150,16 +152,18 @@ class RealtimeRelay:
         return RealtimeSession(self._metrics, self._route, model, self._reactor.seconds, self._access_log)  # type: ignore[attr-defined]
 
     def open_upstream(
-        self, request_uri: str, request: ConnectionRequest, session: RealtimeSession
+        self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,
     ) -> Deferred[UpstreamProtocol]:
         """
         Open the upstream leg for a client handshake to C{request_uri} (raw
         path and query, forwarded as they came). Fires with the open upstream
-        protocol, or fails (refusal, unreachable, timeout).
+        protocol, or fails (refusal, unreachable, timeout). C{request_peer}
+        is the client's TCP address (for C{X-Forwarded-For}).
         """
         split = urlsplit(request_uri)
         url = self._target.url(split.path, split.query, websocket=True)
-        headers = handshake_headers(request.headers, request.protocols, self._policies)
+        peer = getattr(request_peer, "host", None)
+        headers = handshake_headers(request.headers, request.protocols, self._policies, peer)
         factory = UpstreamFactory(url, headers=headers, useragent=None)
         factory.setProtocolOptions(
             maxMessagePayloadSize=self.options.max_message_size,

@@ -70,7 +70,9 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
         relay = self.factory.relay
         self.session = relay.new_session(request)
-        opening = self._opening = relay.open_upstream(self.http_request_uri, request, self.session)
+        opening = self._opening = relay.open_upstream(
+            self.http_request_uri, request, self.session, self.transport.getPeer()
+        )
 
         def opened(upstream: UpstreamProtocol) -> str | None:
             self._upstream = upstream
