@@ -144,6 +144,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.realtime_dropped = Counter(
+            "agw_realtime_dropped_messages",
+            "Realtime messages not relayed because their receiver was already closing, by direction.",
+            _ROUTE_LABELS + ("direction",),
+            registry=self.registry,
+        )
+
     def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage) -> None:
         """Record one response's usage: one observation per token type."""
         common = models.values() + route.values()

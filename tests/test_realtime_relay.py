@@ -60,6 +60,43 @@ class CloseCodeTests(GatewayTestCase):
         code, _ = yield deferToThread(wait_closed, ws)
         self.assertEqual(code, 1011)
 
+    def dropped(self, direction: str) -> float:
+        value = self.gateway.metrics.registry.get_sample_value(
+            "agw_realtime_dropped_messages_total",
+            {"bind": "0", "gateway": "bind/0", "listener": "listener0", "route": "route0", "route_rule": "", "direction": direction},
+        )
+        return value or 0.0
+
+    @inlineCallbacks
+    def test_client_streaming_while_provider_ends_session_gets_1001(self) -> Any:
+        """Audio that arrives while the provider's close is under way is dropped (and counted), not a 1006."""
+        ws = yield self.opened()
+        self.fake.hold_tcp = True
+        (session,) = self.fake.sessions
+        session.close(1001, "session_expired")
+        (client_leg,) = self.gateway.relays[0].sessions
+        upstream_leg = client_leg._upstream
+        yield wait_until(lambda: upstream_leg.state == upstream_leg.STATE_CLOSING)
+        append = json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 100})
+        yield deferToThread(lambda: [ws.send(append) for _ in range(5)])
+        yield wait_until(lambda: self.dropped("client_to_upstream") == 5)
+        session.release()
+        code, reason = yield deferToThread(wait_closed, ws)
+        self.assertEqual((code, reason), (1001, "session_expired"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @inlineCallbacks
+    def test_close_without_code_is_relayed_without_code(self) -> Any:
+        ws = yield self.opened()
+        self.fake.sessions[0].close(None)
+        code, _ = yield deferToThread(wait_closed, ws)
+        self.assertEqual(code, 1005)  # websockets' name for "no status code in the close frame"
+
+        other = yield self.opened()
+        yield deferToThread(other.socket.sendall, b"\x88\x80\x00\x00\x00\x00")  # a masked close frame without a code
+        yield wait_until(lambda: len(self.fake.closes) == 2)
+        self.assertEqual(self.fake.closes[1], (None, None))
+
     @inlineCallbacks
     def test_client_vanishing_closes_upstream(self) -> Any:
         ws = yield self.opened()
@@ -90,6 +127,13 @@ class RefusalTests(GatewayTestCase):
             self.fake.refuse(status, body)
             received = yield deferToThread(handshake_status, self.url)
             self.assertEqual(received, (status, body))
+
+    @inlineCallbacks
+    def test_chunked_refusal_is_relayed_whole_and_dechunked(self) -> Any:
+        body = json.dumps({"error": {"message": "Rate limit reached " + "x" * 300, "code": "rate_limit_exceeded"}}).encode()
+        self.fake.refuse(429, body, chunked=True)
+        received = yield deferToThread(handshake_status, self.url)
+        self.assertEqual(received, (429, body))
 
     @inlineCallbacks
     def test_silent_upstream_is_504(self) -> Any:

@@ -17,9 +17,11 @@ from agw.realtime.timers import cancel_leftover_timers
 from agw.realtime.utf8 import DecoderUtf8Validator
 from agw.tracker import ConnectionTracker
 
-# Codes RFC 6455 forbids in a close frame: they describe how a connection
-# ended (no code, no close frame, TLS failure), so the partner gets 1011.
-UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
+# Codes RFC 6455 forbids in a close frame that describe a failure (no close
+# frame, TLS failure): the partner gets 1011. 1005 means "a close frame
+# without a code": the partner gets one too.
+UNSENDABLE_CLOSE_CODES = frozenset({1006, 1015})
+NO_STATUS = 1005
 INTERNAL_ERROR = 1011
 
 
@@ -28,9 +30,14 @@ def close_reason_bytes(reason: str) -> bytes:
     return reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
 
 
-def partner_close_code(code: int | None) -> int:
-    """The code to close the partner with when a leg closed with C{code}."""
-    if code is None or code in UNSENDABLE_CLOSE_CODES:
+def partner_close_code(code: int | None) -> int | None:
+    """
+    The code to close the partner with when a leg's peer closed cleanly with
+    C{code}; C{None} is a close frame without a code, relayed as one.
+    """
+    if code is None or code == NO_STATUS:
+        return None
+    if code in UNSENDABLE_CLOSE_CODES:
         return INTERNAL_ERROR
     return code
 
@@ -91,7 +98,7 @@ class RelayLeg(LeanMessages):
     log = LegLogger()
     partner: RelayLeg | None = None
     # Set when the relay itself closed this leg (shutdown, partner closed).
-    closed_with: tuple[int, str | None] | None = None
+    closed_with: tuple[int | None, str | None] | None = None
 
     # Provided by Autobahn's protocol classes (sendCloseFrame and
     # dropConnection too; not declared here, or the mixin would shadow them).
@@ -138,7 +145,7 @@ class RelayLeg(LeanMessages):
             consumer.unregisterProducer()
             consumer.registerProducer(PauseOnly(producer), True)
 
-    def code_for_partner(self, was_clean: bool, code: int | None, reason: str | None) -> tuple[int, str | None]:
+    def code_for_partner(self, was_clean: bool, code: int | None, reason: str | None) -> tuple[int | None, str | None]:
         """
         How to close the partner after this leg closed: the same code and
         reason. When the relay closed this leg on purpose (shutdown) the
@@ -175,15 +182,29 @@ class RelayLeg(LeanMessages):
         if partner is not None:
             partner.close(*self.code_for_partner(was_clean, code, reason))
 
-    def close(self, code: int, reason: str | None) -> None:
+    def forward(self, payload: bytes, is_binary: bool) -> bool:
+        """
+        Send a message to the partner if it is open; C{False} if there is
+        none or it is closing (then the message is dropped: the session is
+        ending, and raising here would fail this leg with 1006 instead of
+        passing on the partner's close code).
+        """
+        partner = self.partner
+        if partner is None or partner.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        partner.sendMessage(payload, is_binary)
+        return True
+
+    def close(self, code: int | None, reason: str | None) -> None:
         """
         Close with any code RFC 6455 allows (Autobahn's C{sendClose} only
-        allows 1000 and 3000-4999, which would mangle 1001, 1011, 1013...).
+        allows 1000 and 3000-4999, which would mangle 1001, 1011, 1013...);
+        C{None} sends a close frame without a code.
         """
         if self.closed_with is None:
             self.closed_with = (code, reason)
         if self.state == WebSocketProtocol.STATE_OPEN:
-            reason_bytes = close_reason_bytes(reason) if reason else None
+            reason_bytes = close_reason_bytes(reason) if reason and code is not None else None
             self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
         elif self.state != WebSocketProtocol.STATE_CLOSED and self.state != WebSocketProtocol.STATE_CLOSING:
             self.dropConnection(abort=True)

@@ -17,7 +17,8 @@ from twisted.python.failure import Failure
 
 from agw.realtime.leg import RelayLeg
 from agw.realtime.session import CLIENT_TO_UPSTREAM, RealtimeSession
-from agw.realtime.upstream import UpstreamProtocol, UpstreamRefused
+from agw.realtime.refusal import UpstreamRefused
+from agw.realtime.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from agw.realtime.relay import RealtimeRelay
@@ -107,14 +108,17 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         self.factory.relay.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        forwarded = self.forward(payload, isBinary)
         session = self.session
-        if session is not None:
-            session.relayed(CLIENT_TO_UPSTREAM, len(payload))
-            # Clients put "type" first; only the head is looked at.
-            if not isBinary and RESPONSE_CREATE in payload[:_HEAD]:
-                session.response_requested()
-        if self.partner is not None:
-            self.partner.sendMessage(payload, isBinary)
+        if session is None:
+            return
+        if not forwarded:
+            session.dropped(CLIENT_TO_UPSTREAM)
+            return
+        session.relayed(CLIENT_TO_UPSTREAM, len(payload))
+        # Clients put "type" first; only the head is looked at.
+        if not isBinary and RESPONSE_CREATE in payload[:_HEAD]:
+            session.response_requested()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.relay.closed(self)

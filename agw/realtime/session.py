@@ -77,6 +77,10 @@ class RealtimeSession:
         unflushed[0] += 1
         unflushed[1] += size
 
+    def dropped(self, direction: str) -> None:
+        """A message could not be relayed: its receiver was already closing."""
+        self._metrics.realtime_dropped.labels(*self._route.values(), direction).inc()
+
     def flush(self) -> None:
         """Add the messages and bytes relayed since the last flush to the metrics."""
         for direction, unflushed in self._unflushed.items():

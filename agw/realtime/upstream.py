@@ -13,25 +13,10 @@ from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
 from agw.realtime.leg import RelayLeg
+from agw.realtime.refusal import Incomplete, parse_refusal
 from agw.realtime.session import UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.tracker import ConnectionTracker
 from agw.realtime.usage_mixin import RealtimeUsageMixin
-
-# How much of a refusal body is kept for the client (provider errors are small).
-MAX_REFUSAL_BODY = 64 * 1024
-_WAIT = object()
-
-
-class UpstreamRefused(Exception):
-    """The provider answered the WebSocket handshake with a non-101 status."""
-
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
-
 
 class UpstreamClosed(Exception):
     """The upstream connection ended before the handshake completed."""
@@ -54,37 +39,15 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self._drain_timer: Any = None
 
     def processHandshake(self) -> Any:
-        end = self.data.find(b"\r\n\r\n")
-        refusal = self._refusal(end) if end >= 0 else None
-        if refusal is _WAIT:
-            return None  # a refusal whose body is still arriving
-        if isinstance(refusal, UpstreamRefused):
+        try:
+            refusal = parse_refusal(self.data)
+        except Incomplete:
+            return None  # the head, or a refusal's body, is still arriving
+        if refusal is not None:
             self.factory.failed(refusal)
             self.dropConnection(abort=True)
             return None
         return super().processHandshake()
-
-    def _refusal(self, end: int, complete: bool = False) -> UpstreamRefused | object | None:
-        """
-        C{None} for a 101 (or a status line Autobahn should judge), the
-        refusal once its body is complete, else L{_WAIT}.
-        """
-        head = self.data[:end].decode("iso-8859-1").split("\r\n")
-        status_line = head[0].split(" ", 2)
-        try:
-            status = int(status_line[1])
-        except (IndexError, ValueError):
-            return None  # Autobahn reports a malformed status line itself.
-        if status == 101:
-            return None
-        headers = [tuple(part.strip() for part in line.split(":", 1)) for line in head[1:] if ":" in line]
-        length = next((v for k, v in headers if k.lower() == "content-length"), None)
-        body = self.data[end + 4 :]
-        wanted = min(int(length), MAX_REFUSAL_BODY) if length and length.isdigit() else MAX_REFUSAL_BODY
-        if len(body) < wanted and not complete and length is not None:
-            return _WAIT
-        reason = status_line[2] if len(status_line) > 2 else ""
-        return UpstreamRefused(status, reason, headers, body[:wanted])  # type: ignore[arg-type]
 
     def onConnect(self, response: ConnectionResponse) -> None:
         return None
@@ -107,9 +70,12 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         if self._held is not None:
             self._held.append((payload, isBinary))
         elif self.partner is not None:
+            forwarded = self.forward(payload, isBinary)
             if self.usage_sink is not None:
-                self.usage_sink.relayed(UPSTREAM_TO_CLIENT, len(payload))
-            self.partner.sendMessage(payload, isBinary)
+                if forwarded:
+                    self.usage_sink.relayed(UPSTREAM_TO_CLIENT, len(payload))
+                else:
+                    self.usage_sink.dropped(UPSTREAM_TO_CLIENT)
         elif self._draining is not None and self.usage_sink is not None and not self.usage_sink.responses_in_progress:
             self._finish_drain()
 
@@ -140,10 +106,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
                 self.usage_sink.ended(self._draining[2], self._draining[1])
             self._draining = None
         if not self.factory.opened.called:
-            end = self.data.find(b"\r\n\r\n") if self.data else -1
-            refusal = self._refusal(end, complete=True) if end >= 0 else None
-            if not isinstance(refusal, UpstreamRefused):
-                refusal = None
+            refusal = parse_refusal(self.data, complete=True) if self.data else None
             self.factory.failed(refusal or UpstreamClosed(reason or "connection closed during handshake"))
         self.relay_closed(wasClean, code, reason)
 
@@ -151,7 +114,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
 class UpstreamFactory(WebSocketClientFactory):
     """
     Opens one upstream leg; L{opened} fires with the protocol once the
-    provider accepted the handshake, or fails with L{UpstreamRefused},
+    provider accepted the handshake, or fails with L{agw.realtime.refusal.UpstreamRefused},
     L{UpstreamClosed} or the connection error.
     """
 

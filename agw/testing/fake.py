@@ -8,6 +8,8 @@ import itertools
 from collections import defaultdict
 from typing import Any
 
+import attrs
+
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -56,6 +58,9 @@ class FakeOpenAI:
         self.received_bytes = 0
         self.sessions: list[FakeRealtimeProtocol] = []
         self.closes: list[tuple[int | None, str | None]] = []
+        # Keep each session's TCP connection open after the close handshake
+        # until its release() (a provider slow to hang up).
+        self.hold_tcp = False
         self.ids = itertools.count(1)
         self.response_numbers = itertools.count(1)
         self._refusals: list[Refusal] = []
@@ -64,9 +69,12 @@ class FakeOpenAI:
         self.stream_gate: Deferred[None] | None = None
         self._http_scripts: list[tuple[int, bytes]] = []
 
-    def refuse(self, status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] | None = None) -> None:
-        """Answer the next Realtime handshake with C{status} and C{body}."""
-        self._refusals.append(Refusal(status, body) if headers is None else Refusal(status, body, headers))
+    def refuse(
+        self, status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] | None = None, chunked: bool = False,
+    ) -> None:
+        """Answer the next Realtime handshake with C{status} and C{body} (in chunks if C{chunked})."""
+        refusal = Refusal(status, body, chunked=chunked)
+        self._refusals.append(refusal if headers is None else attrs.evolve(refusal, headers=headers))
 
     def hang(self) -> None:
         """Accept the next Realtime connection and never answer its handshake."""

@@ -34,11 +34,17 @@ class Handshake:
 
 @frozen
 class Refusal:
-    """A scripted answer to the next handshake instead of C{101}."""
+    """
+    A scripted answer to the next handshake instead of C{101}; with
+    C{chunked} the body goes out in chunks of C{chunk_size} bytes, each in
+    its own write, as a provider behind a streaming proxy would send it.
+    """
 
     status: int
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    chunked: bool = False
+    chunk_size: int = 7
 
 
 @define
@@ -99,8 +105,17 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         refusal = self._refusal or Refusal(code)
         head = [f"HTTP/1.1 {code} {reason}"] + [f"{k}: {v}" for k, v in refusal.headers]
-        head += [f"Content-Length: {len(refusal.body)}", "", ""]
-        self.sendData("\r\n".join(head).encode("iso-8859-1") + refusal.body)
+        if not refusal.chunked:
+            head += [f"Content-Length: {len(refusal.body)}", "", ""]
+            self.sendData("\r\n".join(head).encode("iso-8859-1") + refusal.body)
+            return
+        head += ["Transfer-Encoding: chunked", "", ""]
+        self.sendData("\r\n".join(head).encode("iso-8859-1"))
+        body, size = refusal.body, refusal.chunk_size
+        for start in range(0, len(body), size):
+            piece = body[start:start + size]
+            self.sendData(b"%x;ext=1\r\n%s\r\n" % (len(piece), piece))
+        self.sendData(b"0\r\nX-Trailer: t\r\n\r\n")
 
     def onOpen(self) -> None:
         self.factory.fake.sessions.append(self)
@@ -128,9 +143,26 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         if self in self.factory.fake.sessions:
             self.factory.fake.closes.append((code, reason))
 
-    def close(self, code: int, reason: str = "") -> None:
-        """Close with any code (Autobahn's sendClose refuses 1001, 1011...)."""
-        self.sendCloseFrame(code, reason.encode() or None, isReply=False)
+    def close(self, code: int | None, reason: str = "") -> None:
+        """
+        Close with any code (Autobahn's sendClose refuses 1001, 1011...);
+        C{None} sends a close frame without a code.
+        """
+        self.sendCloseFrame(code, (reason.encode() or None) if code is not None else None, isReply=False)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        # With FakeOpenAI.hold_tcp the TCP connection outlives the close
+        # handshake until release(): the peer stays in its closing state.
+        if self.factory.fake.hold_tcp and self.state != self.STATE_OPEN:
+            self._held_drop = abort
+            return
+        super().dropConnection(abort)
+
+    def release(self) -> None:
+        """End a TCP connection that L{FakeOpenAI.hold_tcp} kept open."""
+        if getattr(self, "_held_drop", None) is not None:
+            abort, self._held_drop = self._held_drop, None
+            super().dropConnection(abort)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         fake = self.factory.fake
