@@ -22,7 +22,9 @@ SESSION_CREATED = b'"session.created"'
 SESSION_UPDATED = b'"session.updated"'
 RESPONSE_CREATED = b'"response.created"'
 TRANSCRIPTION_COMPLETED = b'"conversation.item.input_audio_transcription.completed"'
-_MARKERS = (RESPONSE_DONE, RESPONSE_CREATED, SESSION_CREATED, SESSION_UPDATED, TRANSCRIPTION_COMPLETED)
+# An error may answer a client's response.create: that response will never bill.
+ERROR = b'"error"'
+_MARKERS = (RESPONSE_DONE, RESPONSE_CREATED, SESSION_CREATED, SESSION_UPDATED, TRANSCRIPTION_COMPLETED, ERROR)
 _INTERESTING_TYPES = frozenset(marker[1:-1] for marker in _MARKERS)
 # OpenAI writes "type" first. When an event starts that way its type is
 # known from the head, and a 48 KB audio delta is not scanned five times.
@@ -64,6 +66,42 @@ def might_carry_usage(payload: bytes) -> bool:
     if leading is not None:
         return leading.group(1) in _INTERESTING_TYPES
     return any(marker in payload for marker in _MARKERS)
+
+
+def client_event_type(payload: bytes) -> str | None:
+    """
+    The C{type} of a client event. Read from the head when the event starts
+    with it (as every OpenAI SDK writes events, audio appends included);
+    otherwise the whole message is decoded, so a client that writes
+    C{"type"} last is not missed.
+    """
+    leading = _LEADING_TYPE.match(payload, 0, _HEAD)
+    if leading is not None:
+        return leading.group(1).decode("utf-8", "replace")
+    event = decode_event(payload)
+    kind = event.get("type") if event is not None else None
+    return kind if isinstance(kind, str) else None
+
+
+def client_event_id(payload: bytes) -> str | None:
+    """The C{event_id} a client gave an event, if any (decodes the whole message: call it for small events only)."""
+    event = decode_event(payload)
+    identifier = event.get("event_id") if event is not None else None
+    return identifier if isinstance(identifier, str) else None
+
+
+def error_event_id(event: dict[str, Any]) -> str | None:
+    """The client C{event_id} an C{error} event answers, if it names one."""
+    error = event.get("error")
+    identifier = error.get("event_id") if isinstance(error, dict) else None
+    return identifier if isinstance(identifier, str) else None
+
+
+def response_id(event: dict[str, Any]) -> str | None:
+    """The C{response.id} of a C{response.created} or C{response.done} event."""
+    response = event.get("response")
+    identifier = response.get("id") if isinstance(response, dict) else None
+    return identifier if isinstance(identifier, str) else None
 
 
 def decode_event(payload: bytes | str) -> dict[str, Any] | None:

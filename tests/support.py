@@ -16,6 +16,7 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -113,6 +114,11 @@ def samples(metrics_text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], f
         for sample in family.samples:
             found[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return found
+
+
+def registry_samples(registry: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """L{samples} of a registry, read in-process."""
+    return samples(generate_latest(registry).decode())
 
 
 def token_sums(samples: dict, metric: str = TOKEN_METRIC) -> dict[tuple[str, str, str], float]:

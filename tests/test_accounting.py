@@ -172,8 +172,102 @@ class AbandonedResponseTests(AccountingTestCase):
         yield deferToThread(leave_mid_response)
         yield wait_until(lambda: self.fake.closes)
         self.assertEqual(self.fake.closes, [(4000, "user hung up")])
-        self.assertIn(b'{"type":"response.cancel"}', self.fake.received)
+        self.assertIn({"type": "response.cancel", "response_id": "resp_1"}, [json.loads(m) for m in self.fake.received])
         self.assertEqual(len(self.fake.ledger), 1)
+        yield self.assert_ledger_on_metrics()
+
+    @inlineCallbacks
+    def leave_after(self, *events: dict[str, Any], wait_for: int = 0, close: int = 4000) -> Any:
+        """Send C{events}, read until C{wait_for} responses were created, leave; wait until the fake saw the close."""
+
+        def session() -> None:
+            ws = open_client(self.url)
+            recv_event(ws)
+            for event in events:
+                ws.send(json.dumps(event))
+            created = 0
+            while created < wait_for:
+                created += recv_event(ws)["type"] == "response.created"
+            ws.close(close, "bye")
+
+        yield deferToThread(session)
+        yield wait_until(lambda: self.fake.closes)
+
+    @inlineCallbacks
+    def test_response_asked_for_but_not_acknowledged_is_counted(self) -> Any:
+        """The client leaves between its response.create and the provider's response.created."""
+        self.fake.created_delay = 0.3
+        self.fake.response_delay = 30.0
+        yield self.leave_after({"type": "response.create"})
+        self.assertEqual(len(self.fake.ledger), 1)
+        self.assertEqual(self.fake.closes, [(4000, "bye")])
+        yield self.assert_ledger_on_metrics()
+
+    @inlineCallbacks
+    def test_type_written_last_by_the_client_still_counts(self) -> Any:
+        self.fake.created_delay = 0.3
+        self.fake.response_delay = 30.0
+        request = {"response": {"instructions": "Be brief. " * 60}, "event_id": "c1", "type": "response.create"}
+        yield self.leave_after(request)
+        self.assertEqual(len(self.fake.ledger), 1)
+        yield self.assert_ledger_on_metrics()
+
+    @inlineCallbacks
+    def test_each_concurrent_and_out_of_band_response_is_cancelled_by_id(self) -> Any:
+        self.fake.response_delay = 30.0  # only a cancel naming it ends the out-of-band one in time
+        yield self.leave_after(
+            {"type": "response.create"}, {"type": "response.create", "response": {"conversation": "none"}}, wait_for=2,
+        )
+        cancels = [json.loads(m) for m in self.fake.received if b"response.cancel" in m]
+        self.assertEqual(sorted(c.get("response_id") for c in cancels), ["resp_1", "resp_2"])
+        self.assertEqual([entry.usage["total_tokens"] > 0 for entry in self.fake.ledger], [True, True])
+        yield self.assert_ledger_on_metrics()
+
+    @inlineCallbacks
+    def test_refused_response_create_is_not_waited_for(self) -> Any:
+        """A response.create the provider answers with an error (echoing its event_id) will never bill."""
+        self.fake.response_delay = 30.0
+
+        def session() -> None:
+            ws = open_client(self.url)
+            recv_event(ws)
+            ws.send(json.dumps({"type": "response.create"}))
+            ws.send(json.dumps({"type": "response.create", "event_id": "second"}))
+            while (event := recv_event(ws))["type"] != "error":
+                pass
+            assert event["error"]["event_id"] == "second", event
+            ws.close(4000, "bye")
+
+        yield deferToThread(session)
+        yield wait_until(lambda: self.fake.closes)
+        (line,) = [json.loads(l) for l in self.access_log.getvalue().splitlines() if '"realtime.session"' in l]
+        self.assertEqual((line["agw.responses"], line["agw.responses_unacknowledged"]), (1, 0))
+        yield self.assert_ledger_on_metrics()
+
+    @inlineCallbacks
+    def test_server_started_response_is_counted(self) -> Any:
+        """Server VAD starts a response no client event asked for; the client leaves during it."""
+        self.fake.server_vad = True
+        self.fake.response_delay = 30.0
+        yield self.leave_after({"type": "input_audio_buffer.commit"}, wait_for=1)
+        self.assertEqual(len(self.fake.ledger), 1)
+        yield self.assert_ledger_on_metrics()
+
+    @inlineCallbacks
+    def test_provider_writing_type_last_is_counted(self) -> Any:
+        self.fake.type_last = True
+
+        def session() -> None:
+            ws = open_client(self.url)
+            recv_event(ws)
+            for _ in range(3):
+                ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["audio"]}}))
+                while recv_event(ws)["type"] != "response.done":
+                    pass
+            ws.close()
+
+        yield deferToThread(session)
+        self.assertEqual(len(self.fake.ledger), 3)
         yield self.assert_ledger_on_metrics()
 
     @inlineCallbacks

@@ -8,9 +8,11 @@ import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-from tests.support import accepts_connections, GatewayTestCase, open_client, recv_event, wait_closed, wait_until
+import json
 
-
+from tests.support import (
+    GatewayTestCase, accepts_connections, open_client, recv_event, registry_samples, token_sums, wait_closed, wait_until,
+)
 
 class GracefulStopTests(GatewayTestCase):
     @inlineCallbacks
@@ -41,3 +43,20 @@ class GracefulStopTests(GatewayTestCase):
         self.assertEqual(code, 1001)
         yield stopping
         self.assertEqual(self.fake.closes, [(1001, "gateway shutting down")])
+
+    @inlineCallbacks
+    def test_stop_waits_for_usage_of_responses_in_flight(self) -> Any:
+        """A provider that takes its time to report a cancelled response's usage is waited for, up to the cancel grace."""
+        self.fake.response_delay = 30.0
+        self.fake.cancel_delay = 2.5  # longer than the close handshake timeout
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+        yield deferToThread(ws.send, json.dumps({"type": "response.create"}))
+        yield wait_until(lambda: any(s._pending for s in self.fake.sessions))
+        yield self.service.stopService()
+        self.assertEqual(len(self.fake.ledger), 1)
+        billed = self.fake.billed()
+        counted = token_sums(registry_samples(self.gateway.metrics.registry))
+        self.assertEqual({k: v for k, v in counted.items() if v}, {(op, model, t): v for (op, model, t), v in billed.items() if v})
+

@@ -223,11 +223,15 @@ class RealtimeRelay:
     def close_all(self, code: int = 1001, reason: str = "gateway shutting down") -> Deferred[None]:
         """
         Close every open session; fires when every leg is gone (legs whose
-        peers do not finish the close handshake in time are aborted).
+        peers do not finish the close handshake in time, and upstream legs
+        still waiting for usage after the cancel grace, are aborted).
         """
         for leg in list(self.sessions):
             leg.close(code, reason)
-        return self.connections.when_empty(self._reactor, self.options.close_timeout + 1)
+        # A session with responses in flight keeps its upstream leg open for
+        # their usage (up to the cancel grace): not a straggler to abort.
+        patience = max(self.options.close_timeout, self.options.cancel_grace) + 1
+        return self.connections.when_empty(self._reactor, patience)
 
 
 

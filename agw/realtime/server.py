@@ -19,13 +19,13 @@ from agw.realtime.leg import RelayLeg
 from agw.realtime.session import CLIENT_TO_UPSTREAM, RealtimeSession
 from agw.realtime.refusal import UpstreamRefused
 from agw.realtime.upstream import UpstreamProtocol
+from agw.usage import client_event_id, client_event_type
 
 if TYPE_CHECKING:
     from agw.realtime.relay import RealtimeRelay
 
 REALTIME_SUBPROTOCOL = "realtime"
-RESPONSE_CREATE = b'"response.create"'
-_HEAD = 256
+RESPONSE_CREATE = "response.create"
 
 
 class HandshakeAnswer(Exception):
@@ -116,9 +116,8 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             session.dropped(CLIENT_TO_UPSTREAM)
             return
         session.relayed(CLIENT_TO_UPSTREAM, len(payload))
-        # Clients put "type" first; only the head is looked at.
-        if not isBinary and RESPONSE_CREATE in payload[:_HEAD]:
-            session.response_requested()
+        if not isBinary and client_event_type(payload) == RESPONSE_CREATE:
+            session.response_requested(client_event_id(payload))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.relay.closed(self)
@@ -127,7 +126,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             self._opening.cancel()  # the client left during the handshake
             return
         upstream = self.partner
-        if upstream is not None and session is not None and session.responses_in_progress and self.factory.relay.options.cancel_grace > 0:
+        if upstream is not None and session is not None and session.awaiting_usage and self.factory.relay.options.cancel_grace > 0:
             # The provider bills a response the client will never see: ask
             # it to stop, and keep listening for that response's usage.
             partner_code, partner_reason = self.code_for_partner(wasClean, code, reason)

@@ -36,6 +36,12 @@ class RealtimeSession:
         self.response_model: str | None = None
         self.transcription_model: str | None = None
         self.responses_in_progress = 0
+        # Responses the client asked for that the provider has not
+        # acknowledged (response.created) yet: billed all the same.
+        self.responses_requested = 0
+        # In-flight response ids, oldest first (for response.cancel).
+        self.in_flight: dict[str, None] = {}
+        self._requested_ids: set[str] = set()
         self.responses = 0
         self.started_at: float | None = None
         self._ttft_from: float | None = None
@@ -63,7 +69,7 @@ class RealtimeSession:
         self._log.emit(
             "realtime.session", self._route, self._models(CHAT),
             **{"duration_s": round(duration, 6), "websocket.close_code": close_code, "agw.responses": self.responses,
-               "agw.responses_in_progress": self.responses_in_progress,
+               "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
                **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()}},
         )
 
@@ -103,10 +109,24 @@ class RealtimeSession:
     def transcription_model_changed(self, model: str) -> None:
         self.transcription_model = model
 
-    def response_requested(self) -> None:
-        """The client sent C{response.create}: time to first token starts."""
+    def response_requested(self, event_id: str | None = None) -> None:
+        """The client sent C{response.create} (with C{event_id}, if it gave one): time to first token starts."""
+        self.responses_requested += 1
+        if event_id is not None:
+            self._requested_ids.add(event_id)
         if self._ttft_from is None:
             self._ttft_from = self._clock()
+
+    def request_failed(self, event_id: str) -> None:
+        """The provider answered a client event with an error: if it was a C{response.create}, no response comes."""
+        if event_id in self._requested_ids:
+            self._requested_ids.discard(event_id)
+            self.responses_requested = max(0, self.responses_requested - 1)
+
+    @property
+    def awaiting_usage(self) -> bool:
+        """Whether a response was asked for or started and has not reported its usage."""
+        return bool(self.responses_in_progress or self.responses_requested)
 
     @property
     def awaiting_first_delta(self) -> bool:
@@ -117,11 +137,18 @@ class RealtimeSession:
             elapsed, self._ttft_from = self._clock() - self._ttft_from, None
             self._metrics.time_to_first_token.labels(*(self._models(CHAT).values() + self._route.values())).observe(elapsed)
 
-    def response_started(self) -> None:
+    def response_started(self, response_id: str | None) -> None:
+        # A response the server started on its own (server VAD) answers no
+        # request; one the client asked for answers the oldest request.
+        self.responses_requested = max(0, self.responses_requested - 1)
         self.responses_in_progress += 1
+        if response_id is not None:
+            self.in_flight[response_id] = None
 
-    def response_finished(self, status: str | None, usage: TokenUsage | None) -> None:
+    def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None:
         self.responses_in_progress = max(0, self.responses_in_progress - 1)
+        if response_id is not None:
+            self.in_flight.pop(response_id, None)
         self.responses += 1
         if usage is not None:
             self.tokens_used(CHAT, usage)

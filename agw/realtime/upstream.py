@@ -6,6 +6,7 @@ headers and body) instead of swallowing them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -35,7 +36,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
     def __init__(self) -> None:
         super().__init__()
         self._held: list[tuple[bytes, bool]] | None = []
-        self._draining: tuple[int, str | None, int | None] | None = None
+        self._draining: tuple[int | None, str | None, int | None] | None = None
         self._drain_timer: Any = None
 
     def processHandshake(self) -> Any:
@@ -76,18 +77,36 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
                     self.usage_sink.relayed(UPSTREAM_TO_CLIENT, len(payload))
                 else:
                     self.usage_sink.dropped(UPSTREAM_TO_CLIENT)
-        elif self._draining is not None and self.usage_sink is not None and not self.usage_sink.responses_in_progress:
-            self._finish_drain()
+        elif self._draining is not None:
+            self._drain_step()
 
-    def drain(self, code: int, reason: str | None, grace: float, client_code: int | None) -> None:
+    def drain(self, code: int | None, reason: str | None, grace: float, client_code: int | None) -> None:
         """
-        The client left mid-response: cancel the response upstream and stay
-        open up to C{grace} seconds for its C{response.done} (and usage),
-        then close with C{code}.
+        The client left with responses in flight or asked for: cancel each
+        one upstream (by its id, so concurrent and out-of-band responses
+        stop too; a response acknowledged later is cancelled when its
+        C{response.created} arrives) and stay open up to C{grace} seconds
+        for their C{response.done} (and usage), then close with C{code}.
         """
         self._draining = (code, reason, client_code)
-        self.sendMessage(b'{"type":"response.cancel"}')
+        self._cancelled: set[str] = set()
+        sink = self.usage_sink
+        if sink is None or not sink.in_flight:
+            # Not acknowledged yet, or the provider gave no id: the default
+            # conversation's response is the one to stop.
+            self.sendMessage(b'{"type":"response.cancel"}')
         self._drain_timer = self.factory.clock.callLater(grace, self._finish_drain)
+        self._drain_step()
+
+    def _drain_step(self) -> None:
+        sink = self.usage_sink
+        if sink is None or not sink.awaiting_usage:
+            self._finish_drain()
+            return
+        for response_id in sink.in_flight:
+            if response_id not in self._cancelled:
+                self._cancelled.add(response_id)
+                self.sendMessage(json.dumps({"type": "response.cancel", "response_id": response_id}).encode())
 
     def _stop_drain_timer(self) -> None:
         if self._drain_timer is not None and self._drain_timer.active():

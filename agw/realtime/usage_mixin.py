@@ -13,9 +13,11 @@ from agw.usage import (
     AudioDuration,
     TokenUsage,
     decode_event,
+    error_event_id,
     might_carry_usage,
     realtime_response_usage,
     realtime_transcription_usage,
+    response_id,
     session_model,
     session_transcription_model,
 )
@@ -34,11 +36,13 @@ class UsageSink(Protocol):
 
     def transcription_model_changed(self, model: str) -> None: ...
 
-    def response_started(self) -> None: ...
+    def response_started(self, response_id: str | None) -> None: ...
 
     def first_delta(self) -> None: ...
 
-    def response_finished(self, status: str | None, usage: TokenUsage | None) -> None: ...
+    def request_failed(self, event_id: str) -> None: ...
+
+    def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None: ...
 
     def tokens_used(self, operation: str, usage: TokenUsage) -> None: ...
 
@@ -68,11 +72,17 @@ class RealtimeUsageMixin:
             return
         kind = event.get("type")
         if kind == "response.created":
-            sink.response_started()
+            sink.response_started(response_id(event))
         elif kind == "response.done":
             response = event.get("response")
             status = response.get("status") if isinstance(response, dict) else None
-            sink.response_finished(status if isinstance(status, str) else None, realtime_response_usage(event))
+            sink.response_finished(
+                response_id(event), status if isinstance(status, str) else None, realtime_response_usage(event)
+            )
+        elif kind == "error":
+            event_id = error_event_id(event)
+            if event_id is not None:
+                sink.request_failed(event_id)
         elif kind in ("session.created", "session.updated"):
             model = session_model(event)
             if model is not None:

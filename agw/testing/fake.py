@@ -49,6 +49,14 @@ class FakeOpenAI:
         # Seconds between a response's first deltas and its response.done;
         # within them a response.cancel ends it as "cancelled".
         self.response_delay = 0.0
+        # Seconds between a response.cancel and the cancelled response.done.
+        self.cancel_delay = 0.0
+        # Seconds between a client's response.create and response.created.
+        self.created_delay = 0.0
+        # Server VAD: each input_audio_buffer.commit starts a response on its own.
+        self.server_vad = False
+        # Write "type" last in every server event (OpenAI writes it first).
+        self.type_last = False
         self.ledger: list[Billed] = []
         self.handshakes: list[Handshake] = []
         self.received: list[bytes] = []

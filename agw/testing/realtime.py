@@ -99,7 +99,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(self._refusal.status, "Refused")
         self.model = fake.realtime_model
         self.session_id = f"sess_{next(fake.ids)}"
-        self._pending: tuple[Any, str, int, bool] | None = None
+        # Responses under way: id -> (timer, number, audio, in the default conversation).
+        self._pending: dict[str, tuple[Any, int, bool, bool]] = {}
         return None
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
@@ -129,7 +130,10 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         return session
 
     def send_event(self, event_type: str, **fields: Any) -> None:
-        event = {"type": event_type, "event_id": f"event_{next(self.factory.fake.ids)}", **fields}
+        fake = self.factory.fake
+        event = {"event_id": f"event_{next(fake.ids)}", **fields}
+        # OpenAI writes "type" first; a provider need not.
+        event = {**event, "type": event_type} if fake.type_last else {"type": event_type, **event}
         self.sendMessage(json.dumps(event).encode())
 
     def connectionLost(self, reason: Any) -> None:
@@ -137,9 +141,9 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         cancel_leftover_timers(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        pending = getattr(self, "_pending", None)
-        if pending is not None and pending[0].active():
-            pending[0].cancel()
+        for call, *_ in getattr(self, "_pending", {}).values():
+            if call.active():
+                call.cancel()
         if self in self.factory.fake.sessions:
             self.factory.fake.closes.append((code, reason))
 
@@ -213,11 +217,30 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             self.send_event(
                 "conversation.item.input_audio_transcription.completed", item_id="item", transcript="hi", usage=usage
             )
+        if fake.server_vad:
+            # Server VAD: the end of speech starts a response nobody asked for.
+            self._start_response(["audio"], True)
 
     def on_response_create(self, event: dict[str, Any]) -> None:
         fake = self.factory.fake
         response = event.get("response") or {}
         modalities = response.get("output_modalities") or response.get("modalities") or ["text"]
+        default_conversation = response.get("conversation", "auto") != "none"
+        if default_conversation and any(entry[3] for entry in self._pending.values()):
+            self.send_event("error", error={
+                "type": "invalid_request_error", "code": "conversation_already_has_active_response",
+                "message": "Conversation already has an active response in progress.", "event_id": event.get("event_id"),
+            })
+            return
+        if fake.created_delay > 0:
+            self.factory.reactor.callLater(fake.created_delay, self._start_response, modalities, default_conversation)
+        else:
+            self._start_response(modalities, default_conversation)
+
+    def _start_response(self, modalities: list[str], default_conversation: bool) -> None:
+        fake = self.factory.fake
+        if self.state != self.STATE_OPEN:
+            return
         number = next(fake.response_numbers)
         response_id = f"resp_{number}"
         self.send_event("response.created", response={"id": response_id, "status": "in_progress"})
@@ -227,20 +250,28 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         if audio:
             self.send_event("response.output_audio.delta", response_id=response_id, delta="AAAA")
         if fake.response_delay > 0:
-            call = self.factory.reactor.callLater(fake.response_delay, self._finish_pending, "completed")
-            self._pending = (call, response_id, number, audio)
+            call = self.factory.reactor.callLater(fake.response_delay, self._finish_pending, response_id, "completed")
+            self._pending[response_id] = (call, number, audio, default_conversation)
         else:
             self.finish_response(response_id, number, audio, "completed")
 
     def on_response_cancel(self, event: dict[str, Any]) -> None:
-        if self._pending is not None and self._pending[0].active():
-            self._pending[0].cancel()
-            self._finish_pending("cancelled")
+        # As OpenAI: a response_id names the response; without one, the
+        # default conversation's response is cancelled (not out-of-band ones).
+        wanted = event.get("response_id")
+        for response_id, (call, _, _, default_conversation) in list(self._pending.items()):
+            if (response_id == wanted if wanted else default_conversation) and call.active():
+                call.cancel()
+                delay = self.factory.fake.cancel_delay
+                if delay > 0:
+                    self.factory.reactor.callLater(delay, self._finish_pending, response_id, "cancelled")
+                else:
+                    self._finish_pending(response_id, "cancelled")
 
-    def _finish_pending(self, status: str) -> None:
-        pending, self._pending = self._pending, None
+    def _finish_pending(self, response_id: str, status: str) -> None:
+        pending = self._pending.pop(response_id, None)
         if pending is not None and self.state == self.STATE_OPEN:
-            _, response_id, number, audio = pending
+            _, number, audio, _ = pending
             self.finish_response(response_id, number, audio, status)
 
     def finish_response(self, response_id: str, number: int, audio: bool, status: str) -> None:
