@@ -5,6 +5,7 @@ threads) against the fake upstream: content intact, every token counted.
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any
 
@@ -84,13 +85,33 @@ class CompletionsTests(HTTPTestCase):
         self.assertTrue(rest)
 
     @inlineCallbacks
-    def test_client_include_usage_false_is_respected(self) -> Any:
-        yield self.sdk(
+    def test_usage_the_client_did_not_ask_for_is_counted_and_hidden(self) -> Any:
+        """
+        agw asks for stream usage whatever the client said; a client that did
+        not ask for it (false, or absent) gets the stream byte for byte as
+        the provider sends it without usage.
+        """
+        for options in ({"stream_options": {"include_usage": False}}, {}):
+            request = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True, **options}
+            direct = yield treq.post(f"http://127.0.0.1:{self.upstream_port}/v1/chat/completions", json=request, persistent=False)
+            direct_body = yield direct.content()
+            self.fake.ledger.pop()  # asked directly: not agw's to count
+            through = yield treq.post(f"{self.http_base}/chat/completions", json=request, persistent=False)
+            through_body = yield through.content()
+            self.assertEqual(self.fake.http_requests[-1].json["stream_options"]["include_usage"], True)
+            self.assertNotIn(b'"usage"', through_body)
+            self.assertEqual(re.sub(rb"chatcmpl-\d+", b"ID", through_body), re.sub(rb"chatcmpl-\d+", b"ID", direct_body))
+        samples = yield self.scrape()
+        self.assert_ledger_on_metrics(samples)
+
+    @inlineCallbacks
+    def test_usage_the_client_asked_for_reaches_it(self) -> Any:
+        chunks = yield self.sdk(
             lambda c: list(c.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": False}
+                model="m", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True}
             ))
         )
-        self.assertEqual(self.fake.http_requests[0].json["stream_options"], {"include_usage": False})
+        self.assertEqual(chunks[-1].usage.prompt_tokens, self.fake.ledger[-1].usage["input_tokens"])
 
 
 class OtherTypesTests(HTTPTestCase):

@@ -26,7 +26,8 @@ from agw.accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
 from agw.backend import BackendTarget
 from agw.config import Policies, RouteType
 from agw.headers import client_response_headers, upstream_headers
-from agw.http.body import BodyRelay, JSONWatcher, SSEWatcher, UsageExtractor, Watcher
+from agw.http.body import BodyRelay, JSONWatcher, Watcher
+from agw.http.sse import SSEWatcher, UsageChunkRemover, UsageExtractor
 from agw.http.client import UpstreamClient
 from agw.metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.tracker import ConnectionTracker
@@ -51,6 +52,8 @@ class _Exchange:
     usage: TokenUsage | None = None
     first_byte_at: float | None = None
     streamed: bool = False
+    # agw asked for stream usage the client did not ask for: remove it again.
+    hide_stream_usage: bool = False
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         self.usage, self.response_model = usage, model
@@ -115,7 +118,7 @@ class HTTPForwarder(Resource):
         path, _, query = request.uri.decode("latin-1").partition("?")
         exchange = _Exchange(request.path)
         try:
-            body, exchange.request_model = self._request_body(request)
+            body = self._request_body(request, exchange)
         except _Refused as refused:
             return self._answer(request, started, refused.status, refused.message, refused.code, refused.error_type)
 
@@ -151,15 +154,16 @@ class HTTPForwarder(Resource):
         ]
         for name, value in client_response_headers(provided):
             request.responseHeaders.addRawHeader(name, value)
-        if isinstance(response.length, int):
+        watcher = self._watcher(response, exchange.report)
+        exchange.streamed = isinstance(watcher, SSEWatcher)
+        remover = UsageChunkRemover() if exchange.streamed and exchange.hide_stream_usage else None
+        if isinstance(response.length, int) and remover is None:
             request.setHeader(b"content-length", b"%d" % response.length)
 
         def first_byte() -> None:
             exchange.first_byte_at = self._reactor.seconds()
 
-        watcher = self._watcher(response, exchange.report)
-        exchange.streamed = isinstance(watcher, SSEWatcher)
-        relay = BodyRelay(request, watcher, first_byte)
+        relay = BodyRelay(request, watcher, first_byte, remover)
         response.deliverBody(relay)
         reason = await relay.done
         if not request.finished and not client_gone(request):
@@ -169,7 +173,8 @@ class HTTPForwarder(Resource):
                 request.finish()
         self._record(method, response.code, started, exchange)
 
-    def _request_body(self, request: Request) -> tuple[IBodyProducer | None, str | None]:
+    def _request_body(self, request: Request, exchange: _Exchange) -> IBodyProducer | None:
+        """The body to send upstream; notes the request model (and stream usage injection) on C{exchange}."""
         content = request.content
         if self._parsed is None or request.method != b"POST":
             content.seek(0, 2)
@@ -177,7 +182,7 @@ class HTTPForwarder(Resource):
             content.seek(0)
             # twisted.web spooled a large body to a temporary file: stream it
             # from there instead of reading it into memory.
-            return (FileBodyProducer(content) if size else None), None
+            return FileBodyProducer(content) if size else None
         limit = self._client.options.max_json_body
         raw = content.read(limit + 1)
         if len(raw) > limit:
@@ -194,13 +199,15 @@ class HTTPForwarder(Resource):
             changed = True
         if self._type is RouteType.COMPLETIONS and body.get("stream") is True:
             options = body.get("stream_options")
-            if not isinstance(options, dict) or "include_usage" not in options:
-                # Without it a streamed completion reports no usage at all.
+            if not isinstance(options, dict) or options.get("include_usage") is not True:
+                # Without it a streamed completion reports no usage at all;
+                # the client that did not ask for it will not see it.
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                changed = True
+                exchange.hide_stream_usage = changed = True
         data = json.dumps(body).encode() if changed else raw
         model = body.get("model")
-        return FileBodyProducer(BytesIO(data)), model if isinstance(model, str) else None
+        exchange.request_model = model if isinstance(model, str) else None
+        return FileBodyProducer(BytesIO(data))
 
     def _headers(self, request: Request) -> Headers:
         client = [
