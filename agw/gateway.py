@@ -18,6 +18,7 @@ from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_con
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime import RealtimeRelay, RelayOptions
+from agw.realtime.relay import SessionSlots
 from agw.routing import BindResource, RoutedRoute
 from agw.tracker import ConnectionTracker
 from agw.web import ErrorResource
@@ -59,6 +60,7 @@ class Gateway:
         self.relay_options = relay_options
         self.access_log = access_log
         self.relays: list[RealtimeRelay] = []
+        self.http_options = http_options
         self.http_client = UpstreamClient(reactor, http_options)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
         self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
@@ -105,15 +107,16 @@ class Gateway:
         return DeferredList([*closing, self.http_client.close()])
 
     def _bind_resource(self, bind: Bind) -> BindResource:
+        slots = SessionSlots(self.relay_options.max_sessions)  # one count for every route of the bind
         return BindResource(
             [
-                RoutedRoute(listener, route, self._route_resources(bind, listener, route))
+                RoutedRoute(listener, route, self._route_resources(bind, listener, route, slots))
                 for listener in bind.listeners
                 for route in listener.routes
             ]
         )
 
-    def _route_resources(self, bind: Bind, listener: Listener, route: Route) -> Any:
+    def _route_resources(self, bind: Bind, listener: Listener, route: Route, slots: SessionSlots) -> Any:
         labels = RouteLabels.of(bind.port, listener.name, route.name)
         if not route.backends:
             missing = ErrorResource(500, f"route {route.name} has no backend", "no_backend")
@@ -124,15 +127,17 @@ class Gateway:
         def resource_for(route_type: RouteType) -> IResource:
             # Built on first use: most routes serve one or two types.
             if route_type not in built:
-                built[route_type] = self._build(route_type, route, target, labels)
+                built[route_type] = self._build(route_type, route, target, labels, slots)
             return built[route_type]
 
         return resource_for
 
-    def _build(self, route_type: RouteType, route: Route, target: BackendTarget, labels: RouteLabels) -> IResource:
+    def _build(
+        self, route_type: RouteType, route: Route, target: BackendTarget, labels: RouteLabels, slots: SessionSlots,
+    ) -> IResource:
         if route_type is RouteType.REALTIME:
             relay = RealtimeRelay(
-                self.reactor, target, route.policies, self.metrics, labels, self.relay_options, self.access_log
+                self.reactor, target, route.policies, self.metrics, labels, self.relay_options, self.access_log, slots,
             )
             self.relays.append(relay)
             return relay.resource

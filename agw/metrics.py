@@ -15,6 +15,9 @@ SYSTEM = "openai"
 TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864
 DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(14))  # 0.01 ... 81.92 s
 UNKNOWN_MODEL = "unknown"
+# Where a model name would add one series too many (or is too long to be one).
+OTHER_MODEL = "other"
+MAX_MODEL_LABEL_LENGTH = 128
 
 _ROUTE_LABELS = ("bind", "gateway", "listener", "route", "route_rule")
 _GEN_AI_LABELS = ("gen_ai_operation_name", "gen_ai_system", "gen_ai_request_model", "gen_ai_response_model")
@@ -62,8 +65,13 @@ class GatewayMetrics:
     one: tests and embedders build several gateways in one process).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, max_model_labels: int = 200) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Request models come from clients (a body, a ?model=): each distinct
+        # one would be a new series in every gen_ai metric. Past this many
+        # distinct names (per label), a new name is counted as "other".
+        self.max_model_labels = max_model_labels
+        self._seen_models: tuple[set[str], set[str]] = (set(), set())
         self.token_usage = Histogram(
             "agentgateway_gen_ai_client_token_usage",
             "Number of tokens used per request, by token type (agentgateway-compatible).",
@@ -151,9 +159,23 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+    def model_values(self, models: ModelLabels) -> tuple[str, ...]:
+        """C{models}' label values, with model names bounded (see C{max_model_labels})."""
+        operation, system, request_model, response_model = models.values()
+        return (operation, system, self._bounded(0, request_model), self._bounded(1, response_model))
+
+    def _bounded(self, which: int, model: str) -> str:
+        seen = self._seen_models[which]
+        if model in seen:
+            return model
+        if len(model) > MAX_MODEL_LABEL_LENGTH or len(seen) >= self.max_model_labels:
+            return OTHER_MODEL
+        seen.add(model)
+        return model
+
     def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage) -> None:
         """Record one response's usage: one observation per token type."""
-        common = models.values() + route.values()
+        common = self.model_values(models) + route.values()
         self._observe("input", usage.input, usage.input_by_modality, common)
         self._observe("output", usage.output, usage.output_by_modality, common)
         if usage.cached_input is not None:
@@ -175,7 +197,7 @@ class GatewayMetrics:
         output_tokens: int = 0,
     ) -> None:
         """Record an LLM request's duration and, when streamed, its token timing."""
-        labels = models.values() + route.values()
+        labels = self.model_values(models) + route.values()
         self.llm_request_duration.labels(*labels).observe(seconds)
         if time_to_first_token is not None:
             self.time_to_first_token.labels(*labels).observe(time_to_first_token)
@@ -185,7 +207,7 @@ class GatewayMetrics:
 
     def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration) -> None:
         """Record transcription billed by time."""
-        self.audio_seconds.labels(*(models.values() + route.values())).inc(duration.seconds)
+        self.audio_seconds.labels(*(self.model_values(models) + route.values())).inc(duration.seconds)
 
     def _observe(
         self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...]

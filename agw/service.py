@@ -20,7 +20,7 @@ from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
 from agw.reuseport import ReusePortServerEndpoint
-from agw.web import GatewayRequest, readiness_root, stats_root
+from agw.web import GatewaySite, readiness_root, stats_root
 
 if TYPE_CHECKING:
     from agw.gateway import Gateway
@@ -105,8 +105,9 @@ class ListeningService(Service):
         return self.port is not None
 
 
-def make_site(resource: IResource, reactor: object) -> Site:
-    site = Site(resource, requestFactory=GatewayRequest, reactor=reactor)  # type: ignore[arg-type]
+def make_site(resource: IResource, reactor: object, max_request_body: int | None = None) -> Site:
+    """A site for one of the gateway's listeners: idle connections time out, no tracebacks are shown."""
+    site = GatewaySite(resource, reactor, max_request_body)
     site.timeOut = HTTP_IDLE_TIMEOUT
     site.displayTracebacks = False
     site.noisy = False
@@ -152,7 +153,8 @@ class GatewayService(MultiService):
         for bind in config.binds:
             port = bind.port if reuse_ports is None else reuse_ports[bind.port]
             listener = ListeningService(
-                reactor, Address(interface, port), make_site(gateway.resource(bind.port), reactor), f"bind/{bind.port}",
+                reactor, Address(interface, port), make_site(gateway.resource(bind.port), reactor, gateway.http_options.max_request_body),
+                f"bind/{bind.port}",
                 reuse_port=reuse_ports is not None,
             )
             listener.setServiceParent(self)

@@ -35,6 +35,12 @@ class Options(usage.Options):
         ["max-message-size", None, 16 * 1024 * 1024, "Largest Realtime message in bytes (bigger: close 1009).", int],
         ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
         ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response gets to report its usage.", float],
+        ["max-request-body", None, 512 * 1024 * 1024, "Largest HTTP request body in bytes (bigger: 413 before it is read).", int],
+        ["max-json-body", None, 32 * 1024 * 1024, "Largest body of a completions, responses or embeddings request (bigger: 413).", int],
+        ["body-idle-timeout", None, 300.0, "Seconds an upstream HTTP response body may stay silent before it is cut off.", float],
+        ["max-sessions", None, 10_000, "Realtime sessions one bind serves at once (more: 503).", int],
+        ["max-fragments", None, 1024, "Fragments one Realtime message may have (more: close 1009).", int],
+        ["max-model-labels", None, 200, "Distinct model names per metric label before new ones count as 'other'.", int],
         ["workers", None, None, "Gateway processes sharing the binds (0: one per CPU; default: config.workers, or 1).", int],
     ]
 
@@ -83,16 +89,25 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
     """The L{Gateway} these options describe."""
     from agw.gateway import Gateway
     from agw.http import HTTPOptions
+    from agw.metrics import GatewayMetrics
     from agw.realtime import RelayOptions
 
-    http_options = HTTPOptions(response_timeout=options["upstream-timeout"])
+    http_options = HTTPOptions(
+        response_timeout=options["upstream-timeout"],
+        max_request_body=options["max-request-body"],
+        max_json_body=options["max-json-body"],
+        body_idle_timeout=options["body-idle-timeout"],
+    )
     relay_options = RelayOptions(
         max_message_size=options["max-message-size"],
         handshake_timeout=options["handshake-timeout"],
         cancel_grace=options["cancel-grace"],
+        max_sessions=options["max-sessions"],
+        max_fragments=options["max-fragments"],
     )
     return Gateway(
         options.config_object, relay_options=relay_options, http_options=http_options,
+        metrics=GatewayMetrics(max_model_labels=options["max-model-labels"]),
         access_log=open_access_log(options["access-log"], access_log_fields),
     )
 

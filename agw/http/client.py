@@ -27,6 +27,10 @@ class HTTPOptions:
     connect_timeout: float = 10.0
     # Bodies the gateway must read (completions, embeddings, responses).
     max_json_body: int = 32 * MiB
+    # Any request body (passthrough uploads: OpenAI takes files up to 512 MB).
+    max_request_body: int = 512 * MiB
+    # A response body (an SSE stream, say) silent this long is cut off.
+    body_idle_timeout: float = 300.0
     max_persistent_per_host: int = 32
 
 

@@ -54,6 +54,8 @@ class _Exchange:
     streamed: bool = False
     # agw asked for stream usage the client did not ask for: remove it again.
     hide_stream_usage: bool = False
+    # The response body went silent past the idle timeout and was cut off.
+    body_timed_out: bool = False
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         self.usage, self.response_model = usage, model
@@ -163,9 +165,12 @@ class HTTPForwarder(Resource):
         def first_byte() -> None:
             exchange.first_byte_at = self._reactor.seconds()
 
-        relay = BodyRelay(request, watcher, first_byte, remover)
+        relay = BodyRelay(
+            request, watcher, first_byte, remover, self._reactor, self._client.options.body_idle_timeout,  # type: ignore[arg-type]
+        )
         response.deliverBody(relay)
         reason = await relay.done
+        exchange.body_timed_out = relay.timed_out
         if not request.finished and not client_gone(request):
             if not isinstance(reason, ResponseDone):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
@@ -176,17 +181,22 @@ class HTTPForwarder(Resource):
     def _request_body(self, request: Request, exchange: _Exchange) -> IBodyProducer | None:
         """The body to send upstream; notes the request model (and stream usage injection) on C{exchange}."""
         content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        limit = self._client.options.max_request_body
+        if size > limit:
+            # A gateway site refuses these before they arrive whole; an
+            # embedder's site does not.
+            raise _Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
         if self._parsed is None or request.method != b"POST":
-            content.seek(0, 2)
-            size = content.tell()
-            content.seek(0)
             # twisted.web spooled a large body to a temporary file: stream it
             # from there instead of reading it into memory.
             return FileBodyProducer(content) if size else None
         limit = self._client.options.max_json_body
-        raw = content.read(limit + 1)
-        if len(raw) > limit:
+        if size > limit:
             raise _Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
+        raw = content.read()
         try:
             body = json.loads(raw)
         except ValueError:
@@ -250,7 +260,8 @@ class HTTPForwarder(Resource):
         self._log.emit(
             "http", self._route, models,
             **{"http.request.method": method.decode("ascii", "replace"), "url.path": exchange.path.decode("utf-8", "replace"),
-               "http.response.status_code": status, "duration_s": round(now - started, 6), **usage_fields(usage)},
+               "http.response.status_code": status, "duration_s": round(now - started, 6), **usage_fields(usage),
+               **({"agw.body_timed_out": True} if exchange.body_timed_out else {})},
         )
         if models is None or not 200 <= status < 300:
             return

@@ -100,6 +100,18 @@ class LeanMessages:
         else:
             self.transport.write(frame_header(first, length, 0) + payload)
 
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)  # type: ignore[misc]
+        # Each fragment is a list entry until the message ends: a message of
+        # a million 1-byte fragments costs far more memory than its size
+        # limit says. Autobahn has no such limit; agw fails the peer with
+        # 1009 as Autobahn does for an oversized message.
+        limit = getattr(self.factory, "max_fragments", 0)
+        if limit and not self.failedByMe and len(self.message_data) >= limit:
+            # _fail_connection: Autobahn's private way to fail a connection
+            # with a close code (checked for 24.x-26.x).
+            self._fail_connection(1009, f"received WebSocket message has more than {limit} fragments")  # type: ignore[attr-defined]
+
     def onMessageEnd(self) -> None:
         if not self.failedByMe:
             self.onMessage(b"".join(self.message_data), self.message_is_binary)

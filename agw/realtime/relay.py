@@ -61,6 +61,32 @@ class RelayOptions:
     # Bytes that may wait to be sent to one peer before reading from the
     # other pauses (flow control), per leg.
     write_buffer_size: int = 256 * 1024
+    # Fragments one message may have (then close 1009).
+    max_fragments: int = 1024
+    # Sessions (handshakes included) one bind serves at once; more: 503.
+    max_sessions: int = 10_000
+
+
+class SessionSlots:
+    """The Realtime sessions of one bind, counted against C{limit} (shared by its routes' relays)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: set[object] = set()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def acquire(self, holder: object) -> bool:
+        """Take a slot for C{holder}; C{False} when all are taken."""
+        if len(self._held) >= self.limit:
+            return False
+        self._held.add(holder)
+        return True
+
+    def release(self, holder: object) -> None:
+        """Give C{holder}'s slot back (if it has one)."""
+        self._held.discard(holder)
 
 
 def handshake_headers(
@@ -110,8 +136,10 @@ class RealtimeRelay:
         route: RouteLabels,
         options: RelayOptions = RelayOptions(),
         access_log: AccessLog = NO_ACCESS_LOG,
+        slots: SessionSlots | None = None,
     ) -> None:
         self._reactor = reactor
+        self.slots = slots if slots is not None else SessionSlots(options.max_sessions)
         self._access_log = access_log
         self._target = target
         self._policies = policies
@@ -184,6 +212,7 @@ class RealtimeRelay:
         factory.tracker = self.connections
         factory.clock = self._reactor
         factory.write_buffer_size = self.options.write_buffer_size
+        factory.max_fragments = self.options.max_fragments
         connecting = self._target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
 
         def cancel(opened: Deferred[UpstreamProtocol]) -> None:

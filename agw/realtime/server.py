@@ -6,7 +6,6 @@ refusals reach the client as HTTP statuses instead of silent closes.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -20,6 +19,7 @@ from agw.realtime.session import CLIENT_TO_UPSTREAM, RealtimeSession
 from agw.realtime.refusal import UpstreamRefused
 from agw.realtime.upstream import UpstreamProtocol
 from agw.usage import client_event_id, client_event_type
+from agw.web import error_body
 
 if TYPE_CHECKING:
     from agw.realtime.relay import RealtimeRelay
@@ -36,10 +36,12 @@ class HandshakeAnswer(Exception):
         self.status, self.reason, self.headers, self.body = status, reason, headers, body
 
     @classmethod
-    def error(cls, status: int, reason: str, message: str, code: str) -> HandshakeAnswer:
+    def error(
+        cls, status: int, reason: str, message: str, code: str, headers: list[tuple[str, str]] | None = None,
+    ) -> HandshakeAnswer:
         """An answer with OpenAI's error shape."""
-        body = json.dumps({"error": {"message": message, "type": "gateway_error", "code": code}}).encode()
-        return cls(status, reason, [("Content-Type", "application/json")], body)
+        body = error_body(message, "gateway_error", code)
+        return cls(status, reason, [("Content-Type", "application/json"), *(headers or [])], body)
 
 
 def answer_for(failure: Failure) -> HandshakeAnswer:
@@ -70,6 +72,12 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
         relay = self.factory.relay
+        if not relay.slots.acquire(self):
+            self._answer = HandshakeAnswer.error(
+                503, "Service Unavailable", "too many Realtime sessions on this listener; try again later",
+                "too_many_sessions", [("Retry-After", "1")],
+            )
+            raise ConnectionDeny(503, "Service Unavailable")
         self.session = relay.new_session(request)
         opening = self._opening = relay.open_upstream(
             self.http_request_uri, request, self.session, self.transport.getPeer()
@@ -119,6 +127,10 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         if not isBinary and client_event_type(payload) == RESPONSE_CREATE:
             session.response_requested(client_event_id(payload))
 
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.relay.slots.release(self)
+        super().connectionLost(reason)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.relay.closed(self)
         session = self.session
@@ -151,3 +163,4 @@ class RealtimeServerFactory(WebSocketServerFactory):
         self.relay = relay
         self.tracker = relay.connections
         self.write_buffer_size = relay.options.write_buffer_size
+        self.max_fragments = relay.options.max_fragments

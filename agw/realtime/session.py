@@ -135,7 +135,8 @@ class RealtimeSession:
     def first_delta(self) -> None:
         if self._ttft_from is not None:
             elapsed, self._ttft_from = self._clock() - self._ttft_from, None
-            self._metrics.time_to_first_token.labels(*(self._models(CHAT).values() + self._route.values())).observe(elapsed)
+            labels = self._metrics.model_values(self._models(CHAT)) + self._route.values()
+            self._metrics.time_to_first_token.labels(*labels).observe(elapsed)
 
     def response_started(self, response_id: str | None) -> None:
         # A response the server started on its own (server VAD) answers no

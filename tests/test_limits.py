@@ -1,0 +1,159 @@
+"""
+Bounded by every client: each limit has a default, a knob, a clear error,
+and a hostile client here that hits it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+import treq
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase
+
+from agw.http import HTTPOptions
+from agw.metrics import OTHER_MODEL, GatewayMetrics, ModelLabels, RouteLabels
+from agw.realtime import RelayOptions
+from agw.usage import TokenUsage
+from tests.support import (
+    GatewayTestCase, handshake_status, open_client, raw_exchange, recv_event, status_and_json, wait_closed, wait_until,
+)
+
+
+def masked_frame(opcode: int, payload: bytes, fin: bool) -> bytes:
+    """One client frame (RFC 6455 5.2), masked; payloads under 126 bytes."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return struct.pack("!BB", (0x80 if fin else 0) | opcode, 0x80 | len(payload)) + mask + masked
+
+
+class RequestBodyLimitTests(GatewayTestCase):
+    http_options = HTTPOptions(max_request_body=1000, max_json_body=100)
+
+    @inlineCallbacks
+    def test_declared_length_over_limit_is_413_before_upload(self) -> Any:
+        """Nothing but the head is sent: the answer must not wait for a body (nor promise 100 Continue)."""
+        head = (
+            b"POST /v1/files HTTP/1.1\r\nHost: gw\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 10737418240\r\nExpect: 100-continue\r\n\r\n"
+        )
+        answer = yield deferToThread(raw_exchange, self.port, head)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:40])
+        status, body = status_and_json(answer)
+        self.assertEqual((status, body["error"]["code"]), (413, "request_too_large"))
+        self.assertEqual(self.fake.http_requests, [])
+
+    @inlineCallbacks
+    def test_chunked_upload_over_limit_is_413(self) -> Any:
+        chunk = b"x" * 600
+        request = (
+            b"POST /v1/files HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2 + b"0\r\n\r\n"
+        )
+        answer = yield deferToThread(raw_exchange, self.port, request)
+        self.assertEqual(status_and_json(answer)[0], 413)
+        self.assertEqual(self.fake.http_requests, [])
+
+    @inlineCallbacks
+    def test_within_limit_passes(self) -> Any:
+        response = yield treq.post(f"{self.http_base}/files", data=b"y" * 1000, persistent=False)
+        body = yield response.json()
+        self.assertEqual((response.code, body["body_size"]), (200, 1000))
+
+    @inlineCallbacks
+    def test_json_route_limit(self) -> Any:
+        response = yield treq.post(
+            f"{self.http_base}/chat/completions", json={"model": "m", "messages": [], "pad": "z" * 200}, persistent=False,
+        )
+        body = yield response.json()
+        self.assertEqual((response.code, body["error"]["code"]), (413, "request_too_large"))
+        self.assertEqual(self.fake.http_requests, [])
+
+
+class StalledStreamTests(GatewayTestCase):
+    http_options = HTTPOptions(body_idle_timeout=0.3)
+
+    @inlineCallbacks
+    def test_silent_stream_is_cut_off(self) -> Any:
+        self.fake.stream_gate = Deferred()  # the stream stops after its first chunk, for good
+        response = yield treq.post(
+            f"{self.http_base}/chat/completions", json={"model": "m", "messages": [], "stream": True}, persistent=False,
+        )
+        self.assertEqual(response.code, 200)
+        yield self.assertFailure(treq.content(response), Exception)  # incomplete, not a clean end
+        yield wait_until(lambda: not self.gateway.in_flight)
+        (line,) = [json.loads(l) for l in self.access_log.getvalue().splitlines() if '"http"' in l]
+        self.assertIs(line["agw.body_timed_out"], True)
+
+
+class SessionLimitTests(GatewayTestCase):
+    relay_options = RelayOptions(max_sessions=2)
+
+    @inlineCallbacks
+    def test_sessions_over_the_limit_get_503_until_one_ends(self) -> Any:
+        url = f"{self.ws_base}/realtime?model=m"
+        first = yield deferToThread(open_client, url)
+        second = yield deferToThread(open_client, url)
+        self.addCleanup(deferToThread, second.close)
+        status, body = yield deferToThread(handshake_status, url)
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (503, "too_many_sessions"))
+        self.assertEqual(len(self.fake.handshakes), 2)  # the refused one never reached the provider
+        yield deferToThread(first.close)
+        yield wait_until(lambda: len(self.gateway.relays[0].slots) == 1)
+        third = yield deferToThread(open_client, url)
+        self.addCleanup(deferToThread, third.close)
+        created = yield deferToThread(recv_event, third)
+        self.assertEqual(created["type"], "session.created")
+
+
+class FragmentLimitTests(GatewayTestCase):
+    relay_options = RelayOptions(max_fragments=16)
+
+    @inlineCallbacks
+    def test_too_many_fragments_is_1009(self) -> Any:
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        yield deferToThread(recv_event, ws)
+        frames = masked_frame(0x1, b'{"type":', fin=False)
+        frames += b"".join(masked_frame(0x0, b" ", fin=False) for _ in range(40))
+        yield deferToThread(ws.socket.sendall, frames)
+        code, _ = yield deferToThread(wait_closed, ws)
+        self.assertEqual(code, 1009)
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes[0][0], 1011)  # the provider's leg: the failure was not its peer's
+
+    @inlineCallbacks
+    def test_fragments_within_the_limit_pass(self) -> Any:
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+        pieces = [b'{"type":', b'"test.echo",', b'"n":1}']
+        frames = b"".join(masked_frame(0x1 if i == 0 else 0x0, p, fin=i == 2) for i, p in enumerate(pieces))
+        yield deferToThread(ws.socket.sendall, frames)
+        echoed = yield deferToThread(recv_event, ws)
+        self.assertEqual(echoed, {"type": "test.echo", "n": 1})
+
+
+class ModelLabelLimitTests(SynchronousTestCase):
+    def test_client_chosen_models_cannot_grow_series_without_bound(self) -> None:
+        metrics = GatewayMetrics(max_model_labels=3)
+        route = RouteLabels.of(3000, "l", "r")
+        hostile = [f"model-{i}" for i in range(50)] + ["x" * 500]
+        for model in hostile:
+            metrics.record_tokens(route, ModelLabels("chat", model, "served"), TokenUsage(input=1, output=1))
+        values = {
+            sample.labels["gen_ai_request_model"]
+            for family in metrics.registry.collect() if family.name == "agentgateway_gen_ai_client_token_usage"
+            for sample in family.samples
+        }
+        self.assertEqual(values, {"model-0", "model-1", "model-2", OTHER_MODEL})
+        total = metrics.registry.get_sample_value(
+            "agentgateway_gen_ai_client_token_usage_count",
+            {"gen_ai_token_type": "input", "gen_ai_operation_name": "chat", "gen_ai_system": "openai",
+             "gen_ai_request_model": OTHER_MODEL, "gen_ai_response_model": "served", **dict(zip(
+                 ("bind", "gateway", "listener", "route", "route_rule"), route.values()))},
+        )
+        self.assertEqual(total, len(hostile) - 3)  # no token is lost to the cap
