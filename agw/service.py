@@ -15,6 +15,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
@@ -59,11 +60,29 @@ class ListeningService(Service):
             return TCP6ServerEndpoint(self._reactor, self.address.port, interface=host)  # type: ignore[arg-type]
         return TCP4ServerEndpoint(self._reactor, self.address.port, interface=host)  # type: ignore[arg-type]
 
+    def privilegedStartService(self) -> None:
+        """
+        Under twistd: listen now, before the reactor runs (and before
+        privileges are shed). A port that cannot be bound stops twistd at
+        once with one line and a non-zero exit status.
+        """
+        super().privilegedStartService()
+        outcome: list[object] = []
+        self._endpoint().listen(self._factory).addBoth(outcome.append)  # TCP endpoints listen synchronously
+        if outcome and isinstance(outcome[0], Failure):
+            error = outcome[0].value
+            reason = getattr(error, "socketError", None) or error  # CannotListenError repeats the address
+            raise SystemExit(f"agw: {self.label} cannot listen on {self.address.host}:{self.address.port}: {reason}")
+        if outcome:
+            self._listening = succeed(self._listened(outcome[0]))  # type: ignore[arg-type]
+
     def startService(self) -> None:
         super().startService()
+        if self._listening is not None:
+            return  # listening since privilegedStartService
         self._listening = self._endpoint().listen(self._factory)
         self._listening.addCallback(self._listened)
-        # A port that cannot be bound stops twistd with the reason.
+        # Embedded (no privileged start): a port that cannot be bound stops the reactor, with the reason logged.
         self._listening.addErrback(self._failed)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:

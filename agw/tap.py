@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, Service
+from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
 from agw.config import ConfigError, GatewayConfig, load_config
@@ -129,8 +130,10 @@ class CleanExitOnSIGTERM(Service):
         signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(self._stop, reactor))
 
     def _stop(self, reactor: Any) -> None:
-        if reactor.running:  # a second SIGTERM while stopping
+        try:
             reactor.stop()
+        except ReactorNotRunning:
+            pass  # a second SIGTERM while stopping: the first one is being carried out
 
 
 def open_access_log(where: str, fields: dict[str, Any] | None = None) -> AccessLog:

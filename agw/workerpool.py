@@ -2,8 +2,8 @@
 C{twistd agw --workers N}: N gateway processes (L{agw.worker}) listening on
 each bind's port together (C{SO_REUSEPORT}), and this parent, which keeps
 them running and answers for all of them: one C{/metrics} summing every
-worker (prometheus-client's multiprocess mode) and one readiness probe that
-is ready only while every worker is.
+worker (prometheus-client's multiprocess mode; a dead worker's counts are
+folded into one file) and one readiness probe (see L{WorkerPool.is_ready}).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import tempfile
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -32,10 +33,57 @@ from agw.reuseport import reuse_port_socket
 from agw.service import admin_listeners, bind_host
 from agw.worker import CONTROL_FD, READY
 
+METRICS_DIR_PREFIX = "agw-metrics-"  # then the parent's pid
+# File types whose samples add up across processes (live gauges are dropped
+# by mark_process_dead; other gauge modes keep their pid and are left).
+_ADDITIVE = ("counter", "histogram", "summary")
 RESTART_DELAY = 0.5  # doubled after each crash in a row, up to:
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0  # a worker ready this long resets the doubling
 STOP_GRACE = 10.0  # after the drain period, before SIGKILL
+CRASH_LOOP = 5  # crashes in a row that make a worker (and the pool) unready
+
+
+def remove_stale_metrics_dirs(directory: str | None = None) -> list[str]:
+    """
+    Remove the metrics directories of pools whose parent is gone (killed,
+    so it could not clean up); return them.
+    """
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(directory):
+        pid_text = name[len(METRICS_DIR_PREFIX):].partition("-")[0]
+        if not name.startswith(METRICS_DIR_PREFIX) or not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            removed.append(name)
+        except PermissionError:
+            pass  # alive, someone else's
+    return removed
+
+
+def fold_dead_worker_metrics(pid: int, directory: str) -> None:
+    """
+    Add a dead worker's counters and histograms into the C{*_dead.db}
+    files and delete its own: its counts stay in every sum, and restarts do
+    not grow the directory (nor the time each scrape takes) without bound.
+    """
+    mark_process_dead(pid, directory)
+    for typ in _ADDITIVE:
+        path = os.path.join(directory, f"{typ}_{pid}.db")
+        if not os.path.exists(path):
+            continue
+        dead = MmapedDict(os.path.join(directory, f"{typ}_dead.db"))
+        try:
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
+                total, _ = dead.read_value(key)
+                dead.write_value(key, total + value, timestamp)
+        finally:
+            dead.close()
+        os.remove(path)
 
 
 class WorkerProcess(ProcessProtocol):
@@ -142,17 +190,40 @@ class WorkerPool(MultiService):
         self.stats, self.readiness = admin_listeners(self, reactor, config, self.registry, self.is_ready)
 
     def is_ready(self) -> bool:
-        """Every worker is ready (and the pool is not stopping)."""
-        return self.running and not self.stopping and all(worker.ready for worker in self.workers)
+        """
+        A quorum: at least one worker serves (the binds are shared, so one
+        is enough to answer) and no worker is crash-looping (then something
+        is wrong that a restart does not mend); never while stopping.
+        """
+        return (
+            self.running and not self.stopping and any(worker.ready for worker in self.workers)
+            and all(worker.ready or worker.crashes < CRASH_LOOP for worker in self.workers)
+        )
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
         # Each bind's port is held by a socket that never listens: port 0
         # becomes a real port every worker shares, kept across restarts.
+        self._reserve_ports()
+        super().privilegedStartService()
+
+    def _reserve_ports(self) -> None:
+        if self._reserved:
+            return
         for bind in self.config.binds:
-            sock = reuse_port_socket(bind_host(self.interface), bind.port)
+            try:
+                sock = reuse_port_socket(bind_host(self.interface), bind.port)
+            except OSError as e:
+                for held in self._reserved:
+                    held.close()
+                self._reserved.clear()
+                raise SystemExit(f"agw: bind/{bind.port} cannot listen on {self.interface}:{bind.port}: {e}") from None
             self._reserved.append(sock)
             self.ports[bind.port] = sock.getsockname()[1]
-        self.metrics_dir = tempfile.mkdtemp(prefix="agw-metrics-")
+
+    def startService(self) -> None:
+        self._reserve_ports()
+        remove_stale_metrics_dirs()
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         super().startService()
         for worker in self.workers:
             self._spawn(worker)
@@ -167,7 +238,7 @@ class WorkerPool(MultiService):
     def ended(self, worker: WorkerProcess, pid: int | None, reason: Failure) -> None:
         """A worker process ended: forget its live gauges; restart it unless stopping."""
         if pid is not None and self.metrics_dir is not None:
-            mark_process_dead(pid, self.metrics_dir)
+            fold_dead_worker_metrics(pid, self.metrics_dir)
         if self.stopping or not self.running:
             return
         delay = min(RESTART_DELAY * 2**worker.crashes, MAX_RESTART_DELAY)

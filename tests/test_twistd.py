@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, run_session, wait_until
+from tests.support import BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, open_client, recv_event, run_session, wait_until
 
 
 def free_port() -> int:
@@ -127,3 +127,52 @@ class TwistdTests(TestCase):
         written = agw.log_text()
         self.assertNotIn(BACKEND_KEY, written)
         self.assertNotIn(CLIENT_KEY, written)
+
+
+class ProcessRobustnessTests(TestCase):
+    timeout = 60
+
+    def seed_config(self, port: int) -> str:
+        with open(SEED_CONFIG) as f:
+            config = yaml.safe_load(f)
+        config["binds"][0]["port"] = port
+        config["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"}
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        return path
+
+    @inlineCallbacks
+    def test_port_in_use_exits_non_zero_with_one_line(self) -> Any:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        env = {**os.environ, "OPENAI_API_KEY": BACKEND_KEY, "PYTHONPATH": REPO}
+        for workers in ([], ["--workers", "2"]):
+            command = [twistd, "-n", "--pidfile=", "agw", "-f", self.seed_config(port), "-i", "127.0.0.1", *workers]
+            done = yield deferToThread(subprocess.run, command, env=env, capture_output=True, timeout=50)
+            self.assertEqual(done.returncode, 1, workers)
+            lines = [line for line in done.stdout.decode().splitlines() if "cannot listen" in line]
+            self.assertEqual(len(lines), 1, done.stdout)
+            self.assertIn(f"bind/{port} cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use", lines[0])
+            self.assertNotIn("Traceback", done.stdout.decode() + done.stderr.decode())
+
+    @inlineCallbacks
+    def test_second_sigterm_while_draining_is_quiet(self) -> Any:
+        fake = FakeOpenAI()
+        upstream = yield fake.listen(reactor)
+        self.addCleanup(upstream.stopListening)
+        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--drain-period", "2")
+        ws = yield deferToThread(open_client, f"ws://127.0.0.1:{agw.port}/v1/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)  # a session keeps the drain going
+        agw.process.send_signal(signal.SIGTERM)
+        yield wait_until(lambda: not agw.is_ready())
+        code = yield agw.stop()  # the second SIGTERM
+        self.assertEqual(code, 0)
+        written = agw.log_text()
+        self.assertNotIn("Unhandled", written)
+        self.assertNotIn("Traceback", written)

@@ -1,24 +1,32 @@
 """
 C{twistd -n agw --workers 2} as a user runs it: sessions spread over both
-workers, one /metrics summing them, readiness over all of them, a killed
+workers, one /metrics summing them, readiness as a quorum, a killed
 worker restarted (its counts kept), SIGTERM stopping every process, exit 0.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
 from collections import Counter
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
+from agw.workerpool import fold_dead_worker_metrics, remove_stale_metrics_dirs
 from tests.support import BACKEND_KEY, CLIENT_KEY, open_client, recv_event, samples, token_sums, wait_until
 from tests.test_twistd import TwistdAgw
 
@@ -46,6 +54,12 @@ def one_response(url: str) -> None:
             pass
 
 
+def samples_now(agw: TwistdAgw) -> dict:
+    """The pool's /metrics samples, read synchronously (for polling)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{agw.stats}/metrics", timeout=5) as response:
+        return samples(response.read().decode())
+
+
 class WorkerPoolTests(TestCase):
     timeout = 90
 
@@ -66,8 +80,8 @@ class WorkerPoolTests(TestCase):
         self.addCleanup(upstream.stopListening)
         agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="-")
         url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
-        text = yield agw.metrics_text()
-        self.assertEqual(samples(text)[("agw_workers_ready", frozenset())], 2.0)
+        # Ready once one worker is (a quorum); both are, soon after.
+        yield wait_until(lambda: samples_now(agw).get(("agw_workers_ready", frozenset())) == 2.0, timeout=30)
 
         # Spread: each new connection hashes to one worker's accept queue.
         for _ in range(SESSIONS):
@@ -82,14 +96,20 @@ class WorkerPoolTests(TestCase):
         for token_type in ("input", "output"):
             self.assertEqual(token_sums(samples(text))[("chat", REALTIME_MODEL, token_type)], billed[("chat", REALTIME_MODEL, token_type)])
 
-        # A worker killed outright is restarted; readiness says so meanwhile;
-        # what it counted before dying still counts.
+        # A worker killed outright is restarted; the other one serves
+        # meanwhile (readiness is a quorum); what the dead one counted still
+        # counts, folded into one file instead of its own.
         pids = self.worker_pids(agw)
         os.kill(pids[1], signal.SIGKILL)
-        yield wait_until(lambda: not agw.is_ready(), timeout=10)
-        yield wait_until(lambda: self.worker_pids(agw)[1] != pids[1] and agw.is_ready(), timeout=30)
+        yield wait_until(lambda: self.worker_pids(agw)[1] != pids[1], timeout=30)
+        self.assertTrue(agw.is_ready())
+        yield wait_until(lambda: samples_now(agw).get(("agw_workers_ready", frozenset())) == 2.0, timeout=30)
         text = yield agw.metrics_text()
         self.assertEqual(samples(text)[("agw_worker_restarts_total", frozenset())], 1.0)
+        (metrics_dir,) = glob.glob(os.path.join(tempfile.gettempdir(), f"agw-metrics-{agw.process.pid}-*"))
+        files = os.listdir(metrics_dir)
+        self.assertIn("counter_dead.db", files)
+        self.assertEqual([f for f in files if f.endswith(f"_{pids[1]}.db")], [])
         for _ in range(4):
             yield deferToThread(one_response, url)
         text = yield agw.metrics_text()
@@ -107,3 +127,43 @@ class WorkerPoolTests(TestCase):
         written = agw.log_text()
         self.assertNotIn(BACKEND_KEY, written)
         self.assertNotIn(CLIENT_KEY, written)
+
+
+class MetricsDirectoryTests(TestCase):
+    def write_counter(self, directory: str, amount: float) -> int:
+        """A process that counts C{amount} in multiprocess mode and exits; its pid."""
+        code = (
+            "from prometheus_client import Counter\n"
+            f"Counter('agw_test', 'test', ['k']).labels('v').inc({amount})\n"
+        )
+        process = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}, check=True)
+        del process
+        return int(max(os.listdir(directory), key=lambda f: os.path.getmtime(os.path.join(directory, f))).split("_")[1][:-3])
+
+    def total(self, directory: str) -> float:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        return registry.get_sample_value("agw_test_total", {"k": "v"})
+
+    def test_dead_workers_are_folded_not_lost(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        first, second = self.write_counter(directory, 2), self.write_counter(directory, 3)
+        fold_dead_worker_metrics(first, directory)
+        fold_dead_worker_metrics(second, directory)
+        self.assertEqual(sorted(os.listdir(directory)), ["counter_dead.db"])
+        self.assertEqual(self.total(directory), 5.0)
+        third = self.write_counter(directory, 4)
+        self.assertEqual(self.total(directory), 9.0)
+        fold_dead_worker_metrics(third, directory)
+        self.assertEqual(self.total(directory), 9.0)
+
+    def test_stale_directories_of_killed_parents_are_removed(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        for name in (f"agw-metrics-{dead.pid}-abc", f"agw-metrics-{os.getpid()}-def", "agw-metrics-xyz", "other"):
+            os.makedirs(os.path.join(directory, name))
+        self.assertEqual(remove_stale_metrics_dirs(directory), [f"agw-metrics-{dead.pid}-abc"])
+        self.assertEqual(sorted(os.listdir(directory)), sorted([f"agw-metrics-{os.getpid()}-def", "agw-metrics-xyz", "other"]))
