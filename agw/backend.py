@@ -7,24 +7,46 @@ from __future__ import annotations
 
 from urllib.parse import urlunsplit
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-from agw.config import AIBackend
+from agw.config import AIBackend, BackendTLS
 
 OPENAI_HOST = "api.openai.com"
 OPENAI_PORT = 443
+
+
+class TrustRootError(Exception):
+    """A C{backendTLS.root} file that cannot be read or holds no certificate."""
+
+
+def read_trust_root(path: str) -> bytes:
+    """The PEM certificate(s) in C{path}; raises L{TrustRootError} naming the problem."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise TrustRootError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        Certificate.loadPEM(pem)
+    except Exception:
+        raise TrustRootError(f"{path} holds no PEM certificate") from None
+    return pem
 
 
 @frozen
 class BackendTarget:
     """
     An upstream: OpenAI over verified TLS by default, or C{hostOverride}
-    over plain TCP. C{path_override} replaces the whole path;
-    C{path_prefix} replaces the leading C{/v1}.
+    over plain TCP (over TLS too with a C{backendTLS} policy).
+    C{path_override} replaces the whole path; C{path_prefix} replaces the
+    leading C{/v1}. TLS verifies the certificate for C{tls_hostname} (the
+    host when unset) against C{trust_root} (PEM; the system's roots when
+    unset).
     """
 
     host: str
@@ -32,15 +54,27 @@ class BackendTarget:
     tls: bool
     path_override: str | None = None
     path_prefix: str | None = None
+    tls_hostname: str | None = None
+    trust_root: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def from_backend(cls, backend: AIBackend) -> BackendTarget:
+    def from_backend(cls, backend: AIBackend, backend_tls: BackendTLS | None = None) -> BackendTarget:
+        """The target of C{backend} under a route's C{backendTLS} policy (reads its root file)."""
         if backend.host_override is None:
             host, port, tls = OPENAI_HOST, OPENAI_PORT, True
         else:
             host, _, port_text = backend.host_override.rpartition(":")
             host, port, tls = host.strip("[]"), int(port_text), False
-        return cls(host, port, tls, backend.path_override, backend.path_prefix)
+        hostname = root = None
+        if backend_tls is not None:
+            tls, hostname = True, backend_tls.hostname
+            root = read_trust_root(backend_tls.root) if backend_tls.root is not None else None
+        return cls(host, port, tls, backend.path_override, backend.path_prefix, hostname, root)
+
+    def client_tls_options(self) -> IOpenSSLClientConnectionCreator:
+        """Client TLS for this target: verified, for C{tls_hostname} or the host."""
+        trust = Certificate.loadPEM(self.trust_root) if self.trust_root is not None else None
+        return optionsForClientTLS(self.tls_hostname or self.host, trustRoot=trust)
 
     @property
     def authority(self) -> str:
@@ -80,5 +114,5 @@ class BackendTarget:
         else:
             endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
         if self.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+            endpoint = wrapClientTLS(self.client_tls_options(), endpoint)
         return endpoint

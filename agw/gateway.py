@@ -121,7 +121,9 @@ class Gateway:
         if not route.backends:
             missing = ErrorResource(500, f"route {route.name} has no backend", "no_backend")
             return lambda route_type: missing
-        target = BackendTarget.from_backend(route.backends[0])
+        target = BackendTarget.from_backend(route.backends[0], route.policies.backend_tls)
+        if target.tls:
+            self.http_client.tls.register(target)
         built: dict[RouteType, IResource] = {}
 
         def resource_for(route_type: RouteType) -> IResource:

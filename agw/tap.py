@@ -50,6 +50,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config_object = load_config(self["config"])
+            check_files(self.config_object)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         if self["workers"] is not None and self["workers"] < 0:
@@ -66,6 +67,21 @@ class Options(usage.Options):
         values = {name: self[name] for name, *_ in Options.optParameters if name != "workers"}
         values["config"] = os.path.abspath(values["config"])
         return [f"--{name}={value}" for name, value in values.items()]
+
+
+def check_files(config: GatewayConfig) -> None:
+    """Files the config names (C{backendTLS.root}) can be read; raises L{ConfigError}."""
+    from agw.backend import TrustRootError, read_trust_root
+
+    for b, bind in enumerate(config.binds):
+        for l, listener in enumerate(bind.listeners):
+            for r, route in enumerate(listener.routes):
+                tls = route.policies.backend_tls
+                if tls is not None and tls.root is not None:
+                    try:
+                        read_trust_root(tls.root)
+                    except TrustRootError as e:
+                        raise ConfigError(f"binds[{b}].listeners[{l}].routes[{r}].policies.backendTLS.root", str(e)) from None
 
 
 def makeService(options: Options) -> IService:

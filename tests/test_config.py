@@ -6,7 +6,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.config import Address, ConfigError, RouteType, load_config, parse_config
+from agw.config import Address, BackendTLS, ConfigError, RouteType, load_config, parse_config
 from tests.support import SEED_CONFIG
 
 ENV = {"OPENAI_API_KEY": "sk-secret-value"}
@@ -34,6 +34,10 @@ class SeedConfigTests(SynchronousTestCase):
         )
         self.assertEqual(config.stats_addr, Address("::", 15020))
         self.assertEqual(config.readiness_addr, Address("::", 15021))
+
+    def test_backend_tls(self) -> None:
+        config = parse_config(route_yaml("      policies:\n        backendTLS:\n          root: ca.pem\n          hostname: api.test\n"), ENV)
+        self.assertEqual(config.binds[0].listeners[0].routes[0].policies.backend_tls, BackendTLS(root="ca.pem", hostname="api.test"))
 
     def test_secret_not_in_repr(self) -> None:
         self.assertNotIn("sk-secret-value", repr(load_config(SEED_CONFIG, ENV)))
@@ -71,6 +75,10 @@ class BadConfigTests(SynchronousTestCase):
     def test_unsupported_agentgateway_key(self) -> None:
         message = self.error(route_yaml("      policies:\n        cors: {}\n"))
         self.assertIn("policies.cors: supported by agentgateway but not by agw yet", message)
+
+    def test_backend_tls_fields_agw_does_not_implement(self) -> None:
+        message = self.error(route_yaml("      policies:\n        backendTLS:\n          insecure: true\n"))
+        self.assertIn("policies.backendTLS.insecure: supported by agentgateway but not by agw yet", message)
 
     def test_unsupported_provider(self) -> None:
         message = self.error(route_yaml(backend="      - ai:\n          name: a\n          provider:\n            anthropic: {}\n"))

@@ -7,6 +7,7 @@ from agw.config.load import ConfigError, load_config, parse_config
 from agw.config.model import (
     AIBackend,
     Address,
+    BackendTLS,
     Bind,
     GatewayConfig,
     HeaderTransform,
@@ -20,6 +21,6 @@ from agw.config.model import (
 )
 
 __all__ = [
-    "AIBackend", "Address", "Bind", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener",
+    "AIBackend", "Address", "BackendTLS", "Bind", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener",
     "PathMatch", "Policies", "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
 ]

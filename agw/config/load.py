@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from agw.config.model import (
     AIBackend,
     Address,
+    BackendTLS,
     Bind,
     GatewayConfig,
     HeaderTransform,
@@ -48,11 +49,12 @@ _UNSUPPORTED: dict[str, frozenset[str]] = {
     "policies": frozenset({
         "cors", "jwtAuth", "basicAuth", "apiKey", "localRateLimit", "remoteRateLimit", "extAuthz", "extProc",
         "requestHeaderModifier", "responseHeaderModifier", "requestRedirect", "urlRewrite", "requestMirror",
-        "timeout", "retry", "backendTLS", "a2a", "mcpAuthorization", "mcpAuthentication", "directResponse",
+        "timeout", "retry", "a2a", "mcpAuthorization", "mcpAuthentication", "directResponse",
         "csrf", "authorization", "hostRewrite",
     }),
     "aiPolicy": frozenset({"promptGuard", "defaults", "overrides", "prompts", "modelAliases", "promptCaching"}),
     "backendAuth": frozenset({"passthrough", "gcp", "aws", "azure"}),
+    "backendTLS": frozenset({"cert", "key", "insecure", "insecureHost", "alpn", "subjectAltNames", "keyExchangeGroups", "spiffe"}),
     "transformations": frozenset({"response"}),
     "requestTransform": frozenset({"body"}),
 }
@@ -256,7 +258,7 @@ class _Parser:
         )
 
     def policies(self, value: Any, path: Path) -> Policies:
-        policies = self.mapping(value, path, {"ai", "backendAuth", "transformations"}, "policies")
+        policies = self.mapping(value, path, {"ai", "backendAuth", "transformations", "backendTLS"}, "policies")
         ai = self.mapping(policies.get("ai"), path + ("ai",), {"routes"}, "aiPolicy")
         routes = ai.get("routes") or {}
         if not isinstance(routes, dict):
@@ -273,9 +275,18 @@ class _Parser:
             auth = self.mapping(policies["backendAuth"], path + ("backendAuth",), {"key"}, "backendAuth")
             key = Secret(self.string(auth.get("key"), path + ("backendAuth", "key")))
         transformations = self.mapping(policies.get("transformations"), path + ("transformations",), {"request"}, "transformations")
+        backend_tls = None
+        if "backendTLS" in policies:
+            tls_path = path + ("backendTLS",)
+            tls = self.mapping(policies["backendTLS"], tls_path, {"root", "hostname"}, "backendTLS")
+            backend_tls = BackendTLS(
+                root=self.string(tls.get("root"), tls_path + ("root",), optional=True),
+                hostname=self.string(tls.get("hostname"), tls_path + ("hostname",), optional=True),
+            )
         return Policies(
             ai_routes=tuple(ai_routes),
             backend_key=key,
+            backend_tls=backend_tls,
             request_headers=self.header_transform(transformations.get("request"), path + ("transformations", "request")),
         )
 

@@ -75,6 +75,18 @@ class HeaderTransform:
 
 
 @frozen
+class BackendTLS:
+    """
+    C{policies.backendTLS}: TLS to the backend (with C{hostOverride} too),
+    verified against C{root} (a PEM file; the system's roots when unset)
+    for the name C{hostname} (the backend's host when unset).
+    """
+
+    root: str | None = None
+    hostname: str | None = None
+
+
+@frozen
 class Policies:
     """A route's C{policies}."""
 
@@ -82,6 +94,7 @@ class Policies:
     ai_routes: tuple[tuple[str, RouteType], ...] = ()
     backend_key: Secret | None = None
     request_headers: HeaderTransform = HeaderTransform()
+    backend_tls: BackendTLS | None = None
 
 
 @frozen

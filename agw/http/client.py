@@ -13,7 +13,12 @@ from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from agw.backend import BackendTarget
 
 MiB = 1024 * 1024
 
@@ -50,6 +55,27 @@ class _NoCookies(IndexableCookieJar):
         pass
 
 
+@implementer(IPolicyForHTTPS)
+class TargetTLSPolicy:
+    """
+    TLS for the agent's HTTPS connections: a registered backend's own
+    (its C{backendTLS} trust root and name), else verified against the
+    system's roots for the host's own name.
+    """
+
+    def __init__(self) -> None:
+        self._targets: dict[tuple[str, int], BackendTarget] = {}
+
+    def register(self, target: BackendTarget) -> None:
+        """Use C{target}'s TLS settings for connections to its host and port."""
+        self._targets[(target.host, target.port)] = target
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        host = hostname.decode("ascii")
+        target = self._targets.get((host, port))
+        return target.client_tls_options() if target is not None else optionsForClientTLS(host)
+
+
 class UpstreamClient:
     """Sends forwarded requests; one per gateway, sharing one pool."""
 
@@ -59,7 +85,8 @@ class UpstreamClient:
         self.pool.maxPersistentPerHost = options.max_persistent_per_host
         # A POST that failed on a reused connection must not be sent twice.
         self.pool.retryAutomatically = False
-        agent = Agent(reactor, connectTimeout=options.connect_timeout, pool=self.pool)
+        self.tls = TargetTLSPolicy()
+        agent = Agent(reactor, contextFactory=self.tls, connectTimeout=options.connect_timeout, pool=self.pool)
         self._http = HTTPClient(agent, cookiejar=_NoCookies())
 
     def request(self, method: bytes, url: str, headers: Headers, body: IBodyProducer | None) -> Deferred[IResponse]:

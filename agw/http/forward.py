@@ -16,7 +16,10 @@ from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLo
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, ResponseDone, ResponseFailed
+from OpenSSL.SSL import Error as SSLError
+from twisted.web.client import (
+    FileBodyProducer, RequestTransmissionFailed, ResponseDone, ResponseFailed, ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
@@ -59,6 +62,14 @@ class _Exchange:
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         self.usage, self.response_model = usage, model
+
+
+def _tls_failed(error: Exception) -> str | None:
+    """The TLS error behind a failed request (twisted.web wraps them in lists of Failures), if that is what it was."""
+    for failure in getattr(error, "reasons", ()):
+        if failure.check(SSLError):
+            return str(failure.value)
+    return None
 
 
 class _Refused(Exception):
@@ -136,11 +147,17 @@ class HTTPForwarder(Resource):
         timer = self._reactor.callLater(self._client.options.response_timeout, time_out)  # type: ignore[attr-defined]
         try:
             response: IResponse = await pending
-        except (CancelledError, ConnectError, DNSLookupError, ConnectingCancelledError, ResponseFailed) as e:
+        except (
+            CancelledError, ConnectError, DNSLookupError, ConnectingCancelledError, ResponseFailed,
+            RequestTransmissionFailed, ResponseNeverReceived,
+        ) as e:
             if timed_out:
                 return self._answer(request, started, 504, "upstream did not answer in time", "upstream_timeout")
             if client_gone(request):
                 return self._record(method, 499, started, exchange)
+            if _tls_failed(e):
+                self.log.warn("TLS to the upstream of {path} failed: {reason}", path=exchange.path, reason=_tls_failed(e))
+                return self._answer(request, started, 502, "upstream TLS verification failed", "upstream_tls_error")
             if isinstance(e, ResponseFailed):
                 return self._answer(request, started, 502, "upstream closed the connection", "upstream_closed")
             return self._answer(request, started, 502, "upstream unreachable", "upstream_unreachable")

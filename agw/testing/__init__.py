@@ -7,7 +7,8 @@ keeps a ledger of every token it billed.
 from agw.testing.fake import REALTIME_MODEL, FakeOpenAI
 from agw.testing.http import HTTPRequest, chat_usage
 from agw.testing.realtime import Billed, Handshake, Refusal, response_usage
+from agw.testing.tls import TestCA
 
 __all__ = [
-    "REALTIME_MODEL", "Billed", "FakeOpenAI", "HTTPRequest", "Handshake", "Refusal", "chat_usage", "response_usage",
+    "REALTIME_MODEL", "Billed", "FakeOpenAI", "HTTPRequest", "Handshake", "Refusal", "TestCA", "chat_usage", "response_usage",
 ]

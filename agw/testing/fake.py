@@ -12,8 +12,9 @@ import attrs
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.ssl import CertificateOptions
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -123,8 +124,15 @@ class FakeOpenAI:
         root.putChild(b"v1", FakeV1(realtime, FakeHTTPAPI(self)))
         return root
 
-    def listen(self, reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> Deferred[IListeningPort]:
-        """Listen on loopback (an ephemeral port by default)."""
+    def listen(
+        self, reactor: Any, port: int = 0, interface: str = "127.0.0.1", tls: CertificateOptions | None = None,
+    ) -> Deferred[IListeningPort]:
+        """
+        Listen on loopback (an ephemeral port by default); over TLS with
+        C{tls} (see L{agw.testing.TestCA.server_options}).
+        """
         site = Site(self.resource(reactor), reactor=reactor)
         site.noisy = False
+        if tls is not None:
+            return SSL4ServerEndpoint(reactor, port, tls, interface=interface).listen(site)
         return TCP4ServerEndpoint(reactor, port, interface=interface).listen(site)

@@ -1,0 +1,72 @@
+"""
+A throwaway certificate authority for TLS tests: a CA and a server
+certificate it signed, made fresh (nothing secret ships with agw), so a
+fake provider can serve TLS that a gateway verifies for real.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@frozen
+class TestCA:
+    """A CA (C{ca_pem}, to trust) and a server certificate and key for C{hostname} and 127.0.0.1."""
+
+    __test__ = False  # not a pytest test class
+
+    ca_pem: bytes
+    server_pem: bytes
+    server_key_pem: bytes
+    hostname: str
+
+    @classmethod
+    def make(cls, hostname: str = "fake-openai.test") -> TestCA:
+        """A new CA and a server certificate valid for a day."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (
+            x509.CertificateBuilder().subject_name(_name("agw test CA")).issuer_name(_name("agw test CA"))
+            .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+                decipher_only=False,
+            ), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        server = (
+            x509.CertificateBuilder().subject_name(_name(hostname)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            ]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        return cls(ca.public_bytes(pem), server.public_bytes(pem), _pem_key(key), hostname)
+
+    def server_options(self) -> CertificateOptions:
+        """TLS options for a server presenting the certificate."""
+        return PrivateCertificate.loadPEM(self.server_pem + self.server_key_pem).options()
