@@ -8,19 +8,24 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import urllib.request
 from typing import Any
 
 import treq
-from openai import OpenAI
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
 import yaml
+from openai import OpenAI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
 from agw import Gateway, parse_config
 from agw.accesslog import AccessLog
@@ -215,3 +220,77 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) ->
             yield deferLater(reactor, interval, lambda: None)
 
     return poll()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwistdAgw:
+    """
+    C{twistd -n agw} in a subprocess: the seed config with hostOverride to
+    C{upstream_port}, free ports, its log and standard output in files.
+    """
+
+    def __init__(self, process: subprocess.Popen, port: int, stats: int, ready: int, log: str, stdout: str) -> None:
+        self.process, self.port, self.stats, self.ready, self.log, self.stdout = process, port, stats, ready, log, stdout
+
+    @classmethod
+    @inlineCallbacks
+    def start(cls, case: TestCase, upstream_port: int, *args: str, access_log: str = "none") -> Any:
+        with open(SEED_CONFIG) as f:
+            config = yaml.safe_load(f)
+        port, stats, ready = free_port(), free_port(), free_port()
+        config["binds"][0]["port"] = port
+        for route in config["binds"][0]["listeners"][0]["routes"]:
+            route["backends"][0]["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
+        config["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
+        path = case.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        log, stdout = case.mktemp() + ".log", case.mktemp() + ".out"
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        env = {**os.environ, "OPENAI_API_KEY": BACKEND_KEY, "PYTHONPATH": REPO}
+        with open(stdout, "wb") as out:
+            process = subprocess.Popen(
+                [twistd, "-n", "--pidfile=", f"--logfile={log}", "agw", "-f", path, "-i", "127.0.0.1", "--access-log", access_log, *args],
+                env=env, stdout=out,
+            )
+        case.addCleanup(lambda: process.poll() is None and process.kill())
+        agw = cls(process, port, stats, ready, log, stdout)
+        yield wait_until(agw.is_ready, timeout=30)
+        return agw
+
+    def is_ready(self) -> bool:
+        """The readiness probe answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ready}/healthz/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> Any:
+        """SIGTERM; fires with the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return deferToThread(self.process.wait, 30)
+
+    @inlineCallbacks
+    def metrics_text(self) -> Any:
+        """The parent's /metrics page."""
+        response = yield treq.get(f"http://127.0.0.1:{self.stats}/metrics", persistent=False)
+        return (yield response.text())
+
+    def log_text(self) -> str:
+        with open(self.log) as f:
+            return f.read()
+
+
+def rss(pid: int) -> int:
+    """The resident set size of process C{pid}, in bytes (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")

@@ -11,10 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.request
 from typing import Any
 
-import treq
 import yaml
 from openai import OpenAI
 from twisted.internet import reactor
@@ -23,73 +21,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, open_client, recv_event, run_session, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-
-class TwistdAgw:
-    """
-    C{twistd -n agw} in a subprocess: the seed config with hostOverride to
-    C{upstream_port}, free ports, its log and standard output in files.
-    """
-
-    def __init__(self, process: subprocess.Popen, port: int, stats: int, ready: int, log: str, stdout: str) -> None:
-        self.process, self.port, self.stats, self.ready, self.log, self.stdout = process, port, stats, ready, log, stdout
-
-    @classmethod
-    @inlineCallbacks
-    def start(cls, case: TestCase, upstream_port: int, *args: str, access_log: str = "none") -> Any:
-        with open(SEED_CONFIG) as f:
-            config = yaml.safe_load(f)
-        port, stats, ready = free_port(), free_port(), free_port()
-        config["binds"][0]["port"] = port
-        for route in config["binds"][0]["listeners"][0]["routes"]:
-            route["backends"][0]["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
-        config["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
-        path = case.mktemp() + ".yaml"
-        with open(path, "w") as f:
-            yaml.safe_dump(config, f)
-        log, stdout = case.mktemp() + ".log", case.mktemp() + ".out"
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        env = {**os.environ, "OPENAI_API_KEY": BACKEND_KEY, "PYTHONPATH": REPO}
-        with open(stdout, "wb") as out:
-            process = subprocess.Popen(
-                [twistd, "-n", "--pidfile=", f"--logfile={log}", "agw", "-f", path, "-i", "127.0.0.1", "--access-log", access_log, *args],
-                env=env, stdout=out,
-            )
-        case.addCleanup(lambda: process.poll() is None and process.kill())
-        agw = cls(process, port, stats, ready, log, stdout)
-        yield wait_until(agw.is_ready, timeout=30)
-        return agw
-
-    def is_ready(self) -> bool:
-        """The readiness probe answers 200."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ready}/healthz/ready", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> Any:
-        """SIGTERM; fires with the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        return deferToThread(self.process.wait, 30)
-
-    @inlineCallbacks
-    def metrics_text(self) -> Any:
-        """The parent's /metrics page."""
-        response = yield treq.get(f"http://127.0.0.1:{self.stats}/metrics", persistent=False)
-        return (yield response.text())
-
-    def log_text(self) -> str:
-        with open(self.log) as f:
-            return f.read()
+from tests.support import (
+    BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, TwistdAgw, open_client, recv_event, run_session, wait_until,
+)
 
 
 class TwistdTests(TestCase):
