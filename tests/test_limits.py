@@ -12,10 +12,15 @@ from typing import Any
 
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
+from twisted.web.test.requesthelper import DummyRequest
 
 from agw.http import HTTPOptions
+from agw.http.body import BodyRelay
 from agw.metrics import OTHER_MODEL, GatewayMetrics, ModelLabels, RouteLabels
 from agw.realtime import RelayOptions
 from agw.usage import TokenUsage
@@ -157,3 +162,58 @@ class ModelLabelLimitTests(SynchronousTestCase):
                  ("bind", "gateway", "listener", "route", "route_rule"), route.values()))},
         )
         self.assertEqual(total, len(hostile) - 3)  # no token is lost to the cap
+
+
+class _Upstream:
+    """The part of an upstream body's transport BodyRelay uses."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class _Request(DummyRequest):
+    """DummyRequest with push producers (its own calls a pull producer in a loop)."""
+
+    producer = None
+    channel: object = "connected"  # twisted.web sets it to None when the client is gone
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class BodyIdleTimeoutTests(SynchronousTestCase):
+    """The idle timer on a Clock: silence is measured from the last byte, not from the start."""
+
+    def test_timer_restarts_with_every_chunk(self) -> None:
+        clock = Clock()
+        request = _Request([b""])
+        relay = BodyRelay(request, None, lambda: None, clock=clock, idle_timeout=10.0)
+        upstream = _Upstream()
+        relay.makeConnection(upstream)
+        for _ in range(5):
+            clock.advance(9.9)
+            relay.dataReceived(b"data: {}\n\n")
+        self.assertFalse(upstream.stopped)
+        clock.advance(10.0)
+        self.assertEqual((relay.timed_out, upstream.stopped), (True, True))
+        self.assertEqual(request.written, [b"data: {}\n\n"] * 5)
+
+    def test_no_timer_left_after_the_body_ends(self) -> None:
+        clock = Clock()
+        relay = BodyRelay(_Request([b""]), None, lambda: None, clock=clock, idle_timeout=10.0)
+        relay.makeConnection(_Upstream())
+        relay.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.successResultOf(relay.done)
