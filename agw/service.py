@@ -20,8 +20,10 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
+from agw.http import HTTPOptions
 from agw.reuseport import ReusePortServerEndpoint
-from agw.web import GatewaySite, readiness_root, stats_root
+from agw.site import GatewaySite
+from agw.web import readiness_root, stats_root
 
 if TYPE_CHECKING:
     from agw.gateway import Gateway
@@ -46,7 +48,7 @@ class ListeningService(Service):
     ) -> None:
         self._reactor = reactor
         self.address = address
-        self._factory = factory
+        self.factory = factory
         self.label = label
         self._reuse_port = reuse_port
         self.port: IListeningPort | None = None
@@ -68,7 +70,7 @@ class ListeningService(Service):
         """
         super().privilegedStartService()
         outcome: list[object] = []
-        self._endpoint().listen(self._factory).addBoth(outcome.append)  # TCP endpoints listen synchronously
+        self._endpoint().listen(self.factory).addBoth(outcome.append)  # TCP endpoints listen synchronously
         if outcome and isinstance(outcome[0], Failure):
             error = outcome[0].value
             reason = getattr(error, "socketError", None) or error  # CannotListenError repeats the address
@@ -80,7 +82,7 @@ class ListeningService(Service):
         super().startService()
         if self._listening is not None:
             return  # listening since privilegedStartService
-        self._listening = self._endpoint().listen(self._factory)
+        self._listening = self._endpoint().listen(self.factory)
         self._listening.addCallback(self._listened)
         # Embedded (no privileged start): a port that cannot be bound stops the reactor, with the reason logged.
         self._listening.addErrback(self._failed)
@@ -124,9 +126,15 @@ class ListeningService(Service):
         return self.port is not None
 
 
-def make_site(resource: IResource, reactor: object, max_request_body: int | None = None) -> Site:
-    """A site for one of the gateway's listeners: idle connections time out, no tracebacks are shown."""
-    site = GatewaySite(resource, reactor, max_request_body)
+def make_site(resource: IResource, reactor: object, options: HTTPOptions | None = None) -> Site:
+    """
+    A site for one of the gateway's listeners: idle connections time out,
+    no tracebacks are shown; request bodies within C{options}' limits.
+    """
+    if options is None:
+        site = GatewaySite(resource, reactor)
+    else:
+        site = GatewaySite(resource, reactor, options.max_request_body, options.max_buffered_bodies)
     site.timeOut = HTTP_IDLE_TIMEOUT
     site.displayTracebacks = False
     site.noisy = False
@@ -172,7 +180,7 @@ class GatewayService(MultiService):
         for bind in config.binds:
             port = bind.port if reuse_ports is None else reuse_ports[bind.port]
             listener = ListeningService(
-                reactor, Address(interface, port), make_site(gateway.resource(bind.port), reactor, gateway.http_options.max_request_body),
+                reactor, Address(interface, port), make_site(gateway.resource(bind.port), reactor, gateway.http_options),
                 f"bind/{bind.port}",
                 reuse_port=reuse_ports is not None,
             )

@@ -37,6 +37,7 @@ class Options(usage.Options):
         ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
         ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response gets to report its usage.", float],
         ["max-request-body", None, 512 * 1024 * 1024, "Largest HTTP request body in bytes (bigger: 413 before it is read).", int],
+        ["max-buffered-bodies", None, 2048 * 1024 * 1024, "Bytes of request bodies one bind holds at once, memory and temporary files (more: 503).", int],
         ["max-json-body", None, 32 * 1024 * 1024, "Largest body of a completions, responses or embeddings request (bigger: 413).", int],
         ["body-idle-timeout", None, 300.0, "Seconds an upstream HTTP response body may stay silent before it is cut off.", float],
         ["max-sessions", None, 10_000, "Realtime sessions one bind serves at once (more: 503).", int],
@@ -112,6 +113,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
     http_options = HTTPOptions(
         response_timeout=options["upstream-timeout"],
         max_request_body=options["max-request-body"],
+        max_buffered_bodies=options["max-buffered-bodies"],
         max_json_body=options["max-json-body"],
         body_idle_timeout=options["body-idle-timeout"],
     )

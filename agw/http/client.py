@@ -34,6 +34,8 @@ class HTTPOptions:
     max_json_body: int = 32 * MiB
     # Any request body (passthrough uploads: OpenAI takes files up to 512 MB).
     max_request_body: int = 512 * MiB
+    # Request bodies one listener holds at once (memory and temporary files).
+    max_buffered_bodies: int = 2048 * MiB
     # A response body (an SSE stream, say) silent this long is cut off.
     body_idle_timeout: float = 300.0
     max_persistent_per_host: int = 32

@@ -1,0 +1,148 @@
+"""
+The twisted.web site of each of the gateway's listeners, and its request
+class: what is refused before a request reaches any resource (an
+asterisk-form target, a body over the size limit, bodies beyond what one
+listener may hold at once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from agw.web import error_body, render_error
+
+_STATUS_LINES = {413: b"413 Payload Too Large", 503: b"503 Service Unavailable"}
+
+
+class BodyBudget:
+    """
+    Bytes of request bodies one site holds at once. twisted.web keeps a
+    body (in memory, or in a temporary file past 100 KB) until the request
+    is answered; without a budget, many concurrent uploads could fill the
+    disk however small each one is.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Hold C{size} more bytes; C{False} if that would pass the limit."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+class GatewayRequest(Request):
+    """
+    The request class of L{GatewaySite}.
+
+    twisted.web answers an asterisk-form target (C{OPTIONS *}) itself,
+    before any resource sees it; a gateway has nothing to say about itself
+    there, so it gets the same 400 as every other target that is not a path.
+
+    A body larger than the site's C{max_request_body} is refused with 413,
+    and one the site's L{BodyBudget} cannot hold with 503, as soon as that
+    is known: at once from C{Content-Length} (before a client that sent
+    C{Expect: 100-continue} uploads anything), or when a chunked body
+    passes the limit. The connection is closed, and the request never
+    reaches a resource: nothing goes upstream.
+    """
+
+    _body_refused = False
+    _body_received = 0
+    _body_held = 0
+
+    @property
+    def _gateway_site(self) -> GatewaySite | None:
+        site = getattr(self.channel, "site", None)
+        return site if isinstance(site, GatewaySite) else None
+
+    def gotLength(self, length: int | None) -> None:
+        site = self._gateway_site
+        if site is not None and length is not None:
+            if site.max_request_body is not None and length > site.max_request_body:
+                self._refuse_body(413, f"request body is larger than {site.max_request_body} bytes", "request_too_large")
+                return
+            if not self._hold(site, length):
+                return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._body_refused:
+            return
+        self._body_received += len(data)
+        site = self._gateway_site
+        if site is not None:
+            if site.max_request_body is not None and self._body_received > site.max_request_body:
+                self._refuse_body(413, f"request body is larger than {site.max_request_body} bytes", "request_too_large")
+                return
+            # A chunked body is held as it arrives (a declared length was held at once).
+            if self._body_received > self._body_held and not self._hold(site, self._body_received - self._body_held):
+                return
+        super().handleContentChunk(data)
+
+    def _hold(self, site: GatewaySite, size: int) -> bool:
+        if not site.body_budget.take(size):
+            self._refuse_body(503, "the gateway holds too many request bodies; try again later", "too_many_uploads")
+            return False
+        if not self._body_held:
+            self.notifyFinish().addBoth(self._give_back, site)
+        self._body_held += size
+        return True
+
+    def _give_back(self, result: Any, site: GatewaySite) -> None:
+        site.body_budget.give_back(self._body_held)
+        self._body_held = 0
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._body_refused:
+            return  # answered already; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def _refuse_body(self, status: int, message: str, code: str) -> None:
+        self._body_refused = True
+        # No "100 Continue" after this answer (twisted.web sends it after gotLength).
+        self.requestHeaders.removeHeader(b"expect")
+        body = error_body(message, "invalid_request_error" if status == 413 else "gateway_error", code)
+        head = b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n"
+        if status == 503:
+            head += b"Retry-After: 1\r\n"
+        transport = self.channel.transport
+        transport.write(head % (_STATUS_LINES[status], len(body)) + b"\r\n" + body)
+        transport.loseConnection()
+
+    def process(self) -> None:
+        if self.path == b"*":
+            body = render_error(self, 400, "the request-target must be a path starting with '/' (origin-form)",
+                                "invalid_request_target", "invalid_request_error")
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+            return
+        super().process()
+
+
+class GatewaySite(Site):
+    """
+    A twisted.web site of L{GatewayRequest}s: C{max_request_body} bytes at
+    most per request body (C{None}: no limit), C{max_buffered_bodies} bytes
+    of bodies held at once.
+    """
+
+    requestFactory = GatewayRequest
+
+    def __init__(
+        self, resource: IResource, reactor: object, max_request_body: int | None = None,
+        max_buffered_bodies: int = 2**62,
+    ) -> None:
+        super().__init__(resource, reactor=reactor)  # type: ignore[arg-type]
+        self.max_request_body = max_request_body
+        self.body_budget = BodyBudget(max_buffered_bodies)
