@@ -12,8 +12,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase
 
+from agw.metrics import GatewayMetrics, RouteLabels
 from agw.realtime import RelayOptions
+from agw.realtime.session import RealtimeSession
 from agw.testing import REALTIME_MODEL
 from tests.support import GatewayTestCase, open_client, recv_event, token_sums, wait_until
 
@@ -289,3 +292,31 @@ class AbandonedResponseTests(AccountingTestCase):
         self.assertEqual(self.fake.closes[0][0], 1011)
         self.assertEqual(len(self.fake.ledger), 1)
         yield self.assert_ledger_on_metrics()
+
+
+class SessionBookkeepingTests(SynchronousTestCase):
+    def session(self) -> RealtimeSession:
+        return RealtimeSession(GatewayMetrics(), RouteLabels.of(0, "l", "r"), "m", lambda: 0.0)
+
+    def test_remembered_event_ids_are_bounded(self) -> None:
+        """A client sending response.create with fresh event_ids forever costs bounded memory."""
+        session = self.session()
+        for i in range(10_000):
+            session.response_requested(f"e{i}")
+            if i % 2:
+                session.response_started(f"resp_{i}")  # one acknowledged, one still waiting
+        self.assertLessEqual(len(session._requested_ids), 64)
+        session.request_failed("e9999")
+        self.assertEqual(session.responses_requested, 10_000 - 5_000 - 1)
+
+    def test_in_flight_ids_follow_created_and_done(self) -> None:
+        session = self.session()
+        session.response_requested(None)
+        session.response_started("resp_1")
+        session.response_started("resp_2")  # server VAD: asked for by nobody
+        self.assertEqual((list(session.in_flight), session.responses_requested), (["resp_1", "resp_2"], 0))
+        session.response_finished("resp_1", "completed", None)
+        self.assertEqual(list(session.in_flight), ["resp_2"])
+        self.assertTrue(session.awaiting_usage)
+        session.response_finished("resp_2", "cancelled", None)
+        self.assertFalse(session.awaiting_usage)

@@ -15,6 +15,7 @@ CLIENT_TO_UPSTREAM = "client_to_upstream"
 UPSTREAM_TO_CLIENT = "upstream_to_client"
 CHAT = "chat"  # agentgateway's operation name for Realtime responses
 TRANSCRIPTION = "transcription"
+_MAX_REQUESTED_IDS = 64
 
 
 class RealtimeSession:
@@ -41,7 +42,9 @@ class RealtimeSession:
         self.responses_requested = 0
         # In-flight response ids, oldest first (for response.cancel).
         self.in_flight: dict[str, None] = {}
-        self._requested_ids: set[str] = set()
+        # event_ids of unacknowledged response.create events, newest last
+        # (bounded: a provider error naming one means it never bills).
+        self._requested_ids: dict[str, None] = {}
         self.responses = 0
         self.started_at: float | None = None
         self._ttft_from: float | None = None
@@ -113,14 +116,16 @@ class RealtimeSession:
         """The client sent C{response.create} (with C{event_id}, if it gave one): time to first token starts."""
         self.responses_requested += 1
         if event_id is not None:
-            self._requested_ids.add(event_id)
+            self._requested_ids[event_id] = None
+            if len(self._requested_ids) > _MAX_REQUESTED_IDS:
+                del self._requested_ids[next(iter(self._requested_ids))]
         if self._ttft_from is None:
             self._ttft_from = self._clock()
 
     def request_failed(self, event_id: str) -> None:
         """The provider answered a client event with an error: if it was a C{response.create}, no response comes."""
         if event_id in self._requested_ids:
-            self._requested_ids.discard(event_id)
+            del self._requested_ids[event_id]
             self.responses_requested = max(0, self.responses_requested - 1)
 
     @property
@@ -142,6 +147,8 @@ class RealtimeSession:
         # A response the server started on its own (server VAD) answers no
         # request; one the client asked for answers the oldest request.
         self.responses_requested = max(0, self.responses_requested - 1)
+        if not self.responses_requested:
+            self._requested_ids.clear()  # every request answered
         self.responses_in_progress += 1
         if response_id is not None:
             self.in_flight[response_id] = None

@@ -38,6 +38,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self._held: list[tuple[bytes, bool]] | None = []
         self._draining: tuple[int | None, str | None, int | None] | None = None
         self._drain_timer: Any = None
+        self._cancelled: set[str] = set()  # response ids a drain has cancelled
 
     def processHandshake(self) -> Any:
         try:
@@ -89,7 +90,6 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         for their C{response.done} (and usage), then close with C{code}.
         """
         self._draining = (code, reason, client_code)
-        self._cancelled: set[str] = set()
         sink = self.usage_sink
         if sink is None or not sink.in_flight:
             # Not acknowledged yet, or the provider gave no id: the default
