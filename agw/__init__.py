@@ -12,7 +12,7 @@ Embedding::
 """
 
 from agw.config import ConfigError, GatewayConfig, load_config, parse_config
-from agw.gateway import Gateway
-from agw.metrics import GatewayMetrics
+from agw.metering import GatewayMetrics
+from agw.serve import Gateway
 
 __all__ = ["ConfigError", "Gateway", "GatewayConfig", "GatewayMetrics", "load_config", "parse_config"]

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from agw import Gateway, parse_config
-from agw.accesslog import AccessLog
+from agw.metering import AccessLog
 from agw.http import HTTPOptions
 from agw.realtime import RelayOptions
 from agw.testing import FakeOpenAI

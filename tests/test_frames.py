@@ -10,7 +10,7 @@ import os
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.realtime.frames import frame_header, mask_payload
+from agw._internals import frame_header, mask_payload
 
 
 class FrameHeaderTests(SynchronousTestCase):

@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
 from agw.config import Policies, Secret
-from agw.headers import client_response_headers, upstream_headers
+from agw.routing import client_response_headers, upstream_headers
 from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, open_client, recv_event
 
 CHOSEN_BY_CLIENT = {

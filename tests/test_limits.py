@@ -21,10 +21,10 @@ from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
 from agw.http import HTTPOptions
-from agw.http.body import BodyRelay
-from agw.metrics import OTHER_MODEL, GatewayMetrics, ModelLabels, RouteLabels
+from agw.http import BodyRelay
+from agw.metering import OTHER_MODEL, GatewayMetrics, ModelLabels, RouteLabels
 from agw.realtime import RelayOptions
-from agw.usage import TokenUsage
+from agw.metering import TokenUsage
 from tests.support import (
     GatewayTestCase, handshake_status, open_client, raw_exchange, recv_event, status_and_json, wait_closed, wait_until,
 )

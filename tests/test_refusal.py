@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.realtime.refusal import MAX_REFUSAL_BODY, Incomplete, dechunk, parse_refusal
+from agw.realtime import MAX_REFUSAL_BODY, Incomplete, dechunk, parse_refusal
 
 HEAD = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
 

@@ -6,7 +6,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.http.sse import UsageChunkRemover
+from agw.metering import UsageChunkRemover
 
 
 def sse(chunk: object, end: bytes = b"\n\n") -> bytes:

@@ -8,8 +8,9 @@ import tempfile
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.service import GatewayService
-from agw.tap import Options, makeService
+from agw.serve import GatewayService
+from agw.serve import Options
+from agw.serve import makeService
 from tests.support import SEED_CONFIG
 
 
@@ -60,7 +61,7 @@ class WorkersOptionTests(SynchronousTestCase):
             self.options("--workers", "-2")
 
     def test_several_workers_make_a_pool_and_pass_every_other_option_on(self) -> None:
-        from agw.workerpool import WorkerPool
+        from agw.serve._workerpool import WorkerPool
 
         options = self.options("--workers", "2", "--cancel-grace", "1.5")
         service = makeService(options)

@@ -10,7 +10,7 @@ import random
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.realtime.utf8 import DecoderUtf8Validator
+from agw.realtime import DecoderUtf8Validator
 
 SAMPLES = [
     b"",

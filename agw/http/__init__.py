@@ -1,9 +1,11 @@
 """
-HTTP route types through treq: C{completions}, C{embeddings}, C{responses}
-(usage read on the way through) and C{passthrough}.
+HTTP forwarding: C{completions}, C{embeddings}, C{responses} (usage read on
+the way through) and C{passthrough}, over one persistent connection pool
+per gateway. Imports L{agw.routing}, L{agw.metering} and L{agw.config}.
 """
 
-from agw.http.client import HTTPOptions, UpstreamClient
-from agw.http.forward import HTTPForwarder
+from agw.http._body import BodyRelay
+from agw.http._client import HTTPOptions, TargetTLSPolicy, UpstreamClient
+from agw.http._forward import HTTPForwarder
 
-__all__ = ["HTTPForwarder", "HTTPOptions", "UpstreamClient"]
+__all__ = ["BodyRelay", "HTTPForwarder", "HTTPOptions", "TargetTLSPolicy", "UpstreamClient"]

@@ -1,9 +1,20 @@
 """
-The Realtime relay: an Autobahn server leg (L{server}) and upstream leg
-(L{upstream}) joined by L{relay.RealtimeRelay}; usage is read by
-L{usage_mixin.RealtimeUsageMixin} on the upstream leg.
+The Realtime relay: an Autobahn server leg (the client's) and an upstream
+leg (the provider's) joined by L{RealtimeRelay}; usage is read by
+L{RealtimeUsageMixin} on the upstream leg and recorded by the session's
+L{agw.metering.RealtimeSession}. Imports L{agw.routing}, L{agw.metering},
+L{agw.config}; every reach into Autobahn's internals is in
+L{agw._internals}.
 """
 
-from agw.realtime.relay import RealtimeRelay, RelayOptions
+from agw.realtime._leg import RelayLeg, partner_close_code
+from agw.realtime._refusal import MAX_REFUSAL_BODY, Incomplete, UpstreamRefused, dechunk, parse_refusal
+from agw.realtime._relay import RealtimeRelay, RelayOptions, SessionSlots, handshake_headers
+from agw.realtime._usage_mixin import RealtimeUsageMixin, UsageSink
+from agw.realtime._utf8 import DecoderUtf8Validator
 
-__all__ = ["RealtimeRelay", "RelayOptions"]
+__all__ = [
+    "MAX_REFUSAL_BODY", "DecoderUtf8Validator", "Incomplete", "RealtimeRelay", "RealtimeUsageMixin", "RelayLeg",
+    "RelayOptions", "SessionSlots", "UpstreamRefused", "UsageSink", "dechunk", "handshake_headers",
+    "parse_refusal", "partner_close_code",
+]

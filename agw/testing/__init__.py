@@ -4,10 +4,10 @@ L{FakeOpenAI} is an in-process OpenAI upstream (Realtime over Autobahn) that
 keeps a ledger of every token it billed.
 """
 
-from agw.testing.fake import REALTIME_MODEL, FakeOpenAI
-from agw.testing.http import HTTPRequest, chat_usage
-from agw.testing.realtime import Billed, Handshake, Refusal, response_usage
-from agw.testing.tls import TestCA
+from agw.testing._fake import REALTIME_MODEL, FakeOpenAI
+from agw.testing._http import HTTPRequest, chat_usage
+from agw.testing._realtime import Billed, Handshake, Refusal, response_usage
+from agw.testing._tls import TestCA
 
 __all__ = [
     "REALTIME_MODEL", "Billed", "FakeOpenAI", "HTTPRequest", "Handshake", "Refusal", "TestCA", "chat_usage", "response_usage",

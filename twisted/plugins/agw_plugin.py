@@ -1,7 +1,7 @@
 """
 The twistd plugin for agw: C{twistd -n agw -f config.yaml}.
 
-Only names the service maker; everything heavy is imported by L{agw.tap} when
+Only names the service maker; everything heavy is imported by L{agw.serve} when
 twistd actually runs it.
 """
 
@@ -9,7 +9,7 @@ from twisted.application.service import ServiceMaker
 
 agw = ServiceMaker(
     "agw",
-    "agw.tap",
+    "agw.serve",
     "An AI gateway: OpenAI Realtime and HTTP relay with token metrics.",
     "agw",
 )

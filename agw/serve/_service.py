@@ -21,12 +21,12 @@ from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
-from agw.reuseport import ReusePortServerEndpoint
-from agw.site import GatewaySite
-from agw.web import readiness_root, stats_root
+from agw.serve._reuseport import ReusePortServerEndpoint
+from agw.serve._site import GatewaySite
+from agw.serve._admin import readiness_root, stats_root
 
 if TYPE_CHECKING:
-    from agw.gateway import Gateway
+    from agw.serve._gateway import Gateway
 
 # Idle HTTP connections are dropped after this long (twisted.web's default
 # is 12 hours, an invitation to slowloris).

@@ -1,15 +1,11 @@
 """
-Small twisted.web pieces: OpenAI-shaped JSON errors, the metrics page and
-the readiness probe. The gateway's own site and request class are in
-L{agw.site}.
+OpenAI-shaped JSON errors, and what a request says of its client.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -51,49 +47,3 @@ class ErrorResource(Resource):
 
     def render(self, request: Request) -> bytes:
         return render_error(request, self._status, self._message, self._code)
-
-
-class MetricsResource(Resource):
-    """C{/metrics} in Prometheus' text format, from one registry."""
-
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request: Request) -> bytes:
-        request.responseHeaders.setRawHeaders(b"content-type", [CONTENT_TYPE_LATEST.encode()])
-        return generate_latest(self._registry)
-
-
-class ReadinessResource(Resource):
-    """C{/healthz/ready}: 200 once C{is_ready()} says so, 503 before."""
-
-    isLeaf = True
-
-    def __init__(self, is_ready: Callable[[], bool]) -> None:
-        super().__init__()
-        self._is_ready = is_ready
-
-    def render_GET(self, request: Request) -> bytes:
-        if self._is_ready():
-            return b"ready\n"
-        request.setResponseCode(503)
-        return b"not ready\n"
-
-
-def stats_root(registry: CollectorRegistry) -> Resource:
-    """The stats listener's tree: C{/metrics}."""
-    root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry))
-    return root
-
-
-def readiness_root(is_ready: Callable[[], bool]) -> Resource:
-    """The readiness listener's tree: C{/healthz/ready}."""
-    root = Resource()
-    healthz = Resource()
-    root.putChild(b"healthz", healthz)
-    healthz.putChild(b"ready", ReadinessResource(is_ready))
-    return root

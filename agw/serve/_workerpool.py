@@ -1,5 +1,5 @@
 """
-C{twistd agw --workers N}: N gateway processes (L{agw.worker}) listening on
+C{twistd agw --workers N}: N gateway processes (L{agw.serve._worker}) listening on
 each bind's port together (C{SO_REUSEPORT}), and this parent, which keeps
 them running and answers for all of them: one C{/metrics} summing every
 worker (prometheus-client's multiprocess mode; a dead worker's counts are
@@ -29,9 +29,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
-from agw.reuseport import reuse_port_socket
-from agw.service import admin_listeners, bind_host
-from agw.worker import CONTROL_FD, READY
+from agw.serve._reuseport import reuse_port_socket
+from agw.serve._service import admin_listeners, bind_host
+from agw.serve._worker import CONTROL_FD, READY
 
 METRICS_DIR_PREFIX = "agw-metrics-"  # then the parent's pid
 # File types whose samples add up across processes (live gauges are dropped
@@ -158,7 +158,7 @@ class WorkerProcess(ProcessProtocol):
 class WorkerPool(MultiService):
     """
     Runs C{count} worker processes with C{gateway_arguments} (see
-    L{agw.tap.Options.gateway_arguments}); restarts a worker that dies;
+    L{agw.serve.Options.gateway_arguments}); restarts a worker that dies;
     stopping sends every worker SIGTERM (they drain) and waits for them.
     """
 
@@ -231,7 +231,7 @@ class WorkerPool(MultiService):
     def _spawn(self, worker: WorkerProcess) -> None:
         worker.restart = None
         ports = ",".join(f"{config_port}={port}" for config_port, port in self.ports.items())
-        argv = [self._python, "-m", "agw.worker", f"--index={worker.index}", f"--ports={ports}", *self._arguments]
+        argv = [self._python, "-m", "agw.serve._worker", f"--index={worker.index}", f"--ports={ports}", *self._arguments]
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
         self.reactor.spawnProcess(worker, self._python, argv, env=env, childFDs={1: "r", 2: "r", CONTROL_FD: "r"})
 

@@ -18,8 +18,8 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from agw.testing.http import FakeHTTPAPI, FakeV1, HTTPRequest
-from agw.testing.realtime import _HANG, Billed, FakeRealtimeFactory, FakeRealtimeProtocol, Handshake, Refusal
+from agw.testing._http import FakeHTTPAPI, FakeV1, HTTPRequest
+from agw.testing._realtime import _HANG, Billed, FakeRealtimeFactory, FakeRealtimeProtocol, Handshake, Refusal
 
 REALTIME_MODEL = "gpt-realtime-2025-08-28"
 

@@ -18,7 +18,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from agw.backend import BackendTarget
+from agw.routing import BackendTarget
 
 MiB = 1024 * 1024
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agw.accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
-from agw.metrics import GatewayMetrics, ModelLabels, RouteLabels
-from agw.usage import AudioDuration, TokenUsage
+from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
+from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
+from agw.metering._usage import AudioDuration, TokenUsage
 
 CLIENT_TO_UPSTREAM = "client_to_upstream"
 UPSTREAM_TO_CLIENT = "upstream_to_client"

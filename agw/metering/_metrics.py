@@ -9,7 +9,7 @@ from __future__ import annotations
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agw.usage import AudioDuration, TokenUsage
+from agw.metering._usage import AudioDuration, TokenUsage
 
 SYSTEM = "openai"
 TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864

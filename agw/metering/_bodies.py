@@ -1,8 +1,8 @@
 """
-Server-sent event streams on their way to the client: read for usage as
-they pass (L{SSEWatcher}), and, where agw asked the provider for usage the
-client did not ask for, given back as the provider would have sent them
-without it (L{UsageChunkRemover}).
+HTTP response bodies read for usage as they pass: a JSON body kept whole up
+to a limit (L{JSONWatcher}), server-sent events read line by line
+(L{SSEWatcher}), and a chat completion stream given back without the usage
+agw asked for on the client's behalf (L{UsageChunkRemover}).
 """
 
 from __future__ import annotations
@@ -12,11 +12,38 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from agw.usage import TokenUsage, response_model
+from agw.metering._usage import TokenUsage, response_model
 
 UsageExtractor = Callable[[dict[str, Any]], TokenUsage | None]
 # (usage or None, response model or None)
 UsageReport = Callable[[TokenUsage | None, str | None], None]
+
+
+class JSONWatcher:
+    """Keeps a JSON body (up to C{limit} bytes) and reports its usage at the end."""
+
+    def __init__(self, extract: UsageExtractor, report: UsageReport, limit: int) -> None:
+        self._extract, self._report, self._limit = extract, report, limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size <= self._limit:
+            self._chunks.append(data)
+
+    def finish(self) -> None:
+        if self._size > self._limit:
+            self._report(None, None)
+            return
+        try:
+            body = json.loads(b"".join(self._chunks))
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            self._report(self._extract(body), response_model(body))
+        else:
+            self._report(None, None)
 
 
 class SSEWatcher:
@@ -64,6 +91,8 @@ class SSEWatcher:
             self._data(self._partial[5:].strip())
         self._report(self._usage, self._model)
 
+
+Watcher = JSONWatcher | SSEWatcher
 
 # An event ends with a blank line (any of the three line endings SSE allows).
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")

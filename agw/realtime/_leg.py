@@ -12,10 +12,10 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
-from agw.realtime.frames import LeanMessages
-from agw.realtime.timers import cancel_leftover_timers
-from agw.realtime.utf8 import DecoderUtf8Validator
-from agw.tracker import ConnectionTracker
+from agw._internals import LeanMessages
+from agw._internals import cancel_leftover_timers
+from agw.realtime._utf8 import DecoderUtf8Validator
+from agw.routing import ConnectionTracker
 
 # Codes RFC 6455 forbids in a close frame that describe a failure (no close
 # frame, TLS failure): the partner gets 1011. 1005 means "a close frame

@@ -14,15 +14,15 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, TimeoutError as ConnectTimeout
 from twisted.python.failure import Failure
 
-from agw.realtime.leg import RelayLeg
-from agw.realtime.session import CLIENT_TO_UPSTREAM, RealtimeSession
-from agw.realtime.refusal import UpstreamRefused
-from agw.realtime.upstream import UpstreamProtocol
-from agw.usage import client_event_id, client_event_type
-from agw.web import error_body
+from agw.realtime._leg import RelayLeg
+from agw.metering import CLIENT_TO_UPSTREAM, RealtimeSession
+from agw.realtime._refusal import UpstreamRefused
+from agw.realtime._upstream import UpstreamProtocol
+from agw.metering import client_event_id, client_event_type
+from agw.routing import error_body
 
 if TYPE_CHECKING:
-    from agw.realtime.relay import RealtimeRelay
+    from agw.realtime._relay import RealtimeRelay
 
 REALTIME_SUBPROTOCOL = "realtime"
 RESPONSE_CREATE = "response.create"

@@ -21,17 +21,17 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from agw.accesslog import NO_ACCESS_LOG, AccessLog
-from agw.backend import BackendTarget
+from agw.metering import NO_ACCESS_LOG, AccessLog
+from agw.routing import BackendTarget
 from agw.config import Policies
-from agw.headers import upstream_headers
-from agw.metrics import GatewayMetrics, RouteLabels
-from agw.realtime.server import RealtimeServerFactory, RealtimeServerProtocol
-from agw.realtime.session import RealtimeSession
-from agw.realtime.timers import use_reactor_timers
-from agw.realtime.upstream import UpstreamFactory, UpstreamProtocol
-from agw.tracker import ConnectionTracker
-from agw.web import render_error
+from agw.routing import upstream_headers
+from agw.metering import GatewayMetrics, RouteLabels
+from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
+from agw.metering import RealtimeSession
+from agw._internals import use_reactor_timers
+from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
+from agw.routing import ConnectionTracker
+from agw.routing import render_error
 
 MiB = 1024 * 1024
 

@@ -1,11 +1,11 @@
 """
 Response bodies on their way to the client: written as they arrive, with
-back pressure, and watched for usage without holding them whole.
+back pressure, watched for usage (L{agw.metering.Watcher}) without holding
+them whole, and cut off when they go silent.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
@@ -14,39 +14,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from agw.http.sse import SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport
-from agw.usage import response_model
-from agw.web import client_gone
-
-
-class JSONWatcher:
-    """Keeps a JSON body (up to C{limit} bytes) and reports its usage at the end."""
-
-    def __init__(self, extract: UsageExtractor, report: UsageReport, limit: int) -> None:
-        self._extract, self._report, self._limit = extract, report, limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def feed(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size <= self._limit:
-            self._chunks.append(data)
-
-    def finish(self) -> None:
-        if self._size > self._limit:
-            self._report(None, None)
-            return
-        try:
-            body = json.loads(b"".join(self._chunks))
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            self._report(self._extract(body), response_model(body))
-        else:
-            self._report(None, None)
-
-
-Watcher = JSONWatcher | SSEWatcher
+from agw.metering import UsageChunkRemover, Watcher
+from agw.routing import client_gone
 
 
 class BodyRelay(Protocol):

@@ -12,16 +12,16 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTCP
 from twisted.web.resource import IResource
 
-from agw.accesslog import NO_ACCESS_LOG, AccessLog
-from agw.backend import BackendTarget
+from agw.metering import NO_ACCESS_LOG, AccessLog
+from agw.routing import BackendTarget
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
-from agw.metrics import GatewayMetrics, RouteLabels
+from agw.metering import GatewayMetrics, RouteLabels
 from agw.realtime import RealtimeRelay, RelayOptions
-from agw.realtime.relay import SessionSlots
+from agw.realtime import SessionSlots
 from agw.routing import BindResource, RoutedRoute
-from agw.tracker import ConnectionTracker
-from agw.web import ErrorResource
+from agw.routing import ConnectionTracker
+from agw.routing import ErrorResource
 
 
 _HTTP_TYPES = frozenset({
@@ -80,7 +80,7 @@ class Gateway:
         C{interface}), stats and readiness; stopping it drains for up to
         C{drain_period} seconds (see L{drain}).
         """
-        from agw.service import GatewayService
+        from agw.serve._service import GatewayService
 
         return GatewayService(self, interface, drain_period)
 

@@ -25,17 +25,18 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from agw.accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
-from agw.backend import BackendTarget
+from agw.metering import NO_ACCESS_LOG, AccessLog, usage_fields
+from agw.routing import BackendTarget
 from agw.config import Policies, RouteType
-from agw.headers import client_response_headers, upstream_headers
-from agw.http.body import BodyRelay, JSONWatcher, Watcher
-from agw.http.sse import SSEWatcher, UsageChunkRemover, UsageExtractor
-from agw.http.client import UpstreamClient
-from agw.metrics import GatewayMetrics, ModelLabels, RouteLabels
-from agw.tracker import ConnectionTracker
-from agw.usage import TokenUsage, chat_completion_usage, embeddings_usage, responses_usage
-from agw.web import client_gone, client_host, render_error
+from agw.routing import client_response_headers, upstream_headers
+from agw.http._body import BodyRelay
+from agw.metering import JSONWatcher, Watcher
+from agw.metering import SSEWatcher, UsageChunkRemover, UsageExtractor
+from agw.http._client import UpstreamClient
+from agw.metering import GatewayMetrics, ModelLabels, RouteLabels
+from agw.routing import ConnectionTracker
+from agw.metering import TokenUsage, chat_completion_usage, embeddings_usage, responses_usage
+from agw.routing import client_gone, client_host, render_error
 
 # Route types whose bodies the gateway reads: extractor and operation name.
 _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {

@@ -14,10 +14,10 @@ from twisted.internet.defer import ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from agw.testing.realtime import Billed
+from agw.testing._realtime import Billed
 
 if TYPE_CHECKING:
-    from agw.testing.fake import FakeOpenAI
+    from agw.testing._fake import FakeOpenAI
 
 
 @frozen

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from agw.web import error_body, render_error
+from agw.routing import error_body, render_error
 
 _STATUS_LINES = {413: b"413 Payload Too Large", 503: b"503 Service Unavailable"}
 

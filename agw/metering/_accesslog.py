@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from agw.metrics import ModelLabels, RouteLabels
-from agw.usage import TokenUsage
+from agw.metering._metrics import ModelLabels, RouteLabels
+from agw.metering._usage import TokenUsage
 
 
 def usage_fields(usage: TokenUsage | None) -> dict[str, Any]:

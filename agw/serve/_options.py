@@ -1,5 +1,5 @@
 """
-twistd's entry point: C{twistd -n agw -f config.yaml}.
+C{twistd agw}'s command-line options, and the L{Gateway} they describe.
 
 The config is loaded and checked while options are parsed, so a bad config
 stops twistd with one line naming the problem before anything listens.
@@ -8,19 +8,16 @@ stops twistd with one line naming the problem before anything listens.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import IService, Service
-from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
 from agw.config import ConfigError, GatewayConfig, load_config
 
 if TYPE_CHECKING:
-    from agw.accesslog import AccessLog
-    from agw.gateway import Gateway
+    from agw.metering import AccessLog
+    from agw.serve._gateway import Gateway
 
 
 class Options(usage.Options):
@@ -72,7 +69,7 @@ class Options(usage.Options):
 
 def check_files(config: GatewayConfig) -> None:
     """Files the config names (C{backendTLS.root}) can be read; raises L{ConfigError}."""
-    from agw.backend import TrustRootError, read_trust_root
+    from agw.routing import TrustRootError, read_trust_root
 
     for b, bind in enumerate(config.binds):
         for l, listener in enumerate(bind.listeners):
@@ -85,29 +82,11 @@ def check_files(config: GatewayConfig) -> None:
                         raise ConfigError(f"binds[{b}].listeners[{l}].routes[{r}].policies.backendTLS.root", str(e)) from None
 
 
-def makeService(options: Options) -> IService:
-    """The gateway's service, from parsed options: one process, or a pool of workers."""
-    service: Any
-    if options.worker_count > 1:
-        from twisted.internet import reactor
-
-        from agw.workerpool import WorkerPool
-
-        service = WorkerPool(
-            reactor, options.config_object, options["interface"], options.gateway_arguments(), options.worker_count,
-            options["drain-period"], stdout=sys.__stdout__.buffer,
-        )
-    else:
-        service = gateway_from_options(options).service(options["interface"], drain_period=options["drain-period"])
-    CleanExitOnSIGTERM().setServiceParent(service)
-    return service
-
-
 def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:
     """The L{Gateway} these options describe."""
-    from agw.gateway import Gateway
+    from agw.serve._gateway import Gateway
     from agw.http import HTTPOptions
-    from agw.metrics import GatewayMetrics
+    from agw.metering import GatewayMetrics
     from agw.realtime import RelayOptions
 
     http_options = HTTPOptions(
@@ -131,32 +110,9 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
     )
 
 
-class CleanExitOnSIGTERM(Service):
-    """
-    twistd stops on SIGTERM, then kills itself with the same signal to
-    report how it died (exit 143). A gateway that drained and stopped
-    cleanly exits 0 instead: SIGTERM simply stops the reactor.
-    """
-
-    def startService(self) -> None:
-        super().startService()
-        from twisted.internet import reactor
-
-        reactor.callWhenRunning(self._install, reactor)  # after twistd installed its own handlers
-
-    def _install(self, reactor: Any) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(self._stop, reactor))
-
-    def _stop(self, reactor: Any) -> None:
-        try:
-            reactor.stop()
-        except ReactorNotRunning:
-            pass  # a second SIGTERM while stopping: the first one is being carried out
-
-
 def open_access_log(where: str, fields: dict[str, Any] | None = None) -> AccessLog:
     """The access log named on the command line; C{fields} go into every line."""
-    from agw.accesslog import NO_ACCESS_LOG, AccessLog
+    from agw.metering import NO_ACCESS_LOG, AccessLog
 
     if where == "none":
         return NO_ACCESS_LOG

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _GROUND = WebSocketProtocol.SEND_STATE_GROUND
@@ -116,3 +118,37 @@ class LeanMessages:
         if not self.failedByMe:
             self.onMessage(b"".join(self.message_data), self.message_is_binary)
         self.message_data = None
+
+
+# --- Reactor timers for Autobahn factories
+
+
+
+
+class ReactorTimer:
+    """The part of txaio's batched timer interface Autobahn uses."""
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+
+    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> IDelayedCall:
+        return self._reactor.callLater(delay, func, *args, **kwargs)
+
+
+def use_reactor_timers(factory: Any, reactor: IReactorTime) -> None:
+    """Make an Autobahn factory's protocols time out on C{reactor}."""
+    # _batched_timer is Autobahn's private attribute; every timeout in
+    # autobahn.websocket.protocol goes through it (checked for 24.x-26.x).
+    factory._batched_timer = ReactorTimer(reactor)
+
+
+def cancel_leftover_timers(protocol: Any) -> None:
+    """
+    Call from C{connectionLost}: Autobahn leaves its close-handshake timeout
+    pending when the connection ends before the peer's close frame arrives.
+    """
+    for name in ("closeHandshakeTimeoutCall", "openHandshakeTimeoutCall", "serverConnectionDropTimeoutCall"):
+        call = getattr(protocol, name, None)
+        if call is not None and call.active():
+            call.cancel()
+        setattr(protocol, name, None)

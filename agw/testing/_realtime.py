@@ -16,10 +16,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from agw.realtime.timers import cancel_leftover_timers, use_reactor_timers
+from agw._internals import cancel_leftover_timers, use_reactor_timers
 
 if TYPE_CHECKING:
-    from agw.testing.fake import FakeOpenAI
+    from agw.testing._fake import FakeOpenAI
 
 
 @frozen

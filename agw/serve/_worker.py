@@ -23,7 +23,7 @@ from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLo
 from twisted.python import usage
 from zope.interface import implementer
 
-from agw.tap import Options, gateway_from_options
+from agw.serve._options import Options, gateway_from_options
 
 CONTROL_FD = 3
 READY = b"ready\n"
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     from twisted.internet import reactor
 
-    from agw.service import GatewayService
+    from agw.serve._service import GatewayService
 
     log = Logger(namespace="agw.worker")
     globalLogBeginner.beginLoggingTo([JSONLineObserver(sys.stderr)], redirectStandardIO=False)

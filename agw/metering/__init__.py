@@ -1,0 +1,40 @@
+"""
+Metering: what was used, by whom, and where it is recorded. Pure usage
+parsing (L{TokenUsage} from provider events and bodies), the accounting of
+a Realtime session (L{RealtimeSession}) and of HTTP bodies (the watchers),
+the metrics (L{GatewayMetrics}: the only place that knows metric names) and
+the access log. Next: prices, budgets and limits. Imports nothing of agw
+but L{agw.config}.
+"""
+
+from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
+from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
+from agw.metering._metrics import OTHER_MODEL, UNKNOWN_MODEL, GatewayMetrics, ModelLabels, RouteLabels
+from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
+from agw.metering._usage import (
+    AudioDuration,
+    TokenUsage,
+    chat_completion_usage,
+    client_event_id,
+    client_event_type,
+    decode_event,
+    embeddings_usage,
+    error_event_id,
+    might_carry_usage,
+    realtime_response_usage,
+    realtime_transcription_usage,
+    response_id,
+    response_model,
+    responses_usage,
+    session_model,
+    session_transcription_model,
+)
+
+__all__ = [
+    "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",
+    "AccessLog", "AudioDuration", "GatewayMetrics", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
+    "SSEWatcher", "TokenUsage", "UsageChunkRemover", "UsageExtractor", "UsageReport", "Watcher",
+    "chat_completion_usage", "client_event_id", "client_event_type", "decode_event", "embeddings_usage",
+    "error_event_id", "might_carry_usage", "realtime_response_usage", "realtime_transcription_usage", "response_id",
+    "response_model", "responses_usage", "session_model", "session_transcription_model", "usage_fields",
+]

@@ -1,0 +1,31 @@
+"""
+L{RouteContext}: what every forwarder and relay of one route shares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+
+from agw.config import Policies
+from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels
+from agw.routing._backend import BackendTarget
+
+
+@frozen
+class RouteContext:
+    """
+    One route as its forwarders and relays see it: the reactor they run on,
+    the backend they send to, the route's policies, where they record
+    (metrics under the route's labels, the access log), and the model the
+    backend replaces the client's with (C{provider.openAI.model}), if any.
+    """
+
+    reactor: Any  # IReactorTCP and IReactorTime
+    target: BackendTarget
+    policies: Policies
+    metrics: GatewayMetrics
+    labels: RouteLabels
+    access_log: AccessLog = NO_ACCESS_LOG
+    model_override: str | None = None
