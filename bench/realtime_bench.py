@@ -35,7 +35,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import result_path, run_on_reactor, cpu_seconds, machine, rss_kib, start_agw, start_byte_relays, start_fake  # noqa: E402
+from common import cpu_seconds, machine, result_path, rss_kib, run_on_reactor, start_agw, start_byte_relays, start_fake  # noqa: E402
 
 ECHO = json.dumps({"type": "test.echo", "event_id": "evt_bench", "n": 1}).encode()
 APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (48 * 1024)}).encode()

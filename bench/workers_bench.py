@@ -20,10 +20,10 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import result_path, run_on_reactor, children, cpu_seconds, machine, start_agw, start_fake  # noqa: E402
+from common import children, cpu_seconds, machine, result_path, run_on_reactor, start_agw, start_fake  # noqa: E402
 from realtime_bench import message_rate, round_trips  # noqa: E402
 
 

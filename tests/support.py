@@ -28,8 +28,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from agw import Gateway, parse_config
-from agw.metering import AccessLog
 from agw.http import HTTPOptions
+from agw.metering import AccessLog
 from agw.realtime import RelayOptions
 from agw.testing import FakeOpenAI
 

@@ -14,9 +14,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.metering import GatewayMetrics, RouteLabels
+from agw.metering import GatewayMetrics, RealtimeSession, RouteLabels
 from agw.realtime import RelayOptions
-from agw.metering import RealtimeSession
 from agw.testing import REALTIME_MODEL
 from tests.support import GatewayTestCase, open_client, recv_event, token_sums, wait_until
 

@@ -15,10 +15,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from agw.config import MiB
 from agw.testing import FakeOpenAI
 from tests.support import TwistdAgw, open_client, recv_event, rss, wait_until
 
-MiB = 1024 * 1024
 TOTAL = 500 * MiB
 BOUND = 64 * MiB
 

@@ -93,6 +93,11 @@ class BadConfigTests(SynchronousTestCase):
         message = self.error(route_yaml("      policies:\n        ai:\n          routes:\n            /x: chatty\n"))
         self.assertIn("policies.ai.routes./x: unknown route type 'chatty'", message)
 
+    def test_route_types_agw_does_not_serve_are_refused(self) -> None:
+        for kind in ("messages", "detect"):
+            message = self.error(route_yaml(f"      policies:\n        ai:\n          routes:\n            /v1/messages: {kind}\n"))
+            self.assertIn(f"policies.ai.routes./v1/messages: route type {kind} is supported by agentgateway but not by agw yet", message)
+
     def test_bad_regex(self) -> None:
         text = "binds:\n- port: 1\n  listeners:\n  - routes:\n    - matches:\n      - path:\n          regex: '('\n"
         self.assertIn("matches[0].path.regex: invalid regex", self.error(text))

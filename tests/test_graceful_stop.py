@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-import json
-
 from tests.support import (
-    GatewayTestCase, accepts_connections, open_client, recv_event, registry_samples, token_sums, wait_closed, wait_until,
+    GatewayTestCase,
+    accepts_connections,
+    open_client,
+    recv_event,
+    registry_samples,
+    token_sums,
+    wait_closed,
+    wait_until,
 )
+
 
 class GracefulStopTests(GatewayTestCase):
     @inlineCallbacks

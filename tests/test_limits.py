@@ -20,13 +20,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
-from agw.http import HTTPOptions
-from agw.http import BodyRelay
-from agw.metering import OTHER_MODEL, GatewayMetrics, ModelLabels, RouteLabels
+from agw.http import BodyRelay, HTTPOptions
+from agw.metering import OTHER_MODEL, GatewayMetrics, ModelLabels, RouteLabels, TokenUsage
 from agw.realtime import RelayOptions
-from agw.metering import TokenUsage
 from tests.support import (
-    GatewayTestCase, handshake_status, open_client, raw_exchange, recv_event, status_and_json, wait_closed, wait_until,
+    GatewayTestCase,
+    handshake_status,
+    open_client,
+    raw_exchange,
+    recv_event,
+    status_and_json,
+    wait_closed,
+    wait_until,
 )
 
 

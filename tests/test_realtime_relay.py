@@ -15,12 +15,19 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from agw.config import MiB
 from agw.realtime import RelayOptions
 from tests.support import (
-    BACKEND_KEY, CLIENT_KEY, GatewayTestCase, handshake_status, open_client, recv_event, token_sums, wait_closed, wait_until,
+    BACKEND_KEY,
+    CLIENT_KEY,
+    GatewayTestCase,
+    handshake_status,
+    open_client,
+    recv_event,
+    token_sums,
+    wait_closed,
+    wait_until,
 )
-
-MiB = 1024 * 1024
 
 
 class CloseCodeTests(GatewayTestCase):

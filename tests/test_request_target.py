@@ -18,8 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from agw import Gateway, parse_config
-from agw.routing import BackendTarget
-from agw.routing import BadTarget, OriginTarget, parse_target
+from agw.routing import BackendTarget, BadTarget, OriginTarget, parse_target
 from agw.testing import FakeOpenAI
 from tests.support import BACKEND_KEY, GatewayTestCase, raw_exchange, seed_config_text, status_and_json
 

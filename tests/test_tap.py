@@ -8,9 +8,7 @@ import tempfile
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.serve import GatewayService
-from agw.serve import Options
-from agw.serve import makeService
+from agw.serve import GatewayService, Options, makeService
 from tests.support import SEED_CONFIG
 
 
@@ -34,8 +32,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("binds[0].nonsense: unknown field", str(e.exception))
 
     def test_plugin_names_the_service_maker(self) -> None:
-        from twisted.plugin import getPlugins
         from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
 
         names = [p.tapname for p in getPlugins(IServiceMaker)]
         self.assertIn("agw", names)

@@ -18,7 +18,15 @@ from twisted.trial.unittest import TestCase
 
 from agw import Gateway, parse_config
 from agw.testing import REALTIME_MODEL, FakeOpenAI, TestCA
-from tests.support import BACKEND_KEY, handshake_status, registry_samples, run_session, seed_config_text, token_sums, wait_until
+from tests.support import (
+    BACKEND_KEY,
+    handshake_status,
+    registry_samples,
+    run_session,
+    seed_config_text,
+    token_sums,
+    wait_until,
+)
 
 
 class BackendTLSTests(TestCase):

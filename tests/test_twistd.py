@@ -22,7 +22,15 @@ from twisted.trial.unittest import TestCase
 
 from agw.testing import REALTIME_MODEL, FakeOpenAI
 from tests.support import (
-    BACKEND_KEY, CLIENT_KEY, REPO, SEED_CONFIG, TwistdAgw, open_client, recv_event, run_session, wait_until,
+    BACKEND_KEY,
+    CLIENT_KEY,
+    REPO,
+    SEED_CONFIG,
+    TwistdAgw,
+    open_client,
+    recv_event,
+    run_session,
+    wait_until,
 )
 
 

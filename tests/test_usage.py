@@ -6,7 +6,18 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.metering import AudioDuration, TokenUsage, chat_completion_usage, decode_event, embeddings_usage, might_carry_usage, realtime_response_usage, realtime_transcription_usage, responses_usage, session_model
+from agw.metering import (
+    AudioDuration,
+    TokenUsage,
+    chat_completion_usage,
+    decode_event,
+    embeddings_usage,
+    might_carry_usage,
+    realtime_response_usage,
+    realtime_transcription_usage,
+    responses_usage,
+    session_model,
+)
 
 RESPONSE_DONE = {
     "type": "response.done",

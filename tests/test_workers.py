@@ -25,9 +25,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from agw.testing import REALTIME_MODEL, FakeOpenAI
 from agw.serve._workerpool import fold_dead_worker_metrics, remove_stale_metrics_dirs
-from tests.support import BACKEND_KEY, CLIENT_KEY, open_client, recv_event, samples, token_sums, TwistdAgw, wait_until
+from agw.testing import REALTIME_MODEL, FakeOpenAI
+from tests.support import BACKEND_KEY, CLIENT_KEY, TwistdAgw, open_client, recv_event, samples, token_sums, wait_until
 
 SESSIONS = 16
 

@@ -5,13 +5,14 @@ classes. No Twisted, no I/O beyond reading the file.
 
 from agw.config.load import ConfigError, load_config, parse_config
 from agw.config.model import (
-    AIBackend,
     Address,
+    AIBackend,
     BackendTLS,
     Bind,
     GatewayConfig,
     HeaderTransform,
     Listener,
+    MiB,
     PathMatch,
     Policies,
     Route,
@@ -21,6 +22,6 @@ from agw.config.model import (
 )
 
 __all__ = [
-    "AIBackend", "Address", "BackendTLS", "Bind", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener",
+    "AIBackend", "Address", "BackendTLS", "Bind", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "MiB",
     "PathMatch", "Policies", "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
 ]

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from agw.config.model import (
-    AIBackend,
     Address,
+    AIBackend,
     BackendTLS,
     Bind,
     GatewayConfig,
@@ -58,6 +58,9 @@ _UNSUPPORTED: dict[str, frozenset[str]] = {
     "transformations": frozenset({"response"}),
     "requestTransform": frozenset({"body"}),
 }
+
+# Route types agentgateway has and agw does not serve: refused at load, never answered 501 at run time.
+_UNSERVED_ROUTE_TYPES = frozenset({RouteType.MESSAGES, RouteType.DETECT})
 
 _ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})\Z")
 
@@ -266,10 +269,13 @@ class _Parser:
         ai_routes = []
         for suffix, kind in routes.items():
             try:
-                ai_routes.append((suffix, RouteType(kind)))
+                route_type = RouteType(kind)
             except ValueError:
                 choices = ", ".join(t.value for t in RouteType)
                 raise self.fail(path + ("ai", "routes", suffix), f"unknown route type {kind!r} (one of {choices})") from None
+            if route_type in _UNSERVED_ROUTE_TYPES:
+                raise self.fail(path + ("ai", "routes", suffix), f"route type {kind} is supported by agentgateway but not by agw yet")
+            ai_routes.append((suffix, route_type))
         key = None
         if policies.get("backendAuth") is not None:
             auth = self.mapping(policies["backendAuth"], path + ("backendAuth",), {"key"}, "backendAuth")

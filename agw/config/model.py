@@ -9,6 +9,9 @@ from enum import Enum
 
 from attrs import field, frozen
 
+# Sizes in options and limits are in bytes.
+MiB = 1024 * 1024
+
 
 class RouteType(str, Enum):
     """What a request on an AI backend is, chosen by C{policies.ai.routes}."""

@@ -11,16 +11,15 @@ from attrs import frozen
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from agw.config import MiB
 from agw.routing import BackendTarget
-
-MiB = 1024 * 1024
 
 
 @frozen

@@ -8,35 +8,48 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from typing import Any
 
-from attrs import define
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from OpenSSL.SSL import Error as SSLError
 from twisted.web.client import (
-    FileBodyProducer, RequestTransmissionFailed, ResponseDone, ResponseFailed, ResponseNeverReceived,
+    FileBodyProducer,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from agw.metering import NO_ACCESS_LOG, AccessLog, usage_fields
-from agw.routing import BackendTarget
-from agw.config import Policies, RouteType
-from agw.routing import client_response_headers, upstream_headers
+from agw.config import RouteType
 from agw.http._body import BodyRelay
-from agw.metering import JSONWatcher, Watcher
-from agw.metering import SSEWatcher, UsageChunkRemover, UsageExtractor
 from agw.http._client import UpstreamClient
-from agw.metering import GatewayMetrics, ModelLabels, RouteLabels
-from agw.routing import ConnectionTracker
-from agw.metering import TokenUsage, chat_completion_usage, embeddings_usage, responses_usage
-from agw.routing import client_gone, client_host, render_error
+from agw.metering import (
+    HTTPExchange,
+    JSONWatcher,
+    SSEWatcher,
+    UsageChunkRemover,
+    UsageExtractor,
+    UsageReport,
+    Watcher,
+    chat_completion_usage,
+    embeddings_usage,
+    responses_usage,
+)
+from agw.routing import (
+    ConnectionTracker,
+    RouteContext,
+    client_gone,
+    client_host,
+    client_response_headers,
+    render_error,
+    upstream_headers,
+)
 
 # Route types whose bodies the gateway reads: extractor and operation name.
 _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
@@ -44,25 +57,6 @@ _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
     RouteType.RESPONSES: (responses_usage, "chat"),
     RouteType.EMBEDDINGS: (embeddings_usage, "embeddings"),
 }
-
-
-@define
-class _Exchange:
-    """What one forwarded request turned out to be, for metrics and the access log."""
-
-    path: bytes
-    request_model: str | None = None
-    response_model: str | None = None
-    usage: TokenUsage | None = None
-    first_byte_at: float | None = None
-    streamed: bool = False
-    # agw asked for stream usage the client did not ask for: remove it again.
-    hide_stream_usage: bool = False
-    # The response body went silent past the idle timeout and was cut off.
-    body_timed_out: bool = False
-
-    def report(self, usage: TokenUsage | None, model: str | None) -> None:
-        self.usage, self.response_model = usage, model
 
 
 def _tls_failed(error: Exception) -> str | None:
@@ -88,30 +82,16 @@ class HTTPForwarder(Resource):
     log = Logger()
 
     def __init__(
-        self,
-        route_type: RouteType,
-        client: UpstreamClient,
-        target: BackendTarget,
-        policies: Policies,
-        model_override: str | None,
-        metrics: GatewayMetrics,
-        route: RouteLabels,
-        reactor: IReactorTime,
-        access_log: AccessLog = NO_ACCESS_LOG,
+        self, route_type: RouteType, client: UpstreamClient, context: RouteContext,
         in_flight: ConnectionTracker | None = None,
     ) -> None:
         super().__init__()
-        self._log = access_log
-        self._in_flight = in_flight if in_flight is not None else ConnectionTracker()
         self._type = route_type
         self._parsed = _PARSED.get(route_type)
         self._client = client
-        self._target = target
-        self._policies = policies
-        self._model_override = model_override
-        self._metrics = metrics
-        self._route = route
-        self._reactor = reactor
+        self._context = context
+        self._reactor = context.reactor
+        self._in_flight = in_flight if in_flight is not None else ConnectionTracker()
 
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
@@ -127,16 +107,16 @@ class HTTPForwarder(Resource):
             request.finish()
 
     async def _forward(self, request: Request) -> None:
-        started = self._reactor.seconds()
         method = request.method
         path, _, query = request.uri.decode("latin-1").partition("?")
-        exchange = _Exchange(request.path)
+        exchange = self._exchange(request)
         try:
             body = self._request_body(request, exchange)
         except _Refused as refused:
-            return self._answer(request, started, refused.status, refused.message, refused.code, refused.error_type)
+            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type)
 
-        pending = self._client.request(method, self._target.url(path, query), self._headers(request), body)
+        url = self._context.target.url(path, query)
+        pending = self._client.request(method, url, self._headers(request), body)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
         timed_out: list[bool] = []
@@ -145,7 +125,7 @@ class HTTPForwarder(Resource):
             timed_out.append(True)
             pending.cancel()
 
-        timer = self._reactor.callLater(self._client.options.response_timeout, time_out)  # type: ignore[attr-defined]
+        timer = self._reactor.callLater(self._client.options.response_timeout, time_out)
         try:
             response: IResponse = await pending
         except (
@@ -153,15 +133,15 @@ class HTTPForwarder(Resource):
             RequestTransmissionFailed, ResponseNeverReceived,
         ) as e:
             if timed_out:
-                return self._answer(request, started, 504, "upstream did not answer in time", "upstream_timeout")
+                return self._answer(request, 504, "upstream did not answer in time", "upstream_timeout")
             if client_gone(request):
-                return self._record(method, 499, started, exchange)
+                return self._record(method, 499, exchange)
             if _tls_failed(e):
                 self.log.warn("TLS to the upstream of {path} failed: {reason}", path=exchange.path, reason=_tls_failed(e))
-                return self._answer(request, started, 502, "upstream TLS verification failed", "upstream_tls_error")
+                return self._answer(request, 502, "upstream TLS verification failed", "upstream_tls_error")
             if isinstance(e, ResponseFailed):
-                return self._answer(request, started, 502, "upstream closed the connection", "upstream_closed")
-            return self._answer(request, started, 502, "upstream unreachable", "upstream_unreachable")
+                return self._answer(request, 502, "upstream closed the connection", "upstream_closed")
+            return self._answer(request, 502, "upstream unreachable", "upstream_unreachable")
         finally:
             if timer.active():
                 timer.cancel()
@@ -184,7 +164,7 @@ class HTTPForwarder(Resource):
             exchange.first_byte_at = self._reactor.seconds()
 
         relay = BodyRelay(
-            request, watcher, first_byte, remover, self._reactor, self._client.options.body_idle_timeout,  # type: ignore[arg-type]
+            request, watcher, first_byte, remover, self._reactor, self._client.options.body_idle_timeout,
         )
         response.deliverBody(relay)
         reason = await relay.done
@@ -194,9 +174,13 @@ class HTTPForwarder(Resource):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
             else:
                 request.finish()
-        self._record(method, response.code, started, exchange)
+        self._record(method, response.code, exchange)
 
-    def _request_body(self, request: Request, exchange: _Exchange) -> IBodyProducer | None:
+    def _exchange(self, request: Request) -> HTTPExchange:
+        operation = self._parsed[1] if self._parsed else None
+        return HTTPExchange(request.path, self._reactor.seconds(), operation)
+
+    def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
         """The body to send upstream; notes the request model (and stream usage injection) on C{exchange}."""
         content = request.content
         content.seek(0, 2)
@@ -222,8 +206,9 @@ class HTTPForwarder(Resource):
         if not isinstance(body, dict):
             raise _Refused(400, "request body must be a JSON object", "invalid_json")
         changed = False
-        if self._model_override is not None and body.get("model") != self._model_override:
-            body["model"] = self._model_override
+        override = self._context.model_override
+        if override is not None and body.get("model") != override:
+            body["model"] = override
             changed = True
         if self._type is RouteType.COMPLETIONS and body.get("stream") is True:
             options = body.get("stream_options")
@@ -243,17 +228,17 @@ class HTTPForwarder(Resource):
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
-        # treq negotiates (and decodes) compression itself.
+        # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
-            client, self._policies, also_drop=("accept-encoding",), client_address=client_host(request),
+            client, self._context.policies, also_drop=("accept-encoding",), client_address=client_host(request),
         )
         result = Headers()
         for name, value in headers:
             result.addRawHeader(name, value)
-        result.setRawHeaders(b"host", [self._target.authority.encode("ascii")])
+        result.setRawHeaders(b"host", [self._context.target.authority.encode("ascii")])
         return result
 
-    def _watcher(self, response: IResponse, report: Any) -> Watcher | None:
+    def _watcher(self, response: IResponse, report: UsageReport) -> Watcher | None:
         if self._parsed is None or not 200 <= response.code < 300:
             return None
         extract = self._parsed[0]
@@ -262,32 +247,13 @@ class HTTPForwarder(Resource):
             return SSEWatcher(extract, report)
         return JSONWatcher(extract, report, self._client.options.max_json_body)
 
-    def _answer(self, request: Request, started: float, status: int, message: str, code: str, error_type: str = "gateway_error") -> None:
+    def _answer(self, request: Request, status: int, message: str, code: str, error_type: str = "gateway_error") -> None:
         if client_gone(request):
             return
         request.write(render_error(request, status, message, code, error_type))
         request.finish()
-        self._record(request.method, status, started, _Exchange(request.path))
+        self._record(request.method, status, self._exchange(request))
 
-    def _record(self, method: bytes, status: int, started: float, exchange: _Exchange) -> None:
-        now = self._reactor.seconds()
-        self._metrics.record_request(self._route, method, status, now - started)
-        usage = exchange.usage
-        models = ModelLabels(self._parsed[1], exchange.request_model, exchange.response_model) if self._parsed else None
-        # The path only: a query string is the client's business.
-        self._log.emit(
-            "http", self._route, models,
-            **{"http.request.method": method.decode("ascii", "replace"), "url.path": exchange.path.decode("utf-8", "replace"),
-               "http.response.status_code": status, "duration_s": round(now - started, 6), **usage_fields(usage),
-               **({"agw.body_timed_out": True} if exchange.body_timed_out else {})},
-        )
-        if models is None or not 200 <= status < 300:
-            return
-        first = exchange.first_byte_at
-        self._metrics.record_llm_timing(
-            self._route, models, now - started,
-            time_to_first_token=(first - started) if first is not None and exchange.streamed else None,
-            output_tokens=usage.output if usage is not None else 0,
-        )
-        if usage is not None:
-            self._metrics.record_tokens(self._route, models, usage)
+    def _record(self, method: bytes, status: int, exchange: HTTPExchange) -> None:
+        context = self._context
+        exchange.record(context.metrics, context.labels, context.access_log, method, status, self._reactor.seconds())

@@ -9,6 +9,7 @@ but L{agw.config}.
 
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
+from agw.metering._http import HTTPExchange
 from agw.metering._metrics import OTHER_MODEL, UNKNOWN_MODEL, GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.metering._usage import (
@@ -32,7 +33,7 @@ from agw.metering._usage import (
 
 __all__ = [
     "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",
-    "AccessLog", "AudioDuration", "GatewayMetrics", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
+    "AccessLog", "AudioDuration", "GatewayMetrics", "HTTPExchange", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
     "SSEWatcher", "TokenUsage", "UsageChunkRemover", "UsageExtractor", "UsageReport", "Watcher",
     "chat_completion_usage", "client_event_id", "client_event_type", "decode_event", "embeddings_usage",
     "error_event_id", "might_carry_usage", "realtime_response_usage", "realtime_transcription_usage", "response_id",

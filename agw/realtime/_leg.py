@@ -12,8 +12,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
-from agw._internals import LeanMessages
-from agw._internals import cancel_leftover_timers
+from agw._internals import LeanMessages, cancel_leftover_timers
 from agw.realtime._utf8 import DecoderUtf8Validator
 from agw.routing import ConnectionTracker
 

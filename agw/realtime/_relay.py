@@ -10,30 +10,22 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from attrs import frozen
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from agw.metering import NO_ACCESS_LOG, AccessLog
-from agw.routing import BackendTarget
-from agw.config import Policies
-from agw.routing import upstream_headers
-from agw.metering import GatewayMetrics, RouteLabels
-from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
-from agw.metering import RealtimeSession
 from agw._internals import use_reactor_timers
+from agw.config import Policies
+from agw.metering import RealtimeSession
+from agw.realtime._options import RelayOptions, SessionSlots
+from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
-from agw.routing import ConnectionTracker
-from agw.routing import render_error
-
-MiB = 1024 * 1024
+from agw.routing import ConnectionTracker, RouteContext, render_error, upstream_headers
 
 # The client's WebSocket handshake headers: the upstream leg makes its own.
 _HANDSHAKE_HEADERS = frozenset({
@@ -43,50 +35,6 @@ _HANDSHAKE_HEADERS = frozenset({
 _KEY_PROTOCOL = "openai-insecure-api-key."
 _ORG_PROTOCOL = "openai-organization."
 _PROJECT_PROTOCOL = "openai-project."
-
-
-@frozen
-class RelayOptions:
-    """Limits and timeouts of the Realtime relay."""
-
-    max_message_size: int = 16 * MiB
-    handshake_timeout: float = 10.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    close_timeout: float = 1.0
-    # How long a response the client abandoned may take to report its usage.
-    cancel_grace: float = 5.0
-    # How often open sessions add their message and byte counts to the metrics.
-    counter_flush_interval: float = 1.0
-    # Bytes that may wait to be sent to one peer before reading from the
-    # other pauses (flow control), per leg.
-    write_buffer_size: int = 256 * 1024
-    # Fragments one message may have (then close 1009).
-    max_fragments: int = 1024
-    # Sessions (handshakes included) one bind serves at once; more: 503.
-    max_sessions: int = 10_000
-
-
-class SessionSlots:
-    """The Realtime sessions of one bind, counted against C{limit} (shared by its routes' relays)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._held: set[object] = set()
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    def acquire(self, holder: object) -> bool:
-        """Take a slot for C{holder}; C{False} when all are taken."""
-        if len(self._held) >= self.limit:
-            return False
-        self._held.add(holder)
-        return True
-
-    def release(self, holder: object) -> None:
-        """Give C{holder}'s slot back (if it has one)."""
-        self._held.discard(holder)
 
 
 def handshake_headers(
@@ -128,23 +76,12 @@ class RealtimeRelay:
     log = Logger()
 
     def __init__(
-        self,
-        reactor: IReactorTCP,
-        target: BackendTarget,
-        policies: Policies,
-        metrics: GatewayMetrics,
-        route: RouteLabels,
-        options: RelayOptions = RelayOptions(),
-        access_log: AccessLog = NO_ACCESS_LOG,
-        slots: SessionSlots | None = None,
+        self, context: RouteContext, options: RelayOptions = RelayOptions(), slots: SessionSlots | None = None,
     ) -> None:
+        reactor = context.reactor
+        self._context = context
         self._reactor = reactor
         self.slots = slots if slots is not None else SessionSlots(options.max_sessions)
-        self._access_log = access_log
-        self._target = target
-        self._policies = policies
-        self._metrics = metrics
-        self._route = route
         self.options = options
         self.sessions: set[RealtimeServerProtocol] = set()
         self.connections = ConnectionTracker()  # both legs of every session
@@ -177,7 +114,8 @@ class RealtimeRelay:
     def new_session(self, request: ConnectionRequest) -> RealtimeSession:
         """Accounting for a client that is shaking hands."""
         model = request.params.get("model", [None])[0]
-        return RealtimeSession(self._metrics, self._route, model, self._reactor.seconds, self._access_log)  # type: ignore[attr-defined]
+        context = self._context
+        return RealtimeSession(context.metrics, context.labels, model, self._reactor.seconds, context.access_log)
 
     def open_upstream(
         self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,
@@ -189,9 +127,9 @@ class RealtimeRelay:
         is the client's TCP address (for C{X-Forwarded-For}).
         """
         split = urlsplit(request_uri)
-        url = self._target.url(split.path, split.query, websocket=True)
+        url = self._context.target.url(split.path, split.query, websocket=True)
         peer = getattr(request_peer, "host", None)
-        headers = handshake_headers(request.headers, request.protocols, self._policies, peer)
+        headers = handshake_headers(request.headers, request.protocols, self._context.policies, peer)
         factory = UpstreamFactory(url, headers=headers, useragent=None)
         factory.setProtocolOptions(
             maxMessagePayloadSize=self.options.max_message_size,
@@ -213,7 +151,7 @@ class RealtimeRelay:
         factory.clock = self._reactor
         factory.write_buffer_size = self.options.write_buffer_size
         factory.max_fragments = self.options.max_fragments
-        connecting = self._target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
+        connecting = self._context.target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
 
         def cancel(opened: Deferred[UpstreamProtocol]) -> None:
             # Timed out, or the client left: abandon the attempt at any stage.

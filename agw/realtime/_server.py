@@ -6,23 +6,40 @@ refusals reach the client as HTTP statuses instead of silent closes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, TimeoutError as ConnectTimeout
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from agw.metering import CLIENT_TO_UPSTREAM, RealtimeSession, client_event_id, client_event_type
 from agw.realtime._leg import RelayLeg
-from agw.metering import CLIENT_TO_UPSTREAM, RealtimeSession
+from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._refusal import UpstreamRefused
 from agw.realtime._upstream import UpstreamProtocol
-from agw.metering import client_event_id, client_event_type
-from agw.routing import error_body
+from agw.routing import ConnectionTracker, error_body
 
-if TYPE_CHECKING:
-    from agw.realtime._relay import RealtimeRelay
+
+class SessionHost(Protocol):
+    """What a server leg needs of its relay (L{agw.realtime.RealtimeRelay})."""
+
+    options: RelayOptions
+    slots: SessionSlots
+    connections: ConnectionTracker
+    log: Logger
+
+    def new_session(self, request: ConnectionRequest) -> RealtimeSession: ...
+
+    def open_upstream(
+        self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,
+    ) -> Deferred[UpstreamProtocol]: ...
+
+    def opened(self, leg: RealtimeServerProtocol) -> None: ...
+
+    def closed(self, leg: RealtimeServerProtocol) -> None: ...
 
 REALTIME_SUBPROTOCOL = "realtime"
 RESPONSE_CREATE = "response.create"
@@ -158,7 +175,7 @@ class RealtimeServerFactory(WebSocketServerFactory):
 
     protocol = RealtimeServerProtocol
 
-    def __init__(self, relay: RealtimeRelay, **kwargs: Any) -> None:
+    def __init__(self, relay: SessionHost, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.relay = relay
         self.tracker = relay.connections

@@ -13,11 +13,12 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
+from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.realtime._leg import RelayLeg
 from agw.realtime._refusal import Incomplete, parse_refusal
-from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession
-from agw.routing import ConnectionTracker
 from agw.realtime._usage_mixin import RealtimeUsageMixin
+from agw.routing import ConnectionTracker
+
 
 class UpstreamClosed(Exception):
     """The upstream connection ended before the handshake completed."""

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agw.metering import TRANSCRIPTION
-from agw.metering import AudioDuration, TokenUsage, decode_event, error_event_id, might_carry_usage, realtime_response_usage, realtime_transcription_usage, response_id, session_model, session_transcription_model
+from agw.metering import (
+    TRANSCRIPTION,
+    AudioDuration,
+    TokenUsage,
+    decode_event,
+    error_event_id,
+    might_carry_usage,
+    realtime_response_usage,
+    realtime_transcription_usage,
+    response_id,
+    session_model,
+    session_transcription_model,
+)
 
 # Deltas start with their type (OpenAI serialises "type" first); only the
 # head of a message is looked at, and only while a first token is awaited.

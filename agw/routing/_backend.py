@@ -10,8 +10,7 @@ from urllib.parse import urlunsplit
 from attrs import field, frozen
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTCP, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
 from agw.config import AIBackend, BackendTLS

@@ -14,8 +14,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from agw.config import Listener, Route, RouteMatch, RouteType
-from agw.routing._target import BadTarget, parse_target
 from agw.routing._errors import render_error
+from agw.routing._target import BadTarget, parse_target
 
 # Rank of a match kind: exact beats prefix beats regex beats match-all.
 _EXACT, _PREFIX, _REGEX, _ANY = 0, 1, 2, 3

@@ -12,21 +12,11 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTCP
 from twisted.web.resource import IResource
 
-from agw.metering import NO_ACCESS_LOG, AccessLog
-from agw.routing import BackendTarget
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
-from agw.metering import GatewayMetrics, RouteLabels
-from agw.realtime import RealtimeRelay, RelayOptions
-from agw.realtime import SessionSlots
-from agw.routing import BindResource, RoutedRoute
-from agw.routing import ConnectionTracker
-from agw.routing import ErrorResource
-
-
-_HTTP_TYPES = frozenset({
-    RouteType.COMPLETIONS, RouteType.EMBEDDINGS, RouteType.RESPONSES, RouteType.PASSTHROUGH, RouteType.MODELS,
-})
+from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels
+from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
+from agw.routing import BackendTarget, BindResource, ConnectionTracker, ErrorResource, RouteContext, RoutedRoute
 
 
 class Gateway:
@@ -117,37 +107,32 @@ class Gateway:
         )
 
     def _route_resources(self, bind: Bind, listener: Listener, route: Route, slots: SessionSlots) -> Any:
-        labels = RouteLabels.of(bind.port, listener.name, route.name)
         if not route.backends:
             missing = ErrorResource(500, f"route {route.name} has no backend", "no_backend")
             return lambda route_type: missing
-        target = BackendTarget.from_backend(route.backends[0], route.policies.backend_tls)
+        backend = route.backends[0]
+        target = BackendTarget.from_backend(backend, route.policies.backend_tls)
         if target.tls:
             self.http_client.tls.register(target)
+        context = RouteContext(
+            self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
+            self.access_log, backend.model,
+        )
         built: dict[RouteType, IResource] = {}
 
         def resource_for(route_type: RouteType) -> IResource:
             # Built on first use: most routes serve one or two types.
             if route_type not in built:
-                built[route_type] = self._build(route_type, route, target, labels, slots)
+                built[route_type] = self._build(route_type, context, slots)
             return built[route_type]
 
         return resource_for
 
-    def _build(
-        self, route_type: RouteType, route: Route, target: BackendTarget, labels: RouteLabels, slots: SessionSlots,
-    ) -> IResource:
+    def _build(self, route_type: RouteType, context: RouteContext, slots: SessionSlots) -> IResource:
         if route_type is RouteType.REALTIME:
-            relay = RealtimeRelay(
-                self.reactor, target, route.policies, self.metrics, labels, self.relay_options, self.access_log, slots,
-            )
+            relay = RealtimeRelay(context, self.relay_options, slots)
             self.relays.append(relay)
             return relay.resource
-        if route_type in _HTTP_TYPES:
-            model = route.backends[0].model
-            forwarded_as = RouteType.PASSTHROUGH if route_type is RouteType.MODELS else route_type
-            return HTTPForwarder(
-                forwarded_as, self.http_client, target, route.policies, model, self.metrics, labels,
-                self.reactor, self.access_log, self.in_flight,  # type: ignore[arg-type]
-            )
-        return ErrorResource(501, f"route type {route_type.value} is not supported by agw yet", "unsupported_route_type")
+        # models is forwarded like passthrough; the config refuses the types agw does not serve.
+        forwarded_as = RouteType.PASSTHROUGH if route_type is RouteType.MODELS else route_type
+        return HTTPForwarder(forwarded_as, self.http_client, context, self.in_flight)

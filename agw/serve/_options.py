@@ -84,10 +84,10 @@ def check_files(config: GatewayConfig) -> None:
 
 def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:
     """The L{Gateway} these options describe."""
-    from agw.serve._gateway import Gateway
     from agw.http import HTTPOptions
     from agw.metering import GatewayMetrics
     from agw.realtime import RelayOptions
+    from agw.serve._gateway import Gateway
 
     http_options = HTTPOptions(
         response_timeout=options["upstream-timeout"],

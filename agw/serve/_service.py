@@ -6,7 +6,7 @@ and readiness listeners, stopped cleanly.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
@@ -21,16 +21,28 @@ from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
+from agw.metering import GatewayMetrics
+from agw.serve._admin import readiness_root, stats_root
 from agw.serve._reuseport import ReusePortServerEndpoint
 from agw.serve._site import GatewaySite
-from agw.serve._admin import readiness_root, stats_root
 
-if TYPE_CHECKING:
-    from agw.serve._gateway import Gateway
 
 # Idle HTTP connections are dropped after this long (twisted.web's default
 # is 12 hours, an invitation to slowloris).
 HTTP_IDLE_TIMEOUT = 60.0
+
+
+class Servable(Protocol):
+    """What a L{GatewayService} serves: a L{agw.serve.Gateway}."""
+
+    reactor: Any
+    config: GatewayConfig
+    metrics: GatewayMetrics
+    http_options: HTTPOptions
+
+    def resource(self, port: int | None = None) -> IResource: ...
+
+    def drain(self, period: float) -> Deferred[None]: ...
 
 
 def bind_host(host: str) -> str:
@@ -167,7 +179,7 @@ class GatewayService(MultiService):
     log = Logger()
 
     def __init__(
-        self, gateway: Gateway, interface: str = "::", drain_period: float = 5.0,
+        self, gateway: Servable, interface: str = "::", drain_period: float = 5.0,
         reuse_ports: Mapping[int, int] | None = None, admin: bool = True,
     ) -> None:
         super().__init__()

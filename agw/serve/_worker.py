@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLogBeginner
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
 from twisted.python import usage
 from zope.interface import implementer
 

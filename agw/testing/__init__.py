@@ -4,9 +4,9 @@ L{FakeOpenAI} is an in-process OpenAI upstream (Realtime over Autobahn) that
 keeps a ledger of every token it billed.
 """
 
-from agw.testing._fake import REALTIME_MODEL, FakeOpenAI
-from agw.testing._http import HTTPRequest, chat_usage
-from agw.testing._realtime import Billed, Handshake, Refusal, response_usage
+from agw.testing._fake import FakeOpenAI
+from agw.testing._http import chat_usage
+from agw.testing._state import REALTIME_MODEL, Billed, Handshake, HTTPRequest, Refusal, response_usage
 from agw.testing._tls import TestCA
 
 __all__ = [

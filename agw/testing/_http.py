@@ -7,29 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from attrs import frozen
 from twisted.internet.defer import ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from agw.testing._realtime import Billed
-
-if TYPE_CHECKING:
-    from agw.testing._fake import FakeOpenAI
-
-
-@frozen
-class HTTPRequest:
-    """What the fake saw of one HTTP request (lower-case header names)."""
-
-    method: str
-    uri: str
-    headers: dict[str, str]
-    body_size: int
-    body_sha256: str
-    json: Any
+from agw.testing._state import Billed, FakeState, HTTPRequest
 
 
 def chat_usage(number: int) -> dict[str, Any]:
@@ -61,7 +45,7 @@ class FakeHTTPAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, fake: FakeOpenAI) -> None:
+    def __init__(self, fake: FakeState) -> None:
         super().__init__()
         self._fake = fake
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from attrs import define, field, frozen
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
@@ -17,66 +16,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from agw._internals import cancel_leftover_timers, use_reactor_timers
-
-if TYPE_CHECKING:
-    from agw.testing._fake import FakeOpenAI
-
-
-@frozen
-class Handshake:
-    """What the fake saw of one Realtime handshake (lower-case header names)."""
-
-    uri: str
-    headers: dict[str, str]
-    protocols: tuple[str, ...]
-    extensions: tuple[str, ...]
-
-
-@frozen
-class Refusal:
-    """
-    A scripted answer to the next handshake instead of C{101}; with
-    C{chunked} the body goes out in chunks of C{chunk_size} bytes, each in
-    its own write, as a provider behind a streaming proxy would send it.
-    """
-
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
-    chunked: bool = False
-    chunk_size: int = 7
-
-
-@define
-class Billed:
-    """One usage report the fake sent, as OpenAI would bill it."""
-
-    operation: str  # "chat" (response.done) or "transcription"
-    model: str
-    usage: dict[str, Any] = field(factory=dict)
-
-
-def response_usage(number: int, audio: bool) -> dict[str, Any]:
-    """
-    The deterministic, GA-shaped usage of the fake's C{number}th response:
-    text and audio input, a cached subset from the second response on.
-    """
-    text_in, audio_in = 20 + 3 * number, (40 + 5 * number if audio else 0)
-    cached_text, cached_audio = (8 * (number % 3), (16 if audio and number % 2 else 0))
-    text_out, audio_out = 5 + number, (30 + 2 * number if audio else 0)
-    return {
-        "total_tokens": text_in + audio_in + text_out + audio_out,
-        "input_tokens": text_in + audio_in,
-        "output_tokens": text_out + audio_out,
-        "input_token_details": {
-            "text_tokens": text_in,
-            "audio_tokens": audio_in,
-            "image_tokens": 0,
-            "cached_tokens": cached_text + cached_audio,
-            "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio, "image_tokens": 0},
-        },
-        "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
-    }
+from agw.testing._state import _HANG, Billed, FakeState, Handshake, Refusal, response_usage
 
 
 class FakeRealtimeProtocol(WebSocketServerProtocol):
@@ -155,7 +95,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code, (reason.encode() or None) if code is not None else None, isReply=False)
 
     def dropConnection(self, abort: bool = False) -> None:
-        # With FakeOpenAI.hold_tcp the TCP connection outlives the close
+        # With FakeState.hold_tcp the TCP connection outlives the close
         # handshake until release(): the peer stays in its closing state.
         if self.factory.fake.hold_tcp and self.state != self.STATE_OPEN:
             self._held_drop = abort
@@ -163,7 +103,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         super().dropConnection(abort)
 
     def release(self) -> None:
-        """End a TCP connection that L{FakeOpenAI.hold_tcp} kept open."""
+        """End a TCP connection that L{FakeState.hold_tcp} kept open."""
         if getattr(self, "_held_drop", None) is not None:
             abort, self._held_drop = self._held_drop, None
             super().dropConnection(abort)
@@ -321,13 +261,12 @@ class _Stream:
         self._remaining = 0
 
 
-_HANG = Refusal(0)
 
 
 class FakeRealtimeFactory(WebSocketServerFactory):
     protocol = FakeRealtimeProtocol
 
-    def __init__(self, fake: FakeOpenAI, reactor: Any) -> None:
+    def __init__(self, fake: FakeState, reactor: Any) -> None:
         super().__init__()
         self.fake = fake
         self.reactor = reactor

@@ -1,0 +1,70 @@
+"""
+The accounting of one forwarded HTTP request (L{HTTPExchange}): what the
+forwarder learns on the way (models, usage, first byte) and, once it is
+over, the one record of it in the metrics and the access log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define
+
+from agw.metering._accesslog import AccessLog, usage_fields
+from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
+from agw.metering._usage import TokenUsage
+
+
+@define
+class HTTPExchange:
+    """
+    One forwarded request. C{operation} is the gen_ai operation of a route
+    type whose bodies are read (C{None} for passthrough: no model metrics).
+    """
+
+    path: bytes
+    started: float
+    operation: str | None = None
+    request_model: str | None = None
+    response_model: str | None = None
+    usage: TokenUsage | None = None
+    first_byte_at: float | None = None
+    streamed: bool = False
+    # agw asked for stream usage the client did not ask for: remove it again.
+    hide_stream_usage: bool = False
+    # The response body went silent past the idle timeout and was cut off.
+    body_timed_out: bool = False
+
+    def report(self, usage: TokenUsage | None, model: str | None) -> None:
+        """What a body watcher found (see L{agw.metering.Watcher})."""
+        self.usage, self.response_model = usage, model
+
+    def record(
+        self, metrics: GatewayMetrics, route: RouteLabels, log: AccessLog, method: bytes, status: int, now: float,
+    ) -> None:
+        """The request is over (answered C{status} at C{now}): count it and log it, once."""
+        duration = now - self.started
+        metrics.record_request(route, method, status, duration)
+        usage = self.usage
+        models = ModelLabels(self.operation, self.request_model, self.response_model) if self.operation else None
+        fields: dict[str, Any] = {
+            "http.request.method": method.decode("ascii", "replace"),
+            # The path only: a query string is the client's business.
+            "url.path": self.path.decode("utf-8", "replace"),
+            "http.response.status_code": status,
+            "duration_s": round(duration, 6),
+            **usage_fields(usage),
+        }
+        if self.body_timed_out:
+            fields["agw.body_timed_out"] = True
+        log.emit("http", route, models, **fields)
+        if models is None or not 200 <= status < 300:
+            return
+        first = self.first_byte_at
+        metrics.record_llm_timing(
+            route, models, duration,
+            time_to_first_token=(first - self.started) if first is not None and self.streamed else None,
+            output_tokens=usage.output if usage is not None else 0,
+        )
+        if usage is not None:
+            metrics.record_tokens(route, models, usage)
