@@ -17,45 +17,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from agw.metering import GatewayMetrics, RealtimeSession, RouteLabels
 from agw.realtime import RelayOptions
 from agw.testing import REALTIME_MODEL
-from tests.support import GatewayTestCase, open_client, recv_event, token_sums, wait_until
+from tests.support import (
+    GatewayTestCase,
+    ledger_modalities,
+    modality_sums,
+    open_client,
+    recv_event,
+    token_sums,
+    wait_until,
+)
 
 ROUTE = {"bind": "0", "gateway": "bind/0", "listener": "listener0", "route": "route0", "route_rule": ""}
-
-
-def modality_sums(samples: dict) -> dict[tuple[str, str, str], float]:
-    """agw_gen_ai_tokens_total by (operation, token type, modality)."""
-    sums: dict[tuple[str, str, str], float] = {}
-    for (name, labels), value in samples.items():
-        if name == "agw_gen_ai_tokens_total":
-            label = dict(labels)
-            key = (label["gen_ai_operation_name"], label["gen_ai_token_type"], label["gen_ai_token_modality"])
-            sums[key] = sums.get(key, 0) + value
-    return sums
-
-
-def ledger_modalities(ledger: list) -> dict[tuple[str, str, str], float]:
-    """The fake's ledger by (operation, token type, modality), unreported remainders as 'unknown'."""
-    sums: dict[tuple[str, str, str], float] = {}
-
-    def add(operation: str, token_type: str, total: int, details: dict) -> None:
-        attributed = 0
-        for modality in ("text", "audio", "image"):
-            tokens = details.get(f"{modality}_tokens", 0)
-            if tokens:
-                sums[(operation, token_type, modality)] = sums.get((operation, token_type, modality), 0) + tokens
-                attributed += tokens
-        if total > attributed:
-            sums[(operation, token_type, "unknown")] = sums.get((operation, token_type, "unknown"), 0) + total - attributed
-
-    for entry in ledger:
-        usage = entry.usage
-        input_details = usage.get("input_token_details") or {}
-        add(entry.operation, "input", usage.get("input_tokens", 0), input_details)
-        output_details = usage.get("output_token_details") or ({"text_tokens": usage.get("output_tokens", 0)} if entry.operation == "transcription" else {})
-        add(entry.operation, "output", usage.get("output_tokens", 0), output_details)
-        if "cached_tokens" in input_details:
-            add(entry.operation, "input_cache_read", input_details["cached_tokens"], input_details.get("cached_tokens_details") or {})
-    return sums
 
 
 class AccountingTestCase(GatewayTestCase):

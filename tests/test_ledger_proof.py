@@ -16,8 +16,15 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect
 
-from tests.support import CLIENT_KEY, GatewayTestCase, recv_event, token_sums, wait_until
-from tests.test_accounting import ledger_modalities, modality_sums
+from tests.support import (
+    CLIENT_KEY,
+    GatewayTestCase,
+    ledger_modalities,
+    modality_sums,
+    recv_event,
+    token_sums,
+    wait_until,
+)
 
 SEED = 20261125
 SESSIONS = 16

@@ -26,8 +26,10 @@ class UpstreamClosed(Exception):
 
 class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
     """
-    The client half of the relay. Messages that arrive before the client's
-    leg is open are held (with reading paused) and flushed by L{link}.
+    The client half of the relay. Reading from the provider is paused from
+    the handshake until L{link}: the client's leg opens in the same call
+    chain (see L{agw.realtime._server}), so nothing arrives before it; a
+    message that finds no open partner is dropped and counted.
     """
 
     factory: UpstreamFactory
@@ -36,7 +38,6 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
 
     def __init__(self) -> None:
         super().__init__()
-        self._held: list[tuple[bytes, bool]] | None = []
         self._draining: tuple[int | None, str | None, int | None] | None = None
         self._drain_timer: Any = None
         self._cancelled: set[str] = set()  # response ids a drain has cancelled
@@ -62,25 +63,21 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self.factory.succeeded(self)
 
     def link(self, other: RelayLeg) -> None:
-        held, self._held = self._held, None
         super().link(other)
-        for payload, is_binary in held or ():
-            other.sendMessage(payload, is_binary)
         self.transport.resumeProducing()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.inspect_server_event(payload, isBinary)
-        if self._held is not None:
-            self._held.append((payload, isBinary))
-        elif self.partner is not None:
-            forwarded = self.forward(payload, isBinary)
-            if self.usage_sink is not None:
-                if forwarded:
-                    self.usage_sink.relayed(UPSTREAM_TO_CLIENT, len(payload))
-                else:
-                    self.usage_sink.dropped(UPSTREAM_TO_CLIENT)
-        elif self._draining is not None:
+        if self._draining is not None:
             self._drain_step()
+            return
+        forwarded = self.forward(payload, isBinary)
+        sink = self.usage_sink
+        if sink is not None:
+            if forwarded:
+                sink.relayed(UPSTREAM_TO_CLIENT, len(payload))
+            else:
+                sink.dropped(UPSTREAM_TO_CLIENT)
 
     def drain(self, code: int | None, reason: str | None, grace: float, client_code: int | None) -> None:
         """

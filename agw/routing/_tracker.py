@@ -24,9 +24,6 @@ class ConnectionTracker:
     def __len__(self) -> int:
         return len(self._live)
 
-    def __iter__(self) -> Any:
-        return iter(list(self._live))
-
     def add(self, connection: Any) -> None:
         self._live.add(connection)
 

@@ -26,7 +26,6 @@ from agw.serve._admin import readiness_root, stats_root
 from agw.serve._reuseport import ReusePortServerEndpoint
 from agw.serve._site import GatewaySite
 
-
 # Idle HTTP connections are dropped after this long (twisted.web's default
 # is 12 hours, an invitation to slowloris).
 HTTP_IDLE_TIMEOUT = 60.0
