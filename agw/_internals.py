@@ -1,12 +1,19 @@
 """
-Whole WebSocket messages in and out without Autobahn's per-message
-bookkeeping: a relay sends and receives every message of every session, so
-what Autobahn spends per message on features the relay never uses (its
-observable C{"message"} event, traffic statistics, argument assertions,
-debug-log arguments) is a large part of agw's CPU per message.
+Every reach into a private or undocumented part of Autobahn or Twisted, in
+one place. Each is named in L{REACHES} (checked against the versions in
+L{CHECKED_WITH}; tests/test_internals.py fails loudly when an upgrade
+removes or renames one), with why agw needs it.
 
-Only the common case is shortened: an open connection, no compression, no
-fragmentation, nothing queued. Everything else goes through Autobahn.
+What is here:
+ - L{LeanMessages}: whole WebSocket messages in and out without Autobahn's
+   per-message bookkeeping (its observable C{"message"} event, traffic
+   statistics, argument assertions, debug-log arguments: a large part of
+   agw's CPU per relayed message), and a limit on fragments per message.
+   Only the common case is shortened: an open connection, no compression,
+   no fragmentation, nothing queued; everything else goes through Autobahn.
+ - Reactor timers for Autobahn factories (L{use_reactor_timers}).
+ - Small accessors: the raw bytes of a handshake answer, the UTF-8
+   validator of a protocol, whether a twisted.web request lost its client.
 """
 
 from __future__ import annotations
@@ -16,9 +23,52 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from attrs import frozen
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+CHECKED_WITH = {"autobahn": "26.10.2", "twisted": "26.10.0"}
+
+
+@frozen
+class Reach:
+    """C{attribute} of C{module.owner}: a method or class attribute, or one the owner's code uses on instances."""
+
+    module: str
+    owner: str
+    attribute: str
+    why: str
+
+
+_PROTOCOL = ("autobahn.websocket.protocol", "WebSocketProtocol")
+_CLIENT = ("autobahn.websocket.protocol", "WebSocketClientProtocol")
+_SERVER = ("autobahn.websocket.protocol", "WebSocketServerProtocol")
+REACHES = (
+    Reach(*_PROTOCOL, "_fail_connection", "fail a peer with a close code (more fragments than allowed: 1009)"),
+    Reach(*_PROTOCOL, "_perMessageCompress", "LeanMessages: the fast path only without compression"),
+    Reach(*_PROTOCOL, "send_state", "LeanMessages: the fast path only when no frame is half sent"),
+    Reach(*_PROTOCOL, "send_queue", "LeanMessages: the fast path only when nothing is queued"),
+    Reach(*_PROTOCOL, "trackedTimings", "LeanMessages: the fast path only without timing tracking"),
+    Reach(*_PROTOCOL, "message_data", "LeanMessages: the frames of the message being received"),
+    Reach(*_PROTOCOL, "message_is_binary", "LeanMessages: the opcode of the message being received"),
+    Reach(*_PROTOCOL, "failedByMe", "LeanMessages: no message after Autobahn failed the peer"),
+    Reach(*_PROTOCOL, "onMessageFrameBegin", "LeanMessages: count fragments as they begin"),
+    Reach(*_PROTOCOL, "onMessageEnd", "LeanMessages: deliver a message without the observable event"),
+    Reach(*_PROTOCOL, "utf8validator", "use_utf8_validator: CPython's decoder instead of Autobahn's (108 us per 48 KB)"),
+    Reach(*_PROTOCOL, "closeHandshakeTimeoutCall", "cancel_leftover_timers: left pending when TCP ends first"),
+    Reach(*_PROTOCOL, "openHandshakeTimeoutCall", "cancel_leftover_timers"),
+    Reach(*_PROTOCOL, "serverConnectionDropTimeoutCall", "cancel_leftover_timers"),
+    Reach(*_PROTOCOL, "closedByMe", "the relay legs: whether Autobahn failed this leg's peer"),
+    Reach(*_PROTOCOL, "localCloseCode", "the relay legs: the code Autobahn failed a peer with"),
+    Reach(*_PROTOCOL, "sendCloseFrame", "close with any RFC 6455 code (sendClose allows 1000 and 3000-4999 only)"),
+    Reach(*_PROTOCOL, "data", "handshake_bytes: the raw answer to an upstream handshake, refusals included"),
+    Reach(*_CLIENT, "processHandshake", "the upstream leg reads a refusal's status, headers and whole body"),
+    Reach(*_SERVER, "sendHttpErrorResponse", "the client leg answers a refusal with the provider's own status and body"),
+    Reach(*_SERVER, "http_request_uri", "the raw request-target of the client's handshake"),
+    Reach(*_PROTOCOL, "_batched_timer", "use_reactor_timers: every timeout is scheduled on factory._batched_timer"),
+    Reach("twisted.web.http", "Request", "_disconnected", "request_disconnected: the client's connection is gone"),
+)
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _GROUND = WebSocketProtocol.SEND_STATE_GROUND
@@ -110,8 +160,6 @@ class LeanMessages:
         # 1009 as Autobahn does for an oversized message.
         limit = getattr(self.factory, "max_fragments", 0)
         if limit and not self.failedByMe and len(self.message_data) >= limit:
-            # _fail_connection: Autobahn's private way to fail a connection
-            # with a close code (checked for 24.x-26.x).
             self._fail_connection(1009, f"received WebSocket message has more than {limit} fragments")  # type: ignore[attr-defined]
 
     def onMessageEnd(self) -> None:
@@ -121,8 +169,13 @@ class LeanMessages:
 
 
 # --- Reactor timers for Autobahn factories
-
-
+#
+# Autobahn schedules its handshake, ping and close timeouts on a txaio
+# "batched timer" bound to the global reactor. Cancelling a batched call
+# leaves the bucket's DelayedCall pending (up to the ping interval), and it
+# cannot be driven by a test Clock. agw gives each factory plain
+# reactor.callLater timers instead: cancelled means gone, and the reactor
+# that is passed in (real or fake) is the one that counts.
 
 
 class ReactorTimer:
@@ -137,8 +190,7 @@ class ReactorTimer:
 
 def use_reactor_timers(factory: Any, reactor: IReactorTime) -> None:
     """Make an Autobahn factory's protocols time out on C{reactor}."""
-    # _batched_timer is Autobahn's private attribute; every timeout in
-    # autobahn.websocket.protocol goes through it (checked for 24.x-26.x).
+    # Every timeout in autobahn.websocket.protocol goes through it.
     factory._batched_timer = ReactorTimer(reactor)
 
 
@@ -152,3 +204,21 @@ def cancel_leftover_timers(protocol: Any) -> None:
         if call is not None and call.active():
             call.cancel()
         setattr(protocol, name, None)
+
+
+# --- Accessors
+
+
+def handshake_bytes(protocol: Any) -> bytes:
+    """What an Autobahn client protocol has received of the handshake answer so far."""
+    return protocol.data  # type: ignore[no-any-return]
+
+
+def use_utf8_validator(protocol: Any, validator: Any) -> None:
+    """Make an Autobahn protocol validate incoming text with C{validator} (same interface as Autobahn's)."""
+    protocol.utf8validator = validator
+
+
+def request_disconnected(request: Any) -> bool:
+    """Whether a twisted.web request's client connection is gone (see C{Request.connectionLost})."""
+    return bool(getattr(request, "_disconnected", False))

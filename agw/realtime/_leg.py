@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
-from agw._internals import LeanMessages, cancel_leftover_timers
+from agw._internals import LeanMessages, cancel_leftover_timers, use_utf8_validator
 from agw.realtime._utf8 import DecoderUtf8Validator
 from agw.routing import ConnectionTracker
 
@@ -113,7 +113,7 @@ class RelayLeg(LeanMessages):
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
-        self.utf8validator = DecoderUtf8Validator()  # Autobahn's is slow on big messages
+        use_utf8_validator(self, DecoderUtf8Validator())  # Autobahn's is slow on big messages
         size = getattr(self.factory, "write_buffer_size", None)
         if size is not None:
             # How much may wait for this peer before reading from the other

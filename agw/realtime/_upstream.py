@@ -13,6 +13,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
+from agw._internals import handshake_bytes
 from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.realtime._leg import RelayLeg
 from agw.realtime._refusal import Incomplete, parse_refusal
@@ -44,7 +45,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
 
     def processHandshake(self) -> Any:
         try:
-            refusal = parse_refusal(self.data)
+            refusal = parse_refusal(handshake_bytes(self))
         except Incomplete:
             return None  # the head, or a refusal's body, is still arriving
         if refusal is not None:
@@ -123,7 +124,8 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
                 self.usage_sink.ended(self._draining[2], self._draining[1])
             self._draining = None
         if not self.factory.opened.called:
-            refusal = parse_refusal(self.data, complete=True) if self.data else None
+            received = handshake_bytes(self)
+            refusal = parse_refusal(received, complete=True) if received else None
             self.factory.failed(refusal or UpstreamClosed(reason or "connection closed during handshake"))
         self.relay_closed(wasClean, code, reason)
 

@@ -9,6 +9,8 @@ import json
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from agw._internals import request_disconnected
+
 
 def client_host(request: Request) -> str | None:
     """The IP address of the client's TCP peer, if it has one."""
@@ -16,8 +18,8 @@ def client_host(request: Request) -> str | None:
 
 
 def client_gone(request: Request) -> bool:
-    """Whether the client's connection is gone (twisted.web's private flag; see its Request.connectionLost)."""
-    return bool(getattr(request, "_disconnected", False))
+    """Whether the client's connection is gone."""
+    return request_disconnected(request)
 
 
 def error_body(message: str, error_type: str, code: str | None) -> bytes:
