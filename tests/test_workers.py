@@ -82,6 +82,9 @@ class WorkerPoolTests(TestCase):
         # Ready once one worker is (a quorum); both are, soon after.
         yield wait_until(lambda: samples_now(agw).get(("agw_workers_ready", frozenset())) == 2.0, timeout=30)
 
+        # Worker log events reach the pool's log (Twisted JSON records over a pipe).
+        self.assertRegex(agw.log_text(), r"\[worker [12]\] bind/\d+ listening on 127\.0\.0\.1:\d+")
+
         # Spread: each new connection hashes to one worker's accept queue.
         for _ in range(SESSIONS):
             yield deferToThread(one_response, url)

@@ -1,9 +1,9 @@
 """
 One worker process of C{twistd agw --workers N}, started by
-L{agw.workerpool.WorkerPool} (not by hand): the gateway's binds on ports
+L{agw.serve._workerpool.WorkerPool} (not by hand): the gateway's binds on ports
 shared with the other workers, no stats or readiness listener of its own.
 
-It talks to the pool over three pipes: log events as JSON lines on standard
+It talks to the pool over three pipes: log events as Twisted JSON log records on standard
 error, access log lines on standard output, and C{ready} on descriptor 3
 once every bind listens. SIGTERM drains and exits 0; so does the death of
 the pool (Linux's parent-death signal).
@@ -12,16 +12,20 @@ the pool (Linux's parent-death signal).
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    jsonFileLogObserver,
+)
 from twisted.python import usage
-from zope.interface import implementer
 
 from agw.serve._options import Options, gateway_from_options
 
@@ -47,26 +51,6 @@ class WorkerOptions(Options):
             raise usage.UsageError(f"--ports: expected config_port=port,... got {self['ports']!r}") from None
 
 
-@implementer(ILogObserver)
-class JSONLineObserver:
-    """Log events as one JSON line each: level, namespace and the formatted text (never raw event fields)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-
-    def __call__(self, event: Mapping[str, Any]) -> None:
-        level = event.get("log_level", LogLevel.info)
-        if level < LogLevel.info:
-            return
-        text = formatEvent(event)
-        failure = event.get("log_failure")
-        if failure is not None:
-            text = f"{text}\n{failure.getTraceback()}"
-        line = {"level": level.name, "namespace": event.get("log_namespace", "-"), "text": text}
-        self._stream.write(json.dumps(line) + "\n")
-        self._stream.flush()
-
-
 def die_with_parent() -> None:
     """Ask Linux for SIGTERM when the pool's process dies (nothing elsewhere)."""
     if not sys.platform.startswith("linux"):
@@ -90,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     from agw.serve._service import GatewayService
 
     log = Logger(namespace="agw.worker")
-    globalLogBeginner.beginLoggingTo([JSONLineObserver(sys.stderr)], redirectStandardIO=False)
+    # Twisted's JSON log records (eventAsJSON), info and above, to the pool.
+    observer = FilteringLogObserver(jsonFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.info)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     gateway = gateway_from_options(options, access_log_fields={"agw.worker": options["index"]})
     service = GatewayService(
         gateway, options["interface"], options["drain-period"], reuse_ports=options.shared_ports(), admin=False,

@@ -4,11 +4,21 @@ each bind's port together (C{SO_REUSEPORT}), and this parent, which keeps
 them running and answers for all of them: one C{/metrics} summing every
 worker (prometheus-client's multiprocess mode; a dead worker's counts are
 folded into one file) and one readiness probe (see L{WorkerPool.is_ready}).
+
+Why not C{twisted.runner.procmon.ProcessMonitor} (read in Twisted 26.10.0):
+it spawns with C{env}, C{uid}, C{gid} and C{cwd} only, so a worker cannot
+get the extra pipe it reports readiness on; its C{LoggingProtocol} turns
+standard output into log events, where the access log must pass through
+whole; its C{stopService} returns nothing and does not wait for the
+processes to end, so twistd would exit before the workers drained; and
+the one hook for a process's exit (C{connectionLost}) is deprecated since
+25.5 in favour of a private method, where the pool must fold the dead
+worker's metrics and count crashes for readiness. The pool keeps the same
+shape (restart with doubling delays, kill after a grace) in a few lines.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,7 +35,7 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
@@ -126,12 +136,17 @@ class WorkerProcess(ProcessProtocol):
                 self._relay_log(line)
 
     def _relay_log(self, line: bytes) -> None:
+        # jsonFileLogObserver writes a record separator, the event as JSON, a newline.
         try:
-            event = json.loads(line)
-            level = LogLevel.levelWithName(event["level"])
-            text = str(event["text"])
-        except (ValueError, KeyError, TypeError, LogLevel.InvalidLogLevelError):
+            event = eventFromJSON(line.lstrip(b"\x1e").decode("utf-8"))
+            level = event.get("log_level", LogLevel.info)
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text = f"{text}\n{failure.getTraceback()}"
+        except (ValueError, KeyError, TypeError, AttributeError):
             level, text = LogLevel.warn, line.decode("utf-8", "replace")  # say, a crash before logging began
+        # Only the formatted text is re-logged, never the worker's raw event fields.
         self.pool.log.emit(level, "{text}", text=text, log_system=f"worker {self.index}")
 
     def when_ended(self) -> Deferred[None]:
