@@ -133,7 +133,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
 class UpstreamFactory(WebSocketClientFactory):
     """
     Opens one upstream leg; L{opened} fires with the protocol once the
-    provider accepted the handshake, or fails with L{agw.realtime.refusal.UpstreamRefused},
+    provider accepted the handshake, or fails with L{agw.realtime.UpstreamRefused},
     L{UpstreamClosed} or the connection error.
     """
 

@@ -28,7 +28,7 @@ _DELTA_HEAD = 96
 
 
 class UsageSink(Protocol):
-    """Where the mixin reports what it found (see L{agw.realtime.session})."""
+    """Where the mixin reports what it found (see L{agw.metering.RealtimeSession})."""
 
     awaiting_first_delta: bool
 

@@ -94,7 +94,7 @@ class BackendTarget:
     def url(self, path: str, query: str, websocket: bool = False) -> str:
         """
         The absolute upstream URL for a normalised request path and raw
-        query (see L{agw.request_target}). Scheme, host and port come from
+        query (see L{agw.routing.parse_target}). Scheme, host and port come from
         the config alone; the request supplies only path and query.
         """
         if not path.startswith("/") or path.startswith("//"):

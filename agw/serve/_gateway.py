@@ -66,7 +66,7 @@ class Gateway:
 
     def service(self, interface: str = "::", drain_period: float = 5.0) -> Any:
         """
-        A L{agw.service.GatewayService} listening on every bind (on
+        A L{agw.serve.GatewayService} listening on every bind (on
         C{interface}), stats and readiness; stopping it drains for up to
         C{drain_period} seconds (see L{drain}).
         """

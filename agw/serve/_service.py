@@ -169,7 +169,7 @@ class GatewayService(MultiService):
     L{stopService}). Binds listen on C{interface} (all interfaces, IPv4 and
     IPv6, by default).
 
-    A worker process (L{agw.workerpool}) passes C{reuse_ports}: each bind's
+    A worker process (L{agw.serve._workerpool}) passes C{reuse_ports}: each bind's
     port (config port to actual port) is shared with the other workers
     through C{SO_REUSEPORT}; the stats and readiness listeners are the
     parent's, so C{admin} is false.
