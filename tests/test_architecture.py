@@ -27,7 +27,7 @@ LAYERS = {
     "agw.testing": 4,
     "agw": 5,
 }
-MAX_LINES = 340
+MAX_LINES = 310
 
 
 def agw_modules() -> dict[str, str]:

@@ -3,8 +3,8 @@ agw's configuration: agentgateway's YAML format parsed into frozen attrs
 classes. No Twisted, no I/O beyond reading the file.
 """
 
-from agw.config.load import ConfigError, load_config, parse_config
-from agw.config.model import (
+from agw.config._load import ConfigError, load_config, parse_config
+from agw.config._model import (
     Address,
     AIBackend,
     BackendTLS,

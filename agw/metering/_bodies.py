@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from agw.config import MiB
 from agw.metering._usage import TokenUsage, response_model
 
 UsageExtractor = Callable[[dict[str, Any]], TokenUsage | None]
@@ -53,7 +54,7 @@ class SSEWatcher:
     C{response.completed}); the model is taken from the first event.
     """
 
-    _MAX_LINE = 1024 * 1024
+    _MAX_LINE = MiB
 
     def __init__(self, extract: UsageExtractor, report: UsageReport) -> None:
         self._extract, self._report = extract, report
@@ -110,7 +111,7 @@ class UsageChunkRemover:
     byte; output is held back only to the end of the current event.
     """
 
-    _MAX_EVENT = 4 * 1024 * 1024
+    _MAX_EVENT = 4 * MiB
 
     def __init__(self) -> None:
         self._pending = b""

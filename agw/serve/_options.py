@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
-from agw.config import ConfigError, GatewayConfig, load_config
+from agw.config import ConfigError, GatewayConfig, MiB, load_config
 
 if TYPE_CHECKING:
     from agw.metering import AccessLog
@@ -30,12 +30,12 @@ class Options(usage.Options):
         ["upstream-timeout", None, 300.0, "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
         ["access-log", None, "-", "Where JSON access log lines go: '-' for standard output, 'none', or a file to append to."],
         ["drain-period", None, 5.0, "On stop, seconds sessions and HTTP requests get to finish before sessions are closed with 1001.", float],
-        ["max-message-size", None, 16 * 1024 * 1024, "Largest Realtime message in bytes (bigger: close 1009).", int],
+        ["max-message-size", None, 16 * MiB, "Largest Realtime message in bytes (bigger: close 1009).", int],
         ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
         ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response gets to report its usage.", float],
-        ["max-request-body", None, 512 * 1024 * 1024, "Largest HTTP request body in bytes (bigger: 413 before it is read).", int],
-        ["max-buffered-bodies", None, 2048 * 1024 * 1024, "Bytes of request bodies one bind holds at once, memory and temporary files (more: 503).", int],
-        ["max-json-body", None, 32 * 1024 * 1024, "Largest body of a completions, responses or embeddings request (bigger: 413).", int],
+        ["max-request-body", None, 512 * MiB, "Largest HTTP request body in bytes (bigger: 413 before it is read).", int],
+        ["max-buffered-bodies", None, 2048 * MiB, "Bytes of request bodies one bind holds at once, memory and temporary files (more: 503).", int],
+        ["max-json-body", None, 32 * MiB, "Largest body of a completions, responses or embeddings request (bigger: 413).", int],
         ["body-idle-timeout", None, 300.0, "Seconds an upstream HTTP response body may stay silent before it is cut off.", float],
         ["max-sessions", None, 10_000, "Realtime sessions one bind serves at once (more: 503).", int],
         ["max-fragments", None, 1024, "Fragments one Realtime message may have (more: close 1009).", int],

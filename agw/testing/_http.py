@@ -13,6 +13,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from agw.config import MiB
 from agw.testing._state import Billed, FakeState, HTTPRequest
 
 
@@ -80,13 +81,13 @@ class FakeHTTPAPI(Resource):
         content = request.content
         content.seek(0)
         digest, size, head = hashlib.sha256(), 0, b""
-        while chunk := content.read(1024 * 1024):
+        while chunk := content.read(MiB):
             digest.update(chunk)
             size += len(chunk)
-            if len(head) < 1024 * 1024:
+            if len(head) < MiB:
                 head += chunk
         try:
-            body = json.loads(head) if size <= 1024 * 1024 else None
+            body = json.loads(head) if size <= MiB else None
         except ValueError:
             body = None
         headers = {k.decode().lower(): b", ".join(v).decode() for k, v in request.requestHeaders.getAllRawHeaders()}

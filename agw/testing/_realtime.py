@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from agw._internals import cancel_leftover_timers, use_reactor_timers
+from agw.config import MiB
 from agw.testing._state import _HANG, Billed, FakeState, Handshake, Refusal, response_usage
 
 
@@ -271,4 +272,4 @@ class FakeRealtimeFactory(WebSocketServerFactory):
         self.fake = fake
         self.reactor = reactor
         use_reactor_timers(self, reactor)
-        self.setProtocolOptions(maxMessagePayloadSize=64 * 1024 * 1024, maxFramePayloadSize=64 * 1024 * 1024)
+        self.setProtocolOptions(maxMessagePayloadSize=64 * MiB, maxFramePayloadSize=64 * MiB)

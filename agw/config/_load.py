@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from agw.config.model import (
+from agw.config._model import (
     Address,
     AIBackend,
     BackendTLS,
@@ -25,39 +25,10 @@ from agw.config.model import (
     RouteType,
     Secret,
 )
-from agw.config.yamlsource import Path, SourceError, load_yaml
+from agw.config._unsupported import UNSUPPORTED
+from agw.config._yamlsource import Path, SourceError, load_yaml
 
 T = TypeVar("T")
-
-# Keys agentgateway accepts that agw does not implement yet: rejected with a
-# message that says so, rather than "unknown field".
-_UNSUPPORTED: dict[str, frozenset[str]] = {
-    "top": frozenset({"frontendPolicies", "policies", "workloads", "services", "backends", "llm", "mcp"}),
-    "config": frozenset({
-        "enableIpv6", "localXdsPath", "caAddress", "caAuthToken", "xdsAddress", "xdsAuthToken", "namespace",
-        "gateway", "trustDomain", "serviceAccount", "clusterId", "network", "connectionTerminationDeadline",
-        "connectionMinTerminationDeadline", "workerThreads", "tracing", "logging", "metrics", "backend", "hbone",
-        "session", "dns",
-    }),
-    "bind": frozenset({"tunnelProtocol"}),
-    "listener": frozenset({"tls", "tcpRoutes", "policies", "gatewayName", "namespace"}),
-    "route": frozenset({"ruleName", "hostnames", "namespace"}),
-    "match": frozenset({"headers", "method", "query"}),
-    "backend": frozenset({"host", "service", "mcp", "backend", "dynamic", "opaque", "weight", "policies"}),
-    "ai": frozenset({"groups", "policies"}),
-    "provider": frozenset({"azureOpenAI", "anthropic", "gemini", "vertex", "bedrock"}),
-    "policies": frozenset({
-        "cors", "jwtAuth", "basicAuth", "apiKey", "localRateLimit", "remoteRateLimit", "extAuthz", "extProc",
-        "requestHeaderModifier", "responseHeaderModifier", "requestRedirect", "urlRewrite", "requestMirror",
-        "timeout", "retry", "a2a", "mcpAuthorization", "mcpAuthentication", "directResponse",
-        "csrf", "authorization", "hostRewrite",
-    }),
-    "aiPolicy": frozenset({"promptGuard", "defaults", "overrides", "prompts", "modelAliases", "promptCaching"}),
-    "backendAuth": frozenset({"passthrough", "gcp", "aws", "azure"}),
-    "backendTLS": frozenset({"cert", "key", "insecure", "insecureHost", "alpn", "subjectAltNames", "keyExchangeGroups", "spiffe"}),
-    "transformations": frozenset({"response"}),
-    "requestTransform": frozenset({"body"}),
-}
 
 # Route types agentgateway has and agw does not serve: refused at load, never answered 501 at run time.
 _UNSERVED_ROUTE_TYPES = frozenset({RouteType.MESSAGES, RouteType.DETECT})
@@ -134,7 +105,7 @@ class _Parser:
         for key in value:
             if key in allowed:
                 continue
-            if key in _UNSUPPORTED.get(kind, ()):
+            if key in UNSUPPORTED.get(kind, ()):
                 raise self.fail(path + (key,), "supported by agentgateway but not by agw yet")
             raise self.fail(path + (key,), "unknown field")
         return value
