@@ -11,9 +11,9 @@ import inspect
 import re
 
 import autobahn
-import twisted
 from twisted.trial.unittest import SynchronousTestCase
 
+import twisted
 from agw._internals import CHECKED_WITH, REACHES, Reach
 
 

@@ -46,7 +46,7 @@ class CloseCodeTests(GatewayTestCase):
     @inlineCallbacks
     def test_upstream_code_and_reason_reach_client(self) -> Any:
         ws = yield self.opened()
-        gauge = self.gateway.metrics.realtime_sessions.labels("0", "bind/0", "listener0", "route0", "")
+        gauge = self.gateway.metrics.realtime_sessions.labels("0", "bind/0", "listener0", "route0", "", "")
         self.assertEqual(gauge._value.get(), 1)
         self.fake.sessions[0].close(1001, "session_expired")
         code, reason = yield deferToThread(wait_closed, ws)

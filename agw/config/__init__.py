@@ -7,8 +7,11 @@ from agw.config._load import ConfigError, load_config, parse_config
 from agw.config._model import (
     Address,
     AIBackend,
+    APIKeyMode,
+    APIKeyPolicy,
     BackendTLS,
     Bind,
+    ClientKey,
     GatewayConfig,
     HeaderTransform,
     Listener,
@@ -22,6 +25,7 @@ from agw.config._model import (
 )
 
 __all__ = [
+    "APIKeyMode", "APIKeyPolicy", "ClientKey",
     "AIBackend", "Address", "BackendTLS", "Bind", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "MiB",
     "PathMatch", "Policies", "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
 ]

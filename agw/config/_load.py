@@ -7,62 +7,26 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from agw.config._model import (
     Address,
     AIBackend,
-    BackendTLS,
     Bind,
     GatewayConfig,
-    HeaderTransform,
     Listener,
     PathMatch,
-    Policies,
     Route,
     RouteMatch,
-    RouteType,
-    Secret,
 )
-from agw.config._unsupported import UNSUPPORTED
+from agw.config._parsing import ConfigError, format_path
+from agw.config._policies import PolicyParser, key_digest
 from agw.config._yamlsource import Path, SourceError, load_yaml
-
-T = TypeVar("T")
-
-# Route types agentgateway has and agw does not serve: refused at load, never answered 501 at run time.
-_UNSERVED_ROUTE_TYPES = frozenset({RouteType.MESSAGES, RouteType.DETECT})
 
 _ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})\Z")
 
-
-class ConfigError(Exception):
-    """
-    The config is unusable. C{str()} is one line naming the path and, where
-    known, the YAML line: C{binds[0].port: expected an integer (line 3)}.
-    """
-
-    def __init__(self, path: str, message: str, line: int | None = None, source: str | None = None) -> None:
-        super().__init__(path, message, line, source)
-        self.path = path
-        self.message = message
-        self.line = line
-        self.source = source
-
-    def __str__(self) -> str:
-        where = self.path or "config"
-        suffix = ""
-        if self.line is not None:
-            suffix = f" ({self.source}, line {self.line})" if self.source else f" (line {self.line})"
-        return f"{where}: {self.message}{suffix}"
-
-
-def format_path(path: Path) -> str:
-    """C{("binds", 0, "port")} -> C{binds[0].port}."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
+__all__ = ["ConfigError", "key_digest", "load_config", "parse_config"]
 
 
 def load_config(filename: str, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -84,45 +48,8 @@ def parse_config(text: str, environ: Mapping[str, str], source: str | None = Non
     return _Parser(lines, source).gateway(data)
 
 
-class _Parser:
-    def __init__(self, lines: dict[Path, int], source: str | None) -> None:
-        self._lines = lines
-        self._source = source
-
-    def fail(self, path: Path, message: str) -> ConfigError:
-        line = None
-        for depth in range(len(path), -1, -1):
-            line = self._lines.get(path[:depth])
-            if line is not None:
-                break
-        return ConfigError(format_path(path), message, line, self._source)
-
-    def mapping(self, value: Any, path: Path, allowed: set[str], kind: str) -> dict[str, Any]:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
-        for key in value:
-            if key in allowed:
-                continue
-            if key in UNSUPPORTED.get(kind, ()):
-                raise self.fail(path + (key,), "supported by agentgateway but not by agw yet")
-            raise self.fail(path + (key,), "unknown field")
-        return value
-
-    def items(self, value: Any, path: Path, each: Callable[[Any, Path, int], T], required: bool = False) -> tuple[T, ...]:
-        if value is None and not required:
-            return ()
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list, got {_kind(value)}")
-        return tuple(each(item, path + (i,), i) for i, item in enumerate(value))
-
-    def string(self, value: Any, path: Path, optional: bool = False) -> str:
-        if value is None and optional:
-            return None  # type: ignore[return-value]
-        if not isinstance(value, str):
-            raise self.fail(path, f"expected a string, got {_kind(value)}")
-        return value
+class _Parser(PolicyParser):
+    """The whole file, part by part (policies in L{PolicyParser})."""
 
     def gateway(self, data: Any) -> GatewayConfig:
         top = self.mapping(data, (), {"binds", "config"}, "top")
@@ -230,68 +157,3 @@ class _Parser:
             path_override=self.string(ai.get("pathOverride"), path + ("pathOverride",), optional=True),
             path_prefix=self.string(ai.get("pathPrefix"), path + ("pathPrefix",), optional=True),
         )
-
-    def policies(self, value: Any, path: Path) -> Policies:
-        policies = self.mapping(value, path, {"ai", "backendAuth", "transformations", "backendTLS"}, "policies")
-        ai = self.mapping(policies.get("ai"), path + ("ai",), {"routes"}, "aiPolicy")
-        routes = ai.get("routes") or {}
-        if not isinstance(routes, dict):
-            raise self.fail(path + ("ai", "routes"), f"expected a mapping of path suffix to route type, got {_kind(routes)}")
-        ai_routes = []
-        for suffix, kind in routes.items():
-            try:
-                route_type = RouteType(kind)
-            except ValueError:
-                choices = ", ".join(t.value for t in RouteType)
-                raise self.fail(path + ("ai", "routes", suffix), f"unknown route type {kind!r} (one of {choices})") from None
-            if route_type in _UNSERVED_ROUTE_TYPES:
-                raise self.fail(path + ("ai", "routes", suffix), f"route type {kind} is supported by agentgateway but not by agw yet")
-            ai_routes.append((suffix, route_type))
-        key = None
-        if policies.get("backendAuth") is not None:
-            auth = self.mapping(policies["backendAuth"], path + ("backendAuth",), {"key"}, "backendAuth")
-            key = Secret(self.string(auth.get("key"), path + ("backendAuth", "key")))
-        transformations = self.mapping(policies.get("transformations"), path + ("transformations",), {"request"}, "transformations")
-        backend_tls = None
-        if "backendTLS" in policies:
-            tls_path = path + ("backendTLS",)
-            tls = self.mapping(policies["backendTLS"], tls_path, {"root", "hostname"}, "backendTLS")
-            backend_tls = BackendTLS(
-                root=self.string(tls.get("root"), tls_path + ("root",), optional=True),
-                hostname=self.string(tls.get("hostname"), tls_path + ("hostname",), optional=True),
-            )
-        return Policies(
-            ai_routes=tuple(ai_routes),
-            backend_key=key,
-            backend_tls=backend_tls,
-            request_headers=self.header_transform(transformations.get("request"), path + ("transformations", "request")),
-        )
-
-    def header_transform(self, value: Any, path: Path) -> HeaderTransform:
-        request = self.mapping(value, path, {"remove", "add", "set"}, "requestTransform")
-        remove = self.items(request.get("remove"), path + ("remove",), lambda v, p, i: self.string(v, p).lower())
-        return HeaderTransform(
-            remove=remove,
-            add=self.header_values(request.get("add"), path + ("add",)),
-            set=self.header_values(request.get("set"), path + ("set",)),
-        )
-
-    def header_values(self, value: Any, path: Path) -> tuple[tuple[str, str], ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping of header name to value, got {_kind(value)}")
-        result = []
-        for name, text in value.items():
-            if not isinstance(text, str | int | float) or isinstance(text, bool):
-                raise self.fail(path + (name,), f"expected a literal string value, got {_kind(text)}")
-            result.append((name.lower(), str(text)))
-        return tuple(result)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(
-        type(value), type(value).__name__
-    )

@@ -5,7 +5,9 @@ camelCase YAML, with no behaviour beyond what the data itself implies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 from attrs import field, frozen
 
@@ -89,6 +91,42 @@ class BackendTLS:
     hostname: str | None = None
 
 
+class APIKeyMode(str, Enum):
+    """C{apiKey.mode}, as agentgateway: what happens to a request without a valid key."""
+
+    STRICT = "strict"  # refused (401) without a valid key
+    OPTIONAL = "optional"  # a key, if given, must be valid (agentgateway's default)
+    PERMISSIVE = "permissive"  # a valid key identifies the caller; others pass anonymously
+
+
+@frozen
+class ClientKey:
+    """
+    One C{apiKey.keys[]} entry. Only the SHA-256 digest of the key is kept
+    (a plaintext C{key} is hashed when the config is read). C{metadata} is
+    the operator's free map; C{name} identifies the consumer.
+    C{allowed_models}: exact names or patterns with one C{*}; empty allows all.
+    """
+
+    digest: str = field(repr=False)
+    metadata: Mapping[str, Any] = field(factory=dict, hash=False)
+    allowed_models: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str | None:
+        """The consumer's name (C{metadata.name}), if the operator gave one."""
+        name = self.metadata.get("name")
+        return str(name) if name is not None else None
+
+
+@frozen
+class APIKeyPolicy:
+    """A route's C{policies.apiKey}: the client keys agw accepts (the client's own, not the backend's)."""
+
+    keys: tuple[ClientKey, ...] = ()
+    mode: APIKeyMode = APIKeyMode.OPTIONAL
+
+
 @frozen
 class Policies:
     """A route's C{policies}."""
@@ -98,6 +136,7 @@ class Policies:
     backend_key: Secret | None = None
     request_headers: HeaderTransform = HeaderTransform()
     backend_tls: BackendTLS | None = None
+    api_key: APIKeyPolicy | None = None
 
 
 @frozen

@@ -43,10 +43,13 @@ from agw.metering import (
 )
 from agw.routing import (
     ConnectionTracker,
+    KeyCheck,
+    KeyRefused,
     RouteContext,
     client_gone,
     client_host,
     client_response_headers,
+    presented_key,
     render_error,
     upstream_headers,
 )
@@ -57,6 +60,11 @@ _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
     RouteType.RESPONSES: (responses_usage, "chat"),
     RouteType.EMBEDDINGS: (embeddings_usage, "embeddings"),
 }
+
+
+def _authorization(request: Request) -> str | None:
+    value = request.getHeader(b"authorization")
+    return value.decode("latin-1") if value is not None else None
 
 
 def _tls_failed(error: Exception) -> str | None:
@@ -110,10 +118,18 @@ class HTTPForwarder(Resource):
         method = request.method
         path, _, query = request.uri.decode("latin-1").partition("?")
         exchange = self._exchange(request)
+        keys = self._context.keys
         try:
+            key = keys.authenticate(presented_key(_authorization(request))) if keys is not None else None
+            exchange.consumer = key.name if key is not None else None
             body = self._request_body(request, exchange)
+            if self._parsed is not None:
+                # Only where agw reads the body does it know the model (passthrough: not checked).
+                KeyCheck.authorize(key, exchange.request_model)
         except _Refused as refused:
-            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type)
+            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
+        except KeyRefused as refused:
+            return self._answer(request, refused.status, refused.message, refused.code, "invalid_request_error", exchange)
 
         url = self._context.target.url(path, query)
         pending = self._client.request(method, url, self._headers(request), body)
@@ -247,12 +263,15 @@ class HTTPForwarder(Resource):
             return SSEWatcher(extract, report)
         return JSONWatcher(extract, report, self._client.options.max_json_body)
 
-    def _answer(self, request: Request, status: int, message: str, code: str, error_type: str = "gateway_error") -> None:
+    def _answer(
+        self, request: Request, status: int, message: str, code: str, error_type: str = "gateway_error",
+        exchange: HTTPExchange | None = None,
+    ) -> None:
         if client_gone(request):
             return
         request.write(render_error(request, status, message, code, error_type))
         request.finish()
-        self._record(request.method, status, self._exchange(request))
+        self._record(request.method, status, exchange if exchange is not None else self._exchange(request))
 
     def _record(self, method: bytes, status: int, exchange: HTTPExchange) -> None:
         context = self._context

@@ -34,6 +34,8 @@ class HTTPExchange:
     hide_stream_usage: bool = False
     # The response body went silent past the idle timeout and was cut off.
     body_timed_out: bool = False
+    # Who made the request (the apiKey's metadata.name), if known.
+    consumer: str | None = None
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
@@ -57,6 +59,8 @@ class HTTPExchange:
         }
         if self.body_timed_out:
             fields["agw.body_timed_out"] = True
+        if self.consumer:
+            fields["agw.consumer"] = self.consumer
         log.emit("http", route, models, **fields)
         if models is None or not 200 <= status < 300:
             return
@@ -67,4 +71,4 @@ class HTTPExchange:
             output_tokens=usage.output if usage is not None else 0,
         )
         if usage is not None:
-            metrics.record_tokens(route, models, usage)
+            metrics.record_tokens(route, models, usage, self.consumer or "")

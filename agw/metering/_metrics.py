@@ -21,6 +21,9 @@ MAX_MODEL_LABEL_LENGTH = 128
 
 _ROUTE_LABELS = ("bind", "gateway", "listener", "route", "route_rule")
 _GEN_AI_LABELS = ("gen_ai_operation_name", "gen_ai_system", "gen_ai_request_model", "gen_ai_response_model")
+# agw's own metrics also say whose tokens they are: the apiKey's metadata.name
+# ("" for anonymous callers); bounded by the configured keys.
+_CONSUMER = ("consumer",)
 
 
 @frozen
@@ -82,13 +85,13 @@ class GatewayMetrics:
         self.tokens = Counter(
             "agw_gen_ai_tokens",
             "Tokens used, by token type and modality; sums by type equal the token usage histogram's.",
-            ("gen_ai_token_type", "gen_ai_token_modality") + _GEN_AI_LABELS + _ROUTE_LABELS,
+            ("gen_ai_token_type", "gen_ai_token_modality") + _GEN_AI_LABELS + _ROUTE_LABELS + _CONSUMER,
             registry=self.registry,
         )
         self.audio_seconds = Counter(
             "agw_gen_ai_audio_seconds",
             "Audio billed by duration (transcription with usage.type=duration).",
-            _GEN_AI_LABELS + _ROUTE_LABELS,
+            _GEN_AI_LABELS + _ROUTE_LABELS + _CONSUMER,
             registry=self.registry,
         )
         self.requests = Counter(
@@ -128,14 +131,14 @@ class GatewayMetrics:
         self.realtime_sessions = Gauge(
             "agw_realtime_sessions",
             "Realtime sessions open now.",
-            _ROUTE_LABELS,
+            _ROUTE_LABELS + _CONSUMER,
             registry=self.registry,
             multiprocess_mode="livesum",  # with workers: the sum over live workers
         )
         self.realtime_session_duration = Histogram(
             "agw_realtime_session_duration_seconds",
             "Realtime session duration (OpenAI ends sessions at 60 minutes).",
-            _ROUTE_LABELS,
+            _ROUTE_LABELS + _CONSUMER,
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 2700, 3600, 3900),
             registry=self.registry,
         )
@@ -173,13 +176,13 @@ class GatewayMetrics:
         seen.add(model)
         return model
 
-    def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage) -> None:
-        """Record one response's usage: one observation per token type."""
+    def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, consumer: str = "") -> None:
+        """Record one response's usage (by C{consumer}): one observation per token type."""
         common = self.model_values(models) + route.values()
-        self._observe("input", usage.input, usage.input_by_modality, common)
-        self._observe("output", usage.output, usage.output_by_modality, common)
+        self._observe("input", usage.input, usage.input_by_modality, common, consumer)
+        self._observe("output", usage.output, usage.output_by_modality, common, consumer)
         if usage.cached_input is not None:
-            self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common)
+            self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common, consumer)
 
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
@@ -205,12 +208,13 @@ class GatewayMetrics:
                 per_token = (seconds - time_to_first_token) / (output_tokens - 1)
                 self.time_per_output_token.labels(*labels).observe(per_token)
 
-    def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration) -> None:
+    def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration, consumer: str = "") -> None:
         """Record transcription billed by time."""
-        self.audio_seconds.labels(*(self.model_values(models) + route.values())).inc(duration.seconds)
+        self.audio_seconds.labels(*self.model_values(models), *route.values(), consumer).inc(duration.seconds)
 
     def _observe(
-        self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...]
+        self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...],
+        consumer: str,
     ) -> None:
         self.token_usage.labels(token_type, *common).observe(total)
         # The provider's per-modality details should add up to the total;
@@ -219,7 +223,7 @@ class GatewayMetrics:
         attributed = 0
         for modality, tokens in by_modality:
             if tokens:
-                self.tokens.labels(token_type, modality, *common).inc(tokens)
+                self.tokens.labels(token_type, modality, *common, consumer).inc(tokens)
                 attributed += tokens
         if total > attributed:
-            self.tokens.labels(token_type, "unknown", *common).inc(total - attributed)
+            self.tokens.labels(token_type, "unknown", *common, consumer).inc(total - attributed)

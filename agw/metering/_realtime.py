@@ -28,8 +28,12 @@ class RealtimeSession:
         request_model: str | None,
         clock: Callable[[], float],
         access_log: AccessLog = NO_ACCESS_LOG,
+        consumer: str | None = None,
     ) -> None:
         self._metrics = metrics
+        # Who the session is for (the apiKey's metadata.name), in every record of it.
+        self.consumer = consumer or ""
+        self._who = {"agw.consumer": consumer} if consumer else {}
         self._route = route
         self._clock = clock
         self._log = access_log
@@ -58,7 +62,7 @@ class RealtimeSession:
     def started(self) -> None:
         """Both legs are open."""
         self.started_at = self._clock()
-        self._metrics.realtime_sessions.labels(*self._route.values()).inc()
+        self._metrics.realtime_sessions.labels(*self._route.values(), self.consumer).inc()
 
     def ended(self, close_code: int | None, reason: str | None) -> None:
         """The client's leg is closed (idempotent)."""
@@ -67,13 +71,13 @@ class RealtimeSession:
         self.flush()
         duration = self._clock() - self.started_at
         self.started_at = None
-        self._metrics.realtime_sessions.labels(*self._route.values()).dec()
-        self._metrics.realtime_session_duration.labels(*self._route.values()).observe(duration)
+        self._metrics.realtime_sessions.labels(*self._route.values(), self.consumer).dec()
+        self._metrics.realtime_session_duration.labels(*self._route.values(), self.consumer).observe(duration)
         self._log.emit(
             "realtime.session", self._route, self._models(CHAT),
             **{"duration_s": round(duration, 6), "websocket.close_code": close_code, "agw.responses": self.responses,
                "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
-               **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()}},
+               **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()}, **self._who},
         )
 
     def relayed(self, direction: str, size: int) -> None:
@@ -160,16 +164,21 @@ class RealtimeSession:
         self.responses += 1
         if usage is not None:
             self.tokens_used(CHAT, usage)
-        self._log.emit("realtime.response", self._route, self._models(CHAT), status=status, **usage_fields(usage))
+        self._log.emit(
+            "realtime.response", self._route, self._models(CHAT), status=status, **usage_fields(usage), **self._who,
+        )
 
     def tokens_used(self, operation: str, usage: TokenUsage) -> None:
-        self._metrics.record_tokens(self._route, self._models(operation), usage)
+        self._metrics.record_tokens(self._route, self._models(operation), usage, self.consumer)
         self.totals["input"] += usage.input
         self.totals["output"] += usage.output
         self.totals["input_cache_read"] += usage.cached_input or 0
         if operation != CHAT:
-            self._log.emit(f"realtime.{operation}", self._route, self._models(operation), **usage_fields(usage))
+            self._log.emit(f"realtime.{operation}", self._route, self._models(operation), **usage_fields(usage), **self._who)
 
     def audio_used(self, operation: str, duration: AudioDuration) -> None:
-        self._metrics.record_audio(self._route, self._models(operation), duration)
-        self._log.emit(f"realtime.{operation}", self._route, self._models(operation), **{"agw.usage.audio_seconds": duration.seconds})
+        self._metrics.record_audio(self._route, self._models(operation), duration, self.consumer)
+        self._log.emit(
+            f"realtime.{operation}", self._route, self._models(operation), **{"agw.usage.audio_seconds": duration.seconds},
+            **self._who,
+        )

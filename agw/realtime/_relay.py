@@ -25,7 +25,7 @@ from agw.metering import RealtimeSession
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
-from agw.routing import ConnectionTracker, RouteContext, render_error, upstream_headers
+from agw.routing import ConnectionTracker, KeyCheck, RouteContext, presented_key, render_error, upstream_headers
 
 # The client's WebSocket handshake headers: the upstream leg makes its own.
 _HANDSHAKE_HEADERS = frozenset({
@@ -51,7 +51,8 @@ def handshake_headers(
     if policies.backend_key is None:
         for protocol in protocols:
             if protocol.startswith(_KEY_PROTOCOL):
-                headers["authorization"] = f"Bearer {protocol[len(_KEY_PROTOCOL):]}"
+                if policies.api_key is None:  # with an apiKey policy the key is agw's, not the provider's
+                    headers["authorization"] = f"Bearer {protocol[len(_KEY_PROTOCOL):]}"
             elif protocol.startswith(_ORG_PROTOCOL):
                 headers["openai-organization"] = protocol[len(_ORG_PROTOCOL):]
             elif protocol.startswith(_PROJECT_PROTOCOL):
@@ -112,10 +113,21 @@ class RealtimeRelay:
         self.resource = RealtimeResource(WebSocketResource(self._factory))
 
     def new_session(self, request: ConnectionRequest) -> RealtimeSession:
-        """Accounting for a client that is shaking hands."""
+        """
+        Accounting for a client that is shaking hands, once its key (if the
+        route has an C{apiKey} policy) may use the model it asks for; raises
+        L{agw.routing.KeyRefused} otherwise.
+        """
         model = request.params.get("model", [None])[0]
         context = self._context
-        return RealtimeSession(context.metrics, context.labels, model, self._reactor.seconds, context.access_log)
+        consumer = None
+        if context.keys is not None:
+            key = context.keys.authenticate(presented_key(request.headers.get("authorization"), tuple(request.protocols)))
+            KeyCheck.authorize(key, model)
+            consumer = key.name if key is not None else None
+        return RealtimeSession(
+            context.metrics, context.labels, model, self._reactor.seconds, context.access_log, consumer,
+        )
 
     def open_upstream(
         self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,

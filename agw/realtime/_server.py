@@ -20,7 +20,7 @@ from agw.realtime._leg import RelayLeg
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._refusal import UpstreamRefused
 from agw.realtime._upstream import UpstreamProtocol
-from agw.routing import ConnectionTracker, error_body
+from agw.routing import ConnectionTracker, KeyRefused, error_body
 
 
 class SessionHost(Protocol):
@@ -55,9 +55,10 @@ class HandshakeAnswer(Exception):
     @classmethod
     def error(
         cls, status: int, reason: str, message: str, code: str, headers: list[tuple[str, str]] | None = None,
+        error_type: str = "gateway_error",
     ) -> HandshakeAnswer:
         """An answer with OpenAI's error shape."""
-        body = error_body(message, "gateway_error", code)
+        body = error_body(message, error_type, code)
         return cls(status, reason, [("Content-Type", "application/json"), *(headers or [])], body)
 
 
@@ -89,13 +90,21 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
         relay = self.factory.relay
+        try:
+            session = relay.new_session(request)
+        except KeyRefused as refused:
+            self._answer = HandshakeAnswer.error(
+                refused.status, "Unauthorized" if refused.status == 401 else "Forbidden", refused.message, refused.code,
+                error_type="invalid_request_error",
+            )
+            raise ConnectionDeny(refused.status, self._answer.reason) from None
         if not relay.slots.acquire(self):
             self._answer = HandshakeAnswer.error(
                 503, "Service Unavailable", "too many Realtime sessions on this listener; try again later",
                 "too_many_sessions", [("Retry-After", "1")],
             )
             raise ConnectionDeny(503, "Service Unavailable")
-        self.session = relay.new_session(request)
+        self.session = session
         opening = self._opening = relay.open_upstream(
             self.http_request_uri, request, self.session, self.transport.getPeer()
         )

@@ -10,6 +10,7 @@ from attrs import frozen
 
 from agw.config import Policies
 from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels
+from agw.routing._apikey import KeyCheck
 from agw.routing._backend import BackendTarget
 
 
@@ -18,8 +19,9 @@ class RouteContext:
     """
     One route as its forwarders and relays see it: the reactor they run on,
     the backend they send to, the route's policies, where they record
-    (metrics under the route's labels, the access log), and the model the
-    backend replaces the client's with (C{provider.openAI.model}), if any.
+    (metrics under the route's labels, the access log), the model the
+    backend replaces the client's with (C{provider.openAI.model}), and the
+    client keys it accepts (C{apiKey}), if any.
     """
 
     reactor: Any  # IReactorTCP and IReactorTime
@@ -29,3 +31,5 @@ class RouteContext:
     labels: RouteLabels
     access_log: AccessLog = NO_ACCESS_LOG
     model_override: str | None = None
+    # The route's apiKey policy, if it has one.
+    keys: KeyCheck | None = None

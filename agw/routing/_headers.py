@@ -53,6 +53,8 @@ def upstream_headers(
     dropped = HOP_BY_HOP | FORWARDING | connection_listed(client_headers) | set(also_drop) | set(transform.remove)
     if policies.backend_key is not None:
         dropped |= CREDENTIALS
+    if policies.api_key is not None:
+        dropped |= {"authorization"}  # the client's key is agw's, not the provider's
     headers = [(name, value) for name, value in client_headers if name not in dropped]
     for name, value in transform.set:
         headers = [(n, v) for n, v in headers if n != name] + [(name, value)]

@@ -16,7 +16,15 @@ from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_con
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
-from agw.routing import BackendTarget, BindResource, ConnectionTracker, ErrorResource, RouteContext, RoutedRoute
+from agw.routing import (
+    BackendTarget,
+    BindResource,
+    ConnectionTracker,
+    ErrorResource,
+    KeyCheck,
+    RouteContext,
+    RoutedRoute,
+)
 
 
 class Gateway:
@@ -114,9 +122,10 @@ class Gateway:
         target = BackendTarget.from_backend(backend, route.policies.backend_tls)
         if target.tls:
             self.http_client.tls.register(target)
+        api_key = route.policies.api_key
         context = RouteContext(
             self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
-            self.access_log, backend.model,
+            self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None,
         )
         built: dict[RouteType, IResource] = {}
 

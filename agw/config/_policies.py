@@ -1,0 +1,141 @@
+"""
+A route's C{policies}: the AI route types, the backend key and TLS, header
+transformations, and client keys (C{apiKey}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from types import MappingProxyType
+from typing import Any
+
+from agw.config._model import (
+    APIKeyMode,
+    APIKeyPolicy,
+    BackendTLS,
+    ClientKey,
+    HeaderTransform,
+    Policies,
+    RouteType,
+    Secret,
+)
+from agw.config._parsing import BaseParser, kind_of
+from agw.config._yamlsource import Path
+
+# Route types agentgateway has and agw does not serve: refused at load, never answered 501 at run time.
+_UNSERVED_ROUTE_TYPES = frozenset({RouteType.MESSAGES, RouteType.DETECT})
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest agw keeps of a client key (agentgateway's C{keyHash} is C{sha256:} and this)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+
+class PolicyParser(BaseParser):
+    """Parses C{policies} (mixed into the config parser)."""
+
+    def policies(self, value: Any, path: Path) -> Policies:
+        policies = self.mapping(value, path, {"ai", "backendAuth", "transformations", "backendTLS", "apiKey"}, "policies")
+        ai = self.mapping(policies.get("ai"), path + ("ai",), {"routes"}, "aiPolicy")
+        routes = ai.get("routes") or {}
+        if not isinstance(routes, dict):
+            raise self.fail(path + ("ai", "routes"), f"expected a mapping of path suffix to route type, got {kind_of(routes)}")
+        ai_routes = []
+        for suffix, kind in routes.items():
+            try:
+                route_type = RouteType(kind)
+            except ValueError:
+                choices = ", ".join(t.value for t in RouteType)
+                raise self.fail(path + ("ai", "routes", suffix), f"unknown route type {kind!r} (one of {choices})") from None
+            if route_type in _UNSERVED_ROUTE_TYPES:
+                raise self.fail(path + ("ai", "routes", suffix), f"route type {kind} is supported by agentgateway but not by agw yet")
+            ai_routes.append((suffix, route_type))
+        key = None
+        if policies.get("backendAuth") is not None:
+            auth = self.mapping(policies["backendAuth"], path + ("backendAuth",), {"key"}, "backendAuth")
+            key = Secret(self.string(auth.get("key"), path + ("backendAuth", "key")))
+        transformations = self.mapping(policies.get("transformations"), path + ("transformations",), {"request"}, "transformations")
+        backend_tls = None
+        if "backendTLS" in policies:
+            tls_path = path + ("backendTLS",)
+            tls = self.mapping(policies["backendTLS"], tls_path, {"root", "hostname"}, "backendTLS")
+            backend_tls = BackendTLS(
+                root=self.string(tls.get("root"), tls_path + ("root",), optional=True),
+                hostname=self.string(tls.get("hostname"), tls_path + ("hostname",), optional=True),
+            )
+        api_key = self.api_key(policies["apiKey"], path + ("apiKey",)) if "apiKey" in policies else None
+        return Policies(
+            ai_routes=tuple(ai_routes),
+            backend_key=key,
+            backend_tls=backend_tls,
+            api_key=api_key,
+            request_headers=self.header_transform(transformations.get("request"), path + ("transformations", "request")),
+        )
+
+    def api_key(self, value: Any, path: Path) -> APIKeyPolicy:
+        spec = self.mapping(value, path, {"keys", "mode"}, "apiKey")
+        mode_text = self.string(spec.get("mode", "optional"), path + ("mode",))
+        try:
+            mode = APIKeyMode(mode_text.lower())
+        except ValueError:
+            raise self.fail(path + ("mode",), f"expected strict, optional or permissive, got {mode_text!r}") from None
+        keys = self.items(spec.get("keys"), path + ("keys",), self.client_key, required=True)
+        seen: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            if key.digest in seen:
+                raise self.fail(path + ("keys", index), f"the same key as keys[{seen[key.digest]}]")
+            seen[key.digest] = index
+        return APIKeyPolicy(keys=keys, mode=mode)
+
+    def client_key(self, value: Any, path: Path, index: int) -> ClientKey:
+        entry = self.mapping(value, path, {"key", "keyHash", "metadata", "allowedModels"}, "apiKeyEntry")
+        if ("key" in entry) == ("keyHash" in entry):
+            raise self.fail(path, "expected exactly one of key, keyHash")
+        if "key" in entry:
+            digest = key_digest(self.string(entry["key"], path + ("key",)))
+        else:
+            digest = self.key_hash(self.string(entry["keyHash"], path + ("keyHash",)), path + ("keyHash",))
+        metadata = self.mapping(entry.get("metadata"), path + ("metadata",), set(entry.get("metadata") or {}), "metadata")
+        models = self.items(entry.get("allowedModels"), path + ("allowedModels",), self.model_pattern)
+        return ClientKey(digest=digest, metadata=MappingProxyType(dict(metadata)), allowed_models=models)
+
+    def key_hash(self, text: str, path: Path) -> str:
+        if text.startswith(("$2a$", "$2b$", "$2y$")):
+            raise self.fail(path, "bcrypt keyHash is supported by agentgateway but not by agw yet (use sha256:<hex>)")
+        digest = text.removeprefix("sha256:")
+        if digest == text:
+            raise self.fail(path, "keyHash must use the sha256:<hex> format")
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise self.fail(path, "sha256 keyHash must decode to 32 bytes")
+        return digest.lower()
+
+    def model_pattern(self, value: Any, path: Path, index: int) -> str:
+        pattern = self.string(value, path)
+        if pattern.count("*") > 1:
+            raise self.fail(path, f"a model pattern may have one '*' at most, got {pattern!r}")
+        return pattern
+
+    def header_transform(self, value: Any, path: Path) -> HeaderTransform:
+        request = self.mapping(value, path, {"remove", "add", "set"}, "requestTransform")
+        remove = self.items(request.get("remove"), path + ("remove",), lambda v, p, i: self.string(v, p).lower())
+        return HeaderTransform(
+            remove=remove,
+            add=self.header_values(request.get("add"), path + ("add",)),
+            set=self.header_values(request.get("set"), path + ("set",)),
+        )
+
+    def header_values(self, value: Any, path: Path) -> tuple[tuple[str, str], ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping of header name to value, got {kind_of(value)}")
+        result = []
+        for name, text in value.items():
+            if not isinstance(text, str | int | float) or isinstance(text, bool):
+                raise self.fail(path + (name,), f"expected a literal string value, got {kind_of(text)}")
+            result.append((name.lower(), str(text)))
+        return tuple(result)
+
+

@@ -1,0 +1,80 @@
+"""
+Client keys (agentgateway's C{apiKey} policy): who is calling, and may they
+use this model. Checked before anything goes upstream; the client's key is
+never forwarded (it is agw's, not the provider's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from attrs import frozen
+
+from agw.config import APIKeyMode, APIKeyPolicy, ClientKey
+
+REALTIME_KEY_PROTOCOL = "openai-insecure-api-key."
+
+
+@frozen
+class KeyRefused(Exception):
+    """The request is refused: C{status} 401 or 403, with an OpenAI-shaped C{message} and C{code}."""
+
+    status: int
+    message: str
+    code: str
+
+
+def presented_key(authorization: str | None, protocols: tuple[str, ...] = ()) -> str | None:
+    """
+    The key a client presents: C{Authorization: Bearer <key>}, or (browser
+    Realtime clients) the subprotocol C{openai-insecure-api-key.<key>}.
+    """
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    for protocol in protocols:
+        if protocol.startswith(REALTIME_KEY_PROTOCOL) and len(protocol) > len(REALTIME_KEY_PROTOCOL):
+            return protocol[len(REALTIME_KEY_PROTOCOL):]
+    return None
+
+
+def model_matches(pattern: str, model: str) -> bool:
+    """C{pattern} is an exact model name, or has one C{*} standing for any text (C{gpt-realtime*})."""
+    if "*" not in pattern:
+        return model == pattern
+    prefix, _, suffix = pattern.partition("*")
+    return len(model) >= len(prefix) + len(suffix) and model.startswith(prefix) and model.endswith(suffix)
+
+
+class KeyCheck:
+    """
+    A route's C{apiKey} policy at run time. Keys are looked up by their
+    SHA-256 digest, as agentgateway does: the digest of a wrong key says
+    nothing about a right one, so the lookup's timing cannot be used to
+    guess keys, and no plaintext key is kept.
+    """
+
+    def __init__(self, policy: APIKeyPolicy) -> None:
+        self.mode = policy.mode
+        self._by_digest = {key.digest: key for key in policy.keys}
+
+    def authenticate(self, presented: str | None) -> ClientKey | None:
+        """The caller's key (C{None}: anonymous, as the mode allows); raises L{KeyRefused} (401)."""
+        if presented is None:
+            if self.mode is APIKeyMode.STRICT:
+                raise KeyRefused(401, "no API Key found", "missing_api_key")
+            return None
+        key = self._by_digest.get(hashlib.sha256(presented.encode("utf-8")).hexdigest())
+        if key is None and self.mode is not APIKeyMode.PERMISSIVE:
+            raise KeyRefused(401, "invalid credentials", "invalid_api_key")
+        return key
+
+    @staticmethod
+    def authorize(key: ClientKey | None, model: str | None) -> None:
+        """Raise L{KeyRefused} (403) if C{key} may not use C{model} (exact names, or one C{*})."""
+        if key is None or not key.allowed_models:
+            return
+        if model is not None and any(model_matches(pattern, model) for pattern in key.allowed_models):
+            return
+        raise KeyRefused(403, f"model {model!r} is not allowed for this API key", "model_not_allowed")
