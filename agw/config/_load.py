@@ -60,7 +60,7 @@ class _Parser(PolicyParser):
         for i, port in enumerate(ports):
             if port != 0 and port in ports[:i]:
                 raise self.fail(("binds", i, "port"), f"port {port} is bound twice")
-        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers"}, "config")
+        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers", "modelCatalog"}, "config")
         workers = settings.get("workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise self.fail(("config", "workers"), f"expected a number of processes (0: one per CPU), got {workers!r}")
@@ -73,7 +73,16 @@ class _Parser(PolicyParser):
             ),
             admin_addr=self.address(settings.get("adminAddr"), ("config", "adminAddr"), defaults.admin_addr),
             workers=workers,
+            model_catalog=self.model_catalog(settings["modelCatalog"]) if "modelCatalog" in settings else None,
         )
+
+    def model_catalog(self, value: Any) -> tuple[str, ...]:
+        path = ("config", "modelCatalog")
+
+        def entry(item: Any, item_path: Path, index: int) -> str:
+            return self.string(self.mapping(item, item_path, {"file"}, "modelCatalogEntry").get("file"), item_path + ("file",))
+
+        return self.items(value, path, entry, required=True)
 
     def address(self, value: Any, path: Path, default: Address) -> Address:
         if value is None:

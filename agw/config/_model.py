@@ -185,3 +185,5 @@ class GatewayConfig:
     admin_addr: Address = Address("localhost", 15000)
     # agw's own: gateway processes sharing the binds (0: one per CPU).
     workers: int = 1
+    # config.modelCatalog's files, in order (None: not set; then MODEL_CATALOG_PATHS or agw's default).
+    model_catalog: tuple[str, ...] | None = None

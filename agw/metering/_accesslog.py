@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+from agw.metering._catalog import Cost
 from agw.metering._metrics import ModelLabels, RouteLabels
 from agw.metering._usage import TokenUsage
 
@@ -26,6 +27,13 @@ def usage_fields(usage: TokenUsage | None) -> dict[str, Any]:
         for modality, tokens in details:
             fields[f"agw.usage.{prefix}.{modality}_tokens"] = tokens
     return fields
+
+
+def cost_fields(cost: Cost | None) -> dict[str, Any]:
+    """agentgateway's C{agw.ai.usage.cost.total} (0 when unpriced), and agw's lookup status."""
+    if cost is None:
+        return {}
+    return {"agw.ai.usage.cost.total": float(cost.total), "agw.ai.usage.cost.status": cost.status}
 
 
 class AccessLog:

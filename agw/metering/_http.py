@@ -10,7 +10,7 @@ from typing import Any
 
 from attrs import define
 
-from agw.metering._accesslog import AccessLog, usage_fields
+from agw.metering._accesslog import AccessLog, cost_fields, usage_fields
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._usage import TokenUsage
 
@@ -61,7 +61,9 @@ class HTTPExchange:
             fields["agw.body_timed_out"] = True
         if self.consumer:
             fields["agw.consumer"] = self.consumer
-        log.emit("http", route, models, **fields)
+        priced = models is not None and usage is not None and 200 <= status < 300
+        cost = metrics.record_tokens(route, models, usage, self.consumer or "") if priced else None  # type: ignore[arg-type]
+        log.emit("http", route, models, **fields, **cost_fields(cost))
         if models is None or not 200 <= status < 300:
             return
         first = self.first_byte_at
@@ -70,5 +72,3 @@ class HTTPExchange:
             time_to_first_token=(first - self.started) if first is not None and self.streamed else None,
             output_tokens=usage.output if usage is not None else 0,
         )
-        if usage is not None:
-            metrics.record_tokens(route, models, usage, self.consumer or "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
 from agw.metering._usage import AudioDuration, TokenUsage
 
 SYSTEM = "openai"
@@ -53,6 +54,11 @@ class ModelLabels:
     request_model: str | None
     response_model: str | None
 
+    @property
+    def priced_model(self) -> str | None:
+        """The model a price is looked up for: the one that answered, else the one asked for."""
+        return self.response_model or self.request_model
+
     def values(self) -> tuple[str, ...]:
         return (
             self.operation,
@@ -68,8 +74,13 @@ class GatewayMetrics:
     one: tests and embedders build several gateways in one process).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, max_model_labels: int = 200) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, max_model_labels: int = 200,
+        catalog: Catalog | None | object = DEFAULT_CATALOG,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Prices (None: no catalog, every lookup NoCatalog); agw's shipped one unless told otherwise.
+        self.catalog: Catalog | None = default_catalog() if catalog is DEFAULT_CATALOG else catalog  # type: ignore[assignment]
         # Request models come from clients (a body, a ?model=): each distinct
         # one would be a new series in every gen_ai metric. Past this many
         # distinct names (per label), a new name is counted as "other".
@@ -86,6 +97,24 @@ class GatewayMetrics:
             "agw_gen_ai_tokens",
             "Tokens used, by token type and modality; sums by type equal the token usage histogram's.",
             ("gen_ai_token_type", "gen_ai_token_modality") + _GEN_AI_LABELS + _ROUTE_LABELS + _CONSUMER,
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "agentgateway_gen_ai_client_cost_usd",
+            "Cumulative USD cost of generative AI requests, from the model cost catalog (agentgateway-compatible).",
+            _GEN_AI_LABELS + _ROUTE_LABELS,
+            registry=self.registry,
+        )
+        self.cost_lookups = Counter(
+            "agentgateway_cost_catalog_lookups",
+            "Model cost catalog lookups by status: Exact, Unpriced, Missing, NoCatalog (agentgateway-compatible).",
+            ("status", "gen_ai_system", "gen_ai_request_model", "gen_ai_response_model"),
+            registry=self.registry,
+        )
+        self.cost_by_component = Counter(
+            "agw_gen_ai_cost_usd",
+            "USD cost by component (input, cache_read, input_audio, output_audio, ...) and consumer.",
+            ("component",) + _GEN_AI_LABELS + _ROUTE_LABELS + _CONSUMER,
             registry=self.registry,
         )
         self.audio_seconds = Counter(
@@ -176,13 +205,24 @@ class GatewayMetrics:
         seen.add(model)
         return model
 
-    def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, consumer: str = "") -> None:
-        """Record one response's usage (by C{consumer}): one observation per token type."""
+    def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, consumer: str = "") -> Cost:
+        """Record one response's usage (by C{consumer}): one observation per token type, and its cost."""
         common = self.model_values(models) + route.values()
         self._observe("input", usage.input, usage.input_by_modality, common, consumer)
         self._observe("output", usage.output, usage.output_by_modality, common, consumer)
         if usage.cached_input is not None:
             self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common, consumer)
+        cost = price_tokens(self.catalog, SYSTEM, models.priced_model, usage)
+        self._record_cost(cost, common, consumer)
+        return cost
+
+    def _record_cost(self, cost: Cost, common: tuple[str, ...], consumer: str) -> None:
+        # common: operation, system, request model, response model, then the route.
+        self.cost_lookups.labels(cost.status, *common[1:4]).inc()
+        if cost.components:
+            self.cost.labels(*common).inc(float(cost.total))
+            for component, usd in cost.components.items():
+                self.cost_by_component.labels(component, *common, consumer).inc(float(usd))
 
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
@@ -208,9 +248,13 @@ class GatewayMetrics:
                 per_token = (seconds - time_to_first_token) / (output_tokens - 1)
                 self.time_per_output_token.labels(*labels).observe(per_token)
 
-    def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration, consumer: str = "") -> None:
-        """Record transcription billed by time."""
-        self.audio_seconds.labels(*self.model_values(models), *route.values(), consumer).inc(duration.seconds)
+    def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration, consumer: str = "") -> Cost:
+        """Record transcription billed by time, and its cost."""
+        common = self.model_values(models) + route.values()
+        self.audio_seconds.labels(*common, consumer).inc(duration.seconds)
+        cost = price_audio(self.catalog, SYSTEM, models.priced_model, duration)
+        self._record_cost(cost, common, consumer)
+        return cost
 
     def _observe(
         self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...],

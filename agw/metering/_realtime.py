@@ -6,8 +6,10 @@ at once, response by response, so nothing waits for the session to end.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
-from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
+from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, usage_fields
+from agw.metering._catalog import Cost
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._usage import AudioDuration, TokenUsage
 
@@ -53,6 +55,7 @@ class RealtimeSession:
         self.started_at: float | None = None
         self._ttft_from: float | None = None
         self.totals = {"input": 0, "output": 0, "input_cache_read": 0}
+        self.cost = Decimal(0)  # USD, every priced report of the session
         labels = route.values()
         self._messages = {d: metrics.realtime_messages.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
         self._bytes = {d: metrics.realtime_bytes.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
@@ -77,7 +80,8 @@ class RealtimeSession:
             "realtime.session", self._route, self._models(CHAT),
             **{"duration_s": round(duration, 6), "websocket.close_code": close_code, "agw.responses": self.responses,
                "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
-               **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()}, **self._who},
+               **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()},
+               "agw.session.cost_usd": float(self.cost), **self._who},
         )
 
     def relayed(self, direction: str, size: int) -> None:
@@ -162,23 +166,29 @@ class RealtimeSession:
         if response_id is not None:
             self.in_flight.pop(response_id, None)
         self.responses += 1
-        if usage is not None:
-            self.tokens_used(CHAT, usage)
+        cost = self.tokens_used(CHAT, usage) if usage is not None else None
         self._log.emit(
-            "realtime.response", self._route, self._models(CHAT), status=status, **usage_fields(usage), **self._who,
+            "realtime.response", self._route, self._models(CHAT), status=status, **usage_fields(usage),
+            **cost_fields(cost), **self._who,
         )
 
-    def tokens_used(self, operation: str, usage: TokenUsage) -> None:
-        self._metrics.record_tokens(self._route, self._models(operation), usage, self.consumer)
+    def tokens_used(self, operation: str, usage: TokenUsage) -> Cost:
+        cost = self._metrics.record_tokens(self._route, self._models(operation), usage, self.consumer)
+        self.cost += cost.total
         self.totals["input"] += usage.input
         self.totals["output"] += usage.output
         self.totals["input_cache_read"] += usage.cached_input or 0
         if operation != CHAT:
-            self._log.emit(f"realtime.{operation}", self._route, self._models(operation), **usage_fields(usage), **self._who)
+            self._log.emit(
+                f"realtime.{operation}", self._route, self._models(operation), **usage_fields(usage), **cost_fields(cost),
+                **self._who,
+            )
+        return cost
 
     def audio_used(self, operation: str, duration: AudioDuration) -> None:
-        self._metrics.record_audio(self._route, self._models(operation), duration, self.consumer)
+        cost = self._metrics.record_audio(self._route, self._models(operation), duration, self.consumer)
+        self.cost += cost.total
         self._log.emit(
             f"realtime.{operation}", self._route, self._models(operation), **{"agw.usage.audio_seconds": duration.seconds},
-            **self._who,
+            **cost_fields(cost), **self._who,
         )

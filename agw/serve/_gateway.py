@@ -14,7 +14,7 @@ from twisted.web.resource import IResource
 
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
-from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels
+from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels, catalog_for
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import (
     BackendTarget,
@@ -54,7 +54,7 @@ class Gateway:
             reactor = default_reactor  # type: ignore[assignment]
         self.config = config
         self.reactor = reactor
-        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.metrics = metrics if metrics is not None else GatewayMetrics(catalog=catalog_for(config.model_catalog))
         self.relay_options = relay_options
         self.access_log = access_log
         self.relays: list[RealtimeRelay] = []

@@ -68,7 +68,8 @@ class Options(usage.Options):
 
 
 def check_files(config: GatewayConfig) -> None:
-    """Files the config names (C{backendTLS.root}) can be read; raises L{ConfigError}."""
+    """Files the config names (C{backendTLS.root}, C{modelCatalog}) can be read and used; raises L{ConfigError}."""
+    from agw.metering import CatalogError, catalog_for
     from agw.routing import TrustRootError, read_trust_root
 
     for b, bind in enumerate(config.binds):
@@ -80,12 +81,16 @@ def check_files(config: GatewayConfig) -> None:
                         read_trust_root(tls.root)
                     except TrustRootError as e:
                         raise ConfigError(f"binds[{b}].listeners[{l}].routes[{r}].policies.backendTLS.root", str(e)) from None
+    try:
+        catalog_for(config.model_catalog)
+    except CatalogError as e:
+        raise ConfigError("config.modelCatalog", str(e)) from None
 
 
 def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:
     """The L{Gateway} these options describe."""
     from agw.http import HTTPOptions
-    from agw.metering import GatewayMetrics
+    from agw.metering import GatewayMetrics, catalog_for
     from agw.realtime import RelayOptions
     from agw.serve._gateway import Gateway
 
@@ -105,7 +110,9 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
     )
     return Gateway(
         options.config_object, relay_options=relay_options, http_options=http_options,
-        metrics=GatewayMetrics(max_model_labels=options["max-model-labels"]),
+        metrics=GatewayMetrics(
+            max_model_labels=options["max-model-labels"], catalog=catalog_for(options.config_object.model_catalog),
+        ),
         access_log=open_access_log(options["access-log"], access_log_fields),
     )
 

@@ -1,0 +1,212 @@
+"""
+Prices: agentgateway's model cost catalog format, audio at audio rates, and
+the cost on /metrics equal to the catalog's price times what the provider
+billed, per modality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from decimal import Decimal
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase
+
+from agw import parse_config
+from agw.metering import (
+    EXACT,
+    MISSING,
+    NO_CATALOG,
+    UNPRICED,
+    AudioDuration,
+    CatalogError,
+    TokenUsage,
+    catalog_for,
+    default_catalog,
+    parse_catalog,
+    price_audio,
+    price_tokens,
+)
+from agw.serve import Options
+from agw.testing import REALTIME_MODEL
+from tests.support import GatewayTestCase, open_client, recv_event, wait_until
+
+CATALOG = {
+    "providers": {
+        "openai": {"models": {
+            "rt": {"rates": {"input": "4", "cacheRead": "0.4", "output": "16", "inputAudio": "32",
+                             "cacheReadAudio": "0.4", "outputAudio": "64", "inputImage": "5"}},
+            "text-only": {"rates": {"input": "3", "output": "15"}},
+            "cache-only": {"rates": {"cacheRead": "1"}},
+            "tiered": {"rates": {"input": "1.25", "output": "10"},
+                       "tiers": [{"contextOver": 200000, "rates": {"input": "2.5", "output": "15"}}]},
+        }},
+    },
+}
+REALTIME_USAGE = TokenUsage(
+    input=1000, output=500, cached_input=300,
+    input_by_modality=(("text", 600), ("audio", 350), ("image", 50)),
+    cached_by_modality=(("text", 200), ("audio", 100)),
+    output_by_modality=(("text", 100), ("audio", 400)),
+)
+
+
+def usd(text: str) -> Decimal:
+    return Decimal(text)
+
+
+class CatalogFormatTests(SynchronousTestCase):
+    def test_agentgateway_format(self) -> None:
+        catalog = parse_catalog(json.dumps(CATALOG))
+        self.assertEqual(catalog.resolve("openai", "rt").rates.input_audio, usd("32"))
+        self.assertIsNone(catalog.resolve("anthropic", "rt"))
+        self.assertEqual(catalog.resolve("openai", "tiered").tiers[0][0], 200000)
+
+    def test_refused(self) -> None:
+        def bad(rates: dict[str, Any], tiers: Any = None) -> str:
+            model: dict[str, Any] = {"rates": rates}
+            if tiers is not None:
+                model["tiers"] = tiers
+            with self.assertRaises(CatalogError) as e:
+                parse_catalog(json.dumps({"providers": {"openai": {"models": {"m": model}}}}), "c.json")
+            return str(e.exception)
+
+        self.assertIn("c.json: providers.openai.models.m.rates.inputCacheRead: unknown field", bad({"inputCacheRead": "1"}))
+        self.assertIn("a rate is a decimal string", bad({"input": 0.15}))
+        self.assertIn("negative rate not allowed", bad({"input": "-1"}))
+        self.assertIn("more than 6 fractional digits", bad({"input": "0.1234567"}))
+        self.assertIn("invalid decimal", bad({"input": "cheap"}))
+        self.assertIn("contextOver", bad({}, [{"contextOver": 10, "rates": {}}, {"contextOver": 10, "rates": {}}]))
+        with self.assertRaises(CatalogError):
+            parse_catalog("{", "c.json")
+
+    def test_later_files_replace_whole_entries(self) -> None:
+        base = self.mktemp()
+        overlay = self.mktemp()
+        with open(base, "w") as f:
+            json.dump(CATALOG, f)
+        with open(overlay, "w") as f:
+            json.dump({"providers": {"openai": {"models": {"rt": {"rates": {"output": "8"}}}}}}, f)
+        catalog = catalog_for([base, overlay])
+        self.assertEqual(catalog.resolve("openai", "rt").rates.output, usd("8"))
+        self.assertIsNone(catalog.resolve("openai", "rt").rates.input)  # replaced whole, as agentgateway does
+        self.assertEqual(catalog.resolve("openai", "text-only").rates.input, usd("3"))
+
+    def test_which_catalog(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump(CATALOG, f)
+        self.assertIs(catalog_for(None, {}), default_catalog())
+        self.assertIsNotNone(catalog_for(None, {"MODEL_CATALOG_PATHS": path}).resolve("openai", "rt"))
+        self.assertIsNone(catalog_for([], {"MODEL_CATALOG_PATHS": path}))  # modelCatalog: [] -> no catalog
+        self.assertRaises(CatalogError, catalog_for, [path + ".missing"])
+
+    def test_config_names_catalog_files_and_twistd_checks_them(self) -> None:
+        text = "config:\n  modelCatalog:\n  - file: {path}\nbinds:\n- port: 3000\n  listeners: []\n"
+        self.assertEqual(parse_config(text.format(path="a.json"), {}).model_catalog, ("a.json",))
+        config = self.mktemp() + ".yaml"
+        with open(config, "w") as f:
+            f.write(text.format(path=os.path.join(os.path.dirname(config), "missing.json")))
+        with self.assertRaises(Exception) as e:
+            Options().parseOptions(["-f", config])
+        self.assertIn("config.modelCatalog:", str(e.exception))
+        self.assertIn("missing.json: cannot read", str(e.exception))
+
+
+class PriceTests(SynchronousTestCase):
+    catalog = parse_catalog(json.dumps(CATALOG))
+
+    def test_audio_at_audio_rates_cached_apart(self) -> None:
+        cost = price_tokens(self.catalog, "openai", "rt", REALTIME_USAGE)
+        self.assertEqual(cost.status, EXACT)
+        per_million = {
+            "input": 400 * 4,  # 600 text less 200 cached
+            "cache_read": 200 * usd("0.4"),
+            "input_audio": 250 * 32,  # 350 audio less 100 cached
+            "cache_read_audio": 100 * usd("0.4"),
+            "input_image": 50 * 5,
+            "output": 100 * 16,
+            "output_audio": 400 * 64,
+        }
+        self.assertEqual(dict(cost.components), {k: Decimal(v) / 1_000_000 for k, v in per_million.items()})
+        self.assertEqual(cost.total, usd("0.03717"))
+
+    def test_text_rates_when_the_model_has_no_audio_rates(self) -> None:
+        cost = price_tokens(self.catalog, "openai", "text-only", REALTIME_USAGE)
+        # no cacheRead rate: cached tokens cost nothing; audio and image at the text rates
+        expected = (400 * 3 + 250 * 3 + 50 * 3 + 100 * 15 + 400 * 15) / Decimal(1_000_000)
+        self.assertEqual((cost.status, cost.total), (EXACT, expected))
+
+    def test_lookup_outcomes(self) -> None:
+        self.assertEqual(price_tokens(None, "openai", "rt", REALTIME_USAGE).status, NO_CATALOG)
+        self.assertEqual(price_tokens(self.catalog, "openai", "unknown-model", REALTIME_USAGE).status, MISSING)
+        self.assertEqual(price_tokens(self.catalog, "openai", None, REALTIME_USAGE).status, MISSING)
+        unpriced = price_tokens(self.catalog, "openai", "cache-only", TokenUsage(input=10, output=5))
+        self.assertEqual((unpriced.status, unpriced.total), (UNPRICED, 0))
+
+    def test_tier_reprices_the_whole_request(self) -> None:
+        below = price_tokens(self.catalog, "openai", "tiered", TokenUsage(input=200_000, output=1000))
+        above = price_tokens(self.catalog, "openai", "tiered", TokenUsage(input=250_000, output=1000))
+        self.assertEqual((below.total, above.total), (usd("0.26"), usd("0.64")))
+
+    def test_transcription_by_the_minute(self) -> None:
+        cost = price_audio(default_catalog(), "openai", "gpt-realtime-whisper", AudioDuration(90.0))
+        self.assertEqual((cost.status, cost.total), (EXACT, usd("0.017") * Decimal("1.5")))
+
+
+def catalog_price(usage: dict[str, Any]) -> Decimal:
+    """What agw's default catalog says a gpt-realtime response costs, from the provider's own usage object."""
+    details, cached = usage["input_token_details"], usage["input_token_details"]["cached_tokens_details"]
+    text_in, audio_in = details["text_tokens"], details["audio_tokens"]
+    out = usage["output_token_details"]
+    per_million = (
+        (text_in - cached["text_tokens"]) * Decimal(4) + cached["text_tokens"] * Decimal("0.4")
+        + (audio_in - cached["audio_tokens"]) * Decimal(32) + cached["audio_tokens"] * Decimal("0.4")
+        + out["text_tokens"] * Decimal(16) + out["audio_tokens"] * Decimal(64)
+    )
+    return per_million / 1_000_000
+
+
+class RealtimeCostTests(GatewayTestCase):
+    @inlineCallbacks
+    def test_charged_cost_is_catalog_price_times_provider_usage(self) -> Any:
+        self.fake.transcription_model = "gpt-realtime-whisper"
+        self.fake.transcription_usage = {"type": "duration", "seconds": 42.0}
+
+        def session() -> None:
+            with open_client(f"{self.ws_base}/realtime?model=gpt-realtime") as ws:
+                recv_event(ws)
+                for modalities in (["audio"], ["text"], ["audio"]):
+                    ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": modalities}}))
+                    while recv_event(ws)["type"] != "response.done":
+                        pass
+                ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                while recv_event(ws)["type"] != "conversation.item.input_audio_transcription.completed":
+                    pass
+
+        yield deferToThread(session)
+        yield wait_until(lambda: not self.gateway.relays[0].connections)
+        responses = [entry.usage for entry in self.fake.ledger if entry.operation == "chat"]
+        expected = sum((catalog_price(usage) for usage in responses), Decimal(0))
+        samples = yield self.scrape()
+        charged = {
+            dict(labels)["gen_ai_operation_name"]: value for (name, labels), value in samples.items()
+            if name == "agentgateway_gen_ai_client_cost_usd_total"
+        }
+        self.assertAlmostEqual(charged["chat"], float(expected), places=12)
+        self.assertAlmostEqual(charged["transcription"], 0.017 * 42 / 60, places=12)
+        by_component = sum(value for (name, labels), value in samples.items() if name == "agw_gen_ai_cost_usd_total")
+        self.assertAlmostEqual(by_component, float(expected) + 0.017 * 42 / 60, places=12)
+        lookups = {
+            (dict(labels)["status"], dict(labels)["gen_ai_response_model"]): value
+            for (name, labels), value in samples.items() if name == "agentgateway_cost_catalog_lookups_total"
+        }
+        self.assertEqual(lookups, {("Exact", REALTIME_MODEL): 3.0, ("Exact", "gpt-realtime-whisper"): 1.0})
+        lines = [json.loads(line) for line in self.access_log.getvalue().splitlines()]
+        logged = [Decimal(str(r["agw.ai.usage.cost.total"])) for r in lines if r["event"] == "realtime.response"]
+        self.assertEqual([round(c, 9) for c in logged], [round(catalog_price(u), 9) for u in responses])
+        (session_line,) = [r for r in lines if r["event"] == "realtime.session"]
+        self.assertAlmostEqual(session_line["agw.session.cost_usd"], float(expected) + 0.017 * 42 / 60, places=9)
