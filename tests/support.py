@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from decimal import Decimal
 from typing import Any
 
 import treq
@@ -217,6 +218,19 @@ def ledger_modalities(ledger: list) -> dict[tuple[str, str, str], float]:
     return sums
 
 
+def catalog_price(usage: dict[str, Any]) -> Decimal:
+    """What agw's default catalog says a gpt-realtime response costs, from the provider's own usage object."""
+    details, cached = usage["input_token_details"], usage["input_token_details"]["cached_tokens_details"]
+    text_in, audio_in = details["text_tokens"], details["audio_tokens"]
+    out = usage["output_token_details"]
+    per_million = (
+        (text_in - cached["text_tokens"]) * Decimal(4) + cached["text_tokens"] * Decimal("0.4")
+        + (audio_in - cached["audio_tokens"]) * Decimal(32) + cached["audio_tokens"] * Decimal("0.4")
+        + out["text_tokens"] * Decimal(16) + out["audio_tokens"] * Decimal(64)
+    )
+    return per_million / 1_000_000
+
+
 def accepts_connections(port: int) -> bool:
     """Whether something on 127.0.0.1 accepts a TCP connection on C{port}."""
     try:
@@ -330,3 +344,56 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _postgres_bin(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, or in Debian's versioned directory."""
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+class PostgresServer:
+    """
+    A real PostgreSQL server for one test: a fresh cluster in a temporary
+    directory, listening on 127.0.0.1 on a free port, stopped at cleanup.
+    As root it runs as the C{postgres} user (PostgreSQL refuses root).
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+        if initdb is None or pg_ctl is None:
+            from twisted.trial.unittest import SkipTest
+
+            raise SkipTest("PostgreSQL is not installed (apt-get install postgresql)")
+        import tempfile
+
+        self.directory = tempfile.mkdtemp(prefix="agw-pg-")
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.directory, "postgres")
+            as_user = ["runuser", "-u", "postgres", "--"]
+        data = os.path.join(self.directory, "data")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        subprocess.run([*as_user, initdb, "-D", data, "-U", "agw", "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True)
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.directory}"
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-o", options, "-w", "-l", os.path.join(self.directory, "log"), "start"],
+                       check=True, capture_output=True)
+        case.addCleanup(self._stop, as_user, pg_ctl, data)
+        self.url = f"postgresql://agw@127.0.0.1:{self.port}/postgres"
+
+    def _stop(self, as_user: list[str], pg_ctl: str, data: str) -> None:
+        import shutil
+
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(self.directory, ignore_errors=True)

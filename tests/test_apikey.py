@@ -60,6 +60,7 @@ def config_with_keys(upstream_port: int, mode: str = "strict", backend_auth: boo
 
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY, "TEAM_A_KEY": TEAM_A}
+DAILY_USD = {"name": "daily", "limit": {"unit": "USD", "amount": 10}, "window": {"rolling": "24h"}}
 
 
 class APIKeyConfigTests(SynchronousTestCase):
@@ -97,7 +98,13 @@ class APIKeyConfigTests(SynchronousTestCase):
             "the same key as keys[0]": {"keys": [{"key": "a"}, {"keyHash": "sha256:" + hashlib.sha256(b"a").hexdigest()}]},
             "a model pattern may have one '*' at most": {"keys": [{"key": "a", "allowedModels": ["gpt-*-*"]}]},
             "expected strict, optional or permissive": {"mode": "lenient", "keys": [{"key": "a"}]},
-            "keys[0].budgets: supported by agentgateway but not by agw yet": {"keys": [{"key": "a", "budgets": []}]},
+            "API keys with budgets must have a metadata.name": {"keys": [{"key": "a", "budgets": [DAILY_USD]}]},
+            "apiKey: API key budgets require config.database to be configured":
+                {"keys": [{"key": "a", "metadata": {"name": "a"}, "budgets": [DAILY_USD]}]},
+            "budgets[0].window.rolling: expected a duration":
+                {"keys": [{"key": "a", "metadata": {"name": "a"}, "budgets": [{**DAILY_USD, "window": {"rolling": "soon"}}]}]},
+            "budgets[0].limit.unit: expected USD or Tokens":
+                {"keys": [{"key": "a", "metadata": {"name": "a"}, "budgets": [{**DAILY_USD, "limit": {"unit": "EUR", "amount": 1}}]}]},
             "apiKey.location: supported by agentgateway but not by agw yet": {"keys": [{"key": "a"}], "location": {}},
         }
         for expected, spec in cases.items():

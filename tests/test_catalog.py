@@ -32,7 +32,13 @@ from agw.metering import (
 )
 from agw.serve import Options
 from agw.testing import REALTIME_MODEL
-from tests.support import GatewayTestCase, open_client, recv_event, wait_until
+from tests.support import (
+    GatewayTestCase,
+    catalog_price,
+    open_client,
+    recv_event,
+    wait_until,
+)
 
 CATALOG = {
     "providers": {
@@ -155,19 +161,6 @@ class PriceTests(SynchronousTestCase):
     def test_transcription_by_the_minute(self) -> None:
         cost = price_audio(default_catalog(), "openai", "gpt-realtime-whisper", AudioDuration(90.0))
         self.assertEqual((cost.status, cost.total), (EXACT, usd("0.017") * Decimal("1.5")))
-
-
-def catalog_price(usage: dict[str, Any]) -> Decimal:
-    """What agw's default catalog says a gpt-realtime response costs, from the provider's own usage object."""
-    details, cached = usage["input_token_details"], usage["input_token_details"]["cached_tokens_details"]
-    text_in, audio_in = details["text_tokens"], details["audio_tokens"]
-    out = usage["output_token_details"]
-    per_million = (
-        (text_in - cached["text_tokens"]) * Decimal(4) + cached["text_tokens"] * Decimal("0.4")
-        + (audio_in - cached["audio_tokens"]) * Decimal(32) + cached["audio_tokens"] * Decimal("0.4")
-        + out["text_tokens"] * Decimal(16) + out["audio_tokens"] * Decimal(64)
-    )
-    return per_million / 1_000_000
 
 
 class RealtimeCostTests(GatewayTestCase):

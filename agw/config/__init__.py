@@ -11,6 +11,8 @@ from agw.config._model import (
     APIKeyPolicy,
     BackendTLS,
     Bind,
+    Budget,
+    BudgetUnit,
     ClientKey,
     GatewayConfig,
     HeaderTransform,
@@ -25,7 +27,7 @@ from agw.config._model import (
 )
 
 __all__ = [
-    "APIKeyMode", "APIKeyPolicy", "ClientKey",
-    "AIBackend", "Address", "BackendTLS", "Bind", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "MiB",
-    "PathMatch", "Policies", "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
+    "AIBackend", "APIKeyMode", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",
+    "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "MiB", "PathMatch", "Policies",
+    "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
 ]

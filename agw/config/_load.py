@@ -19,6 +19,7 @@ from agw.config._model import (
     PathMatch,
     Route,
     RouteMatch,
+    Secret,
 )
 from agw.config._parsing import ConfigError, format_path
 from agw.config._policies import PolicyParser, key_digest
@@ -60,7 +61,7 @@ class _Parser(PolicyParser):
         for i, port in enumerate(ports):
             if port != 0 and port in ports[:i]:
                 raise self.fail(("binds", i, "port"), f"port {port} is bound twice")
-        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers", "modelCatalog"}, "config")
+        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers", "modelCatalog", "database"}, "config")
         workers = settings.get("workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise self.fail(("config", "workers"), f"expected a number of processes (0: one per CPU), got {workers!r}")
@@ -74,7 +75,27 @@ class _Parser(PolicyParser):
             admin_addr=self.address(settings.get("adminAddr"), ("config", "adminAddr"), defaults.admin_addr),
             workers=workers,
             model_catalog=self.model_catalog(settings["modelCatalog"]) if "modelCatalog" in settings else None,
+            database_url=self.database(settings.get("database"), binds),
         )
+
+    def database(self, value: Any, binds: tuple[Bind, ...]) -> Secret | None:
+        path: Path = ("config", "database")
+        url = None
+        if value is not None:
+            spec = self.mapping(value, path, {"url"}, "database")
+            url = self.string(spec.get("url"), path + ("url",))
+            scheme = url.partition("://")[0]
+            if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in url:
+                raise self.fail(path + ("url",), "expected sqlite://PATH or postgresql://USER@HOST/DB")
+        if url is None:
+            for b, bind in enumerate(binds):
+                for l, listener in enumerate(bind.listeners):
+                    for r, route in enumerate(listener.routes):
+                        keys = route.policies.api_key.keys if route.policies.api_key else ()
+                        if any(key.budgets for key in keys):
+                            where = ("binds", b, "listeners", l, "routes", r, "policies", "apiKey")
+                            raise self.fail(where, "API key budgets require config.database to be configured")
+        return Secret(url) if url is not None else None
 
     def model_catalog(self, value: Any) -> tuple[str, ...]:
         path = ("config", "modelCatalog")

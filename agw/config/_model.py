@@ -6,6 +6,7 @@ camelCase YAML, with no behaviour beyond what the data itself implies.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -99,6 +100,29 @@ class APIKeyMode(str, Enum):
     PERMISSIVE = "permissive"  # a valid key identifies the caller; others pass anonymously
 
 
+class BudgetUnit(str, Enum):
+    """What a budget counts."""
+
+    USD = "USD"  # cost, from the model catalog
+    TOKENS = "Tokens"  # input plus output tokens
+
+
+@frozen
+class Budget:
+    """
+    A C{keys[].budgets[]} entry, as agentgateway: at most C{amount} of
+    C{unit} per fixed window of C{window_seconds} (aligned to the Unix
+    epoch); C{block} refuses past it (C{onBudgetExceeded: Block}),
+    otherwise it is only reported (C{Audit}).
+    """
+
+    name: str
+    unit: BudgetUnit
+    amount: Decimal
+    window_seconds: int
+    block: bool = True
+
+
 @frozen
 class ClientKey:
     """
@@ -111,6 +135,7 @@ class ClientKey:
     digest: str = field(repr=False)
     metadata: Mapping[str, Any] = field(factory=dict, hash=False)
     allowed_models: tuple[str, ...] = ()
+    budgets: tuple[Budget, ...] = ()
 
     @property
     def name(self) -> str | None:
@@ -187,3 +212,5 @@ class GatewayConfig:
     workers: int = 1
     # config.modelCatalog's files, in order (None: not set; then MODEL_CATALOG_PATHS or agw's default).
     model_catalog: tuple[str, ...] | None = None
+    # config.database.url: where budgets are kept (sqlite://PATH or postgresql://...).
+    database_url: Secret | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
@@ -14,6 +15,8 @@ from agw.config._model import (
     APIKeyMode,
     APIKeyPolicy,
     BackendTLS,
+    Budget,
+    BudgetUnit,
     ClientKey,
     HeaderTransform,
     Policies,
@@ -31,6 +34,19 @@ def key_digest(key: str) -> str:
     """The SHA-256 hex digest agw keeps of a client key (agentgateway's C{keyHash} is C{sha256:} and this)."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
+
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int | None:
+    """Whole seconds of a duration such as C{24h}, C{1h30m} or C{90s}; C{None} if it is not one."""
+    text = text.strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return int(sum(int(number) * _SECONDS[unit] for number, unit in parts))
 
 
 class PolicyParser(BaseParser):
@@ -90,7 +106,7 @@ class PolicyParser(BaseParser):
         return APIKeyPolicy(keys=keys, mode=mode)
 
     def client_key(self, value: Any, path: Path, index: int) -> ClientKey:
-        entry = self.mapping(value, path, {"key", "keyHash", "metadata", "allowedModels"}, "apiKeyEntry")
+        entry = self.mapping(value, path, {"key", "keyHash", "metadata", "allowedModels", "budgets"}, "apiKeyEntry")
         if ("key" in entry) == ("keyHash" in entry):
             raise self.fail(path, "expected exactly one of key, keyHash")
         if "key" in entry:
@@ -99,7 +115,40 @@ class PolicyParser(BaseParser):
             digest = self.key_hash(self.string(entry["keyHash"], path + ("keyHash",)), path + ("keyHash",))
         metadata = self.mapping(entry.get("metadata"), path + ("metadata",), set(entry.get("metadata") or {}), "metadata")
         models = self.items(entry.get("allowedModels"), path + ("allowedModels",), self.model_pattern)
-        return ClientKey(digest=digest, metadata=MappingProxyType(dict(metadata)), allowed_models=models)
+        budgets = self.items(entry.get("budgets"), path + ("budgets",), self.budget)
+        if budgets and metadata.get("name") is None:
+            raise self.fail(path, "API keys with budgets must have a metadata.name")
+        names = [budget.name for budget in budgets]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise self.fail(path + ("budgets", index, "name"), f"budget {name!r} is listed twice")
+        return ClientKey(
+            digest=digest, metadata=MappingProxyType(dict(metadata)), allowed_models=models, budgets=budgets,
+        )
+
+    def budget(self, value: Any, path: Path, index: int) -> Budget:
+        spec = self.mapping(value, path, {"name", "limit", "window", "onBudgetExceeded"}, "budget")
+        limit = self.mapping(spec.get("limit"), path + ("limit",), {"unit", "amount"}, "budgetLimit")
+        unit_text = self.string(limit.get("unit"), path + ("limit", "unit"))
+        try:
+            unit = BudgetUnit(unit_text)
+        except ValueError:
+            raise self.fail(path + ("limit", "unit"), f"expected USD or Tokens, got {unit_text!r}") from None
+        amount_value = limit.get("amount")
+        try:
+            amount = Decimal(str(amount_value))
+        except (InvalidOperation, ValueError):
+            amount = Decimal(-1)
+        if isinstance(amount_value, bool) or not amount.is_finite() or amount < 0:
+            raise self.fail(path + ("limit", "amount"), f"expected a non-negative amount, got {amount_value!r}")
+        window = self.mapping(spec.get("window"), path + ("window",), {"rolling"}, "budgetWindow")
+        seconds = parse_duration(self.string(window.get("rolling"), path + ("window", "rolling")))
+        if seconds is None or seconds <= 0:
+            raise self.fail(path + ("window", "rolling"), f"expected a duration such as 24h or 30m, got {window.get('rolling')!r}")
+        action = self.string(spec.get("onBudgetExceeded", "Block"), path + ("onBudgetExceeded",))
+        if action not in ("Block", "Audit"):
+            raise self.fail(path + ("onBudgetExceeded",), f"expected Block or Audit, got {action!r}")
+        return Budget(self.string(spec.get("name"), path + ("name",)), unit, amount, seconds, action == "Block")
 
     def key_hash(self, text: str, path: Path) -> str:
         if text.startswith(("$2a$", "$2b$", "$2y$")):

@@ -33,7 +33,6 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "aiPolicy": frozenset({"promptGuard", "defaults", "overrides", "prompts", "modelAliases", "promptCaching"}),
     "backendAuth": frozenset({"passthrough", "gcp", "aws", "azure"}),
     "apiKey": frozenset({"location"}),
-    "apiKeyEntry": frozenset({"budgets"}),
     "backendTLS": frozenset({"cert", "key", "insecure", "insecureHost", "alpn", "subjectAltNames", "keyExchangeGroups", "spiffe"}),
     "transformations": frozenset({"response"}),
     "requestTransform": frozenset({"body"}),

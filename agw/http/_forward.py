@@ -122,6 +122,7 @@ class HTTPForwarder(Resource):
         try:
             key = keys.authenticate(presented_key(_authorization(request))) if keys is not None else None
             exchange.consumer = key.name if key is not None else None
+            self._check_budgets(request, exchange.consumer)
             body = self._request_body(request, exchange)
             if self._parsed is not None:
                 # Only where agw reads the body does it know the model (passthrough: not checked).
@@ -129,7 +130,8 @@ class HTTPForwarder(Resource):
         except _Refused as refused:
             return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
         except KeyRefused as refused:
-            return self._answer(request, refused.status, refused.message, refused.code, "invalid_request_error", exchange)
+            error_type = "requests" if refused.status == 429 else "invalid_request_error"
+            return self._answer(request, refused.status, refused.message, refused.code, error_type, exchange)
 
         url = self._context.target.url(path, query)
         pending = self._client.request(method, url, self._headers(request), body)
@@ -191,6 +193,18 @@ class HTTPForwarder(Resource):
             else:
                 request.finish()
         self._record(method, response.code, exchange)
+
+    def _check_budgets(self, request: Request, consumer: str | None) -> None:
+        governor = self._context.governor
+        exhausted = governor.blocking(consumer) if governor is not None else None
+        if exhausted is not None:
+            # agentgateway's rate-limit headers, for the budget that is spent.
+            reset = max(0, int(exhausted.window_end - self._reactor.seconds()))
+            request.setHeader(b"x-ratelimit-limit", str(exhausted.budget.amount).encode())
+            request.setHeader(b"x-ratelimit-remaining", b"0")
+            request.setHeader(b"x-ratelimit-reset", str(reset).encode())
+            request.setHeader(b"retry-after", str(reset).encode())
+            raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
 
     def _exchange(self, request: Request) -> HTTPExchange:
         operation = self._parsed[1] if self._parsed else None
@@ -275,4 +289,6 @@ class HTTPForwarder(Resource):
 
     def _record(self, method: bytes, status: int, exchange: HTTPExchange) -> None:
         context = self._context
-        exchange.record(context.metrics, context.labels, context.access_log, method, status, self._reactor.seconds())
+        exchange.record(
+            context.metrics, context.labels, context.access_log, method, status, self._reactor.seconds(), context.governor,
+        )

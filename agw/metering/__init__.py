@@ -9,6 +9,7 @@ but L{agw.config}.
 
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
+from agw.metering._budgets import BudgetState, Governor
 from agw.metering._catalog import (
     EXACT,
     MISSING,
@@ -26,6 +27,7 @@ from agw.metering._catalog import (
     read_catalogs,
 )
 from agw.metering._http import HTTPExchange
+from agw.metering._ledger import BudgetLedger, LedgerURLError
 from agw.metering._metrics import OTHER_MODEL, UNKNOWN_MODEL, GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.metering._usage import (
@@ -48,6 +50,7 @@ from agw.metering._usage import (
 )
 
 __all__ = [
+    "BudgetLedger", "BudgetState", "Governor", "LedgerURLError",
     "EXACT", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs",
     "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",

@@ -11,6 +11,7 @@ from typing import Any
 from attrs import define
 
 from agw.metering._accesslog import AccessLog, cost_fields, usage_fields
+from agw.metering._budgets import Governor
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._usage import TokenUsage
 
@@ -43,6 +44,7 @@ class HTTPExchange:
 
     def record(
         self, metrics: GatewayMetrics, route: RouteLabels, log: AccessLog, method: bytes, status: int, now: float,
+        governor: Governor | None = None,
     ) -> None:
         """The request is over (answered C{status} at C{now}): count it and log it, once."""
         duration = now - self.started
@@ -64,6 +66,8 @@ class HTTPExchange:
         priced = models is not None and usage is not None and 200 <= status < 300
         cost = metrics.record_tokens(route, models, usage, self.consumer or "") if priced else None  # type: ignore[arg-type]
         log.emit("http", route, models, **fields, **cost_fields(cost))
+        if governor is not None and usage is not None and priced:
+            governor.charge(self.consumer, cost, usage.input + usage.output)
         if models is None or not 200 <= status < 300:
             return
         first = self.first_byte_at

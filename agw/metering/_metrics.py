@@ -9,6 +9,7 @@ from __future__ import annotations
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agw.metering._budgets import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
 from agw.metering._usage import AudioDuration, TokenUsage
 
@@ -104,6 +105,13 @@ class GatewayMetrics:
             "Cumulative USD cost of generative AI requests, from the model cost catalog (agentgateway-compatible).",
             _GEN_AI_LABELS + _ROUTE_LABELS,
             registry=self.registry,
+        )
+        self.budget_remaining = Gauge(
+            "agw_budget_remaining",
+            "What is left of each budget of each consumer in the current window (USD or tokens, by unit).",
+            ("consumer", "budget", "unit"),
+            registry=self.registry,
+            multiprocess_mode="livemin",  # with workers: the most spent any live worker knows of
         )
         self.cost_lookups = Counter(
             "agentgateway_cost_catalog_lookups",
@@ -223,6 +231,10 @@ class GatewayMetrics:
             self.cost.labels(*common).inc(float(cost.total))
             for component, usd in cost.components.items():
                 self.cost_by_component.labels(component, *common, consumer).inc(float(usd))
+
+    def record_budget(self, state: BudgetState) -> None:
+        """A budget's spend changed (see L{agw.metering.Governor})."""
+        self.budget_remaining.labels(state.consumer, state.budget.name, state.budget.unit.value).set(float(state.remaining))
 
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, usage_fields
+from agw.metering._budgets import BudgetState, Governor
 from agw.metering._catalog import Cost
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._usage import AudioDuration, TokenUsage
@@ -31,8 +32,11 @@ class RealtimeSession:
         clock: Callable[[], float],
         access_log: AccessLog = NO_ACCESS_LOG,
         consumer: str | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self._metrics = metrics
+        self._governor = governor
+        self._consumer = consumer
         # Who the session is for (the apiKey's metadata.name), in every record of it.
         self.consumer = consumer or ""
         self._who = {"agw.consumer": consumer} if consumer else {}
@@ -52,6 +56,7 @@ class RealtimeSession:
         # (bounded: a provider error naming one means it never bills).
         self._requested_ids: dict[str, None] = {}
         self.responses = 0
+        self.responses_refused = 0  # response.create events a budget stopped
         self.started_at: float | None = None
         self._ttft_from: float | None = None
         self.totals = {"input": 0, "output": 0, "input_cache_read": 0}
@@ -81,7 +86,7 @@ class RealtimeSession:
             **{"duration_s": round(duration, 6), "websocket.close_code": close_code, "agw.responses": self.responses,
                "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
                **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()},
-               "agw.session.cost_usd": float(self.cost), **self._who},
+               "agw.session.cost_usd": float(self.cost), "agw.responses_refused": self.responses_refused, **self._who},
         )
 
     def relayed(self, direction: str, size: int) -> None:
@@ -151,15 +156,31 @@ class RealtimeSession:
             labels = self._metrics.model_values(self._models(CHAT)) + self._route.values()
             self._metrics.time_to_first_token.labels(*labels).observe(elapsed)
 
-    def response_started(self, response_id: str | None) -> None:
-        # A response the server started on its own (server VAD) answers no
-        # request; one the client asked for answers the oldest request.
+    def refused(self) -> None:
+        """A C{response.create} was not forwarded: a budget forbade it."""
+        self.responses_refused += 1
+
+    def refusal(self) -> BudgetState | None:
+        """The exhausted budget that forbids a new response, if any (checked before each C{response.create})."""
+        return self._governor.blocking(self._consumer) if self._governor is not None else None
+
+    def response_started(self, response_id: str | None) -> BudgetState | None:
+        """
+        A response began; if the server started it on its own (server VAD:
+        no request of the client's is waiting) while a budget is exhausted,
+        the budget that forbids it (the caller cancels it; its usage is
+        still counted and charged).
+        """
+        # A response the server started on its own answers no request; one
+        # the client asked for answers the oldest request.
+        refused = self.refusal() if not self.responses_requested else None
         self.responses_requested = max(0, self.responses_requested - 1)
         if not self.responses_requested:
             self._requested_ids.clear()  # every request answered
         self.responses_in_progress += 1
         if response_id is not None:
             self.in_flight[response_id] = None
+        return refused
 
     def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None:
         self.responses_in_progress = max(0, self.responses_in_progress - 1)
@@ -175,6 +196,8 @@ class RealtimeSession:
     def tokens_used(self, operation: str, usage: TokenUsage) -> Cost:
         cost = self._metrics.record_tokens(self._route, self._models(operation), usage, self.consumer)
         self.cost += cost.total
+        if self._governor is not None:
+            self._governor.charge(self._consumer, cost, usage.input + usage.output)
         self.totals["input"] += usage.input
         self.totals["output"] += usage.output
         self.totals["input_cache_read"] += usage.cached_input or 0
@@ -188,6 +211,8 @@ class RealtimeSession:
     def audio_used(self, operation: str, duration: AudioDuration) -> None:
         cost = self._metrics.record_audio(self._route, self._models(operation), duration, self.consumer)
         self.cost += cost.total
+        if self._governor is not None:
+            self._governor.charge(self._consumer, cost, 0)
         self._log.emit(
             f"realtime.{operation}", self._route, self._models(operation), **{"agw.usage.audio_seconds": duration.seconds},
             **cost_fields(cost), **self._who,

@@ -25,7 +25,15 @@ from agw.metering import RealtimeSession
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
-from agw.routing import ConnectionTracker, KeyCheck, RouteContext, presented_key, render_error, upstream_headers
+from agw.routing import (
+    ConnectionTracker,
+    KeyCheck,
+    KeyRefused,
+    RouteContext,
+    presented_key,
+    render_error,
+    upstream_headers,
+)
 
 # The client's WebSocket handshake headers: the upstream leg makes its own.
 _HANDSHAKE_HEADERS = frozenset({
@@ -125,8 +133,12 @@ class RealtimeRelay:
             key = context.keys.authenticate(presented_key(request.headers.get("authorization"), tuple(request.protocols)))
             KeyCheck.authorize(key, model)
             consumer = key.name if key is not None else None
+        if context.governor is not None:
+            exhausted = context.governor.blocking(consumer)
+            if exhausted is not None:
+                raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
         return RealtimeSession(
-            context.metrics, context.labels, model, self._reactor.seconds, context.access_log, consumer,
+            context.metrics, context.labels, model, self._reactor.seconds, context.access_log, consumer, context.governor,
         )
 
     def open_upstream(

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.metering import CLIENT_TO_UPSTREAM, RealtimeSession, client_event_id, client_event_type
+from agw.realtime._budget_events import budget_error_event
 from agw.realtime._leg import RelayLeg
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._refusal import UpstreamRefused
@@ -42,6 +43,7 @@ class SessionHost(Protocol):
     def closed(self, leg: RealtimeServerProtocol) -> None: ...
 
 REALTIME_SUBPROTOCOL = "realtime"
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests"}
 RESPONSE_CREATE = "response.create"
 
 
@@ -94,8 +96,8 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             session = relay.new_session(request)
         except KeyRefused as refused:
             self._answer = HandshakeAnswer.error(
-                refused.status, "Unauthorized" if refused.status == 401 else "Forbidden", refused.message, refused.code,
-                error_type="invalid_request_error",
+                refused.status, _REASONS[refused.status], refused.message, refused.code,
+                error_type="requests" if refused.status == 429 else "invalid_request_error",
             )
             raise ConnectionDeny(refused.status, self._answer.reason) from None
         if not relay.slots.acquire(self):
@@ -142,15 +144,23 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         self.factory.relay.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        forwarded = self.forward(payload, isBinary)
         session = self.session
+        creates = not isBinary and session is not None and client_event_type(payload) == RESPONSE_CREATE
+        if creates:
+            refused = session.refusal()  # type: ignore[union-attr]
+            if refused is not None:
+                # Not forwarded: the client learns why in-protocol, and the session goes on.
+                self.sendMessage(budget_error_event(refused, client_event_id(payload)))
+                session.refused()  # type: ignore[union-attr]
+                return
+        forwarded = self.forward(payload, isBinary)
         if session is None:
             return
         if not forwarded:
             session.dropped(CLIENT_TO_UPSTREAM)
             return
         session.relayed(CLIENT_TO_UPSTREAM, len(payload))
-        if not isBinary and client_event_type(payload) == RESPONSE_CREATE:
+        if creates:
             session.response_requested(client_event_id(payload))
 
     def connectionLost(self, reason: Any) -> None:

@@ -6,7 +6,7 @@ arrive.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from agw.metering import (
     TRANSCRIPTION,
@@ -36,7 +36,7 @@ class UsageSink(Protocol):
 
     def transcription_model_changed(self, model: str) -> None: ...
 
-    def response_started(self, response_id: str | None) -> None: ...
+    def response_started(self, response_id: str | None) -> Any: ...
 
     def first_delta(self) -> None: ...
 
@@ -59,6 +59,9 @@ class RealtimeUsageMixin:
 
     usage_sink: UsageSink | None = None
 
+    def server_response_refused(self, response_id: str | None, budget: Any) -> None:
+        """The server started a response a budget forbids (see L{UsageSink.response_started}): stop it."""
+
     def inspect_server_event(self, payload: bytes, is_binary: bool) -> None:
         sink = self.usage_sink
         if sink is None or is_binary:
@@ -72,7 +75,10 @@ class RealtimeUsageMixin:
             return
         kind = event.get("type")
         if kind == "response.created":
-            sink.response_started(response_id(event))
+            identifier = response_id(event)
+            refused = sink.response_started(identifier)
+            if refused is not None:
+                self.server_response_refused(identifier, refused)
         elif kind == "response.done":
             response = event.get("response")
             status = response.get("status") if isinstance(response, dict) else None

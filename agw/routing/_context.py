@@ -9,7 +9,7 @@ from typing import Any
 from attrs import frozen
 
 from agw.config import Policies
-from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels
+from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, Governor, RouteLabels
 from agw.routing._apikey import KeyCheck
 from agw.routing._backend import BackendTarget
 
@@ -33,3 +33,5 @@ class RouteContext:
     model_override: str | None = None
     # The route's apiKey policy, if it has one.
     keys: KeyCheck | None = None
+    # The budgets of the gateway's client keys, if any have budgets.
+    governor: Governor | None = None

@@ -1,11 +1,14 @@
 """
 The admin listeners' resources: C{/metrics} (one registry, Prometheus' text
-format) and C{/healthz/ready}.
+format), C{/healthz/ready}, and on C{adminAddr} C{/budgets} (each
+consumer's budgets, never the keys).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.resource import Resource
@@ -55,4 +58,31 @@ def readiness_root(is_ready: Callable[[], bool]) -> Resource:
     healthz = Resource()
     root.putChild(b"healthz", healthz)
     healthz.putChild(b"ready", ReadinessResource(is_ready))
+    return root
+
+
+class BudgetsResource(Resource):
+    """C{/budgets}: where every budget of every consumer stands (JSON)."""
+
+    isLeaf = True
+
+    def __init__(self, governor: Any, clock: Any) -> None:
+        super().__init__()
+        self._governor = governor
+        self._clock = clock
+
+    def render_GET(self, request: Request) -> bytes:
+        now = self._clock.seconds()
+        consumers = [
+            {"name": name, "budgets": [state.as_json(now) for state in self._governor.states(name)]}
+            for name in self._governor.consumers
+        ]
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        return json.dumps({"consumers": consumers}).encode()
+
+
+def admin_root(governor: Any, clock: Any) -> Resource:
+    """The admin listener's tree: C{/budgets}."""
+    root = Resource()
+    root.putChild(b"budgets", BudgetsResource(governor, clock))
     return root

@@ -14,7 +14,7 @@ from twisted.web.resource import IResource
 
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
-from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, RouteLabels, catalog_for
+from agw.metering import NO_ACCESS_LOG, AccessLog, BudgetLedger, GatewayMetrics, Governor, RouteLabels, catalog_for
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import (
     BackendTarget,
@@ -61,7 +61,19 @@ class Gateway:
         self.http_options = http_options
         self.http_client = UpstreamClient(reactor, http_options)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
+        self.governor = self._governor(config)
         self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
+
+    def _governor(self, config: GatewayConfig) -> Governor | None:
+        """Budgets of the config's client keys (started by the service, see L{Governor.start})."""
+        keys = [
+            key for bind in config.binds for listener in bind.listeners for route in listener.routes
+            if route.policies.api_key is not None for key in route.policies.api_key.keys
+        ]
+        if config.database_url is None or not any(key.budgets for key in keys):
+            return None
+        ledger = BudgetLedger(config.database_url.value, self.reactor)
+        return Governor(keys, ledger, self.reactor, on_change=self.metrics.record_budget)
 
     @classmethod
     def from_file(cls, filename: str, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Gateway:
@@ -125,7 +137,7 @@ class Gateway:
         api_key = route.policies.api_key
         context = RouteContext(
             self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
-            self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None,
+            self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None, self.governor,
         )
         built: dict[RouteType, IResource] = {}
 

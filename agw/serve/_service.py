@@ -21,8 +21,8 @@ from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
-from agw.metering import GatewayMetrics
-from agw.serve._admin import readiness_root, stats_root
+from agw.metering import GatewayMetrics, Governor
+from agw.serve._admin import admin_root, readiness_root, stats_root
 from agw.serve._reuseport import ReusePortServerEndpoint
 from agw.serve._site import GatewaySite
 
@@ -38,6 +38,7 @@ class Servable(Protocol):
     config: GatewayConfig
     metrics: GatewayMetrics
     http_options: HTTPOptions
+    governor: Governor | None
 
     def resource(self, port: int | None = None) -> IResource: ...
 
@@ -201,6 +202,21 @@ class GatewayService(MultiService):
         self.readiness: ListeningService | None = None
         if admin:
             self.stats, self.readiness = admin_listeners(self, reactor, config, gateway.metrics.registry, self.is_ready)
+        self.admin: ListeningService | None = None
+        if admin and gateway.governor is not None:
+            # adminAddr serves the budgets' read-out (only when there are budgets to show).
+            self.admin = ListeningService(
+                reactor, config.admin_addr, make_site(admin_root(gateway.governor, reactor), reactor), "admin",
+            )
+            self.admin.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        governor = self.gateway.governor
+        if governor is not None:
+            governor.start().addErrback(
+                lambda failure: self.log.failure("budgets cannot be read from the database", failure)
+            )
 
     def is_ready(self) -> bool:
         """Every bind is listening (and the gateway is not stopping)."""
@@ -228,4 +244,6 @@ class GatewayService(MultiService):
         yield DeferredList([listener.stopService() for listener in self.binds.values()])
         yield self.gateway.drain(self.drain_period)
         yield MultiService.stopService(self)
+        if self.gateway.governor is not None:
+            self.gateway.governor.stop()
         self.draining = False

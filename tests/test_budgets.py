@@ -1,0 +1,251 @@
+"""
+Budgets that hold inside a live Realtime session: a consumer over its
+budget gets its next response.create refused in-protocol while the other
+key is unaffected; server-started responses are cancelled; spend is
+charged as the provider bills it, survives a restart, and is shared by
+gateways on one SQLite file or one PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+from decimal import Decimal
+from typing import Any
+
+import treq
+import yaml
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from agw import Gateway, parse_config
+from agw.config import Budget, BudgetUnit, ClientKey
+from agw.metering import BudgetLedger, Governor
+from agw.testing import FakeOpenAI
+from tests.support import (
+    BACKEND_KEY,
+    PostgresServer,
+    catalog_price,
+    handshake_status,
+    open_client,
+    recv_event,
+    seed_config_text,
+    wait_until,
+)
+
+TEAM_A = "sk-agw-team-a-budget"
+TEAM_B = "sk-agw-team-b-budget"
+TOKEN_LIMIT = 100  # the fake's first audio response alone uses 106
+
+
+def budget_config(upstream_port: int, database_url: str) -> str:
+    data = yaml.safe_load(seed_config_text(upstream_port))
+    data["config"]["database"] = {"url": database_url}
+    data["config"]["adminAddr"] = "127.0.0.1:0"
+    keys = [
+        {"key": TEAM_A, "metadata": {"name": "team-a"}, "budgets": [
+            {"name": "daily-tokens", "limit": {"unit": "Tokens", "amount": TOKEN_LIMIT}, "window": {"rolling": "24h"}},
+        ]},
+        {"keyHash": "sha256:" + hashlib.sha256(TEAM_B.encode()).hexdigest(), "metadata": {"name": "team-b"}, "budgets": [
+            {"name": "daily-usd", "limit": {"unit": "USD", "amount": "5"}, "window": {"rolling": "24h"}},
+            {"name": "audit", "limit": {"unit": "Tokens", "amount": 1}, "window": {"rolling": "1h"},
+             "onBudgetExceeded": "Audit"},
+        ]},
+    ]
+    for route in data["binds"][0]["listeners"][0]["routes"]:
+        route["policies"]["apiKey"] = {"mode": "strict", "keys": keys}
+    return yaml.safe_dump(data)
+
+
+class BudgetGateway:
+    """agw with budgeted keys, running (one of several on the same database, possibly)."""
+
+    def __init__(self, case: TestCase, upstream_port: int, database_url: str) -> None:
+        self.case = case
+        self.gateway = Gateway(parse_config(budget_config(upstream_port, database_url), {"OPENAI_API_KEY": BACKEND_KEY}))
+        self.service = self.gateway.service(interface="127.0.0.1", drain_period=0)
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        self.service.startService()
+        self.case.addCleanup(self.stop)
+        yield wait_until(self.service.is_ready)
+        self.port = self.service.port_of(0)
+        self.admin_port = self.service.admin.port.getHost().port
+        return self
+
+    def stop(self) -> Any:
+        return self.service.stopService() if self.service.running else None
+
+    def budgets(self) -> dict[str, dict[str, Any]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/budgets", timeout=5) as response:
+            data = json.loads(response.read())
+        return {f"{c['name']}/{b['name']}": b for c in data["consumers"] for b in c["budgets"]}
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime?model=gpt-realtime"
+
+
+def auth(key: str) -> dict[str, Any]:
+    return {"additional_headers": {"Authorization": f"Bearer {key}"}}
+
+
+def respond(ws: Any, event_id: str) -> dict[str, Any]:
+    """Send a response.create; the response.done, or the error event that answered it."""
+    ws.send(json.dumps({"type": "response.create", "event_id": event_id, "response": {"output_modalities": ["audio"]}}))
+    while True:
+        event = recv_event(ws)
+        if event["type"] in ("response.done", "error"):
+            return event
+
+
+class BudgetInSessionTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        reactor.suggestThreadPoolSize(16)
+        self.fake = FakeOpenAI()
+        listening = yield self.fake.listen(reactor)
+        self.addCleanup(listening.stopListening)
+        self.upstream_port = listening.getHost().port
+        self.database = "sqlite://" + os.path.abspath(self.mktemp() + ".db")
+        self.agw = yield BudgetGateway(self, self.upstream_port, self.database).start()
+
+    @inlineCallbacks
+    def test_over_budget_response_create_is_refused_in_protocol(self) -> Any:
+        def team_a() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            with open_client(self.agw.url, **auth(TEAM_A)) as ws:
+                recv_event(ws)
+                first = respond(ws, "first")  # within the budget when asked: runs to the end
+                second = respond(ws, "second")  # the first used more than the budget: refused
+                ws.send(json.dumps({"type": "test.echo", "still": "open"}))
+                echo = recv_event(ws)
+                return first, second, echo
+
+        first, second, echo = yield deferToThread(team_a)
+        self.assertEqual(first["type"], "response.done")
+        self.assertEqual(second["type"], "error")
+        self.assertEqual((second["error"]["code"], second["error"]["event_id"]), ("rate_limit_exceeded", "second"))
+        self.assertEqual(echo, {"type": "test.echo", "still": "open"})  # the session goes on
+        self.assertEqual(len(self.fake.ledger), 1)  # the refused one never reached the provider
+
+        def team_b() -> dict[str, Any]:
+            with open_client(self.agw.url, **auth(TEAM_B)) as ws:
+                recv_event(ws)
+                return respond(ws, "b1")
+
+        other = yield deferToThread(team_b)
+        self.assertEqual(other["type"], "response.done")  # the other key is unaffected
+
+        usage = self.fake.ledger[0].usage
+        spent = yield deferToThread(self.agw.budgets)
+        self.assertEqual(spent["team-a/daily-tokens"]["spent"], usage["input_tokens"] + usage["output_tokens"])
+        self.assertEqual(spent["team-a/daily-tokens"]["remaining"], 0)
+        b_cost = Decimal(str(spent["team-b/daily-usd"]["spent"]))
+        self.assertEqual(round(b_cost, 9), round(catalog_price(self.fake.ledger[1].usage), 9))
+        self.assertGreater(spent["team-b/audit"]["spent"], 1)  # Audit: over, and never blocked
+
+        # Over budget at the handshake: refused before the provider is asked.
+        handshakes = len(self.fake.handshakes)
+        status, body = yield deferToThread(handshake_status, self.agw.url, **auth(TEAM_A))
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (429, "rate_limit_exceeded"))
+        self.assertEqual(len(self.fake.handshakes), handshakes)
+
+        # HTTP too: 429 with the rate-limit headers.
+        response = yield treq.post(
+            f"http://127.0.0.1:{self.agw.port}/v1/chat/completions", json={"model": "m", "messages": []},
+            headers={"Authorization": f"Bearer {TEAM_A}"}, persistent=False,
+        )
+        body = yield response.json()
+        self.assertEqual((response.code, body["error"]["code"]), (429, "rate_limit_exceeded"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-ratelimit-remaining"), [b"0"])
+        self.assertEqual(response.headers.getRawHeaders(b"x-ratelimit-limit"), [str(TOKEN_LIMIT).encode()])
+
+    @inlineCallbacks
+    def test_server_started_response_over_budget_is_cancelled_and_still_charged(self) -> Any:
+        self.fake.server_vad = True
+        self.fake.response_delay = 30.0  # only the cancel ends it in time
+
+        def session() -> list[str]:
+            with open_client(self.agw.url, **auth(TEAM_A)) as ws:
+                recv_event(ws)
+                # An audio response uses more than the whole budget.
+                ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["audio"]}}))
+                types = []
+                while True:  # server VAD starts a second response after the commit below
+                    event = recv_event(ws)
+                    types.append(event["type"])
+                    if event["type"] == "response.created" and types.count("response.created") == 1:
+                        ws.send(json.dumps({"type": "response.cancel"}))  # end the first one now
+                    if event["type"] == "response.done" and types.count("response.done") == 1:
+                        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                    if types.count("response.done") == 2:
+                        return types
+
+        types = yield deferToThread(session)
+        self.assertIn("error", types[types.index("response.done") + 1:])
+        cancels = [json.loads(m) for m in self.fake.received if b"response.cancel" in m]
+        self.assertEqual(cancels[-1], {"type": "response.cancel", "response_id": "resp_2"})
+        spent = yield deferToThread(self.agw.budgets)
+        billed = sum(e.usage["input_tokens"] + e.usage["output_tokens"] for e in self.fake.ledger)
+        self.assertEqual(spent["team-a/daily-tokens"]["spent"], billed)
+
+    @inlineCallbacks
+    def test_spend_survives_a_restart(self) -> Any:
+        def spend() -> None:
+            with open_client(self.agw.url, **auth(TEAM_A)) as ws:
+                recv_event(ws)
+                respond(ws, "x")
+
+        yield deferToThread(spend)
+        spent = yield deferToThread(self.agw.budgets)
+        self.assertEqual(spent["team-a/daily-tokens"]["remaining"], 0)
+        yield self.agw.stop()  # the charge is in the database before the service stops
+        again = yield BudgetGateway(self, self.upstream_port, self.database).start()
+        yield wait_until(lambda: again.gateway.governor.blocking("team-a") is not None)
+        after = yield deferToThread(again.budgets)
+        self.assertEqual(after["team-a/daily-tokens"]["spent"], spent["team-a/daily-tokens"]["spent"])
+        status, _ = yield deferToThread(handshake_status, again.url, **auth(TEAM_A))
+        self.assertEqual(status, 429)
+
+
+class SharedLedgerTests(TestCase):
+    """Two gateways charging one database at once: every charge counts, once."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def charge_concurrently(self, url: str) -> Any:
+        key = ClientKey(digest="x", metadata={"name": "team"}, budgets=(
+            Budget("tokens", BudgetUnit.TOKENS, Decimal(10**9), 86400),
+        ))
+        governors = [Governor([key], BudgetLedger(url, reactor), reactor) for _ in range(2)]
+        for governor in governors:
+            yield governor.start()
+            self.addCleanup(governor.stop)
+        for _ in range(50):
+            for governor in governors:
+                governor.charge("team", None, 7)
+        expected = 2 * 50 * 7
+        deadline = reactor.seconds() + 20
+        while reactor.seconds() < deadline:
+            # Each governor learns the others' charges from the database.
+            yield DeferredList([governor.refresh() for governor in governors])
+            if all(g.states("team")[0].spent == expected for g in governors):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([g.states("team")[0].spent for g in governors], [expected, expected])
+
+    def test_sqlite_file(self) -> Any:
+        return self.charge_concurrently("sqlite://" + os.path.abspath(self.mktemp() + ".db"))
+
+    def test_postgresql(self) -> Any:
+        server = PostgresServer(self)
+        return self.charge_concurrently(server.url)
