@@ -169,6 +169,32 @@ class BudgetInSessionTests(TestCase):
         self.assertEqual(response.headers.getRawHeaders(b"x-ratelimit-limit"), [str(TOKEN_LIMIT).encode()])
 
     @inlineCallbacks
+    def test_budgets_in_rate_limits_updated(self) -> Any:
+        """Clients read their remaining budget where they read the provider's limits."""
+
+        def session() -> list[dict[str, Any]]:
+            updates = []
+            with open_client(self.agw.url, **auth(TEAM_B)) as ws:
+                recv_event(ws)
+                for n in range(2):
+                    ws.send(json.dumps({"type": "response.create"}))
+                    while (event := recv_event(ws))["type"] != "response.done":
+                        if event["type"] == "rate_limits.updated":
+                            updates.append(event)
+            return updates
+
+        first, second = yield deferToThread(session)
+        self.assertEqual(
+            [limit["name"] for limit in first["rate_limits"]], ["requests", "tokens", "agw.budget.daily-usd", "agw.budget.audit"],
+        )
+        usd = {limit["name"]: limit for limit in first["rate_limits"]}["agw.budget.daily-usd"]
+        self.assertEqual((usd["limit"], usd["remaining"]), (5.0, 5.0))
+        self.assertTrue(0 < usd["reset_seconds"] <= 86400)
+        after = {limit["name"]: limit for limit in second["rate_limits"]}
+        spent = float(catalog_price(self.fake.ledger[0].usage))
+        self.assertAlmostEqual(after["agw.budget.daily-usd"]["remaining"], 5.0 - spent, places=9)
+
+    @inlineCallbacks
     def test_server_started_response_over_budget_is_cancelled_and_still_charged(self) -> Any:
         self.fake.server_vad = True
         self.fake.response_delay = 30.0  # only the cancel ends it in time

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, usage_fields
 from agw.metering._budgets import BudgetState, Governor
@@ -155,6 +156,17 @@ class RealtimeSession:
             elapsed, self._ttft_from = self._clock() - self._ttft_from, None
             labels = self._metrics.model_values(self._models(CHAT)) + self._route.values()
             self._metrics.time_to_first_token.labels(*labels).observe(elapsed)
+
+    def rate_limits(self) -> list[dict[str, Any]]:
+        """agw's limits for C{rate_limits.updated}: each budget of the consumer (OpenAI's entry shape)."""
+        if self._governor is None:
+            return []
+        now = self._clock()
+        return [
+            {"name": f"agw.budget.{state.budget.name}", "limit": float(state.budget.amount),
+             "remaining": float(state.remaining), "reset_seconds": round(state.window_end - now, 3)}
+            for state in self._governor.states(self._consumer)
+        ]
 
     def refused(self) -> None:
         """A C{response.create} was not forwarded: a budget forbade it."""

@@ -24,7 +24,11 @@ RESPONSE_CREATED = b'"response.created"'
 TRANSCRIPTION_COMPLETED = b'"conversation.item.input_audio_transcription.completed"'
 # An error may answer a client's response.create: that response will never bill.
 ERROR = b'"error"'
-_MARKERS = (RESPONSE_DONE, RESPONSE_CREATED, SESSION_CREATED, SESSION_UPDATED, TRANSCRIPTION_COMPLETED, ERROR)
+# The provider's limits, sent as a response starts: agw adds its own to them.
+RATE_LIMITS_UPDATED = b'"rate_limits.updated"'
+_MARKERS = (
+    RESPONSE_DONE, RESPONSE_CREATED, SESSION_CREATED, SESSION_UPDATED, TRANSCRIPTION_COMPLETED, ERROR, RATE_LIMITS_UPDATED,
+)
 _INTERESTING_TYPES = frozenset(marker[1:-1] for marker in _MARKERS)
 # OpenAI writes "type" first. When an event starts that way its type is
 # known from the head, and a 48 KB audio delta is not scanned five times.

@@ -79,7 +79,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self.transport.resumeProducing()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.inspect_server_event(payload, isBinary)
+        payload = self.inspect_server_event(payload, isBinary)
         if self._draining is not None:
             self._drain_step()
             return

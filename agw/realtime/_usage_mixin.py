@@ -6,6 +6,7 @@ arrive.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from agw.metering import (
@@ -40,6 +41,8 @@ class UsageSink(Protocol):
 
     def first_delta(self) -> None: ...
 
+    def rate_limits(self) -> list[dict[str, Any]]: ...
+
     def request_failed(self, event_id: str) -> None: ...
 
     def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None: ...
@@ -62,19 +65,26 @@ class RealtimeUsageMixin:
     def server_response_refused(self, response_id: str | None, budget: Any) -> None:
         """The server started a response a budget forbids (see L{UsageSink.response_started}): stop it."""
 
-    def inspect_server_event(self, payload: bytes, is_binary: bool) -> None:
+    def inspect_server_event(self, payload: bytes, is_binary: bool) -> bytes:
+        """Read one server message; return it as it is to be relayed (C{rate_limits.updated} gains agw's limits)."""
         sink = self.usage_sink
         if sink is None or is_binary:
-            return
+            return payload
         if sink.awaiting_first_delta and b'delta"' in payload[:_DELTA_HEAD]:
             sink.first_delta()
         if not might_carry_usage(payload):
-            return
+            return payload
         event = decode_event(payload)
         if event is None:
-            return
+            return payload
         kind = event.get("type")
-        if kind == "response.created":
+        if kind == "rate_limits.updated":
+            ours = sink.rate_limits()
+            limits = event.get("rate_limits")
+            if ours and isinstance(limits, list):
+                event["rate_limits"] = [*limits, *ours]
+                return json.dumps(event).encode()
+        elif kind == "response.created":
             identifier = response_id(event)
             refused = sink.response_started(identifier)
             if refused is not None:
@@ -102,3 +112,4 @@ class RealtimeUsageMixin:
                 sink.tokens_used(TRANSCRIPTION, transcription)
             elif isinstance(transcription, AudioDuration):
                 sink.audio_used(TRANSCRIPTION, transcription)
+        return payload

@@ -185,6 +185,10 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         number = next(fake.response_numbers)
         response_id = f"resp_{number}"
         self.send_event("response.created", response={"id": response_id, "status": "in_progress"})
+        self.send_event("rate_limits.updated", rate_limits=[
+            {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+            {"name": "tokens", "limit": 400000, "remaining": 399000, "reset_seconds": 0.15},
+        ])
         for word in ("Hello", "!"):
             self.send_event("response.output_text.delta", response_id=response_id, delta=word)
         audio = "audio" in modalities
