@@ -17,6 +17,7 @@ from agw.config._model import (
     GatewayConfig,
     HeaderTransform,
     Listener,
+    LocalRateLimit,
     MiB,
     PathMatch,
     Policies,
@@ -28,6 +29,6 @@ from agw.config._model import (
 
 __all__ = [
     "AIBackend", "APIKeyMode", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",
-    "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "MiB", "PathMatch", "Policies",
+    "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "LocalRateLimit", "MiB", "PathMatch", "Policies",
     "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
 ]

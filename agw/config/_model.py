@@ -153,6 +153,22 @@ class APIKeyPolicy:
 
 
 @frozen
+class LocalRateLimit:
+    """
+    A C{localRateLimit} entry, as agentgateway: a token bucket of
+    C{max_tokens} that starts full and gains C{tokens_per_fill} every
+    C{fill_interval} seconds; C{kind} C{requests} spends one per request
+    (each HTTP request, each Realtime C{response.create}), C{tokens} spends
+    each response's input plus output tokens.
+    """
+
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+    kind: str = "requests"
+
+
+@frozen
 class Policies:
     """A route's C{policies}."""
 
@@ -162,6 +178,7 @@ class Policies:
     request_headers: HeaderTransform = HeaderTransform()
     backend_tls: BackendTLS | None = None
     api_key: APIKeyPolicy | None = None
+    rate_limits: tuple[LocalRateLimit, ...] = ()
 
 
 @frozen

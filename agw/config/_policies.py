@@ -19,6 +19,7 @@ from agw.config._model import (
     BudgetUnit,
     ClientKey,
     HeaderTransform,
+    LocalRateLimit,
     Policies,
     RouteType,
     Secret,
@@ -53,7 +54,9 @@ class PolicyParser(BaseParser):
     """Parses C{policies} (mixed into the config parser)."""
 
     def policies(self, value: Any, path: Path) -> Policies:
-        policies = self.mapping(value, path, {"ai", "backendAuth", "transformations", "backendTLS", "apiKey"}, "policies")
+        policies = self.mapping(
+            value, path, {"ai", "backendAuth", "transformations", "backendTLS", "apiKey", "localRateLimit"}, "policies",
+        )
         ai = self.mapping(policies.get("ai"), path + ("ai",), {"routes"}, "aiPolicy")
         routes = ai.get("routes") or {}
         if not isinstance(routes, dict):
@@ -87,6 +90,7 @@ class PolicyParser(BaseParser):
             backend_key=key,
             backend_tls=backend_tls,
             api_key=api_key,
+            rate_limits=self.items(policies.get("localRateLimit"), path + ("localRateLimit",), self.rate_limit),
             request_headers=self.header_transform(transformations.get("request"), path + ("transformations", "request")),
         )
 
@@ -125,6 +129,23 @@ class PolicyParser(BaseParser):
         return ClientKey(
             digest=digest, metadata=MappingProxyType(dict(metadata)), allowed_models=models, budgets=budgets,
         )
+
+    def rate_limit(self, value: Any, path: Path, index: int) -> LocalRateLimit:
+        spec = self.mapping(value, path, {"maxTokens", "tokensPerFill", "fillInterval", "type"}, "localRateLimit")
+        numbers = {}
+        for name in ("maxTokens", "tokensPerFill"):
+            number = spec.get(name)
+            if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+                raise self.fail(path + (name,), f"expected a positive whole number, got {number!r}")
+            numbers[name] = number
+        interval_text = self.string(spec.get("fillInterval"), path + ("fillInterval",))
+        interval = parse_duration(interval_text)
+        if interval is None or interval <= 0:
+            raise self.fail(path + ("fillInterval",), f"expected a duration such as 1s or 1m, got {interval_text!r}")
+        kind = self.string(spec.get("type", "requests"), path + ("type",))
+        if kind not in ("requests", "tokens"):
+            raise self.fail(path + ("type",), f"expected requests or tokens, got {kind!r}")
+        return LocalRateLimit(numbers["maxTokens"], numbers["tokensPerFill"], float(interval), kind)
 
     def budget(self, value: Any, path: Path, index: int) -> Budget:
         spec = self.mapping(value, path, {"name", "limit", "window", "onBudgetExceeded"}, "budget")

@@ -25,7 +25,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "ai": frozenset({"groups", "policies"}),
     "provider": frozenset({"azureOpenAI", "anthropic", "gemini", "vertex", "bedrock"}),
     "policies": frozenset({
-        "cors", "jwtAuth", "basicAuth", "localRateLimit", "remoteRateLimit", "extAuthz", "extProc",
+        "cors", "jwtAuth", "basicAuth", "remoteRateLimit", "extAuthz", "extProc",
         "requestHeaderModifier", "responseHeaderModifier", "requestRedirect", "urlRewrite", "requestMirror",
         "timeout", "retry", "a2a", "mcpAuthorization", "mcpAuthentication", "directResponse",
         "csrf", "authorization", "hostRewrite",

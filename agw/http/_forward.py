@@ -7,6 +7,7 @@ they arrive, with usage read on the way.
 from __future__ import annotations
 
 import json
+import math
 from io import BytesIO
 
 from OpenSSL.SSL import Error as SSLError
@@ -205,6 +206,15 @@ class HTTPForwarder(Resource):
             request.setHeader(b"x-ratelimit-reset", str(reset).encode())
             request.setHeader(b"retry-after", str(reset).encode())
             raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
+        limits = self._context.limits
+        empty = limits.admit() if limits is not None else None
+        if empty is not None:
+            reset = str(math.ceil(empty.reset_seconds)).encode()
+            request.setHeader(b"x-ratelimit-limit", str(empty.capacity).encode())
+            request.setHeader(b"x-ratelimit-remaining", b"0")
+            request.setHeader(b"x-ratelimit-reset", reset)
+            request.setHeader(b"retry-after", reset)
+            raise KeyRefused(429, f"rate limit reached for {empty.kind} on this route", "rate_limit_exceeded")
 
     def _exchange(self, request: Request) -> HTTPExchange:
         operation = self._parsed[1] if self._parsed else None
@@ -289,6 +299,8 @@ class HTTPForwarder(Resource):
 
     def _record(self, method: bytes, status: int, exchange: HTTPExchange) -> None:
         context = self._context
+        if context.limits is not None and exchange.usage is not None:
+            context.limits.charge(exchange.usage.input + exchange.usage.output)
         exchange.record(
             context.metrics, context.labels, context.access_log, method, status, self._reactor.seconds(), context.governor,
         )

@@ -29,6 +29,7 @@ from agw.metering._catalog import (
 from agw.metering._http import HTTPExchange
 from agw.metering._ledger import BudgetLedger, LedgerURLError
 from agw.metering._metrics import OTHER_MODEL, UNKNOWN_MODEL, GatewayMetrics, ModelLabels, RouteLabels
+from agw.metering._ratelimit import RouteLimits, TokenBucket
 from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.metering._usage import (
     AudioDuration,
@@ -50,7 +51,7 @@ from agw.metering._usage import (
 )
 
 __all__ = [
-    "BudgetLedger", "BudgetState", "Governor", "LedgerURLError",
+    "BudgetLedger", "BudgetState", "Governor", "LedgerURLError", "RouteLimits", "TokenBucket",
     "EXACT", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs",
     "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from agw.config import BudgetUnit
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, usage_fields
-from agw.metering._budgets import BudgetState, Governor
+from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
+from agw.metering._ratelimit import RouteLimits
 from agw.metering._usage import AudioDuration, TokenUsage
 
 CLIENT_TO_UPSTREAM = "client_to_upstream"
@@ -34,9 +36,11 @@ class RealtimeSession:
         access_log: AccessLog = NO_ACCESS_LOG,
         consumer: str | None = None,
         governor: Governor | None = None,
+        limits: RouteLimits | None = None,
     ) -> None:
         self._metrics = metrics
         self._governor = governor
+        self._limits = limits
         self._consumer = consumer
         # Who the session is for (the apiKey's metadata.name), in every record of it.
         self.consumer = consumer or ""
@@ -158,11 +162,12 @@ class RealtimeSession:
             self._metrics.time_to_first_token.labels(*labels).observe(elapsed)
 
     def rate_limits(self) -> list[dict[str, Any]]:
-        """agw's limits for C{rate_limits.updated}: each budget of the consumer (OpenAI's entry shape)."""
+        """agw's limits for C{rate_limits.updated}: the route's buckets, each budget of the consumer (OpenAI's shape)."""
+        limits = self._limits.rate_limits() if self._limits is not None else []
         if self._governor is None:
-            return []
+            return limits
         now = self._clock()
-        return [
+        return limits + [
             {"name": f"agw.budget.{state.budget.name}", "limit": float(state.budget.amount),
              "remaining": float(state.remaining), "reset_seconds": round(state.window_end - now, 3)}
             for state in self._governor.states(self._consumer)
@@ -172,11 +177,31 @@ class RealtimeSession:
         """A C{response.create} was not forwarded: a budget forbade it."""
         self.responses_refused += 1
 
-    def refusal(self) -> BudgetState | None:
-        """The exhausted budget that forbids a new response, if any (checked before each C{response.create})."""
-        return self._governor.blocking(self._consumer) if self._governor is not None else None
+    def refusal(self, spend: bool = True) -> tuple[str, str] | None:
+        """
+        Why a new response may not start, if it may not: an exhausted
+        C{Block} budget, or an empty rate-limit bucket (as C{(error type,
+        message)} for the client's C{error} event). Checked before each
+        C{response.create}, which spends a C{requests} token (C{spend}).
+        """
+        exhausted = self._governor.blocking(self._consumer) if self._governor is not None else None
+        if exhausted is not None:
+            budget = exhausted.budget
+            tokens = budget.unit is BudgetUnit.TOKENS
+            return ("tokens" if tokens else "requests"), (
+                f"Budget {budget.name!r} of this API key is exhausted: {exhausted.spent} of {budget.amount} "
+                f"{'tokens' if tokens else 'USD'} used in the current window, which ends at Unix time {exhausted.window_end}."
+            )
+        if self._limits is not None:
+            empty = self._limits.admit() if spend else self._limits.empty()
+            if empty is not None:
+                return empty.kind, (
+                    f"Rate limit reached for {empty.kind} on this route (localRateLimit of {empty.capacity}); "
+                    f"try again in {empty.reset_seconds:.3f}s."
+                )
+        return None
 
-    def response_started(self, response_id: str | None) -> BudgetState | None:
+    def response_started(self, response_id: str | None) -> tuple[str, str] | None:
         """
         A response began; if the server started it on its own (server VAD:
         no request of the client's is waiting) while a budget is exhausted,
@@ -185,7 +210,7 @@ class RealtimeSession:
         """
         # A response the server started on its own answers no request; one
         # the client asked for answers the oldest request.
-        refused = self.refusal() if not self.responses_requested else None
+        refused = self.refusal(spend=False) if not self.responses_requested else None
         self.responses_requested = max(0, self.responses_requested - 1)
         if not self.responses_requested:
             self._requested_ids.clear()  # every request answered
@@ -210,6 +235,8 @@ class RealtimeSession:
         self.cost += cost.total
         if self._governor is not None:
             self._governor.charge(self._consumer, cost, usage.input + usage.output)
+        if self._limits is not None:
+            self._limits.charge(usage.input + usage.output)
         self.totals["input"] += usage.input
         self.totals["output"] += usage.output
         self.totals["input_cache_read"] += usage.cached_input or 0

@@ -139,6 +139,7 @@ class RealtimeRelay:
                 raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
         return RealtimeSession(
             context.metrics, context.labels, model, self._reactor.seconds, context.access_log, consumer, context.governor,
+            context.limits,
         )
 
     def open_upstream(

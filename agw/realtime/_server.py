@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.metering import CLIENT_TO_UPSTREAM, RealtimeSession, client_event_id, client_event_type
-from agw.realtime._budget_events import budget_error_event
+from agw.realtime._budget_events import limit_error_event
 from agw.realtime._leg import RelayLeg
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._refusal import UpstreamRefused
@@ -150,7 +150,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             refused = session.refusal()  # type: ignore[union-attr]
             if refused is not None:
                 # Not forwarded: the client learns why in-protocol, and the session goes on.
-                self.sendMessage(budget_error_event(refused, client_event_id(payload)))
+                self.sendMessage(limit_error_event(refused, client_event_id(payload)))
                 session.refused()  # type: ignore[union-attr]
                 return
         forwarded = self.forward(payload, isBinary)

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 
 from agw._internals import handshake_bytes
 from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession
-from agw.realtime._budget_events import budget_error_event
+from agw.realtime._budget_events import limit_error_event
 from agw.realtime._leg import RelayLeg
 from agw.realtime._refusal import Incomplete, parse_refusal
 from agw.realtime._usage_mixin import RealtimeUsageMixin
@@ -64,7 +64,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self.transport.pauseProducing()
         self.factory.succeeded(self)
 
-    def server_response_refused(self, response_id: str | None, budget: Any) -> None:
+    def server_response_refused(self, response_id: str | None, refusal: Any) -> None:
         # The provider started a response on its own while the consumer's
         # budget is exhausted: stop it (its usage is still counted) and tell the client why.
         cancel: dict[str, Any] = {"type": "response.cancel"}
@@ -72,7 +72,7 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
             cancel["response_id"] = response_id
         self.sendMessage(json.dumps(cancel).encode())
         if self.partner is not None and self.partner.state == self.STATE_OPEN:
-            self.partner.sendMessage(budget_error_event(budget))
+            self.partner.sendMessage(limit_error_event(refusal))
 
     def link(self, other: RelayLeg) -> None:
         super().link(other)

@@ -62,8 +62,8 @@ class RealtimeUsageMixin:
 
     usage_sink: UsageSink | None = None
 
-    def server_response_refused(self, response_id: str | None, budget: Any) -> None:
-        """The server started a response a budget forbids (see L{UsageSink.response_started}): stop it."""
+    def server_response_refused(self, response_id: str | None, refusal: Any) -> None:
+        """The server started a response a budget or limit forbids (see L{UsageSink.response_started}): stop it."""
 
     def inspect_server_event(self, payload: bytes, is_binary: bool) -> bytes:
         """Read one server message; return it as it is to be relayed (C{rate_limits.updated} gains agw's limits)."""

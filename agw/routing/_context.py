@@ -9,7 +9,7 @@ from typing import Any
 from attrs import frozen
 
 from agw.config import Policies
-from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, Governor, RouteLabels
+from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, Governor, RouteLabels, RouteLimits
 from agw.routing._apikey import KeyCheck
 from agw.routing._backend import BackendTarget
 
@@ -35,3 +35,5 @@ class RouteContext:
     keys: KeyCheck | None = None
     # The budgets of the gateway's client keys, if any have budgets.
     governor: Governor | None = None
+    # The route's localRateLimit buckets, if it has any.
+    limits: RouteLimits | None = None

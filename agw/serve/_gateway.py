@@ -14,7 +14,16 @@ from twisted.web.resource import IResource
 
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
-from agw.metering import NO_ACCESS_LOG, AccessLog, BudgetLedger, GatewayMetrics, Governor, RouteLabels, catalog_for
+from agw.metering import (
+    NO_ACCESS_LOG,
+    AccessLog,
+    BudgetLedger,
+    GatewayMetrics,
+    Governor,
+    RouteLabels,
+    RouteLimits,
+    catalog_for,
+)
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import (
     BackendTarget,
@@ -47,6 +56,7 @@ class Gateway:
         relay_options: RelayOptions = RelayOptions(),
         http_options: HTTPOptions = HTTPOptions(),
         access_log: AccessLog = NO_ACCESS_LOG,
+        rate_limit_share: float = 1.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -54,6 +64,8 @@ class Gateway:
             reactor = default_reactor  # type: ignore[assignment]
         self.config = config
         self.reactor = reactor
+        # This process's part of each localRateLimit bucket (1/N with N workers).
+        self.rate_limit_share = rate_limit_share
         self.metrics = metrics if metrics is not None else GatewayMetrics(catalog=catalog_for(config.model_catalog))
         self.relay_options = relay_options
         self.access_log = access_log
@@ -138,6 +150,8 @@ class Gateway:
         context = RouteContext(
             self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
             self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None, self.governor,
+            RouteLimits(route.policies.rate_limits, self.reactor.seconds, self.rate_limit_share)
+            if route.policies.rate_limits else None,
         )
         built: dict[RouteType, IResource] = {}
 

@@ -114,6 +114,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
             max_model_labels=options["max-model-labels"], catalog=catalog_for(options.config_object.model_catalog),
         ),
         access_log=open_access_log(options["access-log"], access_log_fields),
+        rate_limit_share=1.0 / max(1, options.get("worker-count", 1)),
     )
 
 

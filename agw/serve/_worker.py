@@ -41,6 +41,7 @@ class WorkerOptions(Options):
         *Options.optParameters,
         ["index", None, 1, "This worker's number in the pool.", int],
         ["ports", None, "", "Each bind's config port and the port to share: 3000=3000,0=41234."],
+        ["worker-count", None, 1, "How many workers share the binds (each holds 1/N of every localRateLimit bucket).", int],
     ]
 
     def shared_ports(self) -> dict[int, int]:

@@ -246,7 +246,10 @@ class WorkerPool(MultiService):
     def _spawn(self, worker: WorkerProcess) -> None:
         worker.restart = None
         ports = ",".join(f"{config_port}={port}" for config_port, port in self.ports.items())
-        argv = [self._python, "-m", "agw.serve._worker", f"--index={worker.index}", f"--ports={ports}", *self._arguments]
+        argv = [
+            self._python, "-m", "agw.serve._worker", f"--index={worker.index}", f"--ports={ports}",
+            f"--worker-count={len(self.workers)}", *self._arguments,
+        ]
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
         self.reactor.spawnProcess(worker, self._python, argv, env=env, childFDs={1: "r", 2: "r", CONTROL_FD: "r"})
 
