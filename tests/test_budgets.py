@@ -275,3 +275,19 @@ class SharedLedgerTests(TestCase):
     def test_postgresql(self) -> Any:
         server = PostgresServer(self)
         return self.charge_concurrently(server.url)
+
+
+class DocumentedExampleTests(TestCase):
+    def test_governance_example_config_parses(self) -> None:
+        """docs/governance.md's example is a config agw accepts."""
+        import re
+
+        from tests.support import REPO
+
+        with open(os.path.join(REPO, "docs", "governance.md")) as f:
+            example = re.search(r"```yaml\n(.*?)```", f.read(), re.S).group(1)
+        config = parse_config(example, {"OPENAI_API_KEY": "sk-x", "VOICE_APP_KEY": "sk-voice"})
+        keys = config.binds[0].listeners[0].routes[0].policies.api_key.keys
+        self.assertEqual([key.name for key in keys], ["voice-app", "research"])
+        self.assertEqual(keys[0].budgets[0].window_seconds, 86400)
+        self.assertEqual(config.database_url.value, "sqlite:///var/lib/agw/budgets.db")
