@@ -289,7 +289,9 @@ class TwistdAgw:
 
     @classmethod
     @inlineCallbacks
-    def start(cls, case: TestCase, upstream_port: int, *args: str, access_log: str = "none") -> Any:
+    def start(
+        cls, case: TestCase, upstream_port: int, *args: str, access_log: str = "none", edit: Any = None,
+    ) -> Any:
         with open(SEED_CONFIG) as f:
             config = yaml.safe_load(f)
         port, stats, ready = free_port(), free_port(), free_port()
@@ -297,6 +299,8 @@ class TwistdAgw:
         for route in config["binds"][0]["listeners"][0]["routes"]:
             route["backends"][0]["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
         config["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
+        if edit is not None:
+            edit(config)  # the test's own changes to the seed config
         path = case.mktemp() + ".yaml"
         with open(path, "w") as f:
             yaml.safe_dump(config, f)

@@ -22,12 +22,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from agw.serve._workerpool import fold_dead_worker_metrics, remove_stale_metrics_dirs
+from agw.serve._workermetrics import fold_dead_worker_metrics, remove_stale_metrics_dirs
 from agw.testing import REALTIME_MODEL, FakeOpenAI
-from tests.support import BACKEND_KEY, CLIENT_KEY, TwistdAgw, open_client, recv_event, samples, token_sums, wait_until
+from tests.support import (
+    BACKEND_KEY, CLIENT_KEY, TwistdAgw, free_port, open_client, recv_event, samples, token_sums, wait_until,
+)
 
 SESSIONS = 16
 
@@ -169,3 +172,43 @@ class MetricsDirectoryTests(TestCase):
             os.makedirs(os.path.join(directory, name))
         self.assertEqual(remove_stale_metrics_dirs(directory), [f"agw-metrics-{dead.pid}-abc"])
         self.assertEqual(sorted(os.listdir(directory)), sorted([f"agw-metrics-{os.getpid()}-def", "agw-metrics-xyz", "other"]))
+
+
+class WorkerBudgetTests(TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_two_workers_charge_one_budget(self) -> Any:
+        """Sessions on both workers charge one SQLite ledger; the parent's /budgets shows the sum."""
+        fake = FakeOpenAI()
+        upstream = yield fake.listen(reactor)
+        self.addCleanup(upstream.stopListening)
+        database = "sqlite://" + os.path.abspath(self.mktemp() + ".db")
+        admin = free_port()
+
+        def with_budget(config: dict) -> None:
+            config["config"].update({"database": {"url": database}, "adminAddr": f"127.0.0.1:{admin}"})
+            for route in config["binds"][0]["listeners"][0]["routes"]:
+                route["policies"]["apiKey"] = {"mode": "strict", "keys": [{"key": CLIENT_KEY, "metadata": {"name": "team"},
+                    "budgets": [{"name": "tokens", "limit": {"unit": "Tokens", "amount": 10**9}, "window": {"rolling": "24h"}}]}]}
+
+        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="-", edit=with_budget)
+        yield wait_until(lambda: samples_now(agw).get(("agw_workers_ready", frozenset())) == 2.0, timeout=30)
+        url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
+        for _ in range(SESSIONS):
+            yield deferToThread(one_response, url)
+        with open(agw.stdout) as f:
+            workers = {json.loads(line)["agw.worker"] for line in f if '"realtime.session"' in line}
+        self.assertEqual(workers, {1, 2})
+        billed = sum(entry.usage["input_tokens"] + entry.usage["output_tokens"] for entry in fake.ledger)
+
+        def spent() -> float:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/budgets", timeout=5) as response:
+                return json.loads(response.read())["consumers"][0]["budgets"][0]["spent"]
+
+        deadline = reactor.seconds() + 20
+        while (yield deferToThread(spent)) != billed and reactor.seconds() < deadline:
+            yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual((yield deferToThread(spent)), billed)
+        code = yield agw.stop()
+        self.assertEqual(code, 0)

@@ -36,6 +36,17 @@ from agw.routing import (
 )
 
 
+def governor_for(config: GatewayConfig, reactor: Any, on_change: Any = None) -> Governor | None:
+    """The budgets of C{config}'s client keys, or C{None} if no key has any (a L{Governor} is started by its service)."""
+    keys = [
+        key for bind in config.binds for listener in bind.listeners for route in listener.routes
+        if route.policies.api_key is not None for key in route.policies.api_key.keys
+    ]
+    if config.database_url is None or not any(key.budgets for key in keys):
+        return None
+    return Governor(keys, BudgetLedger(config.database_url.value, reactor), reactor, on_change=on_change)
+
+
 class Gateway:
     """
     agw built from a L{GatewayConfig}.
@@ -73,19 +84,8 @@ class Gateway:
         self.http_options = http_options
         self.http_client = UpstreamClient(reactor, http_options)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
-        self.governor = self._governor(config)
+        self.governor = governor_for(config, reactor, self.metrics.record_budget)
         self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
-
-    def _governor(self, config: GatewayConfig) -> Governor | None:
-        """Budgets of the config's client keys (started by the service, see L{Governor.start})."""
-        keys = [
-            key for bind in config.binds for listener in bind.listeners for route in listener.routes
-            if route.policies.api_key is not None for key in route.policies.api_key.keys
-        ]
-        if config.database_url is None or not any(key.budgets for key in keys):
-            return None
-        ledger = BudgetLedger(config.database_url.value, self.reactor)
-        return Governor(keys, ledger, self.reactor, on_change=self.metrics.record_budget)
 
     @classmethod
     def from_file(cls, filename: str, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Gateway:

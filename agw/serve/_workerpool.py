@@ -28,8 +28,6 @@ import tempfile
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
@@ -39,61 +37,23 @@ from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
+from agw.serve._admin import admin_root
+from agw.serve._gateway import governor_for
 from agw.serve._reuseport import reuse_port_socket
-from agw.serve._service import admin_listeners, bind_host
+from agw.serve._service import ListeningService, admin_listeners, bind_host, make_site
 from agw.serve._worker import CONTROL_FD, READY
+from agw.serve._workermetrics import (
+    METRICS_DIR_PREFIX,
+    WorkerMetrics,
+    fold_dead_worker_metrics,
+    remove_stale_metrics_dirs,
+)
 
-METRICS_DIR_PREFIX = "agw-metrics-"  # then the parent's pid
-# File types whose samples add up across processes (live gauges are dropped
-# by mark_process_dead; other gauge modes keep their pid and are left).
-_ADDITIVE = ("counter", "histogram", "summary")
 RESTART_DELAY = 0.5  # doubled after each crash in a row, up to:
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0  # a worker ready this long resets the doubling
 STOP_GRACE = 10.0  # after the drain period, before SIGKILL
 CRASH_LOOP = 5  # crashes in a row that make a worker (and the pool) unready
-
-
-def remove_stale_metrics_dirs(directory: str | None = None) -> list[str]:
-    """
-    Remove the metrics directories of pools whose parent is gone (killed,
-    so it could not clean up); return them.
-    """
-    directory = directory or tempfile.gettempdir()
-    removed = []
-    for name in os.listdir(directory):
-        pid_text = name[len(METRICS_DIR_PREFIX):].partition("-")[0]
-        if not name.startswith(METRICS_DIR_PREFIX) or not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-            removed.append(name)
-        except PermissionError:
-            pass  # alive, someone else's
-    return removed
-
-
-def fold_dead_worker_metrics(pid: int, directory: str) -> None:
-    """
-    Add a dead worker's counters and histograms into the C{*_dead.db}
-    files and delete its own: its counts stay in every sum, and restarts do
-    not grow the directory (nor the time each scrape takes) without bound.
-    """
-    mark_process_dead(pid, directory)
-    for typ in _ADDITIVE:
-        path = os.path.join(directory, f"{typ}_{pid}.db")
-        if not os.path.exists(path):
-            continue
-        dead = MmapedDict(os.path.join(directory, f"{typ}_dead.db"))
-        try:
-            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
-                total, _ = dead.read_value(key)
-                dead.write_value(key, total + value, timestamp)
-        finally:
-            dead.close()
-        os.remove(path)
 
 
 class WorkerProcess(ProcessProtocol):
@@ -197,12 +157,18 @@ class WorkerPool(MultiService):
         self.metrics_dir: str | None = None
         self.stopping = False
         self.registry = CollectorRegistry()
-        self.registry.register(_WorkerMetrics(self))
+        self.registry.register(WorkerMetrics(lambda: self.metrics_dir))
         self.restarts = Counter("agw_worker_restarts", "Worker processes restarted after they died.", registry=self.registry)
         Gauge("agw_workers_ready", "Worker processes ready to serve.", registry=self.registry).set_function(
             lambda: sum(worker.ready for worker in self.workers)
         )
         self.stats, self.readiness = admin_listeners(self, reactor, config, self.registry, self.is_ready)
+        # The workers enforce budgets; the parent reads the shared ledger to serve /budgets.
+        self.governor = governor_for(config, reactor)
+        if self.governor is not None:
+            ListeningService(
+                reactor, config.admin_addr, make_site(admin_root(self.governor, reactor), reactor), "admin",
+            ).setServiceParent(self)
 
     def is_ready(self) -> bool:
         """
@@ -240,6 +206,8 @@ class WorkerPool(MultiService):
         remove_stale_metrics_dirs()
         self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         super().startService()
+        if self.governor is not None:
+            self.governor.start().addErrback(lambda failure: self.log.failure("reading budgets failed", failure))
         for worker in self.workers:
             self._spawn(worker)
 
@@ -280,6 +248,8 @@ class WorkerPool(MultiService):
         if kill.active():
             kill.cancel()
         yield MultiService.stopService(self)
+        if self.governor is not None:
+            self.governor.stop()
         for sock in self._reserved:
             sock.close()
         self._reserved.clear()
@@ -295,14 +265,3 @@ class WorkerPool(MultiService):
                     worker.transport.signalProcess(signum)  # type: ignore[union-attr]
                 except ProcessExitedAlready:
                     pass
-
-
-class _WorkerMetrics:
-    """Collector: every worker's metrics, summed (their files in the pool's directory)."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-
-    def collect(self) -> Any:
-        if self._pool.metrics_dir is not None:
-            yield from MultiProcessCollector(None, path=self._pool.metrics_dir).collect()
