@@ -28,14 +28,7 @@ from agw.config import Budget, BudgetUnit, ClientKey
 from agw.metering import BudgetLedger, Governor
 from agw.testing import FakeOpenAI
 from tests.support import (
-    BACKEND_KEY,
-    PostgresServer,
-    catalog_price,
-    handshake_status,
-    open_client,
-    recv_event,
-    seed_config_text,
-    wait_until,
+    BACKEND_KEY, catalog_price, handshake_status, open_client, PostgresServer, recv_event, registry_samples, seed_config_text, wait_until,
 )
 
 TEAM_A = "sk-agw-team-a-budget"
@@ -151,6 +144,8 @@ class BudgetInSessionTests(TestCase):
         b_cost = Decimal(str(spent["team-b/daily-usd"]["spent"]))
         self.assertEqual(round(b_cost, 9), round(catalog_price(self.fake.ledger[1].usage), 9))
         self.assertGreater(spent["team-b/audit"]["spent"], 1)  # Audit: over, and never blocked
+        gauge = registry_samples(self.agw.gateway.metrics.registry)
+        self.assertEqual(gauge[("agw_budget_remaining", frozenset({"consumer": "team-a", "budget": "daily-tokens", "unit": "Tokens"}.items()))], 0)
 
         # Over budget at the handshake: refused before the provider is asked.
         handshakes = len(self.fake.handshakes)
@@ -275,6 +270,33 @@ class SharedLedgerTests(TestCase):
     def test_postgresql(self) -> Any:
         server = PostgresServer(self)
         return self.charge_concurrently(server.url)
+
+    @inlineCallbacks
+    def test_two_gateways_on_one_postgresql(self) -> Any:
+        """A consumer that spent its budget through one gateway is refused by the other."""
+        reactor.suggestThreadPoolSize(16)
+        server = PostgresServer(self)
+        fake = FakeOpenAI()
+        listening = yield fake.listen(reactor)
+        self.addCleanup(listening.stopListening)
+        first = yield BudgetGateway(self, listening.getHost().port, server.url).start()
+        second = yield BudgetGateway(self, listening.getHost().port, server.url).start()
+
+        def spend() -> None:
+            with open_client(first.url, **auth(TEAM_A)) as ws:
+                recv_event(ws)
+                respond(ws, "x")
+
+        yield deferToThread(spend)
+        yield wait_until(lambda: second.gateway.governor.blocking("team-a") is not None, timeout=10)
+        status, _ = yield deferToThread(handshake_status, second.url, **auth(TEAM_A))
+        self.assertEqual(status, 429)
+        both = yield DeferredList([deferToThread(first.budgets), deferToThread(second.budgets)])
+        usage = fake.ledger[0].usage
+        self.assertEqual(
+            [result["team-a/daily-tokens"]["spent"] for _, result in both],
+            [usage["input_tokens"] + usage["output_tokens"]] * 2,
+        )
 
 
 class DocumentedExampleTests(TestCase):

@@ -29,7 +29,15 @@ from twisted.trial.unittest import TestCase
 from agw.serve._workermetrics import fold_dead_worker_metrics, remove_stale_metrics_dirs
 from agw.testing import REALTIME_MODEL, FakeOpenAI
 from tests.support import (
-    BACKEND_KEY, CLIENT_KEY, TwistdAgw, free_port, open_client, recv_event, samples, token_sums, wait_until,
+    BACKEND_KEY,
+    CLIENT_KEY,
+    TwistdAgw,
+    free_port,
+    open_client,
+    recv_event,
+    samples,
+    token_sums,
+    wait_until,
 )
 
 SESSIONS = 16

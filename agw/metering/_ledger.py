@@ -68,7 +68,10 @@ class BudgetLedger:
 
     def start(self) -> Deferred[None]:
         """Create the table if it is not there."""
-        return self._pool.runOperation(_TABLE)
+        # PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against a
+        # concurrent one (two hosts starting at once: one fails on the
+        # catalog's unique index); by the second try the table exists.
+        return self._pool.runOperation(_TABLE).addErrback(lambda _: self._pool.runOperation(_TABLE))
 
     def charge(self, key: WindowKey, amount: int) -> Deferred[int]:
         """Add C{amount} to C{key}'s spend; fires with the new total (everyone's charges included)."""
