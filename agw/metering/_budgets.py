@@ -76,6 +76,11 @@ class Governor:
         self._refreshing = LoopingCall(self.refresh)
         self._refreshing.clock = clock
         self._refresh_interval = refresh_interval
+        # Charges not yet written, per window: written together every flush_interval
+        # (one upsert per window, not one per response).
+        self._unwritten: dict[WindowKey, int] = {}
+        self._flush_call: Any = None
+        self.flush_interval = 0.05
 
     @property
     def consumers(self) -> list[str]:
@@ -90,6 +95,8 @@ class Governor:
         return started
 
     def stop(self) -> None:
+        """Write what is not written yet, stop reading, and close the ledger (its queued writes finish first)."""
+        self.flush()
         if self._refreshing.running:
             self._refreshing.stop()
         self._ledger.close()
@@ -136,6 +143,17 @@ class Governor:
                 continue
             key = (consumer, budget.name, self._window(budget, now)[0])
             self._update(key, self._spent.get(key, 0) + amount)  # decisions see it at once
+            self._unwritten[key] = self._unwritten.get(key, 0) + amount
+        if self._unwritten and self._flush_call is None:
+            self._flush_call = self._clock.callLater(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        """Write the charges made since the last flush."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        unwritten, self._unwritten = self._unwritten, {}
+        for key, amount in unwritten.items():
             charging = self._ledger.charge(key, amount)
             charging.addCallbacks(
                 lambda total, key=key: self._update(key, total),

@@ -43,6 +43,7 @@ class LedgerURLError(ValueError):
 def _sqlite_setup(connection: Any) -> None:
     # Several worker processes share the file: wait for a lock rather than fail, and let readers read.
     connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes of agw, not of the machine
     connection.execute("PRAGMA busy_timeout=10000")
 
 
