@@ -48,8 +48,13 @@ def api_key_policy(mode: str = "strict") -> dict[str, Any]:
     }
 
 
-def config_with_keys(upstream_port: int, mode: str = "strict", backend_auth: bool = True, client_model: bool = False) -> str:
+def config_with_keys(
+    upstream_port: int, mode: str = "strict", backend_auth: bool = True, client_model: bool = False, fields: bool = False,
+) -> str:
     data = yaml.safe_load(seed_config_text(upstream_port))
+    if fields:  # agentgateway's way of adding a key's metadata to metrics and logs
+        data["config"]["metrics"] = {"fields": {"add": {"cost_center": "apiKey.cost_center"}}}
+        data["config"]["logging"] = {"fields": {"add": {"team.cost_center": "apiKey.cost_center"}}}
     for route in data["binds"][0]["listeners"][0]["routes"]:
         route["policies"]["apiKey"] = api_key_policy(mode)
         if not backend_auth:
@@ -155,6 +160,7 @@ class APIKeyGatewayTests(TestCase):
     mode = "strict"
     backend_auth = True
     client_model = False
+    fields = False
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -162,7 +168,7 @@ class APIKeyGatewayTests(TestCase):
         self.fake = FakeOpenAI()
         upstream = yield self.fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
-        config = parse_config(config_with_keys(upstream.getHost().port, self.mode, self.backend_auth, self.client_model), ENV)
+        config = parse_config(config_with_keys(upstream.getHost().port, self.mode, self.backend_auth, self.client_model, self.fields), ENV)
         self.log = io.StringIO()
         self.gateway = Gateway(config, access_log=AccessLog(self.log))
         service = self.gateway.service(interface="127.0.0.1", drain_period=0)
@@ -272,6 +278,28 @@ class AllowedModelsTests(APIKeyGatewayTests):
         self.assertEqual(code, 200)
         code, _ = yield self.completion(TEAM_B, model="gpt-4o")  # team-b: every model
         self.assertEqual(code, 200)
+
+
+class MetadataFieldsTests(APIKeyGatewayTests):
+    fields = True
+
+    @inlineCallbacks
+    def test_metadata_fields_label_metrics_and_log_lines(self) -> Any:
+        yield deferToThread(self.one_response, TEAM_A)
+        yield deferToThread(self.one_response, TEAM_B, True)
+        samples = registry_samples(self.gateway.metrics.registry)
+        histogram = {
+            dict(labels)["cost_center"] for (name, labels), _ in samples.items()
+            if name == "agentgateway_gen_ai_client_token_usage_sum"
+        }
+        self.assertEqual(histogram, {"42", ""})  # team-b's key has no cost_center
+        tokens = {
+            (dict(labels)["consumer"], dict(labels)["cost_center"]) for (name, labels), _ in samples.items()
+            if name == "agw_gen_ai_tokens_total"
+        }
+        self.assertEqual(tokens, {("team-a", "42"), ("team-b", "")})
+        records = [json.loads(line) for line in self.log.getvalue().splitlines()]
+        self.assertEqual({r.get("team.cost_center") for r in records if r.get("agw.consumer") == "team-a"}, {42})
 
 
 class OptionalKeysTests(APIKeyGatewayTests):

@@ -28,7 +28,15 @@ from agw.config import Budget, BudgetUnit, ClientKey
 from agw.metering import BudgetLedger, Governor
 from agw.testing import FakeOpenAI
 from tests.support import (
-    BACKEND_KEY, catalog_price, handshake_status, open_client, PostgresServer, recv_event, registry_samples, seed_config_text, wait_until,
+    BACKEND_KEY,
+    PostgresServer,
+    catalog_price,
+    handshake_status,
+    open_client,
+    recv_event,
+    registry_samples,
+    seed_config_text,
+    wait_until,
 )
 
 TEAM_A = "sk-agw-team-a-budget"

@@ -21,9 +21,19 @@ from agw.config._model import (
     RouteMatch,
     Secret,
 )
-from agw.config._parsing import ConfigError, format_path
+from agw.config._parsing import ConfigError, format_path, kind_of
 from agw.config._policies import PolicyParser, key_digest
 from agw.config._yamlsource import Path, SourceError, load_yaml
+
+_API_KEY_FIELD = re.compile(r"apiKey\.([A-Za-z_][A-Za-z0-9_]*)")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# Labels agw's metrics already have.
+_RESERVED_LABELS = frozenset({
+    "consumer", "component", "direction", "gen_ai_token_type", "gen_ai_token_modality", "gen_ai_operation_name",
+    "gen_ai_system", "gen_ai_request_model", "gen_ai_response_model", "bind", "gateway", "listener", "route",
+    "route_rule", "status", "method",
+})
 
 _ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})\Z")
 
@@ -61,7 +71,9 @@ class _Parser(PolicyParser):
         for i, port in enumerate(ports):
             if port != 0 and port in ports[:i]:
                 raise self.fail(("binds", i, "port"), f"port {port} is bound twice")
-        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers", "modelCatalog", "database"}, "config")
+        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers", "modelCatalog", "database", "metrics", "logging"},
+            "config",
+        )
         workers = settings.get("workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise self.fail(("config", "workers"), f"expected a number of processes (0: one per CPU), got {workers!r}")
@@ -76,6 +88,8 @@ class _Parser(PolicyParser):
             workers=workers,
             model_catalog=self.model_catalog(settings["modelCatalog"]) if "modelCatalog" in settings else None,
             database_url=self.database(settings.get("database"), binds),
+            metric_fields=self.fields(settings.get("metrics"), ("config", "metrics"), "metrics", _LABEL),
+            log_fields=self.fields(settings.get("logging"), ("config", "logging"), "logging", _FIELD),
         )
 
     def database(self, value: Any, binds: tuple[Bind, ...]) -> Secret | None:
@@ -96,6 +110,24 @@ class _Parser(PolicyParser):
                             where = ("binds", b, "listeners", l, "routes", r, "policies", "apiKey")
                             raise self.fail(where, "API key budgets require config.database to be configured")
         return Secret(url) if url is not None else None
+
+    def fields(self, value: Any, path: Path, kind: str, name_pattern: re.Pattern[str]) -> tuple[tuple[str, str], ...]:
+        """C{metrics}/C{logging}: C{fields.add}, a map of name to C{apiKey.<metadata field>}."""
+        section = self.mapping(value, path, {"fields"}, kind)
+        fields = self.mapping(section.get("fields"), path + ("fields",), {"add"}, "fields")
+        add = fields.get("add") or {}
+        if not isinstance(add, dict):
+            raise self.fail(path + ("fields", "add"), f"expected a mapping of name to expression, got {kind_of(add)}")
+        result = []
+        for name, expression in add.items():
+            where = path + ("fields", "add", name)
+            if not isinstance(name, str) or not name_pattern.fullmatch(name) or name in _RESERVED_LABELS:
+                raise self.fail(where, f"{name!r} cannot be used as a name here")
+            match = _API_KEY_FIELD.fullmatch(self.string(expression, where).strip())
+            if match is None or match.group(1) == "key":
+                raise self.fail(where, "agw supports apiKey.<metadata field> expressions only (agentgateway's CEL is not supported yet)")
+            result.append((name, match.group(1)))
+        return tuple(result)
 
     def model_catalog(self, value: Any) -> tuple[str, ...]:
         path = ("config", "modelCatalog")

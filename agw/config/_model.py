@@ -231,3 +231,6 @@ class GatewayConfig:
     model_catalog: tuple[str, ...] | None = None
     # config.database.url: where budgets are kept (sqlite://PATH or postgresql://...).
     database_url: Secret | None = None
+    # config.metrics.fields.add / config.logging.fields.add: (label or field, apiKey metadata field).
+    metric_fields: tuple[tuple[str, str], ...] = ()
+    log_fields: tuple[tuple[str, str], ...] = ()

@@ -14,7 +14,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "config": frozenset({
         "enableIpv6", "localXdsPath", "caAddress", "caAuthToken", "xdsAddress", "xdsAuthToken", "namespace",
         "gateway", "trustDomain", "serviceAccount", "clusterId", "network", "connectionTerminationDeadline",
-        "connectionMinTerminationDeadline", "workerThreads", "tracing", "logging", "metrics", "backend", "hbone",
+        "connectionMinTerminationDeadline", "workerThreads", "tracing", "backend", "hbone",
         "session", "dns",
     }),
     "bind": frozenset({"tunnelProtocol"}),
@@ -33,6 +33,9 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "aiPolicy": frozenset({"promptGuard", "defaults", "overrides", "prompts", "modelAliases", "promptCaching"}),
     "backendAuth": frozenset({"passthrough", "gcp", "aws", "azure"}),
     "apiKey": frozenset({"location"}),
+    "metrics": frozenset({"remove"}),
+    "logging": frozenset({"filter", "level", "format"}),
+    "fields": frozenset({"remove"}),
     "backendTLS": frozenset({"cert", "key", "insecure", "insecureHost", "alpn", "subjectAltNames", "keyExchangeGroups", "spiffe"}),
     "transformations": frozenset({"response"}),
     "requestTransform": frozenset({"body"}),

@@ -122,8 +122,8 @@ class HTTPForwarder(Resource):
         keys = self._context.keys
         try:
             key = keys.authenticate(presented_key(_authorization(request))) if keys is not None else None
-            exchange.consumer = key.name if key is not None else None
-            self._check_budgets(request, exchange.consumer)
+            exchange.who = self._context.attribute(key) if keys is not None else None
+            self._check_budgets(request, exchange.who.name if exchange.who is not None else None)
             body = self._request_body(request, exchange)
             if self._parsed is not None:
                 # Only where agw reads the body does it know the model (passthrough: not checked).

@@ -8,6 +8,7 @@ but L{agw.config}.
 """
 
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
+from agw.metering._attribution import Attribution, Attributor
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
 from agw.metering._budgets import BudgetState, Governor
 from agw.metering._catalog import (
@@ -51,7 +52,7 @@ from agw.metering._usage import (
 )
 
 __all__ = [
-    "BudgetLedger", "BudgetState", "Governor", "LedgerURLError", "RouteLimits", "TokenBucket",
+    "Attribution", "Attributor", "BudgetLedger", "BudgetState", "Governor", "LedgerURLError", "RouteLimits", "TokenBucket",
     "EXACT", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs",
     "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",

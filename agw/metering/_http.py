@@ -11,6 +11,7 @@ from typing import Any
 from attrs import define
 
 from agw.metering._accesslog import AccessLog, cost_fields, usage_fields
+from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._usage import TokenUsage
@@ -35,8 +36,8 @@ class HTTPExchange:
     hide_stream_usage: bool = False
     # The response body went silent past the idle timeout and was cut off.
     body_timed_out: bool = False
-    # Who made the request (the apiKey's metadata.name), if known.
-    consumer: str | None = None
+    # Who made the request (the client key's consumer and metadata), if known.
+    who: Attribution | None = None
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
@@ -61,13 +62,13 @@ class HTTPExchange:
         }
         if self.body_timed_out:
             fields["agw.body_timed_out"] = True
-        if self.consumer:
-            fields["agw.consumer"] = self.consumer
+        if self.who is not None:
+            fields.update(self.who.log_fields)
         priced = models is not None and usage is not None and 200 <= status < 300
-        cost = metrics.record_tokens(route, models, usage, self.consumer or "") if priced else None  # type: ignore[arg-type]
+        cost = metrics.record_tokens(route, models, usage, self.who) if priced else None  # type: ignore[arg-type]
         log.emit("http", route, models, **fields, **cost_fields(cost))
         if governor is not None and usage is not None and priced:
-            governor.charge(self.consumer, cost, usage.input + usage.output)
+            governor.charge(self.who.name if self.who is not None else None, cost, usage.input + usage.output)
         if models is None or not 200 <= status < 300:
             return
         first = self.first_byte_at

@@ -9,6 +9,7 @@ from __future__ import annotations
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agw.metering._attribution import Attribution
 from agw.metering._budgets import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
 from agw.metering._usage import AudioDuration, TokenUsage
@@ -77,9 +78,13 @@ class GatewayMetrics:
 
     def __init__(
         self, registry: CollectorRegistry | None = None, max_model_labels: int = 200,
-        catalog: Catalog | None | object = DEFAULT_CATALOG,
+        catalog: Catalog | None | object = DEFAULT_CATALOG, extra_labels: tuple[str, ...] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # config.metrics.fields.add: labels from the client key's metadata (see Attributor).
+        self.extra_labels = extra_labels
+        self.anonymous = Attribution(labels=tuple("" for _ in extra_labels))
+        who = _CONSUMER + extra_labels
         # Prices (None: no catalog, every lookup NoCatalog); agw's shipped one unless told otherwise.
         self.catalog: Catalog | None = default_catalog() if catalog is DEFAULT_CATALOG else catalog  # type: ignore[assignment]
         # Request models come from clients (a body, a ?model=): each distinct
@@ -90,20 +95,20 @@ class GatewayMetrics:
         self.token_usage = Histogram(
             "agentgateway_gen_ai_client_token_usage",
             "Number of tokens used per request, by token type (agentgateway-compatible).",
-            ("gen_ai_token_type",) + _GEN_AI_LABELS + _ROUTE_LABELS,
+            ("gen_ai_token_type",) + _GEN_AI_LABELS + _ROUTE_LABELS + extra_labels,
             buckets=TOKEN_BUCKETS,
             registry=self.registry,
         )
         self.tokens = Counter(
             "agw_gen_ai_tokens",
             "Tokens used, by token type and modality; sums by type equal the token usage histogram's.",
-            ("gen_ai_token_type", "gen_ai_token_modality") + _GEN_AI_LABELS + _ROUTE_LABELS + _CONSUMER,
+            ("gen_ai_token_type", "gen_ai_token_modality") + _GEN_AI_LABELS + _ROUTE_LABELS + who,
             registry=self.registry,
         )
         self.cost = Counter(
             "agentgateway_gen_ai_client_cost_usd",
             "Cumulative USD cost of generative AI requests, from the model cost catalog (agentgateway-compatible).",
-            _GEN_AI_LABELS + _ROUTE_LABELS,
+            _GEN_AI_LABELS + _ROUTE_LABELS + extra_labels,
             registry=self.registry,
         )
         self.budget_remaining = Gauge(
@@ -122,13 +127,13 @@ class GatewayMetrics:
         self.cost_by_component = Counter(
             "agw_gen_ai_cost_usd",
             "USD cost by component (input, cache_read, input_audio, output_audio, ...) and consumer.",
-            ("component",) + _GEN_AI_LABELS + _ROUTE_LABELS + _CONSUMER,
+            ("component",) + _GEN_AI_LABELS + _ROUTE_LABELS + who,
             registry=self.registry,
         )
         self.audio_seconds = Counter(
             "agw_gen_ai_audio_seconds",
             "Audio billed by duration (transcription with usage.type=duration).",
-            _GEN_AI_LABELS + _ROUTE_LABELS + _CONSUMER,
+            _GEN_AI_LABELS + _ROUTE_LABELS + who,
             registry=self.registry,
         )
         self.requests = Counter(
@@ -168,14 +173,14 @@ class GatewayMetrics:
         self.realtime_sessions = Gauge(
             "agw_realtime_sessions",
             "Realtime sessions open now.",
-            _ROUTE_LABELS + _CONSUMER,
+            _ROUTE_LABELS + who,
             registry=self.registry,
             multiprocess_mode="livesum",  # with workers: the sum over live workers
         )
         self.realtime_session_duration = Histogram(
             "agw_realtime_session_duration_seconds",
             "Realtime session duration (OpenAI ends sessions at 60 minutes).",
-            _ROUTE_LABELS + _CONSUMER,
+            _ROUTE_LABELS + who,
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 2700, 3600, 3900),
             registry=self.registry,
         )
@@ -213,24 +218,27 @@ class GatewayMetrics:
         seen.add(model)
         return model
 
-    def record_tokens(self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, consumer: str = "") -> Cost:
-        """Record one response's usage (by C{consumer}): one observation per token type, and its cost."""
+    def record_tokens(
+        self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, who: Attribution | None = None,
+    ) -> Cost:
+        """Record one response's usage (for C{who}): one observation per token type, and its cost."""
+        who = who or self.anonymous
         common = self.model_values(models) + route.values()
-        self._observe("input", usage.input, usage.input_by_modality, common, consumer)
-        self._observe("output", usage.output, usage.output_by_modality, common, consumer)
+        self._observe("input", usage.input, usage.input_by_modality, common, who)
+        self._observe("output", usage.output, usage.output_by_modality, common, who)
         if usage.cached_input is not None:
-            self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common, consumer)
+            self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common, who)
         cost = price_tokens(self.catalog, SYSTEM, models.priced_model, usage)
-        self._record_cost(cost, common, consumer)
+        self._record_cost(cost, common, who)
         return cost
 
-    def _record_cost(self, cost: Cost, common: tuple[str, ...], consumer: str) -> None:
+    def _record_cost(self, cost: Cost, common: tuple[str, ...], who: Attribution) -> None:
         # common: operation, system, request model, response model, then the route.
         self.cost_lookups.labels(cost.status, *common[1:4]).inc()
         if cost.components:
-            self.cost.labels(*common).inc(float(cost.total))
+            self.cost.labels(*common, *who.labels).inc(float(cost.total))
             for component, usd in cost.components.items():
-                self.cost_by_component.labels(component, *common, consumer).inc(float(usd))
+                self.cost_by_component.labels(component, *common, who.consumer, *who.labels).inc(float(usd))
 
     def record_budget(self, state: BudgetState) -> None:
         """A budget's spend changed (see L{agw.metering.Governor})."""
@@ -260,26 +268,34 @@ class GatewayMetrics:
                 per_token = (seconds - time_to_first_token) / (output_tokens - 1)
                 self.time_per_output_token.labels(*labels).observe(per_token)
 
-    def record_audio(self, route: RouteLabels, models: ModelLabels, duration: AudioDuration, consumer: str = "") -> Cost:
+    def record_audio(
+        self, route: RouteLabels, models: ModelLabels, duration: AudioDuration, who: Attribution | None = None,
+    ) -> Cost:
         """Record transcription billed by time, and its cost."""
+        who = who or self.anonymous
         common = self.model_values(models) + route.values()
-        self.audio_seconds.labels(*common, consumer).inc(duration.seconds)
+        self.audio_seconds.labels(*common, who.consumer, *who.labels).inc(duration.seconds)
         cost = price_audio(self.catalog, SYSTEM, models.priced_model, duration)
-        self._record_cost(cost, common, consumer)
+        self._record_cost(cost, common, who)
         return cost
+
+    def session_labels(self, route: RouteLabels, who: Attribution | None = None) -> tuple[str, ...]:
+        """The label values of the Realtime session metrics for a session of C{who}."""
+        who = who or self.anonymous
+        return (*route.values(), who.consumer, *who.labels)
 
     def _observe(
         self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...],
-        consumer: str,
+        who: Attribution,
     ) -> None:
-        self.token_usage.labels(token_type, *common).observe(total)
+        self.token_usage.labels(token_type, *common, *who.labels).observe(total)
         # The provider's per-modality details should add up to the total;
         # whatever they leave unexplained is counted as "unknown" so that the
         # counter's sums always equal the histogram's.
         attributed = 0
         for modality, tokens in by_modality:
             if tokens:
-                self.tokens.labels(token_type, modality, *common, consumer).inc(tokens)
+                self.tokens.labels(token_type, modality, *common, who.consumer, *who.labels).inc(tokens)
                 attributed += tokens
         if total > attributed:
-            self.tokens.labels(token_type, "unknown", *common, consumer).inc(total - attributed)
+            self.tokens.labels(token_type, "unknown", *common, who.consumer, *who.labels).inc(total - attributed)

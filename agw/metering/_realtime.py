@@ -11,6 +11,7 @@ from typing import Any
 
 from agw.config import BudgetUnit
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, usage_fields
+from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
@@ -34,17 +35,17 @@ class RealtimeSession:
         request_model: str | None,
         clock: Callable[[], float],
         access_log: AccessLog = NO_ACCESS_LOG,
-        consumer: str | None = None,
+        who: Attribution | None = None,
         governor: Governor | None = None,
         limits: RouteLimits | None = None,
     ) -> None:
         self._metrics = metrics
         self._governor = governor
         self._limits = limits
-        self._consumer = consumer
+        self.who = who if who is not None else metrics.anonymous
+        self._consumer = self.who.name
         # Who the session is for (the apiKey's metadata.name), in every record of it.
-        self.consumer = consumer or ""
-        self._who = {"agw.consumer": consumer} if consumer else {}
+        self._who = dict(self.who.log_fields)
         self._route = route
         self._clock = clock
         self._log = access_log
@@ -75,7 +76,7 @@ class RealtimeSession:
     def started(self) -> None:
         """Both legs are open."""
         self.started_at = self._clock()
-        self._metrics.realtime_sessions.labels(*self._route.values(), self.consumer).inc()
+        self._metrics.realtime_sessions.labels(*self._metrics.session_labels(self._route, self.who)).inc()
 
     def ended(self, close_code: int | None, reason: str | None) -> None:
         """The client's leg is closed (idempotent)."""
@@ -84,8 +85,9 @@ class RealtimeSession:
         self.flush()
         duration = self._clock() - self.started_at
         self.started_at = None
-        self._metrics.realtime_sessions.labels(*self._route.values(), self.consumer).dec()
-        self._metrics.realtime_session_duration.labels(*self._route.values(), self.consumer).observe(duration)
+        labels = self._metrics.session_labels(self._route, self.who)
+        self._metrics.realtime_sessions.labels(*labels).dec()
+        self._metrics.realtime_session_duration.labels(*labels).observe(duration)
         self._log.emit(
             "realtime.session", self._route, self._models(CHAT),
             **{"duration_s": round(duration, 6), "websocket.close_code": close_code, "agw.responses": self.responses,
@@ -231,7 +233,7 @@ class RealtimeSession:
         )
 
     def tokens_used(self, operation: str, usage: TokenUsage) -> Cost:
-        cost = self._metrics.record_tokens(self._route, self._models(operation), usage, self.consumer)
+        cost = self._metrics.record_tokens(self._route, self._models(operation), usage, self.who)
         self.cost += cost.total
         if self._governor is not None:
             self._governor.charge(self._consumer, cost, usage.input + usage.output)
@@ -248,7 +250,7 @@ class RealtimeSession:
         return cost
 
     def audio_used(self, operation: str, duration: AudioDuration) -> None:
-        cost = self._metrics.record_audio(self._route, self._models(operation), duration, self.consumer)
+        cost = self._metrics.record_audio(self._route, self._models(operation), duration, self.who)
         self.cost += cost.total
         if self._governor is not None:
             self._governor.charge(self._consumer, cost, 0)

@@ -128,17 +128,17 @@ class RealtimeRelay:
         """
         model = request.params.get("model", [None])[0]
         context = self._context
-        consumer = None
+        who = context.metrics.anonymous
         if context.keys is not None:
             key = context.keys.authenticate(presented_key(request.headers.get("authorization"), tuple(request.protocols)))
             KeyCheck.authorize(key, model)
-            consumer = key.name if key is not None else None
+            who = context.attribute(key)
         if context.governor is not None:
-            exhausted = context.governor.blocking(consumer)
+            exhausted = context.governor.blocking(who.name)
             if exhausted is not None:
                 raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
         return RealtimeSession(
-            context.metrics, context.labels, model, self._reactor.seconds, context.access_log, consumer, context.governor,
+            context.metrics, context.labels, model, self._reactor.seconds, context.access_log, who, context.governor,
             context.limits,
         )
 

@@ -8,8 +8,17 @@ from typing import Any
 
 from attrs import frozen
 
-from agw.config import Policies
-from agw.metering import NO_ACCESS_LOG, AccessLog, GatewayMetrics, Governor, RouteLabels, RouteLimits
+from agw.config import ClientKey, Policies
+from agw.metering import (
+    NO_ACCESS_LOG,
+    AccessLog,
+    Attribution,
+    Attributor,
+    GatewayMetrics,
+    Governor,
+    RouteLabels,
+    RouteLimits,
+)
 from agw.routing._apikey import KeyCheck
 from agw.routing._backend import BackendTarget
 
@@ -37,3 +46,11 @@ class RouteContext:
     governor: Governor | None = None
     # The route's localRateLimit buckets, if it has any.
     limits: RouteLimits | None = None
+    # Who a client key's caller is, as metrics and logs say it (config.metrics/logging.fields.add).
+    attributor: Attributor | None = None
+
+    def attribute(self, key: ClientKey | None) -> Attribution:
+        """The L{Attribution} of a caller with C{key} (C{None}: anonymous)."""
+        if self.attributor is None:
+            return self.metrics.anonymous
+        return self.attributor(key.name, key.metadata) if key is not None else self.attributor.anonymous

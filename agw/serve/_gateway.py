@@ -17,6 +17,7 @@ from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
     AccessLog,
+    Attributor,
     BudgetLedger,
     GatewayMetrics,
     Governor,
@@ -77,7 +78,15 @@ class Gateway:
         self.reactor = reactor
         # This process's part of each localRateLimit bucket (1/N with N workers).
         self.rate_limit_share = rate_limit_share
-        self.metrics = metrics if metrics is not None else GatewayMetrics(catalog=catalog_for(config.model_catalog))
+        self.attributor = Attributor(config.metric_fields, config.log_fields)
+        self.metrics = metrics if metrics is not None else GatewayMetrics(
+            catalog=catalog_for(config.model_catalog), extra_labels=self.attributor.label_names,
+        )
+        if self.metrics.extra_labels != self.attributor.label_names:
+            raise ValueError(
+                f"GatewayMetrics(extra_labels={self.metrics.extra_labels!r}) does not match "
+                f"config.metrics.fields.add {self.attributor.label_names!r}"
+            )
         self.relay_options = relay_options
         self.access_log = access_log
         self.relays: list[RealtimeRelay] = []
@@ -152,6 +161,7 @@ class Gateway:
             self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None, self.governor,
             RouteLimits(route.policies.rate_limits, self.reactor.seconds, self.rate_limit_share)
             if route.policies.rate_limits else None,
+            self.attributor,
         )
         built: dict[RouteType, IResource] = {}
 

@@ -112,6 +112,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         options.config_object, relay_options=relay_options, http_options=http_options,
         metrics=GatewayMetrics(
             max_model_labels=options["max-model-labels"], catalog=catalog_for(options.config_object.model_catalog),
+            extra_labels=tuple(label for label, _ in options.config_object.metric_fields),
         ),
         access_log=open_access_log(options["access-log"], access_log_fields),
         rate_limit_share=1.0 / max(1, options.get("worker-count", 1)),
