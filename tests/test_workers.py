@@ -25,19 +25,12 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import InvalidStatus
 
 from agw.serve._workermetrics import fold_dead_worker_metrics, remove_stale_metrics_dirs
 from agw.testing import REALTIME_MODEL, FakeOpenAI
 from tests.support import (
-    BACKEND_KEY,
-    CLIENT_KEY,
-    TwistdAgw,
-    free_port,
-    open_client,
-    recv_event,
-    samples,
-    token_sums,
-    wait_until,
+    BACKEND_KEY, CLIENT_KEY, PostgresServer, TwistdAgw, free_port, open_client, recv_event, samples, token_sums, wait_until,
 )
 
 SESSIONS = 16
@@ -220,3 +213,46 @@ class WorkerBudgetTests(TestCase):
         self.assertEqual((yield deferToThread(spent)), billed)
         code = yield agw.stop()
         self.assertEqual(code, 0)
+
+
+class TwoProcessesOnePostgresTests(TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_two_agw_processes_share_one_budget(self) -> Any:
+        """Spend through one twistd agw process is refused by another on the same PostgreSQL."""
+        server = PostgresServer(self)
+        fake = FakeOpenAI()
+        upstream = yield fake.listen(reactor)
+        self.addCleanup(upstream.stopListening)
+
+        def with_budget(config: dict) -> None:
+            config["config"].update({"database": {"url": server.url}, "adminAddr": f"127.0.0.1:{free_port()}"})
+            for route in config["binds"][0]["listeners"][0]["routes"]:
+                route["policies"]["apiKey"] = {"mode": "strict", "keys": [{"key": CLIENT_KEY, "metadata": {"name": "team"},
+                    "budgets": [{"name": "tokens", "limit": {"unit": "Tokens", "amount": 20}, "window": {"rolling": "24h"}}]}]}
+
+        first = yield TwistdAgw.start(self, upstream.getHost().port, edit=with_budget)
+        second = yield TwistdAgw.start(self, upstream.getHost().port, edit=with_budget)
+        yield deferToThread(one_response, f"ws://127.0.0.1:{first.port}/v1/realtime?model=gpt-realtime")
+        self.assertGreater(fake.ledger[0].usage["input_tokens"] + fake.ledger[0].usage["output_tokens"], 20)
+        url = f"ws://127.0.0.1:{second.port}/v1/realtime?model=gpt-realtime"
+        deadline = reactor.seconds() + 20
+        while reactor.seconds() < deadline:
+            status = yield deferToThread(refused_status, url)
+            if status == 429:
+                break
+            yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(status, 429)
+        for agw in (first, second):
+            code = yield agw.stop()
+            self.assertEqual(code, 0)
+
+
+def refused_status(url: str) -> int | None:
+    """The handshake's status if refused, else None (the session is closed at once)."""
+    try:
+        open_client(url).close()
+    except InvalidStatus as e:
+        return e.response.status_code
+    return None
