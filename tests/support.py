@@ -401,3 +401,25 @@ class PostgresServer:
 
         subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@inlineCallbacks
+def listening_fake(case: TestCase, **listen: Any) -> Any:
+    """A L{FakeOpenAI} listening on loopback for C{case} (stopped at cleanup); fires with (fake, port)."""
+    reactor.suggestThreadPoolSize(32)  # blocking clients (the SDK, websockets) run in reactor threads
+    fake = FakeOpenAI()
+    listening = yield fake.listen(reactor, **listen)
+    case.addCleanup(listening.stopListening)
+    return fake, listening.getHost().port
+
+
+@inlineCallbacks
+def running_gateway(case: TestCase, config_text: str, environ: dict[str, str] | None = None, **gateway: Any) -> Any:
+    """agw from C{config_text}, serving on loopback for C{case}; fires with (gateway, service, port of the first bind)."""
+    config = parse_config(config_text, {"OPENAI_API_KEY": BACKEND_KEY} if environ is None else environ)
+    built = Gateway(config, **gateway)
+    service = built.service(interface="127.0.0.1", drain_period=0)
+    service.startService()
+    case.addCleanup(service.stopService)
+    yield wait_until(service.is_ready)
+    return built, service, service.port_of(config.binds[0].port)

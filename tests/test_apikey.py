@@ -13,24 +13,23 @@ from typing import Any
 
 import treq
 import yaml
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from agw import Gateway, parse_config
+from agw import parse_config
 from agw.config import APIKeyMode, ConfigError
 from agw.metering import AccessLog
 from agw.routing import KeyCheck, KeyRefused, model_matches, presented_key
-from agw.testing import FakeOpenAI
 from tests.support import (
     BACKEND_KEY,
     handshake_status,
+    listening_fake,
     open_client,
     recv_event,
     registry_samples,
+    running_gateway,
     seed_config_text,
-    wait_until,
 )
 
 TEAM_A = "sk-agw-team-a-0123456789"
@@ -164,18 +163,10 @@ class APIKeyGatewayTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        reactor.suggestThreadPoolSize(16)
-        self.fake = FakeOpenAI()
-        upstream = yield self.fake.listen(reactor)
-        self.addCleanup(upstream.stopListening)
-        config = parse_config(config_with_keys(upstream.getHost().port, self.mode, self.backend_auth, self.client_model, self.fields), ENV)
+        self.fake, upstream_port = yield listening_fake(self)
+        config = config_with_keys(upstream_port, self.mode, self.backend_auth, self.client_model, self.fields)
         self.log = io.StringIO()
-        self.gateway = Gateway(config, access_log=AccessLog(self.log))
-        service = self.gateway.service(interface="127.0.0.1", drain_period=0)
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield wait_until(service.is_ready)
-        self.port = service.port_of(0)
+        self.gateway, _, self.port = yield running_gateway(self, config, ENV, access_log=AccessLog(self.log))
 
     def url(self, model: str = "gpt-realtime") -> str:
         return f"ws://127.0.0.1:{self.port}/v1/realtime?model={model}"

@@ -26,12 +26,12 @@ from twisted.trial.unittest import TestCase
 from agw import Gateway, parse_config
 from agw.config import Budget, BudgetUnit, ClientKey
 from agw.metering import BudgetLedger, Governor
-from agw.testing import FakeOpenAI
 from tests.support import (
     BACKEND_KEY,
     PostgresServer,
     catalog_price,
     handshake_status,
+    listening_fake,
     open_client,
     recv_event,
     registry_samples,
@@ -111,11 +111,7 @@ class BudgetInSessionTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        reactor.suggestThreadPoolSize(16)
-        self.fake = FakeOpenAI()
-        listening = yield self.fake.listen(reactor)
-        self.addCleanup(listening.stopListening)
-        self.upstream_port = listening.getHost().port
+        self.fake, self.upstream_port = yield listening_fake(self)
         self.database = "sqlite://" + os.path.abspath(self.mktemp() + ".db")
         self.agw = yield BudgetGateway(self, self.upstream_port, self.database).start()
 
@@ -282,13 +278,10 @@ class SharedLedgerTests(TestCase):
     @inlineCallbacks
     def test_two_gateways_on_one_postgresql(self) -> Any:
         """A consumer that spent its budget through one gateway is refused by the other."""
-        reactor.suggestThreadPoolSize(16)
         server = PostgresServer(self)
-        fake = FakeOpenAI()
-        listening = yield fake.listen(reactor)
-        self.addCleanup(listening.stopListening)
-        first = yield BudgetGateway(self, listening.getHost().port, server.url).start()
-        second = yield BudgetGateway(self, listening.getHost().port, server.url).start()
+        fake, upstream_port = yield listening_fake(self)
+        first = yield BudgetGateway(self, upstream_port, server.url).start()
+        second = yield BudgetGateway(self, upstream_port, server.url).start()
 
         def spend() -> None:
             with open_client(first.url, **auth(TEAM_A)) as ws:

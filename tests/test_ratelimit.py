@@ -7,17 +7,21 @@ from typing import Any
 
 import treq
 import yaml
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from agw import Gateway, parse_config
+from agw import parse_config
 from agw.config import ConfigError, LocalRateLimit
 from agw.metering import RouteLimits, TokenBucket
-from agw.testing import FakeOpenAI
-from tests.support import BACKEND_KEY, open_client, recv_event, seed_config_text, wait_until
+from tests.support import (
+    listening_fake,
+    open_client,
+    recv_event,
+    running_gateway,
+    seed_config_text,
+)
 
 
 class TokenBucketTests(SynchronousTestCase):
@@ -74,19 +78,11 @@ class TokenBucketTests(SynchronousTestCase):
 class RateLimitedGatewayTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
-        reactor.suggestThreadPoolSize(16)
-        self.fake = FakeOpenAI()
-        listening = yield self.fake.listen(reactor)
-        self.addCleanup(listening.stopListening)
-        data = yaml.safe_load(seed_config_text(listening.getHost().port))
+        self.fake, upstream_port = yield listening_fake(self)
+        data = yaml.safe_load(seed_config_text(upstream_port))
         for route in data["binds"][0]["listeners"][0]["routes"]:
             route["policies"]["localRateLimit"] = [{"maxTokens": 2, "tokensPerFill": 1, "fillInterval": "60s"}]
-        gateway = Gateway(parse_config(yaml.safe_dump(data), {"OPENAI_API_KEY": BACKEND_KEY}))
-        service = gateway.service(interface="127.0.0.1", drain_period=0)
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield wait_until(service.is_ready)
-        self.port = service.port_of(0)
+        _, _, self.port = yield running_gateway(self, yaml.safe_dump(data))
 
     @inlineCallbacks
     def test_http_429_with_headers_past_the_bucket(self) -> Any:

@@ -30,7 +30,16 @@ from websockets.exceptions import InvalidStatus
 from agw.serve._workermetrics import fold_dead_worker_metrics, remove_stale_metrics_dirs
 from agw.testing import REALTIME_MODEL, FakeOpenAI
 from tests.support import (
-    BACKEND_KEY, CLIENT_KEY, PostgresServer, TwistdAgw, free_port, open_client, recv_event, samples, token_sums, wait_until,
+    BACKEND_KEY,
+    CLIENT_KEY,
+    PostgresServer,
+    TwistdAgw,
+    free_port,
+    open_client,
+    recv_event,
+    samples,
+    token_sums,
+    wait_until,
 )
 
 SESSIONS = 16
