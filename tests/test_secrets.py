@@ -80,3 +80,23 @@ class SecretScanTests(GatewayTestCase):
         session = next(r for r in records if r["event"] == "realtime.session")
         self.assertEqual(session["agw.responses"], 2)
         self.assertEqual(session["websocket.close_code"], 1000)
+
+    @inlineCallbacks
+    def test_request_target_never_logged(self) -> Any:
+        # A client that puts its key in the query string (as some SDKs do
+        # for Azure) must not find it in the gateway's log: twisted.web's
+        # own combined log line would write the whole request-target.
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        response = yield treq.post(
+            f"{self.http_base}/chat/completions?api-key={CLIENT_KEY}",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}", "User-Agent": f"probe {CLIENT_KEY}"},
+            persistent=False,
+        )
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        logged = "\n".join(formatEvent(e) + repr(e) for e in events) + self.access_log.getvalue()
+        self.assertIn("http", self.access_log.getvalue())
+        self.assertNotIn(CLIENT_KEY, logged)
