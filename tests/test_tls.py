@@ -13,10 +13,15 @@ import treq
 import yaml
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
 
 from agw import Gateway, parse_config
+from agw.http import TargetEndpoints
 from agw.testing import REALTIME_MODEL, FakeOpenAI, TestCA
 from tests.support import (
     BACKEND_KEY,
@@ -82,3 +87,26 @@ class BackendTLSTests(TestCase):
         self.assertEqual((self.fake.handshakes, self.fake.http_requests), ([], []))
         self.assertEqual(self.flushLoggedErrors(), [])
         yield gateway.close_sessions()
+
+
+class TargetEndpointsTests(SynchronousTestCase):
+    """The upstream client's endpoints: made once per scheme, host and port."""
+
+    def test_one_endpoint_per_origin(self) -> None:
+        endpoints = TargetEndpoints(MemoryReactor(), connect_timeout=3.0)
+        first = endpoints.endpointForURI(URI.fromBytes(b"https://api.example:443/v1/chat/completions"))
+        again = endpoints.endpointForURI(URI.fromBytes(b"https://api.example/v1/embeddings"))
+        plain = endpoints.endpointForURI(URI.fromBytes(b"http://api.example:443/v1/embeddings"))
+        self.assertIs(first, again)
+        self.assertIsNot(first, plain)
+        self.assertIsInstance(plain, HostnameEndpoint)
+
+    def test_other_schemes_refused(self) -> None:
+        endpoints = TargetEndpoints(MemoryReactor(), connect_timeout=3.0)
+        self.assertRaises(SchemeNotSupported, endpoints.endpointForURI, URI.fromBytes(b"ftp://api.example/x"))
+
+    def test_bounded(self) -> None:
+        endpoints = TargetEndpoints(MemoryReactor(), connect_timeout=3.0)
+        for port in range(1, 3000):
+            endpoints.endpointForURI(URI.fromBytes(b"http://h:%d/" % port))
+        self.assertLessEqual(len(endpoints._endpoints), TargetEndpoints.max_endpoints)

@@ -5,7 +5,7 @@ per gateway. Imports L{agw.routing}, L{agw.metering} and L{agw.config}.
 """
 
 from agw.http._body import BodyRelay
-from agw.http._client import HTTPOptions, TargetTLSPolicy, UpstreamClient
+from agw.http._client import HTTPOptions, TargetEndpoints, UpstreamClient
 from agw.http._forward import HTTPForwarder
 
-__all__ = ["BodyRelay", "HTTPForwarder", "HTTPOptions", "TargetTLSPolicy", "UpstreamClient"]
+__all__ = ["BodyRelay", "HTTPForwarder", "HTTPOptions", "TargetEndpoints", "UpstreamClient"]

@@ -16,11 +16,13 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.web.client import Agent, ContentDecoderAgent, GzipDecoder, HTTPConnectionPool
+from twisted.web.client import URI, Agent, ContentDecoderAgent, GzipDecoder, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from agw.config import MiB
@@ -45,25 +47,53 @@ class HTTPOptions:
     max_persistent_per_host: int = 32
 
 
-@implementer(IPolicyForHTTPS)
-class TargetTLSPolicy:
+@implementer(IAgentEndpointFactory)
+class TargetEndpoints:
     """
-    TLS for the agent's HTTPS connections: a registered backend's own
-    (its C{backendTLS} trust root and name), else verified against the
-    system's roots for the host's own name.
+    Where the agent connects, one endpoint per scheme, host and port, made
+    once: Agent's own factory builds a C{HostnameEndpoint} (IDNA-encoding
+    the host) and a TLS policy for every request, even one that then goes
+    over a pooled connection. The host is still resolved on each new
+    connection, so DNS changes are followed.
+
+    TLS is a registered backend's own (its C{backendTLS} trust root and
+    name), else verified against the system's roots for the host's name.
     """
 
-    def __init__(self) -> None:
+    # The hosts are those of configured targets; this only bounds a
+    # misuse (an embedder sending to arbitrary URLs).
+    max_endpoints = 1024
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
         self._targets: dict[tuple[str, int], BackendTarget] = {}
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def register(self, target: BackendTarget) -> None:
         """Use C{target}'s TLS settings for connections to its host and port."""
         self._targets[(target.host, target.port)] = target
+        self._endpoints.clear()
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        host = hostname.decode("ascii")
-        target = self._targets.get((host, port))
-        return target.client_tls_options() if target is not None else optionsForClientTLS(host)
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= self.max_endpoints:
+                self._endpoints.clear()
+            endpoint = self._endpoints[key] = self._endpoint(uri)
+        return endpoint
+
+    def _endpoint(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._connect_timeout)
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme != b"https":
+            raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+        target = self._targets.get((host, uri.port))
+        tls = target.client_tls_options() if target is not None else optionsForClientTLS(host)
+        return wrapClientTLS(tls, endpoint)
 
 
 class UpstreamClient:
@@ -75,8 +105,8 @@ class UpstreamClient:
         self.pool.maxPersistentPerHost = options.max_persistent_per_host
         # A POST that failed on a reused connection must not be sent twice.
         self.pool.retryAutomatically = False
-        self.tls = TargetTLSPolicy()
-        agent = Agent(reactor, contextFactory=self.tls, connectTimeout=options.connect_timeout, pool=self.pool)
+        self.endpoints = TargetEndpoints(reactor, options.connect_timeout)
+        agent = Agent.usingEndpointFactory(reactor, self.endpoints, pool=self.pool)
         self._agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
 
     def request(self, method: bytes, url: str, headers: Headers, body: IBodyProducer | None) -> Deferred[IResponse]:

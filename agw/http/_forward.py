@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from io import BytesIO
 
 from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import CancelledError, ensureDeferred
@@ -30,6 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from agw.config import RouteType
 from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
+from agw.http._request_body import BytesBodyProducer
 from agw.metering import (
     HTTPExchange,
     JSONWatcher,
@@ -260,7 +260,7 @@ class HTTPForwarder(Resource):
         data = json.dumps(body).encode() if changed else raw
         model = body.get("model")
         exchange.request_model = model if isinstance(model, str) else None
-        return FileBodyProducer(BytesIO(data))
+        return BytesBodyProducer(data)
 
     def _headers(self, request: Request) -> Headers:
         client = [

@@ -16,8 +16,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.metering import CLIENT_TO_UPSTREAM, RealtimeSession, client_event_id, client_event_type
-from agw.realtime._limit_events import limit_error_event
 from agw.realtime._leg import RelayLeg
+from agw.realtime._limit_events import limit_error_event
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._refusal import UpstreamRefused
 from agw.realtime._upstream import UpstreamProtocol

@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred
 
 from agw._internals import handshake_bytes
 from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession
-from agw.realtime._limit_events import limit_error_event
 from agw.realtime._leg import RelayLeg
+from agw.realtime._limit_events import limit_error_event
 from agw.realtime._refusal import Incomplete, parse_refusal
 from agw.realtime._usage_mixin import RealtimeUsageMixin
 from agw.routing import ConnectionTracker

@@ -154,7 +154,7 @@ class Gateway:
         backend = route.backends[0]
         target = BackendTarget.from_backend(backend, route.policies.backend_tls)
         if target.tls:
-            self.http_client.tls.register(target)
+            self.http_client.endpoints.register(target)
         api_key = route.policies.api_key
         context = RouteContext(
             self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
