@@ -101,6 +101,18 @@ class HostileInputTests(GatewayTestCase):
         self.assertTrue(answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:40])
         self.assertEqual(self.fake.handshakes, [])
 
+    @inlineCallbacks
+    def test_invented_methods_do_not_grow_metrics(self) -> Any:
+        # Every distinct method a client invents would otherwise be a new
+        # series of two metrics, kept for the life of the process.
+        for i in range(20):
+            request = b"QUERYX%d /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % i
+            answer = yield deferToThread(raw_exchange, self.port, request)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 "), answer[:40])
+        text = yield self.metrics_text()
+        self.assertNotIn("QUERYX", text)
+        self.assertIn('method="_OTHER"', text)
+
 
 class IdleDetectionTests(GatewayTestCase):
     relay_options = RelayOptions(ping_interval=0.2, ping_timeout=0.3)

@@ -21,6 +21,8 @@ UNKNOWN_MODEL = "unknown"
 # Where a model name would add one series too many (or is too long to be one).
 OTHER_MODEL = "other"
 MAX_MODEL_LABEL_LENGTH = 128
+# RFC 9110's methods and PATCH: the values of the "method" label.
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 _ROUTE_LABELS = ("bind", "gateway", "listener", "route", "route_rule")
 _GEN_AI_LABELS = ("gen_ai_operation_name", "gen_ai_system", "gen_ai_request_model", "gen_ai_response_model")
@@ -247,7 +249,9 @@ class GatewayMetrics:
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
         method_text = method.decode("ascii", "replace") if isinstance(method, bytes) else method
-        labels = route.values() + (method_text, str(status))
+        # A client may invent any number of methods; as OpenTelemetry's
+        # http.request.method does, those are one "_OTHER" series.
+        labels = route.values() + (method_text if method_text in _HTTP_METHODS else "_OTHER", str(status))
         self.requests.labels(*labels).inc()
         self.request_duration.labels(*labels).observe(seconds)
 
