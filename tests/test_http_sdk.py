@@ -118,6 +118,16 @@ class OtherTypesTests(HTTPTestCase):
     relay_types = {"/v1/embeddings": "embeddings", "/v1/responses": "responses"}
 
     @inlineCallbacks
+    def test_upstream_connection_reused(self) -> Any:
+        # Requests from several clients, one after another, go over one
+        # pooled upstream connection: a new one each time would add a TCP
+        # (and, to OpenAI, a TLS) handshake to every request.
+        for _ in range(5):
+            yield self.sdk(lambda c: c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]))
+        self.assertEqual(len(self.fake.http_requests), 5)
+        self.assertEqual(self.fake.connections, 1)
+
+    @inlineCallbacks
     def test_embeddings_and_responses(self) -> Any:
         embedding = yield self.sdk(lambda c: c.embeddings.create(model="text-embedding-3-small", input="hi"))
         self.assertEqual(embedding.data[0].embedding, [0.0, 0.5, 1.0])

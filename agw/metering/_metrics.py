@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
+from agw.metering._children import MetricChildren
 from agw.metering._usage import AudioDuration, TokenUsage
 
 SYSTEM = "openai"
@@ -83,6 +84,7 @@ class GatewayMetrics:
         catalog: Catalog | None | object = DEFAULT_CATALOG, extra_labels: tuple[str, ...] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._child = MetricChildren()
         # config.metrics.fields.add: labels from the client key's metadata (see Attributor).
         self.extra_labels = extra_labels
         self.anonymous = Attribution(labels=tuple("" for _ in extra_labels))
@@ -236,15 +238,15 @@ class GatewayMetrics:
 
     def _record_cost(self, cost: Cost, common: tuple[str, ...], who: Attribution) -> None:
         # common: operation, system, request model, response model, then the route.
-        self.cost_lookups.labels(cost.status, *common[1:4]).inc()
+        self._child(self.cost_lookups, cost.status, *common[1:4]).inc()
         if cost.components:
-            self.cost.labels(*common, *who.labels).inc(float(cost.total))
+            self._child(self.cost, *common, *who.labels).inc(float(cost.total))
             for component, usd in cost.components.items():
-                self.cost_by_component.labels(component, *common, who.consumer, *who.labels).inc(float(usd))
+                self._child(self.cost_by_component, component, *common, who.consumer, *who.labels).inc(float(usd))
 
     def record_budget(self, state: BudgetState) -> None:
         """A budget's spend changed (see L{agw.metering.Governor})."""
-        self.budget_remaining.labels(state.consumer, state.budget.name, state.budget.unit.value).set(float(state.remaining))
+        self._child(self.budget_remaining, state.consumer, state.budget.name, state.budget.unit.value).set(float(state.remaining))
 
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
@@ -252,8 +254,8 @@ class GatewayMetrics:
         # A client may invent any number of methods; as OpenTelemetry's
         # http.request.method does, those are one "_OTHER" series.
         labels = route.values() + (method_text if method_text in _HTTP_METHODS else "_OTHER", str(status))
-        self.requests.labels(*labels).inc()
-        self.request_duration.labels(*labels).observe(seconds)
+        self._child(self.requests, *labels).inc()
+        self._child(self.request_duration, *labels).observe(seconds)
 
     def record_llm_timing(
         self,
@@ -265,12 +267,12 @@ class GatewayMetrics:
     ) -> None:
         """Record an LLM request's duration and, when streamed, its token timing."""
         labels = self.model_values(models) + route.values()
-        self.llm_request_duration.labels(*labels).observe(seconds)
+        self._child(self.llm_request_duration, *labels).observe(seconds)
         if time_to_first_token is not None:
-            self.time_to_first_token.labels(*labels).observe(time_to_first_token)
+            self._child(self.time_to_first_token, *labels).observe(time_to_first_token)
             if output_tokens > 1:
                 per_token = (seconds - time_to_first_token) / (output_tokens - 1)
-                self.time_per_output_token.labels(*labels).observe(per_token)
+                self._child(self.time_per_output_token, *labels).observe(per_token)
 
     def record_audio(
         self, route: RouteLabels, models: ModelLabels, duration: AudioDuration, who: Attribution | None = None,
@@ -278,7 +280,7 @@ class GatewayMetrics:
         """Record transcription billed by time, and its cost."""
         who = who or self.anonymous
         common = self.model_values(models) + route.values()
-        self.audio_seconds.labels(*common, who.consumer, *who.labels).inc(duration.seconds)
+        self._child(self.audio_seconds, *common, who.consumer, *who.labels).inc(duration.seconds)
         cost = price_audio(self.catalog, SYSTEM, models.priced_model, duration)
         self._record_cost(cost, common, who)
         return cost
@@ -292,14 +294,14 @@ class GatewayMetrics:
         self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...],
         who: Attribution,
     ) -> None:
-        self.token_usage.labels(token_type, *common, *who.labels).observe(total)
+        self._child(self.token_usage, token_type, *common, *who.labels).observe(total)
         # The provider's per-modality details should add up to the total;
         # whatever they leave unexplained is counted as "unknown" so that the
         # counter's sums always equal the histogram's.
         attributed = 0
         for modality, tokens in by_modality:
             if tokens:
-                self.tokens.labels(token_type, modality, *common, who.consumer, *who.labels).inc(tokens)
+                self._child(self.tokens, token_type, modality, *common, who.consumer, *who.labels).inc(tokens)
                 attributed += tokens
         if total > attributed:
-            self.tokens.labels(token_type, "unknown", *common, who.consumer, *who.labels).inc(total - attributed)
+            self._child(self.tokens, token_type, "unknown", *common, who.consumer, *who.labels).inc(total - attributed)

@@ -19,6 +19,18 @@ from agw.testing._realtime import FakeRealtimeFactory
 from agw.testing._state import FakeState
 
 
+class _CountingSite(Site):
+    """A site that counts the connections it accepts in a L{FakeState}."""
+
+    def __init__(self, state: FakeState, resource: Resource, reactor: Any) -> None:
+        super().__init__(resource, reactor=reactor)
+        self._state = state
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self._state.connections += 1
+        return super().buildProtocol(addr)
+
+
 class FakeOpenAI(FakeState):
     """
     A fake OpenAI API for tests, in-process on Twisted: serve L{resource}
@@ -31,6 +43,8 @@ class FakeOpenAI(FakeState):
     C{close(code, reason)} on one to close it from the provider's side, or
     C{transport.abortConnection()} to vanish); L{closes} holds the close
     code and reason each session ended with, as the fake saw them.
+
+    L{connections} counts the TCP connections it accepted.
 
     HTTP: L{http_requests} records each request (headers, body size and
     hash); L{fail_http} and L{hang_http} script the next answer; setting
@@ -54,7 +68,7 @@ class FakeOpenAI(FakeState):
         Listen on loopback (an ephemeral port by default); over TLS with
         C{tls} (see L{agw.testing.TestCA.server_options}).
         """
-        site = Site(self.resource(reactor), reactor=reactor)
+        site = _CountingSite(self, self.resource(reactor), reactor)
         site.noisy = False
         # What the fake received is in L{FakeOpenAI}'s records; a combined
         # log line per request would only bury the gateway's own log.

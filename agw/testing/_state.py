@@ -123,6 +123,7 @@ class FakeState:
         self.response_numbers = itertools.count(1)
         self._refusals: list[Refusal] = []
         self.http_requests: list[HTTPRequest] = []
+        self.connections = 0  # TCP connections accepted (HTTP and Realtime)
         self.http_abandoned: list[bytes] = []
         self.stream_gate: Deferred[None] | None = None
         self._http_scripts: list[tuple[int, bytes]] = []
