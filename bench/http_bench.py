@@ -1,9 +1,17 @@
 """
-Non-streaming chat completion, direct to the fake upstream vs through agw,
-in one run: added p50/p99 latency (1 connection) and requests/s (16
-connections), plus agw's CPU per request. Load comes from wrk (apt: wrk).
+Small chat completions, direct to the fake upstream, through nginx (one
+worker, upstream keep-alive) and through agw (one process, and
+C{--workers 2}), interleaved in the same rounds; medians over the rounds.
 
-    python bench/http_bench.py [--seconds 10] [--json bench/results/http.json]
+Per target: p50/p99 with one connection, requests/s with 16 (closed loop,
+wrk: C, one thread, not the bottleneck — it uses a fraction of a core at
+these rates), the proxy's CPU per request (utime + stime of all its
+processes, from /proc), and the time to the first byte of a streamed
+completion (sequential, keep-alive, from Python). The fake counts the
+upstream connections each proxy opened. Load comes from wrk (apt: wrk),
+nginx from apt: nginx-light; a missing nginx is left out.
+
+    python bench/http_bench.py [--seconds 5] [--rounds 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -13,18 +21,40 @@ import json
 import os
 import re
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_seconds, machine, start_agw, start_fake  # noqa: E402
+from common import children, cpu_seconds, free_port, machine, result_path, start_agw, wait_port  # noqa: E402
 
-LUA = """
+BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one word."}]}'
+STREAM_BODY = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
+LUA = f"""
 wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one word."}]}'
+wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-client"
+"""
+NGINX = """
+daemon off; worker_processes 1; pid {dir}/nginx.pid; error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/f;
+  uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;
+  upstream fake {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://fake; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -34,7 +64,8 @@ def wrk(url: str, connections: int, seconds: int, script: str) -> dict[str, floa
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
         check=True, capture_output=True, text=True,
     ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+              "requests": int(re.search(r"(\d+) requests in", out).group(1))}
     for pct in ("50", "99"):
         value, unit = re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\b", out).groups()
         result[f"p{pct}_ms"] = float(value) * _UNITS[unit]
@@ -43,53 +74,121 @@ def wrk(url: str, connections: int, seconds: int, script: str) -> dict[str, floa
     return result
 
 
+def first_byte_ms(port: int, count: int) -> float:
+    """Median time from sending a streamed completion to its first SSE event, one keep-alive connection."""
+    body = STREAM_BODY.encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Authorization: Bearer sk-client\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    times = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendall(request)
+            received = b""
+            while b"data:" not in received:
+                received += sock.recv(65536)
+            times.append(time.perf_counter() - start)
+            while not received.endswith(b"0\r\n\r\n"):  # the rest of the chunked body
+                received += sock.recv(65536)
+    return statistics.median(times) * 1e3
+
+
+def start_fake_counting() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_fake.py"), str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    wait_port(port)
+    return proc, port
+
+
+def start_nginx(upstream: int) -> tuple[subprocess.Popen, int] | None:
+    if shutil.which("nginx") is None:
+        return None
+    directory, port = tempfile.mkdtemp(prefix="agw-bench-nginx-"), free_port()
+    os.chmod(directory, 0o777)  # nginx's worker drops root
+    with open(os.path.join(directory, "nginx.conf"), "w") as f:
+        f.write(NGINX.format(dir=directory, upstream=upstream, port=port))
+    proc = subprocess.Popen(["nginx", "-p", directory, "-c", os.path.join(directory, "nginx.conf")])
+    wait_port(port)
+    return proc, port
+
+
+def pids_of(proc: subprocess.Popen) -> list[int]:
+    return [proc.pid, *children(proc.pid)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "http.json"))
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", default=result_path("http.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(LUA)
     script.close()
-    fake, fake_port = start_fake()
-    gateway, port, _ = start_agw(fake_port)
+    fake, fake_port = start_fake_counting()
+    targets: dict[str, tuple[subprocess.Popen | None, int]] = {"direct": (None, fake_port)}
+    nginx = start_nginx(fake_port)
+    if nginx is not None:
+        targets["nginx"] = nginx
+    agw, port, _ = start_agw(fake_port)
+    targets["agw"] = (agw, port)
+    agw2, port2, _ = start_agw(fake_port, "--workers", "2")
+    targets["agw --workers 2"] = (agw2, port2)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     try:
-        direct_url = f"http://127.0.0.1:{fake_port}/v1/chat/completions"
-        agw_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        wrk(agw_url, 4, 2, script.name)  # warm up
-        results = {}
-        for name, url in (("direct", direct_url), ("agw", agw_url)):
-            cpu_before = cpu_seconds(gateway.pid)
-            latency = wrk(url, 1, args.seconds, script.name)
-            throughput = wrk(url, 16, args.seconds, script.name)
-            cpu = cpu_seconds(gateway.pid) - cpu_before
-            requests = latency["rps"] * args.seconds + throughput["rps"] * args.seconds
-            results[name] = {"latency_1conn": latency, "throughput_16conn": throughput,
-                             "agw_cpu_ms_per_request": (cpu / requests * 1e3) if name == "agw" else None}
+        for _, target_port in targets.values():
+            wrk(f"http://127.0.0.1:{target_port}/v1/chat/completions", 4, 1, script.name)  # warm up
+        for _ in range(args.rounds):
+            for name, (proc, target_port) in targets.items():
+                url = f"http://127.0.0.1:{target_port}/v1/chat/completions"
+                pids = pids_of(proc) if proc is not None else []
+                cpu_before = sum(cpu_seconds(pid) for pid in pids)
+                latency = wrk(url, 1, args.seconds, script.name)
+                throughput = wrk(url, 16, args.seconds, script.name)
+                cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+                requests = latency["requests"] + throughput["requests"]
+                runs[name].append({
+                    "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"], "rps_16": throughput["rps"],
+                    "errors": latency["errors"] + throughput["errors"],
+                    "cpu_ms_per_request": cpu / requests * 1e3 if pids else None,
+                    "first_byte_ms": first_byte_ms(target_port, 300),
+                })
     finally:
-        gateway.terminate()
+        for proc, _ in targets.values():
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
         fake.terminate()
-        gateway.wait()
-        fake.wait()
-    d, a = results["direct"], results["agw"]
-    summary = {
-        "added_p50_ms": a["latency_1conn"]["p50_ms"] - d["latency_1conn"]["p50_ms"],
-        "added_p99_ms": a["latency_1conn"]["p99_ms"] - d["latency_1conn"]["p99_ms"],
-        "agw_rps_16conn": a["throughput_16conn"]["rps"],
-        "direct_rps_16conn": d["throughput_16conn"]["rps"],
-        "agw_cpu_ms_per_request": a["agw_cpu_ms_per_request"],
-    }
-    print(f"{'':22}{'direct':>12}{'via agw':>12}")
-    for label, key in (("p50 (1 conn), ms", "p50_ms"), ("p99 (1 conn), ms", "p99_ms")):
-        print(f"{label:22}{d['latency_1conn'][key]:12.3f}{a['latency_1conn'][key]:12.3f}")
-    print(f"{'req/s (16 conns)':22}{d['throughput_16conn']['rps']:12.0f}{a['throughput_16conn']['rps']:12.0f}")
-    print(f"added p50 {summary['added_p50_ms']:.3f} ms, added p99 {summary['added_p99_ms']:.3f} ms, "
-          f"agw CPU {summary['agw_cpu_ms_per_request']:.3f} ms/request")
+        fake_output = fake.communicate()[0]
+    connections = re.search(r"connections accepted: (\d+)", fake_output or "")
+
+    def median(name: str, key: str) -> float | None:
+        values = [r[key] for r in runs[name] if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    summary = {name: {key: median(name, key) for key in runs[name][0]} for name in runs}
+    direct = summary["direct"]
+    for values in summary.values():
+        values["added_p50_ms"] = values["p50_ms"] - direct["p50_ms"]
+        values["added_first_byte_ms"] = values["first_byte_ms"] - direct["first_byte_ms"]
+        values["rps_ratio"] = values["rps_16"] / direct["rps_16"]
+    print(f"{args.rounds} rounds of {args.seconds} s, medians; {os.cpu_count()} cores shared by wrk, the fake and the proxy")
+    print(f"{'':17}{'p50 ms':>8}{'+p50 ms':>9}{'p99 ms':>8}{'req/s 16c':>11}{'x direct':>9}{'CPU ms/req':>11}"
+          f"{'TTFB ms':>9}{'+TTFB ms':>10}{'errors':>7}")
+    for name, v in summary.items():
+        cpu = f"{v['cpu_ms_per_request']:11.3f}" if v["cpu_ms_per_request"] is not None else f"{'-':>11}"
+        print(f"{name:17}{v['p50_ms']:8.3f}{v['added_p50_ms']:9.3f}{v['p99_ms']:8.3f}{v['rps_16']:11.0f}{v['rps_ratio']:9.2f}"
+              f"{cpu}{v['first_byte_ms']:9.3f}{v['added_first_byte_ms']:10.3f}{v['errors']:7.0f}")
+    if connections:
+        print(f"upstream connections the fake accepted, all targets together: {connections.group(1)}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"machine": machine(), "summary": summary, "runs": results}, f, indent=2)
+        json.dump({"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "summary": summary, "runs": runs,
+                   "fake_connections": int(connections.group(1)) if connections else None}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Run agw.testing.FakeOpenAI on 127.0.0.1:PORT until killed (a benchmark upstream)."""
+"""Run agw.testing.FakeOpenAI on 127.0.0.1:PORT until killed (a benchmark upstream); prints its connection count at exit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from agw.testing import FakeOpenAI
 
 def main() -> None:
     port = int(sys.argv[1])
-    FakeOpenAI().listen(reactor, port).addCallback(lambda p: print(f"fake listening on {p.getHost().port}", flush=True))
+    fake = FakeOpenAI()
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: print(f"connections accepted: {fake.connections}", flush=True))
+    fake.listen(reactor, port).addCallback(lambda p: print(f"fake listening on {p.getHost().port}", flush=True))
     reactor.run()
 
 
