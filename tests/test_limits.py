@@ -16,13 +16,16 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
 from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
 from agw.http import BodyRelay, HTTPOptions
 from agw.metering import OTHER_MODEL, GatewayMetrics, ModelLabels, RouteLabels, TokenUsage
 from agw.realtime import RelayOptions
+from agw.serve import GatewaySite
 from tests.support import (
     GatewayTestCase,
     handshake_status,
@@ -249,3 +252,39 @@ class BodyIdleTimeoutTests(SynchronousTestCase):
         relay.connectionLost(Failure(ResponseDone()))
         self.assertEqual(clock.getDelayedCalls(), [])
         self.successResultOf(relay.done)
+
+
+class _Capture(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[dict, bytes]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        self.seen.append((dict(request.args), request.content.read()))
+        return b"ok"
+
+
+class FormBodyTests(TestCase):
+    """
+    twisted.web parses a POSTed form (multipart or URL-encoded) into
+    C{request.args} by default: a second copy of the body in memory, built
+    by a parser, for every upload. A gateway forwards bodies as bytes.
+    """
+
+    @inlineCallbacks
+    def test_form_bodies_not_parsed(self) -> Any:
+        from twisted.internet import reactor
+
+        capture = _Capture()
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(GatewaySite(capture, reactor))
+        self.addCleanup(port.stopListening)
+        multipart = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+                     b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n" + b"x" * 5000 + b"\r\n--b--\r\n")
+        for ctype, body in ((b"multipart/form-data; boundary=b", multipart), (b"application/x-www-form-urlencoded", b"a=1&b=2")):
+            request = (b"POST /v1/files HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: " + ctype
+                       + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            answer = yield deferToThread(raw_exchange, port.getHost().port, request)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:40])
+        self.assertEqual(capture.seen, [({}, multipart), ({}, b"a=1&b=2")])

@@ -134,7 +134,8 @@ class GatewaySite(Site):
     """
     A twisted.web site of L{GatewayRequest}s: C{max_request_body} bytes at
     most per request body (C{None}: no limit), C{max_buffered_bodies} bytes
-    of bodies held at once.
+    of bodies held at once. Bodies are bytes to forward: a form is not
+    parsed into C{request.args}.
     """
 
     requestFactory = GatewayRequest
@@ -143,7 +144,9 @@ class GatewaySite(Site):
         self, resource: IResource, reactor: object, max_request_body: int | None = None,
         max_buffered_bodies: int = 2**62,
     ) -> None:
-        super().__init__(resource, reactor=reactor)  # type: ignore[arg-type]
+        # No parsing of form uploads into request.args: a second, parsed copy
+        # of every multipart body (a /v1/files upload), which nothing reads.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)  # type: ignore[arg-type]
         self.max_request_body = max_request_body
         self.body_budget = BodyBudget(max_buffered_bodies)
 
