@@ -1,7 +1,9 @@
 """
 Small chat completions, direct to the fake upstream, through nginx (one
-worker, upstream keep-alive) and through agw (one process, and
-C{--workers 2}), interleaved in the same rounds; medians over the rounds.
+worker, upstream keep-alive), through the least proxy twisted.web makes
+(C{twisted_http_proxy.py}: the floor of any proxy built on it) and through
+agw (one process, and C{--workers 2}), interleaved in the same rounds;
+medians over the rounds.
 
 Per target: p50/p99 with one connection, requests/s with 16 (closed loop,
 wrk: C, one thread, not the bottleneck — it uses a fraction of a core at
@@ -29,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import children, cpu_seconds, free_port, machine, result_path, start_agw, wait_port  # noqa: E402
+from common import HERE, children, cpu_seconds, free_port, machine, result_path, start_agw, wait_port  # noqa: E402
 
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one word."}]}'
 STREAM_BODY = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
@@ -96,7 +98,7 @@ def first_byte_ms(port: int, count: int) -> float:
 
 def start_fake_counting() -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_fake.py"), str(port)],
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port)],
                             stdout=subprocess.PIPE, text=True)
     wait_port(port)
     return proc, port
@@ -134,6 +136,10 @@ def main() -> None:
     nginx = start_nginx(fake_port)
     if nginx is not None:
         targets["nginx"] = nginx
+    floor_port = free_port()
+    floor = subprocess.Popen([sys.executable, os.path.join(HERE, "twisted_http_proxy.py"), str(floor_port), str(fake_port)])
+    wait_port(floor_port)
+    targets["twisted.web floor"] = (floor, floor_port)
     agw, port, _ = start_agw(fake_port)
     targets["agw"] = (agw, port)
     agw2, port2, _ = start_agw(fake_port, "--workers", "2")
@@ -154,7 +160,7 @@ def main() -> None:
                 runs[name].append({
                     "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"], "rps_16": throughput["rps"],
                     "errors": latency["errors"] + throughput["errors"],
-                    "cpu_ms_per_request": cpu / requests * 1e3 if pids else None,
+                    "cpu_ms_per_request": cpu / requests * 1e3 if pids and requests else None,
                     "first_byte_ms": first_byte_ms(target_port, 300),
                 })
     finally:
@@ -177,11 +183,11 @@ def main() -> None:
         values["added_first_byte_ms"] = values["first_byte_ms"] - direct["first_byte_ms"]
         values["rps_ratio"] = values["rps_16"] / direct["rps_16"]
     print(f"{args.rounds} rounds of {args.seconds} s, medians; {os.cpu_count()} cores shared by wrk, the fake and the proxy")
-    print(f"{'':17}{'p50 ms':>8}{'+p50 ms':>9}{'p99 ms':>8}{'req/s 16c':>11}{'x direct':>9}{'CPU ms/req':>11}"
+    print(f"{'':18}{'p50 ms':>8}{'+p50 ms':>9}{'p99 ms':>8}{'req/s 16c':>11}{'x direct':>9}{'CPU ms/req':>11}"
           f"{'TTFB ms':>9}{'+TTFB ms':>10}{'errors':>7}")
     for name, v in summary.items():
         cpu = f"{v['cpu_ms_per_request']:11.3f}" if v["cpu_ms_per_request"] is not None else f"{'-':>11}"
-        print(f"{name:17}{v['p50_ms']:8.3f}{v['added_p50_ms']:9.3f}{v['p99_ms']:8.3f}{v['rps_16']:11.0f}{v['rps_ratio']:9.2f}"
+        print(f"{name:18}{v['p50_ms']:8.3f}{v['added_p50_ms']:9.3f}{v['p99_ms']:8.3f}{v['rps_16']:11.0f}{v['rps_ratio']:9.2f}"
               f"{cpu}{v['first_byte_ms']:9.3f}{v['added_first_byte_ms']:10.3f}{v['errors']:7.0f}")
     if connections:
         print(f"upstream connections the fake accepted, all targets together: {connections.group(1)}")

@@ -229,8 +229,9 @@ def add_completions(realtime_json: str) -> None:
                    check=True, stdout=subprocess.DEVNULL)
     with open(http_json) as f:
         http = json.load(f)["summary"]
-    print(f"completions: added p50 {http['added_p50_ms']:.2f} ms; {http['agw_rps_16conn']:.0f} requests/s via agw, "
-          f"{http['agw_rps_16conn'] / http['direct_rps_16conn']:.2f}x direct; agw CPU {http['agw_cpu_ms_per_request']:.2f} ms/request")
+    agw = http["agw"]
+    print(f"completions: added p50 {agw['added_p50_ms']:.2f} ms; {agw['rps_16']:.0f} requests/s via agw, "
+          f"{agw['rps_ratio']:.2f}x direct; agw CPU {agw['cpu_ms_per_request']:.2f} ms/request")
     with open(realtime_json) as f:
         report = json.load(f)
     report["completions"] = http

@@ -13,13 +13,13 @@ from typing import Any
 
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.resource import Resource
 from twisted.web.client import ResponseDone
+from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from agw.http import BodyRelay, HTTPOptions
