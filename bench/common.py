@@ -102,7 +102,9 @@ def start_agw_with(data: dict, *args: str) -> tuple[subprocess.Popen, int]:
     yaml.safe_dump(data, config)
     config.close()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    profile = os.environ.get("AGW_BENCH_PROFILE")  # a path: run agw under cProfile, stats saved there
+    # A path: run agw under cProfile, stats saved there (one process only: a
+    # --workers parent does no gateway work, and would overwrite the file).
+    profile = os.environ.get("AGW_BENCH_PROFILE") if "--workers" not in args else None
     profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
     proc = subprocess.Popen(
         [twistd, "-n", *profiling, "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none", *args],
