@@ -118,3 +118,49 @@ class ProcessRobustnessTests(TestCase):
         written = agw.log_text()
         self.assertNotIn("Unhandled", written)
         self.assertNotIn("Traceback", written)
+
+
+class ValidateOnlyTests(TestCase):
+    """C{twistd agw --validate-only}: check a config without starting anything (agentgateway's flag)."""
+
+    def run_validate(self, path: str, env: dict[str, str] | None = None) -> Any:
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        command = [twistd, "-n", "--pidfile=", "agw", "-f", path, "-i", "127.0.0.1", "--validate-only"]
+        environ = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+        return deferToThread(subprocess.run, command, env=environ, capture_output=True, timeout=50, text=True)
+
+    @inlineCallbacks
+    def test_seed_config_is_valid(self) -> Any:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with open(os.path.join(REPO, "config.yaml")) as f:
+            config = yaml.safe_load(f)
+        # A port in use does not matter: nothing is bound.
+        config["binds"][0]["port"] = port
+        config["config"] = {"database": {"url": "postgresql://agw:hunter2@db.example/agw"}}
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        done = yield self.run_validate(path, {"OPENAI_API_KEY": BACKEND_KEY})
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn(f"{path}: valid", done.stdout)
+        self.assertIn(f"bind/{port}: 127.0.0.1:{port}", done.stdout)
+        self.assertIn("stats: [::]:15020", done.stdout)
+        self.assertIn("budgets: postgresql", done.stdout)
+        for secret in (BACKEND_KEY, "hunter2"):
+            self.assertNotIn(secret, done.stdout + done.stderr)
+
+    @inlineCallbacks
+    def test_invalid_config_one_line_exit_1(self) -> Any:
+        path = self.mktemp() + ".yaml"
+        with open(path, "w") as f:
+            f.write("binds:\n- port: 3000\n  listeners:\n  - routes:\n"
+                    "    - backends: [{ai: {name: x, provider: {openAI: {}}}}]\n      policies: {bogus: 1}\n")
+        done = yield self.run_validate(path)
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stdout, "")
+        self.assertEqual(done.stderr.strip().splitlines(),
+                         [f"binds[0].listeners[0].routes[0].policies.bogus: unknown field ({path}, line 6)"])

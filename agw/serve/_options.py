@@ -43,6 +43,10 @@ class Options(usage.Options):
         ["workers", None, None, "Gateway processes sharing the binds (0: one per CPU; default: config.workers, or 1).", int],
     ]
 
+    optFlags = [
+        ["validate-only", None, "Load and check the config, print what agw would serve, and exit: 0 valid, 1 with the error."],
+    ]
+
     config_object: GatewayConfig
 
     def postOptions(self) -> None:
@@ -50,9 +54,16 @@ class Options(usage.Options):
             self.config_object = load_config(self["config"])
             check_files(self.config_object)
         except ConfigError as e:
+            if self["validate-only"]:
+                raise SystemExit(str(e)) from None  # the one line, on stderr; exit 1
             raise usage.UsageError(str(e)) from None
         if self["workers"] is not None and self["workers"] < 0:
             raise usage.UsageError("--workers: expected 0 (one per CPU) or more")
+        if self["validate-only"]:
+            from agw.serve._validate import describe
+
+            sys.stdout.write(describe(self.config_object, self["config"], self["interface"]))
+            raise SystemExit(0)
 
     @property
     def worker_count(self) -> int:
