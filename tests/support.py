@@ -290,14 +290,17 @@ class TwistdAgw:
     @classmethod
     @inlineCallbacks
     def start(
-        cls, case: TestCase, upstream_port: int, *args: str, access_log: str = "none", edit: Any = None,
+        cls, case: TestCase, upstream_port: int | None, *args: str, access_log: str = "none", edit: Any = None,
+        key: str | None = BACKEND_KEY,
     ) -> Any:
+        """Start it; C{upstream_port} C{None}: the seed config's backends as they are; C{key} C{None}: no C{OPENAI_API_KEY}."""
         with open(SEED_CONFIG) as f:
             config = yaml.safe_load(f)
         port, stats, ready = free_port(), free_port(), free_port()
         config["binds"][0]["port"] = port
         for route in config["binds"][0]["listeners"][0]["routes"]:
-            route["backends"][0]["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
+            if upstream_port is not None:
+                route["backends"][0]["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
         config["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
         if edit is not None:
             edit(config)  # the test's own changes to the seed config
@@ -306,7 +309,8 @@ class TwistdAgw:
             yaml.safe_dump(config, f)
         log, stdout = case.mktemp() + ".log", case.mktemp() + ".out"
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        env = {**os.environ, "OPENAI_API_KEY": BACKEND_KEY, "PYTHONPATH": REPO}
+        env = {name: value for name, value in os.environ.items() if name != "OPENAI_API_KEY"}
+        env.update({"PYTHONPATH": REPO}, **({"OPENAI_API_KEY": key} if key is not None else {}))
         with open(stdout, "wb") as out:
             process = subprocess.Popen(
                 [twistd, "-n", "--pidfile=", f"--logfile={log}", "agw", "-f", path, "-i", "127.0.0.1", "--access-log", access_log, *args],

@@ -30,6 +30,7 @@ from tests.support import (
     open_client,
     recv_event,
     run_session,
+    samples,
     wait_until,
 )
 
@@ -164,3 +165,33 @@ class ValidateOnlyTests(TestCase):
         self.assertEqual(done.stdout, "")
         self.assertEqual(done.stderr.strip().splitlines(),
                          [f"binds[0].listeners[0].routes[0].policies.bogus: unknown field ({path}, line 6)"])
+
+
+class DemoTests(TestCase):
+    """C{twistd -n agw -f config.yaml --demo}, as the README says, on a machine without an OpenAI key."""
+
+    @inlineCallbacks
+    def test_demo_counts_tokens_without_a_key(self) -> Any:
+        agw = yield TwistdAgw.start(self, None, "--demo", key=None)
+        self.addCleanup(agw.stop)
+        with open(agw.stdout) as f:
+            instructions = f.read()
+        self.assertIn(f"curl -s http://127.0.0.1:{agw.port}/v1/chat/completions", instructions)
+        self.assertIn(f"curl -s http://127.0.0.1:{agw.stats}/metrics", instructions)
+
+        def chat() -> Any:
+            with OpenAI(api_key="demo", base_url=f"http://127.0.0.1:{agw.port}/v1", max_retries=0) as client:
+                return client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+        completion = yield deferToThread(chat)
+        done = yield deferToThread(run_session, f"ws://127.0.0.1:{agw.port}/v1", 1)
+        text = yield agw.metrics_text()
+        found = samples(text)
+        usage = {
+            dict(labels)["route"]: value  # the seed config: route0 Realtime, route1 the HTTP API
+            for (name, labels), value in found.items()
+            if name == "agentgateway_gen_ai_client_token_usage_sum" and dict(labels)["gen_ai_token_type"] == "input"
+        }
+        self.assertEqual(usage, {"route1": completion.usage.prompt_tokens, "route0": done[0]["response"]["usage"]["input_tokens"]})
+        code = yield agw.stop()
+        self.assertEqual(code, 0)

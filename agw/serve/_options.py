@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
@@ -45,13 +46,19 @@ class Options(usage.Options):
 
     optFlags = [
         ["validate-only", None, "Load and check the config, print what agw would serve, and exit: 0 valid, 1 with the error."],
+        ["demo", None, "Send every backend to agw.testing's fake OpenAI on loopback (no key, no network); one process."],
     ]
 
     config_object: GatewayConfig
 
     def postOptions(self) -> None:
+        environ: Mapping[str, str] = os.environ
+        if self["demo"]:
+            from agw.serve._demo import DemoEnvironment
+
+            environ = DemoEnvironment(os.environ)
         try:
-            self.config_object = load_config(self["config"])
+            self.config_object = load_config(self["config"], environ)
             check_files(self.config_object)
         except ConfigError as e:
             if self["validate-only"]:
@@ -59,6 +66,8 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["workers"] is not None and self["workers"] < 0:
             raise usage.UsageError("--workers: expected 0 (one per CPU) or more")
+        if self["demo"] and self["workers"] not in (None, 1):
+            raise usage.UsageError("--demo runs one process: its fake provider lives in it")
         if self["validate-only"]:
             from agw.serve._validate import describe
 
@@ -68,6 +77,8 @@ class Options(usage.Options):
     @property
     def worker_count(self) -> int:
         """How many gateway processes to run: the option, else the config."""
+        if self["demo"]:
+            return 1
         count = self["workers"] if self["workers"] is not None else self.config_object.workers
         return count or os.cpu_count() or 1
 

@@ -26,6 +26,15 @@ def makeService(options: Options) -> IService:
             reactor, options.config_object, options["interface"], options.gateway_arguments(), options.worker_count,
             options["drain-period"], stdout=sys.__stdout__.buffer,
         )
+    elif options["demo"]:
+        from twisted.internet import reactor
+
+        from agw.serve._demo import DemoProvider, demo_config, listen_fake
+
+        port = listen_fake(reactor)
+        options.config_object = demo_config(options.config_object, f"127.0.0.1:{port.getHost().port}")
+        service = gateway_from_options(options).service(options["interface"], drain_period=options["drain-period"])
+        DemoProvider(port, options.config_object, options["interface"]).setServiceParent(service)
     else:
         service = gateway_from_options(options).service(options["interface"], drain_period=options["drain-period"])
     CleanExitOnSIGTERM().setServiceParent(service)
