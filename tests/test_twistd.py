@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
+import treq
 import yaml
 from openai import OpenAI
 from twisted.internet import reactor
@@ -174,6 +175,22 @@ class DemoTests(TestCase):
     def test_demo_counts_tokens_without_a_key(self) -> Any:
         agw = yield TwistdAgw.start(self, None, "--demo", key=None)
         self.addCleanup(agw.stop)
+        yield self.check_demo(agw)
+
+    @inlineCallbacks
+    def test_demo_with_a_real_key_set_does_not_use_it(self) -> Any:
+        # The key is kept from the fake too: the demo is where a newcomer
+        # runs agw with the key still exported from yesterday.
+        agw = yield TwistdAgw.start(self, None, "--demo", key=BACKEND_KEY)
+        self.addCleanup(agw.stop)
+        response = yield treq.get(f"http://127.0.0.1:{agw.port}/v1/models", persistent=False)
+        self.assertEqual(response.code, 200)
+        echoed = yield response.json()  # the fake echoes what reached it
+        self.assertEqual(echoed["headers"]["authorization"], "Bearer demo")
+        yield self.check_demo(agw)
+
+    @inlineCallbacks
+    def check_demo(self, agw: TwistdAgw) -> Any:
         with open(agw.stdout) as f:
             instructions = f.read()
         self.assertIn(f"curl -s http://127.0.0.1:{agw.port}/v1/chat/completions", instructions)

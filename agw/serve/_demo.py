@@ -14,7 +14,7 @@ from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort
 
-from agw.config import GatewayConfig, Route
+from agw.config import GatewayConfig, Route, Secret
 from agw.testing import FakeOpenAI
 
 # What an unset variable (the API key, say) reads as: the fake takes any key.
@@ -41,11 +41,16 @@ class DemoEnvironment(Mapping[str, str]):
 
 
 def demo_config(config: GatewayConfig, upstream: str) -> GatewayConfig:
-    """C{config} with every backend sent to C{upstream} (C{host:port}, plain HTTP)."""
+    """
+    C{config} with every backend sent to C{upstream} (C{host:port}, plain
+    HTTP), and every backend key replaced by L{DEMO_VALUE}: a real key in
+    the environment is not sent even to the fake.
+    """
 
     def route(r: Route) -> Route:
         backends = tuple(evolve(backend, host_override=upstream) for backend in r.backends)
-        return evolve(r, backends=backends, policies=evolve(r.policies, backend_tls=None))
+        key = Secret(DEMO_VALUE) if r.policies.backend_key is not None else None
+        return evolve(r, backends=backends, policies=evolve(r.policies, backend_tls=None, backend_key=key))
 
     binds = tuple(
         evolve(bind, listeners=tuple(evolve(lst, routes=tuple(route(r) for r in lst.routes)) for lst in bind.listeners))

@@ -99,7 +99,10 @@ class FakeHTTPAPI(Resource):
     def _echo(self, request: Request) -> bytes:
         seen = self._fake.http_requests[-1]
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"method": seen.method, "uri": seen.uri, "body_size": seen.body_size, "body_sha256": seen.body_sha256}).encode()
+        return json.dumps({
+            "method": seen.method, "uri": seen.uri, "body_size": seen.body_size, "body_sha256": seen.body_sha256,
+            "headers": seen.headers,
+        }).encode()
 
     async def _chat(self, request: Request, body: dict[str, Any]) -> None:
         fake = self._fake
