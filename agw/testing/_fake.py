@@ -19,8 +19,10 @@ from agw.testing._realtime import FakeRealtimeFactory
 from agw.testing._state import FakeState
 
 
-class _CountingSite(Site):
-    """A site that counts the connections it accepts in a L{FakeState}."""
+class _FakeSite(Site):
+    """The fake's site: counts the connections it accepts in a L{FakeState}, logs no requests."""
+
+    noisy = False
 
     def __init__(self, state: FakeState, resource: Resource, reactor: Any) -> None:
         super().__init__(resource, reactor=reactor)
@@ -29,6 +31,9 @@ class _CountingSite(Site):
     def buildProtocol(self, addr: Any) -> Any:
         self._state.connections += 1
         return super().buildProtocol(addr)
+
+    def log(self, request: Any) -> None:
+        """Nothing: what the fake received is in its records; a line per request would bury the gateway's log."""
 
 
 class FakeOpenAI(FakeState):
@@ -68,11 +73,7 @@ class FakeOpenAI(FakeState):
         Listen on loopback (an ephemeral port by default); over TLS with
         C{tls} (see L{agw.testing.TestCA.server_options}).
         """
-        site = _CountingSite(self, self.resource(reactor), reactor)
-        site.noisy = False
-        # What the fake received is in L{FakeOpenAI}'s records; a combined
-        # log line per request would only bury the gateway's own log.
-        site.log = lambda request: None  # type: ignore[method-assign]
+        site = _FakeSite(self, self.resource(reactor), reactor)
         if tls is not None:
             return SSL4ServerEndpoint(reactor, port, tls, interface=interface).listen(site)
         return TCP4ServerEndpoint(reactor, port, interface=interface).listen(site)
