@@ -54,9 +54,11 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def start_fake() -> tuple[subprocess.Popen, int]:
+def start_fake(capture_output: bool = False) -> tuple[subprocess.Popen, int]:
+    """The fake upstream in its own process; with C{capture_output}, its standard output (its connection count at exit) is kept for C{communicate()}."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port)], cwd=REPO)
+    output = {"stdout": subprocess.PIPE, "text": True} if capture_output else {}
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port)], cwd=REPO, **output)
     wait_port(port)
     return proc, port
 

@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, children, cpu_seconds, free_port, machine, result_path, start_agw, wait_port  # noqa: E402
+from common import HERE, children, cpu_seconds, free_port, machine, result_path, start_agw, start_fake, wait_port  # noqa: E402
 
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one word."}]}'
 STREAM_BODY = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
@@ -96,14 +96,6 @@ def first_byte_ms(port: int, count: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def start_fake_counting() -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port)],
-                            stdout=subprocess.PIPE, text=True)
-    wait_port(port)
-    return proc, port
-
-
 def start_nginx(upstream: int) -> tuple[subprocess.Popen, int] | None:
     if shutil.which("nginx") is None:
         return None
@@ -131,7 +123,7 @@ def main() -> None:
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(LUA)
     script.close()
-    fake, fake_port = start_fake_counting()
+    fake, fake_port = start_fake(capture_output=True)
     targets: dict[str, tuple[subprocess.Popen | None, int]] = {"direct": (None, fake_port)}
     nginx = start_nginx(fake_port)
     if nginx is not None:

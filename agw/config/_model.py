@@ -216,6 +216,11 @@ class Address:
     host: str
     port: int
 
+    @property
+    def authority(self) -> str:
+        """C{host:port} as a URL writes it (an IPv6 host in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
 
 @frozen
 class GatewayConfig:

@@ -14,7 +14,7 @@ from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort
 
-from agw.config import GatewayConfig, Route, Secret
+from agw.config import Address, GatewayConfig, Route, Secret
 from agw.testing import FakeOpenAI
 
 # What an unset variable (the API key, say) reads as: the fake takes any key.
@@ -88,8 +88,8 @@ class DemoProvider(Service):
 
 def demo_instructions(config: GatewayConfig, provider_port: int, interface: str) -> str:
     """What to try against a demo gateway, as shell commands."""
-    base = f"http://{_reachable(interface)}:{config.binds[0].port}/v1"
-    stats = f"{_reachable(config.stats_addr.host)}:{config.stats_addr.port}"
+    base = f"http://{Address(_reachable(interface), config.binds[0].port).authority}/v1"
+    stats = Address(_reachable(config.stats_addr.host), config.stats_addr.port).authority
     body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}'
     return (
         f"agw demo: every backend is agw.testing's fake OpenAI on 127.0.0.1:{provider_port}; no key, no network.\n"
@@ -102,6 +102,4 @@ def demo_instructions(config: GatewayConfig, provider_port: int, interface: str)
 
 def _reachable(host: str) -> str:
     """A host to connect to for a listening address (a wildcard: loopback)."""
-    if host in ("", "::", "0.0.0.0"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+    return "127.0.0.1" if host in ("", "::", "0.0.0.0") else host

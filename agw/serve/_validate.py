@@ -8,15 +8,11 @@ from __future__ import annotations
 from agw.config import Address, GatewayConfig
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def describe(config: GatewayConfig, path: str, interface: str) -> str:
     """Lines naming C{path} valid, then its binds, routes and side ports."""
     lines = [f"{path}: valid"]
     for bind in config.binds:
-        lines.append(f"bind/{bind.port}: {_address(interface, bind.port)}")
+        lines.append(f"bind/{bind.port}: {Address(interface, bind.port).authority}")
         for listener in bind.listeners:
             for route in listener.routes:
                 backends = ", ".join(
@@ -26,7 +22,7 @@ def describe(config: GatewayConfig, path: str, interface: str) -> str:
     side: tuple[tuple[str, Address], ...] = (
         ("stats", config.stats_addr), ("readiness", config.readiness_addr), ("admin", config.admin_addr),
     )
-    lines.append("  ".join(f"{name}: {_address(a.host, a.port)}" for name, a in side))
+    lines.append("  ".join(f"{name}: {address.authority}" for name, address in side))
     if config.database_url is not None:
         # The scheme only: the rest of the URL may hold a password.
         lines.append(f"budgets: {config.database_url.value.partition('://')[0]}")
