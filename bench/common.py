@@ -109,7 +109,7 @@ def start_agw_with(data: dict, *args: str) -> tuple[subprocess.Popen, int]:
     profile = os.environ.get("AGW_BENCH_PROFILE") if "--workers" not in args else None
     profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
     proc = subprocess.Popen(
-        [twistd, "-n", *profiling, "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "none", *args],
+        [twistd, "-n", *profiling, "--pidfile=", "--logfile=" + os.environ.get("AGW_BENCH_LOG", "/dev/null"), "agw", "-f", config.name, "-i", "127.0.0.1", "--access-log", "off", *args],
         cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "sk-bench"},
     )
     wait_port(ready)

@@ -290,7 +290,7 @@ class TwistdAgw:
     @classmethod
     @inlineCallbacks
     def start(
-        cls, case: TestCase, upstream_port: int | None, *args: str, access_log: str = "none", edit: Any = None,
+        cls, case: TestCase, upstream_port: int | None, *args: str, access_log: str = "off", edit: Any = None,
         key: str | None = BACKEND_KEY,
     ) -> Any:
         """Start it; C{upstream_port} C{None}: the seed config's backends as they are; C{key} C{None}: no C{OPENAI_API_KEY}."""

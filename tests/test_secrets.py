@@ -74,7 +74,7 @@ class SecretScanTests(GatewayTestCase):
         self.assertEqual(kinds.count("realtime.response"), 2)
         self.assertEqual(kinds.count("realtime.session"), 2)
         http = [r for r in records if r["event"] == "http"]
-        self.assertEqual([r["http.response.status_code"] for r in http], [200, 400])
+        self.assertEqual([r["http.status"] for r in http], [200, 400])
         self.assertEqual(http[0]["gen_ai.request.model"], "gpt-4")
         self.assertGreater(http[0]["gen_ai.usage.input_tokens"], 0)
         session = next(r for r in records if r["event"] == "realtime.session")

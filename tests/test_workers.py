@@ -90,7 +90,7 @@ class WorkerPoolTests(TestCase):
         fake = FakeOpenAI()
         upstream = yield fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
-        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="-")
+        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="json")
         url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
         # Ready once one worker is (a quorum); both are, soon after.
         yield wait_until(lambda: samples_now(agw).get(("agw_workers_ready", frozenset())) == 2.0, timeout=30)
@@ -202,7 +202,7 @@ class WorkerBudgetTests(TestCase):
                 route["policies"]["apiKey"] = {"mode": "strict", "keys": [{"key": CLIENT_KEY, "metadata": {"name": "team"},
                     "budgets": [{"name": "tokens", "limit": {"unit": "Tokens", "amount": 10**9}, "window": {"rolling": "24h"}}]}]}
 
-        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="-", edit=with_budget)
+        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2", access_log="json", edit=with_budget)
         yield wait_until(lambda: samples_now(agw).get(("agw_workers_ready", frozenset())) == 2.0, timeout=30)
         url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
         for _ in range(SESSIONS):

@@ -40,6 +40,7 @@ from agw.metering import (
     Watcher,
     chat_completion_usage,
     embeddings_usage,
+    peer_address,
     responses_usage,
 )
 from agw.routing import (
@@ -218,7 +219,7 @@ class HTTPForwarder(Resource):
 
     def _exchange(self, request: Request) -> HTTPExchange:
         operation = self._parsed[1] if self._parsed else None
-        return HTTPExchange(request.path, self._reactor.seconds(), operation)
+        return HTTPExchange(request.path, self._reactor.seconds(), operation, client=peer_address(request.getClientAddress()))
 
     def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
         """The body to send upstream; notes the request model (and stream usage injection) on C{exchange}."""

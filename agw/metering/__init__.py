@@ -7,7 +7,7 @@ the access log. Next: prices, budgets and limits. Imports nothing of agw
 but L{agw.config}.
 """
 
-from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, usage_fields
+from agw.metering._accesslog import ACCESS_LOG_FORMATS, NO_ACCESS_LOG, AccessLog, CombinedAccessLog, peer_address, usage_fields
 from agw.metering._attribution import Attribution, Attributor
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
 from agw.metering._budgets import BudgetState, Governor
@@ -55,10 +55,10 @@ __all__ = [
     "Attribution", "Attributor", "BudgetLedger", "BudgetState", "Governor", "LedgerURLError", "RouteLimits", "TokenBucket",
     "EXACT", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs",
-    "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",
-    "AccessLog", "AudioDuration", "GatewayMetrics", "HTTPExchange", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
+    "ACCESS_LOG_FORMATS", "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",
+    "AccessLog", "AudioDuration", "CombinedAccessLog", "GatewayMetrics", "HTTPExchange", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
     "SSEWatcher", "TokenUsage", "UsageChunkRemover", "UsageExtractor", "UsageReport", "Watcher",
     "chat_completion_usage", "client_event_id", "client_event_type", "decode_event", "embeddings_usage",
-    "error_event_id", "might_carry_usage", "realtime_response_usage", "realtime_transcription_usage", "response_id",
+    "error_event_id", "might_carry_usage", "peer_address", "realtime_response_usage", "realtime_transcription_usage", "response_id",
     "response_model", "responses_usage", "session_model", "session_transcription_model", "usage_fields",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from attrs import define
 
-from agw.metering._accesslog import AccessLog, cost_fields, usage_fields
+from agw.metering._accesslog import AccessLog, cost_fields, duration_fields, usage_fields
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
@@ -38,6 +38,8 @@ class HTTPExchange:
     body_timed_out: bool = False
     # Who made the request (the client key's consumer and metadata), if known.
     who: Attribution | None = None
+    # The client's TCP address (agentgateway's src.addr), if it has one.
+    client: str | None = None
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
@@ -53,11 +55,12 @@ class HTTPExchange:
         usage = self.usage
         models = ModelLabels(self.operation, self.request_model, self.response_model) if self.operation else None
         fields: dict[str, Any] = {
-            "http.request.method": method.decode("ascii", "replace"),
+            "src.addr": self.client,
+            "http.method": method.decode("ascii", "replace"),
             # The path only: a query string is the client's business.
-            "url.path": self.path.decode("utf-8", "replace"),
-            "http.response.status_code": status,
-            "duration_s": round(duration, 6),
+            "http.path": self.path.decode("utf-8", "replace"),
+            "http.status": status,
+            **duration_fields(duration),
             **usage_fields(usage),
         }
         if self.body_timed_out:

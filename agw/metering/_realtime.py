@@ -5,12 +5,12 @@ at once, response by response, so nothing waits for the session to end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 from agw.config import BudgetUnit
-from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, usage_fields
+from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, duration_fields, usage_fields
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
@@ -38,8 +38,11 @@ class RealtimeSession:
         who: Attribution | None = None,
         governor: Governor | None = None,
         limits: RouteLimits | None = None,
+        request: Mapping[str, Any] | None = None,
     ) -> None:
         self._metrics = metrics
+        # The upgrade request (src.addr, http.path), for the session's record.
+        self._request = dict(request or {})
         self._governor = governor
         self._limits = limits
         self.who = who if who is not None else metrics.anonymous
@@ -90,7 +93,7 @@ class RealtimeSession:
         self._metrics.realtime_session_duration.labels(*labels).observe(duration)
         self._log.emit(
             "realtime.session", self._route, self._models(CHAT),
-            **{"duration_s": round(duration, 6), "websocket.close_code": close_code, "agw.responses": self.responses,
+            **{**self._request, **duration_fields(duration), "websocket.close_code": close_code, "agw.responses": self.responses,
                "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
                **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()},
                "agw.session.cost_usd": float(self.cost), "agw.responses_refused": self.responses_refused, **self._who},

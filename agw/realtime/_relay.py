@@ -14,6 +14,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -21,7 +22,7 @@ from twisted.web.server import Request
 
 from agw._internals import use_reactor_timers
 from agw.config import Policies
-from agw.metering import RealtimeSession
+from agw.metering import RealtimeSession, peer_address
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
@@ -120,11 +121,11 @@ class RealtimeRelay:
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
         self.resource = RealtimeResource(WebSocketResource(self._factory))
 
-    def new_session(self, request: ConnectionRequest) -> RealtimeSession:
+    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession:
         """
-        Accounting for a client that is shaking hands, once its key (if the
-        route has an C{apiKey} policy) may use the model it asks for; raises
-        L{agw.routing.KeyRefused} otherwise.
+        Accounting for a client that is shaking hands (from C{peer}), once its
+        key (if the route has an C{apiKey} policy) may use the model it asks
+        for; raises L{agw.routing.KeyRefused} otherwise.
         """
         model = request.params.get("model", [None])[0]
         context = self._context
@@ -139,7 +140,7 @@ class RealtimeRelay:
                 raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
         return RealtimeSession(
             context.metrics, context.labels, model, self._reactor.seconds, context.access_log, who, context.governor,
-            context.limits,
+            context.limits, request={"src.addr": peer_address(peer), "http.method": "GET", "http.path": request.path},
         )
 
     def open_upstream(

@@ -12,6 +12,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,7 +33,7 @@ class SessionHost(Protocol):
     connections: ConnectionTracker
     log: Logger
 
-    def new_session(self, request: ConnectionRequest) -> RealtimeSession: ...
+    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession: ...
 
     def open_upstream(
         self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,
@@ -93,7 +94,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
         relay = self.factory.relay
         try:
-            session = relay.new_session(request)
+            session = relay.new_session(request, self.transport.getPeer())
         except KeyRefused as refused:
             self._answer = HandshakeAnswer.error(
                 refused.status, _REASONS[refused.status], refused.message, refused.code,

@@ -29,7 +29,8 @@ class Options(usage.Options):
         ["config", "f", "config.yaml", "agentgateway-format config file (YAML)."],
         ["interface", "i", "::", "Address the binds listen on."],
         ["upstream-timeout", None, 300.0, "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
-        ["access-log", None, "-", "Where JSON access log lines go: '-' for standard output, 'none', or a file to append to."],
+        ["access-log", None, "json", "Access log format: json (agentgateway's field names), combined (NCSA), or off."],
+        ["access-log-file", None, "-", "Where access log lines go: '-' for standard output, or a file to append to."],
         ["drain-period", None, 5.0, "On stop, seconds sessions and HTTP requests get to finish before sessions are closed with 1001.", float],
         ["max-message-size", None, 16 * MiB, "Largest Realtime message in bytes (bigger: close 1009).", int],
         ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
@@ -52,6 +53,10 @@ class Options(usage.Options):
     config_object: GatewayConfig
 
     def postOptions(self) -> None:
+        from agw.metering import ACCESS_LOG_FORMATS
+
+        if self["access-log"] not in (*ACCESS_LOG_FORMATS, "off"):
+            raise usage.UsageError(f"--access-log: expected one of json, combined, off; got {self['access-log']!r}")
         environ: Mapping[str, str] = os.environ
         if self["demo"]:
             from agw.serve._demo import DemoEnvironment
@@ -136,19 +141,18 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
             max_model_labels=options["max-model-labels"], catalog=catalog_for(options.config_object.model_catalog),
             extra_labels=tuple(label for label, _ in options.config_object.metric_fields),
         ),
-        access_log=open_access_log(options["access-log"], access_log_fields),
+        access_log=open_access_log(options["access-log"], options["access-log-file"], access_log_fields),
         rate_limit_share=1.0 / max(1, options.get("worker-count", 1)),
     )
 
 
-def open_access_log(where: str, fields: dict[str, Any] | None = None) -> AccessLog:
-    """The access log named on the command line; C{fields} go into every line."""
-    from agw.metering import NO_ACCESS_LOG, AccessLog
+def open_access_log(log_format: str, where: str, fields: dict[str, Any] | None = None) -> AccessLog:
+    """The access log the command line asks for (C{log_format} to C{where}); C{fields} go into every line."""
+    from agw.metering import ACCESS_LOG_FORMATS, NO_ACCESS_LOG
 
-    if where == "none":
+    if log_format == "off":
         return NO_ACCESS_LOG
-    if where == "-":
-        # twistd replaces sys.stdout with a logging file; the access log
-        # wants plain lines on the real standard output.
-        return AccessLog(sys.__stdout__, fields=fields)
-    return AccessLog(open(where, "a", encoding="utf-8"), fields=fields)
+    # twistd replaces sys.stdout with a logging file; the access log
+    # wants plain lines on the real standard output.
+    stream = sys.__stdout__ if where == "-" else open(where, "a", encoding="utf-8")
+    return ACCESS_LOG_FORMATS[log_format](stream, fields=fields)
