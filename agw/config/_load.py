@@ -63,7 +63,7 @@ class _Parser(PolicyParser):
     """The whole file, part by part (policies in L{PolicyParser})."""
 
     def gateway(self, data: Any) -> GatewayConfig:
-        top = self.mapping(data, (), {"binds", "config"}, "top")
+        top = self.mapping(data, (), "top")
         binds = self.items(top.get("binds"), ("binds",), self.bind, required=True)
         if not binds:
             raise self.fail(("binds",), "at least one bind is required")
@@ -71,9 +71,7 @@ class _Parser(PolicyParser):
         for i, port in enumerate(ports):
             if port != 0 and port in ports[:i]:
                 raise self.fail(("binds", i, "port"), f"port {port} is bound twice")
-        settings = self.mapping(top.get("config"), ("config",), {"statsAddr", "readinessAddr", "adminAddr", "workers", "modelCatalog", "database", "metrics", "logging"},
-            "config",
-        )
+        settings = self.mapping(top.get("config"), ("config",), "config")
         workers = settings.get("workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise self.fail(("config", "workers"), f"expected a number of processes (0: one per CPU), got {workers!r}")
@@ -96,7 +94,7 @@ class _Parser(PolicyParser):
         path: Path = ("config", "database")
         url = None
         if value is not None:
-            spec = self.mapping(value, path, {"url"}, "database")
+            spec = self.mapping(value, path, "database")
             url = self.string(spec.get("url"), path + ("url",))
             scheme = url.partition("://")[0]
             if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in url:
@@ -113,8 +111,8 @@ class _Parser(PolicyParser):
 
     def fields(self, value: Any, path: Path, kind: str, name_pattern: re.Pattern[str]) -> tuple[tuple[str, str], ...]:
         """C{metrics}/C{logging}: C{fields.add}, a map of name to C{apiKey.<metadata field>}."""
-        section = self.mapping(value, path, {"fields"}, kind)
-        fields = self.mapping(section.get("fields"), path + ("fields",), {"add"}, "fields")
+        section = self.mapping(value, path, kind)
+        fields = self.mapping(section.get("fields"), path + ("fields",), "fields")
         add = fields.get("add") or {}
         if not isinstance(add, dict):
             raise self.fail(path + ("fields", "add"), f"expected a mapping of name to expression, got {kind_of(add)}")
@@ -133,7 +131,7 @@ class _Parser(PolicyParser):
         path = ("config", "modelCatalog")
 
         def entry(item: Any, item_path: Path, index: int) -> str:
-            return self.string(self.mapping(item, item_path, {"file"}, "modelCatalogEntry").get("file"), item_path + ("file",))
+            return self.string(self.mapping(item, item_path, "modelCatalogEntry").get("file"), item_path + ("file",))
 
         return self.items(value, path, entry, required=True)
 
@@ -147,7 +145,7 @@ class _Parser(PolicyParser):
         return Address(host, int(match.group("port")))
 
     def bind(self, value: Any, path: Path, index: int) -> Bind:
-        bind = self.mapping(value, path, {"port", "listeners"}, "bind")
+        bind = self.mapping(value, path, "bind")
         port = bind.get("port")
         if isinstance(port, str) and port.isdigit():
             port = int(port)  # e.g. port: $PORT
@@ -156,7 +154,7 @@ class _Parser(PolicyParser):
         return Bind(port=port, listeners=self.items(bind.get("listeners"), path + ("listeners",), self.listener))
 
     def listener(self, value: Any, path: Path, index: int) -> Listener:
-        listener = self.mapping(value, path, {"name", "hostname", "protocol", "routes"}, "listener")
+        listener = self.mapping(value, path, "listener")
         protocol = self.string(listener.get("protocol", "HTTP"), path + ("protocol",))
         if protocol != "HTTP":
             raise self.fail(path + ("protocol",), f"protocol {protocol} is not supported by agw yet (only HTTP)")
@@ -168,7 +166,7 @@ class _Parser(PolicyParser):
         )
 
     def route(self, value: Any, path: Path, index: int) -> Route:
-        route = self.mapping(value, path, {"name", "matches", "backends", "policies"}, "route")
+        route = self.mapping(value, path, "route")
         backends = self.items(route.get("backends"), path + ("backends",), self.backend)
         if len(backends) > 1:
             raise self.fail(path + ("backends",), "more than one backend per route is not supported by agw yet")
@@ -180,11 +178,11 @@ class _Parser(PolicyParser):
         )
 
     def match(self, value: Any, path: Path, index: int) -> RouteMatch:
-        match = self.mapping(value, path, {"path"}, "match")
+        match = self.mapping(value, path, "match")
         if match.get("path") is None:
             return RouteMatch()
         path = path + ("path",)
-        spec = self.mapping(match["path"], path, {"exact", "pathPrefix", "regex"}, "path")
+        spec = self.mapping(match["path"], path, "path")
         if len(spec) != 1:
             raise self.fail(path, "expected exactly one of exact, pathPrefix, regex")
         ((kind, text),) = spec.items()
@@ -199,15 +197,15 @@ class _Parser(PolicyParser):
         return RouteMatch(PathMatch(kind, text))
 
     def backend(self, value: Any, path: Path, index: int) -> AIBackend:
-        backend = self.mapping(value, path, {"ai"}, "backend")
+        backend = self.mapping(value, path, "backend")
         if "ai" not in backend:
             raise self.fail(path, "expected an ai: backend (other backend kinds are not supported by agw yet)")
         path = path + ("ai",)
-        ai = self.mapping(backend["ai"], path, {"name", "provider", "hostOverride", "pathOverride", "pathPrefix"}, "ai")
-        provider = self.mapping(ai.get("provider"), path + ("provider",), {"openAI"}, "provider")
+        ai = self.mapping(backend["ai"], path, "ai")
+        provider = self.mapping(ai.get("provider"), path + ("provider",), "provider")
         if "openAI" not in provider:
             raise self.fail(path + ("provider",), "expected a provider (openAI)")
-        openai = self.mapping(provider["openAI"], path + ("provider", "openAI"), {"model"}, "openAI")
+        openai = self.mapping(provider["openAI"], path + ("provider", "openAI"), "openAI")
         host_override = self.string(ai.get("hostOverride"), path + ("hostOverride",), optional=True)
         if host_override is not None and not _ADDRESS.match(host_override):
             raise self.fail(path + ("hostOverride",), f"expected host:port, got {host_override!r}")

@@ -29,6 +29,10 @@ class RouteType(str, Enum):
     REALTIME = "realtime"
 
 
+# Route types agentgateway has and agw does not serve: refused at load, never answered 501 at run time.
+UNSERVED_ROUTE_TYPES = frozenset({RouteType.MESSAGES, RouteType.DETECT})
+
+
 @frozen(repr=False)
 class Secret:
     """

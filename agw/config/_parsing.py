@@ -5,9 +5,10 @@ and L{BaseParser}, whose checks every part of the config shares.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
+from agw.config._shape import fields_of
 from agw.config._unsupported import UNSUPPORTED
 from agw.config._yamlsource import Path
 
@@ -58,7 +59,10 @@ class BaseParser:
                 break
         return ConfigError(format_path(path), message, line, self._source)
 
-    def mapping(self, value: Any, path: Path, allowed: set[str], kind: str) -> dict[str, Any]:
+    def mapping(self, value: Any, path: Path, kind: str, allowed: Collection[str] | None = None) -> dict[str, Any]:
+        """C{value}, a mapping of C{kind} with the fields L{agw.config._shape} gives it (or C{allowed})."""
+        if allowed is None:
+            allowed = fields_of(kind)
         if value is None:
             value = {}
         if not isinstance(value, dict):

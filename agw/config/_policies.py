@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agw.config._model import (
+    UNSERVED_ROUTE_TYPES,
     APIKeyMode,
     APIKeyPolicy,
     BackendTLS,
@@ -26,9 +27,6 @@ from agw.config._model import (
 )
 from agw.config._parsing import BaseParser, kind_of
 from agw.config._yamlsource import Path
-
-# Route types agentgateway has and agw does not serve: refused at load, never answered 501 at run time.
-_UNSERVED_ROUTE_TYPES = frozenset({RouteType.MESSAGES, RouteType.DETECT})
 
 
 def key_digest(key: str) -> str:
@@ -54,10 +52,8 @@ class PolicyParser(BaseParser):
     """Parses C{policies} (mixed into the config parser)."""
 
     def policies(self, value: Any, path: Path) -> Policies:
-        policies = self.mapping(
-            value, path, {"ai", "backendAuth", "transformations", "backendTLS", "apiKey", "localRateLimit"}, "policies",
-        )
-        ai = self.mapping(policies.get("ai"), path + ("ai",), {"routes"}, "aiPolicy")
+        policies = self.mapping(value, path, "policies")
+        ai = self.mapping(policies.get("ai"), path + ("ai",), "aiPolicy")
         routes = ai.get("routes") or {}
         if not isinstance(routes, dict):
             raise self.fail(path + ("ai", "routes"), f"expected a mapping of path suffix to route type, got {kind_of(routes)}")
@@ -68,18 +64,18 @@ class PolicyParser(BaseParser):
             except ValueError:
                 choices = ", ".join(t.value for t in RouteType)
                 raise self.fail(path + ("ai", "routes", suffix), f"unknown route type {kind!r} (one of {choices})") from None
-            if route_type in _UNSERVED_ROUTE_TYPES:
+            if route_type in UNSERVED_ROUTE_TYPES:
                 raise self.fail(path + ("ai", "routes", suffix), f"route type {kind} is supported by agentgateway but not by agw yet")
             ai_routes.append((suffix, route_type))
         key = None
         if policies.get("backendAuth") is not None:
-            auth = self.mapping(policies["backendAuth"], path + ("backendAuth",), {"key"}, "backendAuth")
+            auth = self.mapping(policies["backendAuth"], path + ("backendAuth",), "backendAuth")
             key = Secret(self.string(auth.get("key"), path + ("backendAuth", "key")))
-        transformations = self.mapping(policies.get("transformations"), path + ("transformations",), {"request"}, "transformations")
+        transformations = self.mapping(policies.get("transformations"), path + ("transformations",), "transformations")
         backend_tls = None
         if "backendTLS" in policies:
             tls_path = path + ("backendTLS",)
-            tls = self.mapping(policies["backendTLS"], tls_path, {"root", "hostname"}, "backendTLS")
+            tls = self.mapping(policies["backendTLS"], tls_path, "backendTLS")
             backend_tls = BackendTLS(
                 root=self.string(tls.get("root"), tls_path + ("root",), optional=True),
                 hostname=self.string(tls.get("hostname"), tls_path + ("hostname",), optional=True),
@@ -95,7 +91,7 @@ class PolicyParser(BaseParser):
         )
 
     def api_key(self, value: Any, path: Path) -> APIKeyPolicy:
-        spec = self.mapping(value, path, {"keys", "mode"}, "apiKey")
+        spec = self.mapping(value, path, "apiKey")
         mode_text = self.string(spec.get("mode", "optional"), path + ("mode",))
         try:
             mode = APIKeyMode(mode_text.lower())
@@ -110,14 +106,14 @@ class PolicyParser(BaseParser):
         return APIKeyPolicy(keys=keys, mode=mode)
 
     def client_key(self, value: Any, path: Path, index: int) -> ClientKey:
-        entry = self.mapping(value, path, {"key", "keyHash", "metadata", "allowedModels", "budgets"}, "apiKeyEntry")
+        entry = self.mapping(value, path, "apiKeyEntry")
         if ("key" in entry) == ("keyHash" in entry):
             raise self.fail(path, "expected exactly one of key, keyHash")
         if "key" in entry:
             digest = key_digest(self.string(entry["key"], path + ("key",)))
         else:
             digest = self.key_hash(self.string(entry["keyHash"], path + ("keyHash",)), path + ("keyHash",))
-        metadata = self.mapping(entry.get("metadata"), path + ("metadata",), set(entry.get("metadata") or {}), "metadata")
+        metadata = self.mapping(entry.get("metadata"), path + ("metadata",), "metadata", allowed=set(entry.get("metadata") or {}))
         models = self.items(entry.get("allowedModels"), path + ("allowedModels",), self.model_pattern)
         budgets = self.items(entry.get("budgets"), path + ("budgets",), self.budget)
         if budgets and metadata.get("name") is None:
@@ -131,7 +127,7 @@ class PolicyParser(BaseParser):
         )
 
     def rate_limit(self, value: Any, path: Path, index: int) -> LocalRateLimit:
-        spec = self.mapping(value, path, {"maxTokens", "tokensPerFill", "fillInterval", "type"}, "localRateLimit")
+        spec = self.mapping(value, path, "localRateLimit")
         numbers = {}
         for name in ("maxTokens", "tokensPerFill"):
             number = spec.get(name)
@@ -148,8 +144,8 @@ class PolicyParser(BaseParser):
         return LocalRateLimit(numbers["maxTokens"], numbers["tokensPerFill"], float(interval), kind)
 
     def budget(self, value: Any, path: Path, index: int) -> Budget:
-        spec = self.mapping(value, path, {"name", "limit", "window", "onBudgetExceeded"}, "budget")
-        limit = self.mapping(spec.get("limit"), path + ("limit",), {"unit", "amount"}, "budgetLimit")
+        spec = self.mapping(value, path, "budget")
+        limit = self.mapping(spec.get("limit"), path + ("limit",), "budgetLimit")
         unit_text = self.string(limit.get("unit"), path + ("limit", "unit"))
         try:
             unit = BudgetUnit(unit_text)
@@ -162,7 +158,7 @@ class PolicyParser(BaseParser):
             amount = Decimal(-1)
         if isinstance(amount_value, bool) or not amount.is_finite() or amount < 0:
             raise self.fail(path + ("limit", "amount"), f"expected a non-negative amount, got {amount_value!r}")
-        window = self.mapping(spec.get("window"), path + ("window",), {"rolling"}, "budgetWindow")
+        window = self.mapping(spec.get("window"), path + ("window",), "budgetWindow")
         seconds = parse_duration(self.string(window.get("rolling"), path + ("window", "rolling")))
         if seconds is None or seconds <= 0:
             raise self.fail(path + ("window", "rolling"), f"expected a duration such as 24h or 30m, got {window.get('rolling')!r}")
@@ -188,7 +184,7 @@ class PolicyParser(BaseParser):
         return pattern
 
     def header_transform(self, value: Any, path: Path) -> HeaderTransform:
-        request = self.mapping(value, path, {"remove", "add", "set"}, "requestTransform")
+        request = self.mapping(value, path, "requestTransform")
         remove = self.items(request.get("remove"), path + ("remove",), lambda v, p, i: self.string(v, p).lower())
         return HeaderTransform(
             remove=remove,

@@ -7,7 +7,14 @@ the access log. Next: prices, budgets and limits. Imports nothing of agw
 but L{agw.config}.
 """
 
-from agw.metering._accesslog import ACCESS_LOG_FORMATS, NO_ACCESS_LOG, AccessLog, CombinedAccessLog, peer_address, usage_fields
+from agw.metering._accesslog import (
+    ACCESS_LOG_FORMATS,
+    NO_ACCESS_LOG,
+    AccessLog,
+    CombinedAccessLog,
+    peer_address,
+    usage_fields,
+)
 from agw.metering._attribution import Attribution, Attributor
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
 from agw.metering._budgets import BudgetState, Governor

@@ -1,0 +1,139 @@
+"""
+The shape of agentgateway's YAML as agw accepts it: for each kind of
+mapping, its fields and what each holds. The parser takes the fields it
+accepts from here (L{fields_of}), and L{json_schema} turns the same table
+into the JSON Schema agw ships, so the two cannot disagree about a field.
+Value rules the schema cannot say (a regex compiles, a port is bound once)
+stay in the parser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agw.config._model import UNSERVED_ROUTE_TYPES, RouteType
+
+SCHEMA_ID = "https://agw.dev/schema/config.json"
+
+Fragment = dict[str, Any]
+
+
+def ref(kind: str) -> Fragment:
+    return {"$ref": f"#/$defs/{kind}"}
+
+
+def array(items: Fragment, min_items: int = 0) -> Fragment:
+    return {"type": "array", "items": items, **({"minItems": min_items} if min_items else {})}
+
+
+def one_of(*values: str) -> Fragment:
+    return {"type": "string", "enum": list(values)}
+
+
+def text(description: str | None = None) -> Fragment:
+    return {"type": "string", **({"description": description} if description else {})}
+
+
+def caseless(*words: str) -> Fragment:
+    """A string that is one of C{words} in any case (ECMA regexes have no inline flags)."""
+    alternatives = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in word) for word in words)
+    return {"type": "string", "pattern": f"^({alternatives})$"}
+
+
+def map_of(values: Fragment, description: str) -> Fragment:
+    return {"type": "object", "additionalProperties": values, "description": description}
+
+
+ADDRESS = {"type": "string", "pattern": r"^(\[[^\]]+\]|[^:\[\]]*):\d{1,5}$", "description": "host:port, e.g. [::]:15020"}
+DURATION = {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d))+$", "description": "a duration such as 1s, 1h30m or 24h"}
+POSITIVE = {"type": "integer", "minimum": 1}
+FIELDS_ADD = map_of(text("apiKey.<metadata field>"), "extra field name to apiKey.<metadata field>")
+
+# What a kind needs beyond its fields.
+EXTRA: dict[str, Fragment] = {
+    "path": {"minProperties": 1, "maxProperties": 1},
+    "apiKeyEntry": {"oneOf": [{"required": ["key"]}, {"required": ["keyHash"]}]},
+}
+
+#: Each kind of mapping: its fields (a JSON Schema fragment each), which are required, and what it is.
+SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
+    "top": ({"binds": array(ref("bind"), 1), "config": ref("config")}, ("binds",), "An agentgateway config file as agw serves it."),
+    "config": ({
+        "statsAddr": ADDRESS, "readinessAddr": ADDRESS, "adminAddr": ADDRESS,
+        "workers": {"type": "integer", "minimum": 0, "description": "gateway processes (0: one per CPU)"},
+        "modelCatalog": array(ref("modelCatalogEntry")), "database": ref("database"),
+        "metrics": ref("metrics"), "logging": ref("logging"),
+    }, (), "Process-wide settings."),
+    "database": ({"url": {"type": "string", "pattern": "^(sqlite|postgresql|postgres)://", "description": "where budgets are kept"}}, ("url",), "Shared budget store."),
+    "metrics": ({"fields": ref("fields")}, (), "Extra metric labels."),
+    "logging": ({"fields": ref("fields")}, (), "Extra access-log fields."),
+    "fields": ({"add": FIELDS_ADD}, (), "Fields to add."),
+    "modelCatalogEntry": ({"file": text("a model price catalog (agentgateway's format)")}, ("file",), "A price catalog file."),
+    "bind": ({
+        "port": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535}, {"type": "string", "pattern": r"^\d+$"}]},
+        "listeners": array(ref("listener")),
+    }, ("port",), "A port agw listens on."),
+    "listener": ({
+        "name": text(), "hostname": text(), "protocol": one_of("HTTP"), "routes": array(ref("route")),
+    }, (), "Routes served on a bind."),
+    "route": ({
+        "name": text(), "matches": array(ref("match")), "backends": {**array(ref("backend")), "maxItems": 1},
+        "policies": ref("policies"),
+    }, (), "Where matching requests go."),
+    "match": ({"path": ref("path")}, (), "What a request must match."),
+    "path": ({"exact": text(), "pathPrefix": text(), "regex": text()}, (), "Exactly one of exact, pathPrefix, regex."),
+    "backend": ({"ai": ref("ai")}, ("ai",), "An AI backend."),
+    "ai": ({
+        "name": text(), "provider": ref("provider"), "hostOverride": ADDRESS, "pathOverride": text(), "pathPrefix": text(),
+    }, ("name", "provider"), "An AI provider."),
+    "provider": ({"openAI": ref("openAI")}, ("openAI",), "The provider (openAI)."),
+    "openAI": ({"model": text("the model to use when the request names none")}, (), "OpenAI."),
+    "policies": ({
+        "ai": ref("aiPolicy"), "backendAuth": ref("backendAuth"), "transformations": ref("transformations"),
+        "backendTLS": ref("backendTLS"), "apiKey": ref("apiKey"), "localRateLimit": array(ref("localRateLimit")),
+    }, (), "What agw does to a route's requests."),
+    "aiPolicy": ({
+        "routes": map_of(one_of(*(t.value for t in RouteType if t not in UNSERVED_ROUTE_TYPES)), "path suffix to route type"),
+    }, (), "AI route types by path suffix."),
+    "backendAuth": ({"key": text("the provider key, e.g. $OPENAI_API_KEY")}, ("key",), "The key agw sends upstream."),
+    "transformations": ({"request": ref("requestTransform")}, (), "Header changes."),
+    "requestTransform": ({
+        "remove": array(text()),
+        "add": map_of({"type": ["string", "number"]}, "header name to value"),
+        "set": map_of({"type": ["string", "number"]}, "header name to value"),
+    }, (), "Request header changes."),
+    "backendTLS": ({"root": text("a PEM file of trusted CAs"), "hostname": text()}, (), "TLS to the backend."),
+    "apiKey": ({
+        "keys": array(ref("apiKeyEntry")), "mode": caseless("strict", "optional", "permissive"),
+    }, ("keys",), "Client keys."),
+    "apiKeyEntry": ({
+        "key": text(), "keyHash": {"type": "string", "pattern": "^sha256:[0-9a-fA-F]{64}$"},
+        "metadata": {"type": "object", "description": "anything; metadata.name is the consumer"},
+        "allowedModels": array(text("a model name, one '*' at most")), "budgets": array(ref("budget")),
+    }, (), "One client key: exactly one of key, keyHash."),
+    "localRateLimit": ({
+        "maxTokens": POSITIVE, "tokensPerFill": POSITIVE, "fillInterval": DURATION, "type": one_of("requests", "tokens"),
+    }, ("maxTokens", "tokensPerFill", "fillInterval"), "A token bucket."),
+    "budget": ({
+        "name": text(), "limit": ref("budgetLimit"), "window": ref("budgetWindow"), "onBudgetExceeded": one_of("Block", "Audit"),
+    }, ("name", "limit", "window"), "A spending limit."),
+    "budgetLimit": ({"unit": one_of("USD", "Tokens"), "amount": {"type": ["number", "string"]}}, ("unit", "amount"), "How much."),
+    "budgetWindow": ({"rolling": DURATION}, ("rolling",), "Over how long."),
+}
+
+
+def fields_of(kind: str) -> frozenset[str]:
+    """The fields agw accepts in a mapping of C{kind}."""
+    return frozenset(SHAPES[kind][0])
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of the config files agw accepts."""
+    definitions = {}
+    for kind, (fields, required, description) in SHAPES.items():
+        definition: Fragment = {"type": "object", "description": description, "properties": fields, "additionalProperties": False}
+        if required:
+            definition["required"] = list(required)
+        definitions[kind] = {**definition, **EXTRA.get(kind, {})}
+    top = definitions.pop("top")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, "title": "agw config", **top, "$defs": definitions}
