@@ -149,13 +149,20 @@ class BudgetInSessionTests(TestCase):
         self.assertEqual(round(b_cost, 9), round(catalog_price(self.fake.ledger[1].usage), 9))
         self.assertGreater(spent["team-b/audit"]["spent"], 1)  # Audit: over, and never blocked
         gauge = registry_samples(self.agw.gateway.metrics.registry)
-        self.assertEqual(gauge[("agw_budget_remaining", frozenset({"consumer": "team-a", "budget": "daily-tokens", "unit": "Tokens"}.items()))], 0)
+        labels = frozenset({"consumer": "team-a", "budget": "daily-tokens", "unit": "Tokens"}.items())
+        self.assertEqual(gauge[("agw_budget_remaining", labels)], 0)
+        self.assertEqual(gauge[("agw_budget_limit", labels)], TOKEN_LIMIT)
 
         # Over budget at the handshake: refused before the provider is asked.
         handshakes = len(self.fake.handshakes)
         status, body = yield deferToThread(handshake_status, self.agw.url, **auth(TEAM_A))
         self.assertEqual((status, json.loads(body)["error"]["code"]), (429, "rate_limit_exceeded"))
         self.assertEqual(len(self.fake.handshakes), handshakes)
+        refusals = {
+            dict(labels)["status"]: value for (name, labels), value in registry_samples(self.agw.gateway.metrics.registry).items()
+            if name == "agw_realtime_refusals_total"
+        }
+        self.assertEqual(refusals, {"response.create": 1.0, "429": 1.0})
 
         # HTTP too: 429 with the rate-limit headers.
         response = yield treq.post(

@@ -46,7 +46,7 @@ class CloseCodeTests(GatewayTestCase):
     @inlineCallbacks
     def test_upstream_code_and_reason_reach_client(self) -> Any:
         ws = yield self.opened()
-        gauge = self.gateway.metrics.realtime_sessions.labels("0", "bind/0", "listener0", "route0", "", "")
+        gauge = self.gateway.metrics.realtime.sessions.labels("0", "bind/0", "listener0", "route0", "", "")
         self.assertEqual(gauge._value.get(), 1)
         self.fake.sessions[0].close(1001, "session_expired")
         code, reason = yield deferToThread(wait_closed, ws)
@@ -59,6 +59,18 @@ class CloseCodeTests(GatewayTestCase):
         yield deferToThread(ws.close, 4001, "user hung up")
         yield wait_until(lambda: self.fake.closes)
         self.assertEqual(self.fake.closes, [(4001, "user hung up")])
+
+    @inlineCallbacks
+    def test_close_codes_are_counted_bounded(self) -> Any:
+        """Application codes (3000-4999) are counted by range: a client cannot make a series per code."""
+        for code in (1000, 4001, 4999, 3123):
+            ws = yield self.opened()
+            yield deferToThread(ws.close, code, "bye")
+        yield wait_until(lambda: len(self.fake.closes) == 4)
+        yield wait_until(lambda: self.gateway.metrics.realtime.sessions.labels("0", "bind/0", "listener0", "route0", "", "")._value.get() == 0)
+        metrics = yield self.scrape()
+        closes = {dict(labels)["code"]: value for (name, labels), value in metrics.items() if name == "agw_realtime_closes_total"}
+        self.assertEqual(closes, {"1000": 1.0, "4xxx": 2.0, "3xxx": 1.0})
 
     @inlineCallbacks
     def test_upstream_vanishing_closes_client_with_1011(self) -> Any:
@@ -134,6 +146,9 @@ class RefusalTests(GatewayTestCase):
             self.fake.refuse(status, body)
             received = yield deferToThread(handshake_status, self.url)
             self.assertEqual(received, (status, body))
+        metrics = yield self.scrape()
+        refusals = {dict(labels)["status"]: value for (name, labels), value in metrics.items() if name == "agw_realtime_refusals_total"}
+        self.assertEqual(refusals, {"403": 1.0, "404": 1.0, "429": 1.0, "500": 1.0, "503": 1.0})
 
     @inlineCallbacks
     def test_chunked_refusal_is_relayed_whole_and_dechunked(self) -> Any:

@@ -13,6 +13,7 @@ from agw.metering._attribution import Attribution
 from agw.metering._budgets import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
 from agw.metering._children import MetricChildren
+from agw.metering._realtime_metrics import RealtimeMetrics
 from agw.metering._usage import AudioDuration, TokenUsage
 
 SYSTEM = "openai"
@@ -122,6 +123,13 @@ class GatewayMetrics:
             registry=self.registry,
             multiprocess_mode="livemin",  # with workers: the most spent any live worker knows of
         )
+        self.budget_limit = Gauge(
+            "agw_budget_limit",
+            "Each budget's limit per window (USD or tokens, by unit): remaining/limit is the share left.",
+            ("consumer", "budget", "unit"),
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.cost_lookups = Counter(
             "agentgateway_cost_catalog_lookups",
             "Model cost catalog lookups by status: Exact, Unpriced, Missing, NoCatalog (agentgateway-compatible).",
@@ -174,39 +182,7 @@ class GatewayMetrics:
             buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
             registry=self.registry,
         )
-        self.realtime_sessions = Gauge(
-            "agw_realtime_sessions",
-            "Realtime sessions open now.",
-            _ROUTE_LABELS + who,
-            registry=self.registry,
-            multiprocess_mode="livesum",  # with workers: the sum over live workers
-        )
-        self.realtime_session_duration = Histogram(
-            "agw_realtime_session_duration_seconds",
-            "Realtime session duration (OpenAI ends sessions at 60 minutes).",
-            _ROUTE_LABELS + who,
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 2700, 3600, 3900),
-            registry=self.registry,
-        )
-        self.realtime_messages = Counter(
-            "agw_realtime_messages",
-            "Realtime messages relayed, by direction (client_to_upstream, upstream_to_client).",
-            _ROUTE_LABELS + ("direction",),
-            registry=self.registry,
-        )
-        self.realtime_bytes = Counter(
-            "agw_realtime_bytes",
-            "Realtime message payload bytes relayed (decompressed), by direction.",
-            _ROUTE_LABELS + ("direction",),
-            registry=self.registry,
-        )
-
-        self.realtime_dropped = Counter(
-            "agw_realtime_dropped_messages",
-            "Realtime messages not relayed because their receiver was already closing, by direction.",
-            _ROUTE_LABELS + ("direction",),
-            registry=self.registry,
-        )
+        self.realtime = RealtimeMetrics.declare(self.registry, _ROUTE_LABELS, who)
 
     def model_values(self, models: ModelLabels) -> tuple[str, ...]:
         """C{models}' label values, with model names bounded (see C{max_model_labels})."""
@@ -246,7 +222,9 @@ class GatewayMetrics:
 
     def record_budget(self, state: BudgetState) -> None:
         """A budget's spend changed (see L{agw.metering.Governor})."""
-        self._child(self.budget_remaining, state.consumer, state.budget.name, state.budget.unit.value).set(float(state.remaining))
+        labels = (state.consumer, state.budget.name, state.budget.unit.value)
+        self._child(self.budget_remaining, *labels).set(float(state.remaining))
+        self._child(self.budget_limit, *labels).set(float(state.budget.amount))
 
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""

@@ -16,6 +16,7 @@ from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._ratelimit import RouteLimits
+from agw.metering._realtime_metrics import close_code_label
 from agw.metering._usage import AudioDuration, TokenUsage
 
 CLIENT_TO_UPSTREAM = "client_to_upstream"
@@ -71,15 +72,15 @@ class RealtimeSession:
         self.totals = {"input": 0, "output": 0, "input_cache_read": 0}
         self.cost = Decimal(0)  # USD, every priced report of the session
         labels = route.values()
-        self._messages = {d: metrics.realtime_messages.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
-        self._bytes = {d: metrics.realtime_bytes.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
+        self._messages = {d: metrics.realtime.messages.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
+        self._bytes = {d: metrics.realtime.bytes.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
         # Messages and bytes relayed since the last flush, per direction.
         self._unflushed = {CLIENT_TO_UPSTREAM: [0, 0], UPSTREAM_TO_CLIENT: [0, 0]}
 
     def started(self) -> None:
         """Both legs are open."""
         self.started_at = self._clock()
-        self._metrics.realtime_sessions.labels(*self._metrics.session_labels(self._route, self.who)).inc()
+        self._metrics.realtime.sessions.labels(*self._metrics.session_labels(self._route, self.who)).inc()
 
     def ended(self, close_code: int | None, reason: str | None) -> None:
         """The client's leg is closed (idempotent)."""
@@ -89,8 +90,9 @@ class RealtimeSession:
         duration = self._clock() - self.started_at
         self.started_at = None
         labels = self._metrics.session_labels(self._route, self.who)
-        self._metrics.realtime_sessions.labels(*labels).dec()
-        self._metrics.realtime_session_duration.labels(*labels).observe(duration)
+        self._metrics.realtime.sessions.labels(*labels).dec()
+        self._metrics.realtime.session_duration.labels(*labels).observe(duration)
+        self._metrics.realtime.closes.labels(*self._route.values(), close_code_label(close_code)).inc()
         self._log.emit(
             "realtime.session", self._route, self._models(CHAT),
             **{**self._request, **duration_fields(duration), "websocket.close_code": close_code, "agw.responses": self.responses,
@@ -111,7 +113,7 @@ class RealtimeSession:
 
     def dropped(self, direction: str) -> None:
         """A message could not be relayed: its receiver was already closing."""
-        self._metrics.realtime_dropped.labels(*self._route.values(), direction).inc()
+        self._metrics.realtime.dropped.labels(*self._route.values(), direction).inc()
 
     def flush(self) -> None:
         """Add the messages and bytes relayed since the last flush to the metrics."""
@@ -181,6 +183,7 @@ class RealtimeSession:
     def refused(self) -> None:
         """A C{response.create} was not forwarded: a budget forbade it."""
         self.responses_refused += 1
+        self._metrics.realtime.refusals.labels(*self._route.values(), "response.create").inc()
 
     def refusal(self, spend: bool = True) -> tuple[str, str] | None:
         """

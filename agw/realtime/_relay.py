@@ -143,6 +143,11 @@ class RealtimeRelay:
             context.limits, request={"src.addr": peer_address(peer), "http.method": "GET", "http.path": request.path},
         )
 
+    def handshake_refused(self, status: int) -> None:
+        """A client's handshake was answered C{status} instead of 101 (counted by status)."""
+        context = self._context
+        context.metrics.realtime.refusals.labels(*context.labels.values(), str(status)).inc()
+
     def open_upstream(
         self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,
     ) -> Deferred[UpstreamProtocol]:

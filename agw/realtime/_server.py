@@ -35,6 +35,8 @@ class SessionHost(Protocol):
 
     def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession: ...
 
+    def handshake_refused(self, status: int) -> None: ...
+
     def open_upstream(
         self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,
     ) -> Deferred[UpstreamProtocol]: ...
@@ -129,6 +131,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         answer = self._answer
         if answer is None or answer.status != code:
             answer = HandshakeAnswer.error(code, reason, reason, "handshake_failed")
+        self.factory.relay.handshake_refused(answer.status)
         head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
         head += [f"{name}: {value}" for name, value in answer.headers]
         head += [f"Content-Length: {len(answer.body)}", "Connection: close", "", ""]
