@@ -25,7 +25,7 @@ from agw.config._unsupported import UNSUPPORTED
 from tests.support import REPO, SEED_CONFIG
 
 SCHEMA_FILE = os.path.join(REPO, "agw", "config", "agw.schema.json")
-ENV = {"OPENAI_API_KEY": "sk-backend", "VOICE_APP_KEY": "sk-voice"}
+ENV = {"OPENAI_API_KEY": "sk-backend", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443"}
 HASH = "sha256:" + "ab" * 32
 
 # Every field agw accepts, each kind at least once (with each alternative of "exactly one of").
@@ -52,7 +52,7 @@ binds:
       - ai:
           name: openai
           provider: {{openAI: {{model: gpt-4}}}}
-          hostOverride: api.example.com:443
+          hostOverride: "$UPSTREAM"
           pathOverride: /v1/chat/completions
           pathPrefix: /openai
       policies:
@@ -180,7 +180,7 @@ class SchemaTests(SynchronousTestCase):
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 1)).update(key="k"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "routes")).update(x="messages"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "localRateLimit", 0)).update(fillInterval="soon"),
-            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 1)).update(keyHash="$2b$x"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 1)).update(keyHash="md5:0123"),
         ):
             document = copy.deepcopy(EVERYTHING)
             edit(document)

@@ -122,6 +122,23 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
 }
 
 
+# The loader expands $VAR and ${VAR} in every string before checking it, so
+# a constrained string may also be a reference to an environment variable.
+VARIABLE = {"type": "string", "pattern": r"\$(\{[^}]*\}|[A-Za-z_])", "description": "expanded from the environment"}
+
+
+def _or_variable(fragment: Any) -> Any:
+    """C{fragment}, with every constrained string also accepting a variable reference."""
+    if isinstance(fragment, list):
+        return [_or_variable(item) for item in fragment]
+    if not isinstance(fragment, dict):
+        return fragment
+    walked = {key: _or_variable(value) for key, value in fragment.items()}
+    if walked.get("type") == "string" and ("pattern" in walked or "enum" in walked):
+        return {"anyOf": [walked, VARIABLE]}
+    return walked
+
+
 def fields_of(kind: str) -> frozenset[str]:
     """The fields agw accepts in a mapping of C{kind}."""
     return frozenset(SHAPES[kind][0])
@@ -131,7 +148,9 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema (2020-12) of the config files agw accepts."""
     definitions = {}
     for kind, (fields, required, description) in SHAPES.items():
-        definition: Fragment = {"type": "object", "description": description, "properties": fields, "additionalProperties": False}
+        definition: Fragment = {
+            "type": "object", "description": description, "properties": _or_variable(fields), "additionalProperties": False,
+        }
         if required:
             definition["required"] = list(required)
         definitions[kind] = {**definition, **EXTRA.get(kind, {})}
