@@ -284,8 +284,20 @@ class TwistdAgw:
     C{upstream_port}, free ports, its log and standard output in files.
     """
 
-    def __init__(self, process: subprocess.Popen, port: int, stats: int, ready: int, log: str, stdout: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen, port: int, stats: int, ready: int, log: str, stdout: str, config_path: str,
+    ) -> None:
         self.process, self.port, self.stats, self.ready, self.log, self.stdout = process, port, stats, ready, log, stdout
+        self.config_path = config_path
+
+    def edit_config(self, edit: Any) -> None:
+        """Change its config file as an editor would (a new file renamed over it); C{edit} changes the parsed YAML."""
+        with open(self.config_path) as f:
+            config = yaml.safe_load(f)
+        edit(config)
+        with open(self.config_path + ".new", "w") as f:
+            yaml.safe_dump(config, f)
+        os.replace(self.config_path + ".new", self.config_path)
 
     @classmethod
     @inlineCallbacks
@@ -317,7 +329,7 @@ class TwistdAgw:
                 env=env, stdout=out,
             )
         case.addCleanup(lambda: process.poll() is None and process.kill())
-        agw = cls(process, port, stats, ready, log, stdout)
+        agw = cls(process, port, stats, ready, log, stdout, path)
         yield wait_until(agw.is_ready, timeout=30)
         return agw
 

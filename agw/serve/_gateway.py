@@ -10,7 +10,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTCP
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
@@ -35,6 +36,7 @@ from agw.routing import (
     RouteContext,
     RoutedRoute,
 )
+from agw.serve._reloaded import Reloaded, budget_setup, restart_only_changes
 
 
 def governor_for(config: GatewayConfig, reactor: Any, on_change: Any = None) -> Governor | None:
@@ -46,6 +48,23 @@ def governor_for(config: GatewayConfig, reactor: Any, on_change: Any = None) -> 
     if config.database_url is None or not any(key.budgets for key in keys):
         return None
     return Governor(keys, BudgetLedger(config.database_url.value, reactor), reactor, on_change=on_change)
+
+
+class CurrentBind(Resource):
+    """
+    The stable root of one bind: it serves with whichever routes the
+    gateway's config has now, so a reload changes what new requests get
+    while an embedder's tree and a listening site keep this one object.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: BindResource) -> None:
+        super().__init__()
+        self.routes = routes
+
+    def render(self, request: Request) -> bytes | int:
+        return self.routes.render(request)
 
 
 class Gateway:
@@ -94,7 +113,10 @@ class Gateway:
         self.http_client = UpstreamClient(reactor, http_options)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
         self.governor = governor_for(config, reactor, self.metrics.record_budget)
-        self._resources = {bind.port: self._bind_resource(bind) for bind in config.binds}
+        # Governors replaced by a reload: sessions opened before still charge them until they stop.
+        self.retired_governors: list[Governor] = []
+        self._slots: dict[int, SessionSlots] = {}  # one session count per bind, across reloads
+        self._resources = {bind.port: CurrentBind(self._bind_resource(bind)) for bind in config.binds}
 
     @classmethod
     def from_file(cls, filename: str, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Gateway:
@@ -137,8 +159,42 @@ class Gateway:
         closing = [relay.close_all(code, reason) for relay in self.relays]
         return DeferredList([*closing, self.http_client.close()])
 
+    def reload(self, config: GatewayConfig) -> Reloaded:
+        """
+        Serve C{config} from now on: new requests and sessions get its
+        routes, backends, keys, limits and prices; open Realtime sessions
+        and requests in flight finish on the config they started with.
+        Raises L{ReloadRefused} (and changes nothing) for what needs a restart.
+        """
+        old = self.config
+        restart_only = restart_only_changes(old, config)
+        attributor = Attributor(config.metric_fields, config.log_fields)
+        governor = None
+        if budget_setup(config) != budget_setup(old):
+            governor = governor_for(config, self.reactor, self.metrics.record_budget)
+            if self.governor is not None:
+                self.retired_governors.append(self.governor)
+            self.governor = governor
+        self.config, self.attributor = config, attributor
+        # Prices are those in force when a response ends (an open session's next response is priced anew).
+        self.metrics.catalog = catalog_for(config.model_catalog)
+        # self.relays keeps the relays of earlier configs: drain and stop close their sessions too.
+        ports = [bind.port for bind in config.binds]
+        for bind in config.binds:
+            routes = self._bind_resource(bind)
+            if bind.port in self._resources:
+                self._resources[bind.port].routes = routes
+            else:
+                self._resources[bind.port] = CurrentBind(routes)
+        removed = tuple(port for port in self._resources if port not in ports)
+        for port in removed:
+            del self._resources[port]
+        added = tuple(port for port in ports if port not in {b.port for b in old.binds})
+        return Reloaded(added, removed, governor, restart_only)
+
     def _bind_resource(self, bind: Bind) -> BindResource:
-        slots = SessionSlots(self.relay_options.max_sessions)  # one count for every route of the bind
+        # One count for every route of the bind, kept across reloads.
+        slots = self._slots.setdefault(bind.port, SessionSlots(self.relay_options.max_sessions))
         return BindResource(
             [
                 RoutedRoute(listener, route, self._route_resources(bind, listener, route, slots))

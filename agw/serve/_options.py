@@ -48,6 +48,7 @@ class Options(usage.Options):
     optFlags = [
         ["validate-only", None, "Load and check the config, print what agw would serve, and exit: 0 valid, 1 with the error."],
         ["demo", None, "Send every backend to agw.testing's fake OpenAI on loopback (no key, no network); one process."],
+        ["no-watch", None, "Do not reload when the config file changes (SIGHUP still reloads)."],
     ]
 
     config_object: GatewayConfig
@@ -57,14 +58,13 @@ class Options(usage.Options):
 
         if self["access-log"] not in (*ACCESS_LOG_FORMATS, "off"):
             raise usage.UsageError(f"--access-log: expected one of json, combined, off; got {self['access-log']!r}")
-        environ: Mapping[str, str] = os.environ
+        self._environ: Mapping[str, str] = os.environ
         if self["demo"]:
             from agw.serve._demo import DemoEnvironment
 
-            environ = DemoEnvironment(os.environ)
+            self._environ = DemoEnvironment(os.environ)
         try:
-            self.config_object = load_config(self["config"], environ)
-            check_files(self.config_object)
+            self.config_object = self.load()
         except ConfigError as e:
             if self["validate-only"]:
                 raise SystemExit(str(e)) from None  # the one line, on stderr; exit 1
@@ -79,6 +79,12 @@ class Options(usage.Options):
             sys.stdout.write(describe(self.config_object, self["config"], self["interface"]))
             raise SystemExit(0)
 
+    def load(self) -> GatewayConfig:
+        """Read and check the config file as these options say (again, for a reload); raises L{ConfigError}."""
+        config = load_config(self["config"], self._environ)
+        check_files(config)
+        return config
+
     @property
     def worker_count(self) -> int:
         """How many gateway processes to run: the option, else the config."""
@@ -91,7 +97,8 @@ class Options(usage.Options):
         """These options (but C{--workers}) as command-line arguments, for worker processes."""
         values = {name: self[name] for name, *_ in Options.optParameters if name != "workers"}
         values["config"] = os.path.abspath(values["config"])
-        return [f"--{name}={value}" for name, value in values.items()]
+        # Workers reload when the pool signals them; only the pool watches the file.
+        return [f"--{name}={value}" for name, value in values.items()] + ["--no-watch"]
 
 
 def check_files(config: GatewayConfig) -> None:

@@ -59,3 +59,41 @@ class ReusePortServerEndpoint:
             return fail(CannotListenError(self._interface, self._port, e))
         finally:
             sock.close()
+
+
+class HeldPorts:
+    """
+    Sockets that hold the binds' ports for a pool of workers without ever
+    listening: port 0 becomes one real port every worker shares, kept across
+    worker restarts. C{ports} maps each config port to the port held.
+    """
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self.ports: dict[int, int] = {}
+        self._sockets: dict[int, socket.socket] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._sockets)
+
+    def hold(self, ports: list[int]) -> None:
+        """Hold C{ports}: all of them, or none (L{OSError} naming the bind that cannot listen)."""
+        held = {}
+        for port in ports:
+            try:
+                held[port] = reuse_port_socket(self.interface, port)
+            except OSError as e:
+                for sock in held.values():
+                    sock.close()
+                raise OSError(f"bind/{port} cannot listen on {self.interface}:{port}: {e}") from None
+        for port, sock in held.items():
+            self._sockets[port] = sock
+            self.ports[port] = sock.getsockname()[1]
+
+    def release(self, port: int) -> None:
+        self._sockets.pop(port).close()
+        del self.ports[port]
+
+    def release_all(self) -> None:
+        for port in list(self._sockets):
+            self.release(port)

@@ -16,13 +16,14 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
 from agw.metering import GatewayMetrics, Governor
 from agw.serve._admin import admin_root, readiness_root, stats_root
+from agw.serve._reloaded import Reloaded, ReloadRefused
 from agw.serve._reuseport import ReusePortServerEndpoint
 from agw.serve._site import GatewaySite
 
@@ -43,6 +44,8 @@ class Servable(Protocol):
     def resource(self, port: int | None = None) -> IResource: ...
 
     def drain(self, period: float) -> Deferred[None]: ...
+
+    def reload(self, config: GatewayConfig) -> Reloaded: ...
 
 
 def bind_host(host: str) -> str:
@@ -81,6 +84,8 @@ class ListeningService(Service):
         once with one line and a non-zero exit status.
         """
         super().privilegedStartService()
+        if self._listening is not None:
+            return  # listening already (a bind a reload added: MultiService.addService starts it again)
         outcome: list[object] = []
         self._endpoint().listen(self.factory).addBoth(outcome.append)  # TCP endpoints listen synchronously
         if outcome and isinstance(outcome[0], Failure):
@@ -188,14 +193,11 @@ class GatewayService(MultiService):
         self.draining = False
         reactor = gateway.reactor
         config = gateway.config
+        self.interface = interface
+        self._reuse_ports = reuse_ports
         self.binds: dict[int, ListeningService] = {}
         for bind in config.binds:
-            port = bind.port if reuse_ports is None else reuse_ports[bind.port]
-            listener = ListeningService(
-                reactor, Address(interface, port), make_site(gateway.resource(bind.port), reactor, gateway.http_options),
-                f"bind/{bind.port}",
-                reuse_port=reuse_ports is not None,
-            )
+            listener = self._bind_listener(bind.port, gateway.resource(bind.port))
             listener.setServiceParent(self)
             self.binds[bind.port] = listener
         self.stats: ListeningService | None = None
@@ -210,13 +212,58 @@ class GatewayService(MultiService):
             )
             self.admin.setServiceParent(self)
 
+    def _bind_listener(self, config_port: int, resource: IResource) -> ListeningService:
+        reuse = self._reuse_ports
+        # A worker shares each bind's port with the others; a bind added by a reload uses its config port.
+        port = config_port if reuse is None else reuse.get(config_port, config_port)
+        gateway = self.gateway
+        site = make_site(resource, gateway.reactor, gateway.http_options)
+        return ListeningService(gateway.reactor, Address(self.interface, port), site, f"bind/{config_port}", reuse_port=reuse is not None)
+
     def startService(self) -> None:
         super().startService()
-        governor = self.gateway.governor
+        self._start_governor(self.gateway.governor)
+
+    def _start_governor(self, governor: Governor | None) -> None:
         if governor is not None:
             governor.start().addErrback(
                 lambda failure: self.log.failure("budgets cannot be read from the database", failure)
             )
+
+    def reload(self, config: GatewayConfig) -> Reloaded:
+        """
+        Apply C{config} (see L{agw.serve.Gateway.reload}). Binds it adds
+        listen first: if one cannot, nothing changes (L{ReloadRefused}).
+        Binds it removes stop listening; their open connections finish.
+        """
+        opened: dict[int, ListeningService] = {}
+        try:
+            for bind in config.binds:
+                if bind.port not in self.binds:
+                    if self._reuse_ports is not None and bind.port == 0:
+                        raise ReloadRefused("a new bind on port 0 needs a restart with --workers")
+                    # Served once the gateway has the new config (below, before the reactor runs again).
+                    opened[bind.port] = listener = self._bind_listener(bind.port, Resource())
+                    try:
+                        listener.privilegedStartService()  # listens now, or raises SystemExit with the reason
+                    except SystemExit as e:
+                        raise ReloadRefused(str(e).removeprefix("agw: ")) from None
+            reloaded = self.gateway.reload(config)
+        except ReloadRefused:
+            for listener in opened.values():
+                listener.stopService()
+            raise
+        for port, listener in opened.items():
+            listener.factory.resource = self.gateway.resource(port)  # type: ignore[attr-defined]
+            listener.setServiceParent(self)
+            self.binds[port] = listener
+        for port in reloaded.removed_ports:
+            self.binds.pop(port).disownServiceParent()
+        if reloaded.new_governor is not None:
+            self._start_governor(reloaded.new_governor)
+            if self.admin is not None:
+                self.admin.factory.resource = admin_root(reloaded.new_governor, self.gateway.reactor)  # type: ignore[attr-defined]
+        return reloaded
 
     def is_ready(self) -> bool:
         """Every bind is listening (and the gateway is not stopping)."""
@@ -244,6 +291,7 @@ class GatewayService(MultiService):
         yield DeferredList([listener.stopService() for listener in self.binds.values()])
         yield self.gateway.drain(self.drain_period)
         yield MultiService.stopService(self)
-        if self.gateway.governor is not None:
-            self.gateway.governor.stop()
+        for governor in (self.gateway.governor, *self.gateway.retired_governors):
+            if governor is not None:
+                governor.stop()
         self.draining = False

@@ -15,28 +15,39 @@ from agw.serve._options import Options, gateway_from_options
 
 
 def makeService(options: Options) -> IService:
-    """The gateway's service, from parsed options: one process, or a pool of workers."""
-    service: Any
-    if options.worker_count > 1:
-        from twisted.internet import reactor
+    """The gateway's service, from parsed options: one process, or a pool of workers; either reloads its config."""
+    from twisted.internet import reactor
 
+    from agw.serve._reload import ConfigReloader
+
+    service: Any
+    load = options.load
+    if options.worker_count > 1:
         from agw.serve._workerpool import WorkerPool
 
         service = WorkerPool(
             reactor, options.config_object, options["interface"], options.gateway_arguments(), options.worker_count,
             options["drain-period"], stdout=sys.__stdout__.buffer,
         )
+        registry = service.registry
     elif options["demo"]:
-        from twisted.internet import reactor
-
         from agw.serve._demo import DemoProvider, demo_config, listen_fake
 
         port = listen_fake(reactor)
-        options.config_object = demo_config(options.config_object, f"127.0.0.1:{port.getHost().port}")
-        service = gateway_from_options(options).service(options["interface"], drain_period=options["drain-period"])
+        fake = f"127.0.0.1:{port.getHost().port}"
+        options.config_object = demo_config(options.config_object, fake)
+        gateway = gateway_from_options(options)
+        service = gateway.service(options["interface"], drain_period=options["drain-period"])
         DemoProvider(port, options.config_object, options["interface"]).setServiceParent(service)
+        registry = gateway.metrics.registry
+
+        def load() -> Any:  # a reloaded demo config is sent to the fake too
+            return demo_config(options.load(), fake)
     else:
-        service = gateway_from_options(options).service(options["interface"], drain_period=options["drain-period"])
+        gateway = gateway_from_options(options)
+        service = gateway.service(options["interface"], drain_period=options["drain-period"])
+        registry = gateway.metrics.registry
+    ConfigReloader(reactor, options["config"], load, service.reload, registry, watch=not options["no-watch"]).setServiceParent(service)
     CleanExitOnSIGTERM().setServiceParent(service)
     return service
 

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     from twisted.internet import reactor
 
+    from agw.serve._reload import ConfigReloader
     from agw.serve._service import GatewayService
 
     log = Logger(namespace="agw.worker")
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     service = GatewayService(
         gateway, options["interface"], options["drain-period"], reuse_ports=options.shared_ports(), admin=False,
     )
+    # The pool watches the file and counts reloads; it sends each worker SIGHUP.
+    ConfigReloader(reactor, options["config"], options.load, service.reload, watch=False).setServiceParent(service)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # SIGTERM: drain, then exit
     outcome = {"code": 1}

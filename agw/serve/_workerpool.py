@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from typing import IO, Any
@@ -37,9 +36,11 @@ from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
+from agw.metering import Governor
 from agw.serve._admin import admin_root
 from agw.serve._gateway import governor_for
-from agw.serve._reuseport import reuse_port_socket
+from agw.serve._reloaded import Reloaded, ReloadRefused, budget_setup, restart_only_changes
+from agw.serve._reuseport import HeldPorts
 from agw.serve._service import ListeningService, admin_listeners, bind_host, make_site
 from agw.serve._worker import CONTROL_FD, READY
 from agw.serve._workermetrics import (
@@ -152,8 +153,7 @@ class WorkerPool(MultiService):
         self._arguments = gateway_arguments
         self._python = python
         self.workers = [WorkerProcess(self, index) for index in range(1, count + 1)]
-        self.ports: dict[int, int] = {}  # config port: port the workers share
-        self._reserved: list[socket.socket] = []
+        self.held = HeldPorts(bind_host(interface))
         self.metrics_dir: str | None = None
         self.stopping = False
         self.registry = CollectorRegistry()
@@ -164,11 +164,25 @@ class WorkerPool(MultiService):
         )
         self.stats, self.readiness = admin_listeners(self, reactor, config, self.registry, self.is_ready)
         # The workers enforce budgets; the parent reads the shared ledger to serve /budgets.
-        self.governor = governor_for(config, reactor)
-        if self.governor is not None:
-            ListeningService(
-                reactor, config.admin_addr, make_site(admin_root(self.governor, reactor), reactor), "admin",
-            ).setServiceParent(self)
+        self.governor: Governor | None = None
+        self.admin: ListeningService | None = None
+        self._serve_budgets(governor_for(config, reactor))
+
+    def _serve_budgets(self, governor: Governor | None) -> Governor | None:
+        """Serve C{governor}'s /budgets on adminAddr from now on (a reload may bring a new one)."""
+        old, self.governor = self.governor, governor
+        if old is not None and self.running:
+            old.stop()
+        if governor is None:
+            return None
+        if self.running:
+            governor.start().addErrback(lambda failure: self.log.failure("reading budgets failed", failure))
+        if self.admin is not None:
+            self.admin.factory.resource = admin_root(governor, self.reactor)  # type: ignore[attr-defined]
+        else:
+            self.admin = ListeningService(self.reactor, self.config.admin_addr, make_site(admin_root(governor, self.reactor), self.reactor), "admin")
+            self.admin.setServiceParent(self)
+        return governor
 
     def is_ready(self) -> bool:
         """
@@ -188,18 +202,37 @@ class WorkerPool(MultiService):
         super().privilegedStartService()
 
     def _reserve_ports(self) -> None:
-        if self._reserved:
-            return
-        for bind in self.config.binds:
+        if not self.held:
             try:
-                sock = reuse_port_socket(bind_host(self.interface), bind.port)
+                self.held.hold([bind.port for bind in self.config.binds])
             except OSError as e:
-                for held in self._reserved:
-                    held.close()
-                self._reserved.clear()
-                raise SystemExit(f"agw: bind/{bind.port} cannot listen on {self.interface}:{bind.port}: {e}") from None
-            self._reserved.append(sock)
-            self.ports[bind.port] = sock.getsockname()[1]
+                raise SystemExit(f"agw: {e}") from None
+
+    def reload(self, config: GatewayConfig) -> Reloaded:
+        """
+        Apply C{config}: binds it adds are held first (or nothing changes),
+        then every worker is sent SIGHUP and reloads the file itself (a
+        worker restarted later starts from the file).
+        """
+        old = self.config
+        restart_only = restart_only_changes(old, config)
+        before, after = [b.port for b in old.binds], [b.port for b in config.binds]
+        added = tuple(port for port in after if port not in before)
+        removed = tuple(port for port in before if port not in after)
+        if 0 in added:
+            raise ReloadRefused("a new bind on port 0 needs a restart with --workers")
+        try:
+            self.held.hold(list(added))
+        except OSError as e:
+            raise ReloadRefused(str(e)) from None
+        for port in removed:
+            self.held.release(port)
+        governor = None
+        if budget_setup(config) != budget_setup(old):
+            governor = self._serve_budgets(governor_for(config, self.reactor))
+        self.config = config
+        self._signal_all(signal.SIGHUP)
+        return Reloaded(added, removed, governor, restart_only)
 
     def startService(self) -> None:
         self._reserve_ports()
@@ -213,7 +246,7 @@ class WorkerPool(MultiService):
 
     def _spawn(self, worker: WorkerProcess) -> None:
         worker.restart = None
-        ports = ",".join(f"{config_port}={port}" for config_port, port in self.ports.items())
+        ports = ",".join(f"{config_port}={port}" for config_port, port in self.held.ports.items())
         argv = [
             self._python, "-m", "agw.serve._worker", f"--index={worker.index}", f"--ports={ports}",
             f"--worker-count={len(self.workers)}", *self._arguments,
@@ -250,9 +283,7 @@ class WorkerPool(MultiService):
         yield MultiService.stopService(self)
         if self.governor is not None:
             self.governor.stop()
-        for sock in self._reserved:
-            sock.close()
-        self._reserved.clear()
+        self.held.release_all()
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self.metrics_dir = None

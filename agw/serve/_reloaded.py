@@ -1,0 +1,54 @@
+"""
+What a config reload tells the service that runs the gateway
+(L{agw.serve.Gateway.reload}): the outcome, or why it was refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+
+from agw.config import GatewayConfig
+from agw.metering import Governor
+
+
+class ReloadRefused(Exception):
+    """A new config cannot be applied to a running gateway (the message says why); the old one stays."""
+
+
+@frozen
+class Reloaded:
+    """What a reload changed that the service must act on."""
+
+    added_ports: tuple[int, ...]
+    removed_ports: tuple[int, ...]
+    new_governor: Governor | None  # to start (the old one keeps serving sessions opened before)
+    restart_only: tuple[str, ...]  # settings that take effect on the next start
+
+
+def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> tuple[str, ...]:
+    """
+    Settings of C{new} a running process cannot take (listed, the rest is
+    applied); raises L{ReloadRefused} for a change nothing else can be
+    applied without (metric label names).
+    """
+    if [label for label, _ in old.metric_fields] != [label for label, _ in new.metric_fields]:
+        raise ReloadRefused("config.metrics.fields.add changed: metric labels change on restart only")
+    return tuple(
+        name for name, before, after in (
+            ("config.statsAddr", old.stats_addr, new.stats_addr),
+            ("config.readinessAddr", old.readiness_addr, new.readiness_addr),
+            ("config.adminAddr", old.admin_addr, new.admin_addr),
+            ("config.workers", old.workers, new.workers),
+        ) if before != after
+    )
+
+
+def budget_setup(config: GatewayConfig) -> tuple[Any, ...]:
+    """What a L{Governor} is built from: a reload keeps the running one while this is unchanged."""
+    keys = tuple(
+        (key.digest, key.metadata.get("name"), key.budgets) for bind in config.binds for listener in bind.listeners
+        for route in listener.routes if route.policies.api_key is not None for key in route.policies.api_key.keys
+    )
+    return (config.database_url.value if config.database_url else None, keys)
