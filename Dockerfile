@@ -10,8 +10,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agw ./agw
 COPY twisted ./twisted
-# [postgres]: budgets shared by several replicas live in PostgreSQL (config.database.url).
-RUN pip install '.[postgres]' && rm -rf /src \
+# [postgres]: budgets shared by several replicas live in PostgreSQL (config.database.url);
+# [tracing]: config.tracing's OTLP exporter.
+RUN pip install '.[postgres,tracing]' && rm -rf /src \
   # Twisted's plugin cache, written now: the root filesystem is read-only at run time.
   && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 

@@ -23,7 +23,8 @@ LAYERS = {
     "agw.routing": 2,
     "agw.http": 3,
     "agw.realtime": 3,
-    "agw.testing": 3,  # the fake provider needs only agw.config; agw.serve's --demo runs it
+    "agw.testing": 3,
+    "agw.tracing": 3,  # the fake provider needs only agw.config; agw.serve's --demo runs it
     "agw.serve": 4,
     "agw": 5,
 }

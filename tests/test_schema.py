@@ -25,7 +25,7 @@ from agw.config._unsupported import UNSUPPORTED
 from tests.support import REPO, SEED_CONFIG
 
 SCHEMA_FILE = os.path.join(REPO, "agw", "config", "agw.schema.json")
-ENV = {"OPENAI_API_KEY": "sk-backend", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443"}
+ENV = {"OPENAI_API_KEY": "sk-backend", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443", "COLLECTOR_TOKEN": "t"}
 HASH = "sha256:" + "ab" * 32
 
 # Every field agw accepts, each kind at least once (with each alternative of "exactly one of").
@@ -39,6 +39,13 @@ config:
   database: {{url: "sqlite:///tmp/budgets.db"}}
   metrics: {{fields: {{add: {{team: apiKey.team}}}}}}
   logging: {{fields: {{add: {{team.name: apiKey.team}}}}}}
+  tracing:
+    otlpEndpoint: http://localhost:4318
+    otlpProtocol: http
+    path: /v1/traces
+    headers: {{authorization: Bearer x}}
+    randomSampling: "0.5"
+    clientSampling: true
 binds:
 - port: 3000
   listeners:

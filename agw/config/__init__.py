@@ -25,10 +25,11 @@ from agw.config._model import (
     RouteMatch,
     RouteType,
     Secret,
+    TracingConfig,
 )
 
 __all__ = [
     "AIBackend", "APIKeyMode", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",
     "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "LocalRateLimit", "MiB", "PathMatch", "Policies",
-    "Route", "RouteMatch", "RouteType", "Secret", "load_config", "parse_config",
+    "Route", "RouteMatch", "RouteType", "Secret", "TracingConfig", "load_config", "parse_config",
 ]

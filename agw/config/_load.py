@@ -20,6 +20,7 @@ from agw.config._model import (
     Route,
     RouteMatch,
     Secret,
+    TracingConfig,
 )
 from agw.config._parsing import ConfigError, format_path, kind_of
 from agw.config._policies import PolicyParser, key_digest
@@ -88,7 +89,43 @@ class _Parser(PolicyParser):
             database_url=self.database(settings.get("database"), binds),
             metric_fields=self.fields(settings.get("metrics"), ("config", "metrics"), "metrics", _LABEL),
             log_fields=self.fields(settings.get("logging"), ("config", "logging"), "logging", _FIELD),
+            tracing=self.tracing(settings["tracing"]) if "tracing" in settings else None,
         )
+
+    def tracing(self, value: Any) -> TracingConfig:
+        path: Path = ("config", "tracing")
+        spec = self.mapping(value, path, "tracing")
+        endpoint = self.string(spec.get("otlpEndpoint"), path + ("otlpEndpoint",))
+        if not re.match(r"https?://[^/]+", endpoint):
+            raise self.fail(path + ("otlpEndpoint",), f"expected an http:// or https:// URL, got {endpoint!r}")
+        protocol = self.string(spec.get("otlpProtocol", "http"), path + ("otlpProtocol",))
+        if protocol != "http":
+            raise self.fail(path + ("otlpProtocol",), f"otlpProtocol {protocol} is supported by agentgateway but not by agw yet (use http)")
+        headers = self.mapping(spec.get("headers"), path + ("headers",), "headers", allowed=set(spec.get("headers") or {}))
+        tracing_path = self.string(spec.get("path", "/v1/traces"), path + ("path",))
+        if not tracing_path.startswith("/"):
+            raise self.fail(path + ("path",), f"a path must start with '/', got {tracing_path!r}")
+        return TracingConfig(
+            endpoint=endpoint,
+            headers=tuple((str(name), Secret(self.string(text, path + ("headers", name)))) for name, text in headers.items()),
+            path=tracing_path,
+            random_sampling=self.share(spec.get("randomSampling", False), path + ("randomSampling",)),
+            client_sampling=self.share(spec.get("clientSampling", True), path + ("clientSampling",)),
+        )
+
+    def share(self, value: Any, path: Path) -> float:
+        """agentgateway's sampling value: true/false or a share 0.0-1.0 (also as a string); CEL is not supported."""
+        if isinstance(value, bool):
+            return 1.0 if value else 0.0
+        if isinstance(value, str) and value.strip() in ("true", "false"):
+            return 1.0 if value.strip() == "true" else 0.0
+        try:
+            share = float(value)
+        except (TypeError, ValueError):
+            share = -1.0
+        if not 0.0 <= share <= 1.0:
+            raise self.fail(path, f"expected true, false or a share between 0.0 and 1.0 (CEL expressions are not supported by agw yet), got {value!r}")
+        return share
 
     def database(self, value: Any, binds: tuple[Bind, ...]) -> Secret | None:
         path: Path = ("config", "database")

@@ -227,6 +227,26 @@ class Address:
 
 
 @frozen
+class TracingConfig:
+    """
+    agentgateway's C{config.tracing}: spans exported over OTLP/HTTP to
+    C{endpoint}. C{random_sampling} is the share of requests without a
+    C{traceparent} that start a trace (agentgateway's default: none);
+    C{client_sampling} the share of those with one that are traced (default: all).
+    """
+
+    endpoint: str
+    headers: tuple[tuple[str, Secret], ...] = ()  # often credentials: never printed
+    path: str = "/v1/traces"
+    random_sampling: float = 0.0
+    client_sampling: float = 1.0
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.rstrip("/") + self.path
+
+
+@frozen
 class GatewayConfig:
     """The whole file."""
 
@@ -243,3 +263,5 @@ class GatewayConfig:
     # config.metrics.fields.add / config.logging.fields.add: (label or field, apiKey metadata field).
     metric_fields: tuple[tuple[str, str], ...] = ()
     log_fields: tuple[tuple[str, str], ...] = ()
+    # config.tracing (None: no spans).
+    tracing: TracingConfig | None = None

@@ -47,6 +47,10 @@ def map_of(values: Fragment, description: str) -> Fragment:
 ADDRESS = {"type": "string", "pattern": r"^(\[[^\]]+\]|[^:\[\]]*):\d{1,5}$", "description": "host:port, e.g. [::]:15020"}
 DURATION = {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d))+$", "description": "a duration such as 1s, 1h30m or 24h"}
 POSITIVE = {"type": "integer", "minimum": 1}
+SHARE = {"anyOf": [
+    {"type": "boolean"}, {"type": "number", "minimum": 0, "maximum": 1},
+    {"type": "string", "pattern": r"^\s*(true|false|0(\.\d*)?|1(\.0*)?|\.\d+)\s*$"},
+], "description": "true, false, or the share of requests traced (0.0-1.0)"}
 FIELDS_ADD = map_of(text("apiKey.<metadata field>"), "extra field name to apiKey.<metadata field>")
 
 # What a kind needs beyond its fields.
@@ -62,8 +66,14 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
         "statsAddr": ADDRESS, "readinessAddr": ADDRESS, "adminAddr": ADDRESS,
         "workers": {"type": "integer", "minimum": 0, "description": "gateway processes (0: one per CPU)"},
         "modelCatalog": array(ref("modelCatalogEntry")), "database": ref("database"),
-        "metrics": ref("metrics"), "logging": ref("logging"),
+        "metrics": ref("metrics"), "logging": ref("logging"), "tracing": ref("tracing"),
     }, (), "Process-wide settings."),
+    "tracing": ({
+        "otlpEndpoint": {"type": "string", "pattern": "^https?://", "description": "the OTLP/HTTP collector, e.g. http://localhost:4318"},
+        "otlpProtocol": one_of("http"), "path": {"type": "string", "pattern": "^/", "description": "default /v1/traces"},
+        "headers": map_of(text(), "headers sent with each export (credentials, say)"),
+        "randomSampling": SHARE, "clientSampling": SHARE,
+    }, ("otlpEndpoint",), "Spans over OTLP/HTTP."),
     "database": ({"url": {"type": "string", "pattern": "^(sqlite|postgresql|postgres)://", "description": "where budgets are kept"}}, ("url",), "Shared budget store."),
     "metrics": ({"fields": ref("fields")}, (), "Extra metric labels."),
     "logging": ({"fields": ref("fields")}, (), "Extra access-log fields."),

@@ -14,7 +14,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "config": frozenset({
         "enableIpv6", "localXdsPath", "caAddress", "caAuthToken", "xdsAddress", "xdsAuthToken", "namespace",
         "gateway", "trustDomain", "serviceAccount", "clusterId", "network", "connectionTerminationDeadline",
-        "connectionMinTerminationDeadline", "workerThreads", "tracing", "backend", "hbone",
+        "connectionMinTerminationDeadline", "workerThreads", "backend", "hbone",
         "session", "dns",
     }),
     "bind": frozenset({"tunnelProtocol"}),
@@ -38,5 +38,6 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "fields": frozenset({"remove"}),
     "backendTLS": frozenset({"cert", "key", "insecure", "insecureHost", "alpn", "subjectAltNames", "keyExchangeGroups", "spiffe"}),
     "transformations": frozenset({"response"}),
+    "tracing": frozenset({"fields"}),
     "requestTransform": frozenset({"body"}),
 }

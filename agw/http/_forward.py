@@ -64,9 +64,8 @@ _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
 }
 
 
-def _authorization(request: Request) -> str | None:
-    value = request.getHeader(b"authorization")
-    return value.decode("latin-1") if value is not None else None
+def _header(request: Request, name: bytes) -> str | None:
+    return value.decode("latin-1") if (value := request.getHeader(name)) is not None else None
 
 
 def _tls_failed(error: Exception) -> str | None:
@@ -122,7 +121,7 @@ class HTTPForwarder(Resource):
         exchange = self._exchange(request)
         keys = self._context.keys
         try:
-            key = keys.authenticate(presented_key(_authorization(request))) if keys is not None else None
+            key = keys.authenticate(presented_key(_header(request, b"authorization"))) if keys is not None else None
             exchange.who = self._context.attribute(key) if keys is not None else None
             self._check_budgets(request, exchange.who.name if exchange.who is not None else None)
             body = self._request_body(request, exchange)
@@ -136,7 +135,7 @@ class HTTPForwarder(Resource):
             return self._answer(request, refused.status, refused.message, refused.code, error_type, exchange)
 
         url = self._context.target.url(path, query)
-        pending = self._client.request(method, url, self._headers(request), body)
+        pending = self._client.request(method, url, self._headers(request, exchange.span.traceparent), body)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
         timed_out: list[bool] = []
@@ -219,7 +218,9 @@ class HTTPForwarder(Resource):
 
     def _exchange(self, request: Request) -> HTTPExchange:
         operation = self._parsed[1] if self._parsed else None
-        return HTTPExchange(request.path, self._reactor.seconds(), operation, client=peer_address(request.getClientAddress()))
+        now, method = self._reactor.seconds(), request.method.decode("ascii", "replace")
+        span = self._context.spans.start(method, now, _header(request, b"traceparent"))
+        return HTTPExchange(request.path, now, operation, client=peer_address(request.getClientAddress()), span=span)
 
     def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
         """The body to send upstream; notes the request model (and stream usage injection) on C{exchange}."""
@@ -263,7 +264,7 @@ class HTTPForwarder(Resource):
         exchange.request_model = model if isinstance(model, str) else None
         return BytesBodyProducer(data)
 
-    def _headers(self, request: Request) -> Headers:
+    def _headers(self, request: Request, traceparent: str | None = None) -> Headers:
         client = [
             (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, values in request.requestHeaders.getAllRawHeaders()
@@ -277,6 +278,8 @@ class HTTPForwarder(Resource):
         for name, value in headers:
             result.addRawHeader(name, value)
         result.setRawHeaders(b"host", [self._context.target.authority.encode("ascii")])
+        if traceparent is not None:  # agw's span is the provider's parent
+            result.setRawHeaders(b"traceparent", [traceparent.encode("ascii")])
         return result
 
     def _watcher(self, response: IResponse, report: UsageReport) -> Watcher | None:

@@ -41,6 +41,18 @@ def cost_fields(cost: Cost | None) -> dict[str, Any]:
     return {"agw.ai.usage.cost.total": float(cost.total), "agw.ai.usage.cost.status": cost.status}
 
 
+def model_fields(models: ModelLabels | None) -> dict[str, Any]:
+    """OpenTelemetry's C{gen_ai.*} names of the operation, provider and models (nothing for C{None})."""
+    if models is None:
+        return {}
+    return {
+        "gen_ai.operation.name": models.operation,
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": models.request_model,
+        "gen_ai.response.model": models.response_model,
+    }
+
+
 def peer_address(peer: IAddress | None) -> str | None:
     """agentgateway's C{src.addr}: C{host:port}, IPv6 hosts in brackets; C{None} for other transports."""
     host, port = getattr(peer, "host", None), getattr(peer, "port", None)
@@ -72,13 +84,7 @@ class AccessLog:
         if self._stream is None:
             return
         record: dict[str, Any] = {"event": event, "time": round(self._clock(), 6), "route": route.route, "listener": route.listener, "bind": route.bind}
-        if models is not None:
-            record.update({
-                "gen_ai.operation.name": models.operation,
-                "gen_ai.provider.name": "openai",
-                "gen_ai.request.model": models.request_model,
-                "gen_ai.response.model": models.response_model,
-            })
+        record.update(model_fields(models))
         record.update(self._fields)
         record.update(fields)
         line = self.format(record)

@@ -10,10 +10,11 @@ from typing import Any
 
 from attrs import define
 
-from agw.metering._accesslog import AccessLog, cost_fields, duration_fields, usage_fields
+from agw.metering._accesslog import AccessLog, cost_fields, duration_fields, model_fields, usage_fields
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
+from agw.metering._spans import NO_SPAN, Span, span_name
 from agw.metering._usage import TokenUsage
 
 
@@ -40,6 +41,8 @@ class HTTPExchange:
     who: Attribution | None = None
     # The client's TCP address (agentgateway's src.addr), if it has one.
     client: str | None = None
+    # This request's span (config.tracing), ended by record().
+    span: Span = NO_SPAN
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
@@ -70,11 +73,17 @@ class HTTPExchange:
         priced = models is not None and usage is not None and 200 <= status < 300
         cost = metrics.record_tokens(route, models, usage, self.who) if priced else None  # type: ignore[arg-type]
         log.emit("http", route, models, **fields, **cost_fields(cost))
+        first = self.first_byte_at
+        if self.span is not NO_SPAN:
+            ttft = {"gen_ai.server.time_to_first_token": first - self.started} if first is not None and self.streamed else {}
+            self.span.end(
+                span_name(self.operation, self.request_model, fields["http.method"]), now,
+                {**fields, **model_fields(models), **cost_fields(cost), **ttft}, error=status >= 500,
+            )
         if governor is not None and usage is not None and priced:
             governor.charge(self.who.name if self.who is not None else None, cost, usage.input + usage.output)
         if models is None or not 200 <= status < 300:
             return
-        first = self.first_byte_at
         metrics.record_llm_timing(
             route, models, duration,
             time_to_first_token=(first - self.started) if first is not None and self.streamed else None,

@@ -10,13 +10,14 @@ from decimal import Decimal
 from typing import Any
 
 from agw.config import BudgetUnit
-from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, duration_fields, usage_fields
+from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, duration_fields, model_fields, usage_fields
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._ratelimit import RouteLimits
 from agw.metering._realtime_metrics import close_code_label
+from agw.metering._spans import NO_SPAN, Span, span_name
 from agw.metering._usage import AudioDuration, TokenUsage
 
 CLIENT_TO_UPSTREAM = "client_to_upstream"
@@ -40,8 +41,13 @@ class RealtimeSession:
         governor: Governor | None = None,
         limits: RouteLimits | None = None,
         request: Mapping[str, Any] | None = None,
+        span: Span = NO_SPAN,
     ) -> None:
         self._metrics = metrics
+        self._span = span  # the session's (config.tracing); each response is a child
+        self._asked_at: list[float] = []  # when unacknowledged response.create events came, oldest first
+        self._response_started_at: dict[str | None, float] = {}
+        self._last_ttft: float | None = None
         # The upgrade request (src.addr, http.path), for the session's record.
         self._request = dict(request or {})
         self._governor = governor
@@ -93,12 +99,25 @@ class RealtimeSession:
         self._metrics.realtime.sessions.labels(*labels).dec()
         self._metrics.realtime.session_duration.labels(*labels).observe(duration)
         self._metrics.realtime.closes.labels(*self._route.values(), close_code_label(close_code)).inc()
-        self._log.emit(
-            "realtime.session", self._route, self._models(CHAT),
-            **{**self._request, **duration_fields(duration), "websocket.close_code": close_code, "agw.responses": self.responses,
-               "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
-               **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()},
-               "agw.session.cost_usd": float(self.cost), "agw.responses_refused": self.responses_refused, **self._who},
+        fields = {
+            **self._request, **duration_fields(duration), "websocket.close_code": close_code, "agw.responses": self.responses,
+            "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
+            **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()},
+            "agw.session.cost_usd": float(self.cost), "agw.responses_refused": self.responses_refused, **self._who,
+        }
+        self._log.emit("realtime.session", self._route, self._models(CHAT), **fields)
+        self._span.end(f"realtime {self.request_model or ''}".strip(), self._clock(), {**model_fields(self._models(CHAT)), **fields})
+
+    @property
+    def traceparent(self) -> str | None:
+        """The session span's W3C C{traceparent}, for the upstream handshake (C{None}: not traced)."""
+        return self._span.traceparent
+
+    def handshake_refused(self, status: int) -> None:
+        """The client's handshake was answered C{status}: the session never opened."""
+        self._span.end(
+            f"realtime {self.request_model or ''}".strip(), self._clock(), {**self._request, "http.response.status_code": status},
+            error=status >= 500,
         )
 
     def relayed(self, direction: str, size: int) -> None:
@@ -146,12 +165,16 @@ class RealtimeSession:
                 del self._requested_ids[next(iter(self._requested_ids))]
         if self._ttft_from is None:
             self._ttft_from = self._clock()
+        if len(self._asked_at) < _MAX_REQUESTED_IDS:
+            self._asked_at.append(self._clock())
 
     def request_failed(self, event_id: str) -> None:
         """The provider answered a client event with an error: if it was a C{response.create}, no response comes."""
         if event_id in self._requested_ids:
             del self._requested_ids[event_id]
             self.responses_requested = max(0, self.responses_requested - 1)
+            if self._asked_at:
+                self._asked_at.pop()
 
     @property
     def awaiting_usage(self) -> bool:
@@ -165,6 +188,7 @@ class RealtimeSession:
     def first_delta(self) -> None:
         if self._ttft_from is not None:
             elapsed, self._ttft_from = self._clock() - self._ttft_from, None
+            self._last_ttft = elapsed
             labels = self._metrics.model_values(self._models(CHAT)) + self._route.values()
             self._metrics.time_to_first_token.labels(*labels).observe(elapsed)
 
@@ -222,9 +246,14 @@ class RealtimeSession:
         self.responses_requested = max(0, self.responses_requested - 1)
         if not self.responses_requested:
             self._requested_ids.clear()  # every request answered
+            self._asked_at = self._asked_at[:1]
         self.responses_in_progress += 1
         if response_id is not None:
             self.in_flight[response_id] = None
+        # A response's span starts at the response.create it answers (now, if the server started it).
+        started = self._asked_at.pop(0) if self._asked_at else self._clock()
+        if len(self._response_started_at) < _MAX_REQUESTED_IDS:
+            self._response_started_at[response_id] = started
         return refused
 
     def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None:
@@ -233,9 +262,13 @@ class RealtimeSession:
             self.in_flight.pop(response_id, None)
         self.responses += 1
         cost = self.tokens_used(CHAT, usage) if usage is not None else None
-        self._log.emit(
-            "realtime.response", self._route, self._models(CHAT), status=status, **usage_fields(usage),
-            **cost_fields(cost), **self._who,
+        fields = {"status": status, **usage_fields(usage), **cost_fields(cost), **self._who}
+        self._log.emit("realtime.response", self._route, self._models(CHAT), **fields)
+        now = self._clock()
+        ttft, self._last_ttft = self._last_ttft, None
+        self._span.child(
+            span_name(CHAT, self.request_model, CHAT), self._response_started_at.pop(response_id, now), now,
+            {**model_fields(self._models(CHAT)), **fields, **({"gen_ai.server.time_to_first_token": ttft} if ttft is not None else {})},
         )
 
     def tokens_used(self, operation: str, usage: TokenUsage) -> Cost:

@@ -138,9 +138,10 @@ class RealtimeRelay:
             exhausted = context.governor.blocking(who.name)
             if exhausted is not None:
                 raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
+        span = context.spans.start("realtime", self._reactor.seconds(), request.headers.get("traceparent"))
         return RealtimeSession(
             context.metrics, context.labels, model, self._reactor.seconds, context.access_log, who, context.governor,
-            context.limits, request={"src.addr": peer_address(peer), "http.method": "GET", "http.path": request.path},
+            context.limits, request={"src.addr": peer_address(peer), "http.method": "GET", "http.path": request.path}, span=span,
         )
 
     def handshake_refused(self, status: int) -> None:
@@ -161,6 +162,8 @@ class RealtimeRelay:
         url = self._context.target.url(split.path, split.query, websocket=True)
         peer = getattr(request_peer, "host", None)
         headers = handshake_headers(request.headers, request.protocols, self._context.policies, peer)
+        if session.traceparent is not None:  # the session's span is the provider's parent
+            headers = {**headers, "traceparent": session.traceparent}
         factory = UpstreamFactory(url, headers=headers, useragent=None)
         factory.setProtocolOptions(
             maxMessagePayloadSize=self.options.max_message_size,

@@ -132,6 +132,8 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         if answer is None or answer.status != code:
             answer = HandshakeAnswer.error(code, reason, reason, "handshake_failed")
         self.factory.relay.handshake_refused(answer.status)
+        if self.session is not None:
+            self.session.handshake_refused(answer.status)
         head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
         head += [f"{name}: {value}" for name, value in answer.headers]
         head += [f"Content-Length: {len(answer.body)}", "Connection: close", "", ""]

@@ -11,6 +11,7 @@ from attrs import frozen
 from agw.config import ClientKey, Policies
 from agw.metering import (
     NO_ACCESS_LOG,
+    NO_SPANS,
     AccessLog,
     Attribution,
     Attributor,
@@ -18,6 +19,7 @@ from agw.metering import (
     Governor,
     RouteLabels,
     RouteLimits,
+    SpanSink,
 )
 from agw.routing._apikey import KeyCheck
 from agw.routing._backend import BackendTarget
@@ -48,6 +50,8 @@ class RouteContext:
     limits: RouteLimits | None = None
     # Who a client key's caller is, as metrics and logs say it (config.metrics/logging.fields.add).
     attributor: Attributor | None = None
+    # Where spans go (config.tracing).
+    spans: SpanSink = NO_SPANS
 
     def attribute(self, key: ClientKey | None) -> Attribution:
         """The L{Attribution} of a caller with C{key} (C{None}: anonymous)."""

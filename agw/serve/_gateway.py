@@ -17,6 +17,7 @@ from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_con
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
+    NO_SPANS,
     AccessLog,
     Attributor,
     BudgetLedger,
@@ -24,6 +25,7 @@ from agw.metering import (
     Governor,
     RouteLabels,
     RouteLimits,
+    SpanSink,
     catalog_for,
 )
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
@@ -48,6 +50,15 @@ def governor_for(config: GatewayConfig, reactor: Any, on_change: Any = None) -> 
     if config.database_url is None or not any(key.budgets for key in keys):
         return None
     return Governor(keys, BudgetLedger(config.database_url.value, reactor), reactor, on_change=on_change)
+
+
+def spans_for(config: GatewayConfig) -> SpanSink:
+    """Where C{config}'s spans go: OTLP (C{config.tracing}), or nowhere."""
+    if config.tracing is None:
+        return NO_SPANS
+    from agw.tracing import OTelSpans
+
+    return OTelSpans(config.tracing)
 
 
 class CurrentBind(Resource):
@@ -113,6 +124,7 @@ class Gateway:
         self.http_client = UpstreamClient(reactor, http_options)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
         self.governor = governor_for(config, reactor, self.metrics.record_budget)
+        self.spans = spans_for(config)
         # Governors replaced by a reload: sessions opened before still charge them until they stop.
         self.retired_governors: list[Governor] = []
         self._slots: dict[int, SessionSlots] = {}  # one session count per bind, across reloads
@@ -217,7 +229,7 @@ class Gateway:
             self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None, self.governor,
             RouteLimits(route.policies.rate_limits, self.reactor.seconds, self.rate_limit_share)
             if route.policies.rate_limits else None,
-            self.attributor,
+            self.attributor, self.spans,
         )
         built: dict[RouteType, IResource] = {}
 

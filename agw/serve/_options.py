@@ -119,6 +119,11 @@ def check_files(config: GatewayConfig) -> None:
         catalog_for(config.model_catalog)
     except CatalogError as e:
         raise ConfigError("config.modelCatalog", str(e)) from None
+    if config.tracing is not None:
+        from agw.tracing import tracing_available
+
+        if not tracing_available():
+            raise ConfigError("config.tracing", "needs the OpenTelemetry SDK: pip install 'agw[tracing]'")
 
 
 def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:

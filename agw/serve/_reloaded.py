@@ -41,6 +41,7 @@ def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> tuple[str, .
             ("config.readinessAddr", old.readiness_addr, new.readiness_addr),
             ("config.adminAddr", old.admin_addr, new.admin_addr),
             ("config.workers", old.workers, new.workers),
+            ("config.tracing", old.tracing, new.tracing),
         ) if before != after
     )
 

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succ
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
@@ -40,6 +41,8 @@ class Servable(Protocol):
     metrics: GatewayMetrics
     http_options: HTTPOptions
     governor: Governor | None
+    retired_governors: list[Governor]
+    spans: Any
 
     def resource(self, port: int | None = None) -> IResource: ...
 
@@ -291,6 +294,10 @@ class GatewayService(MultiService):
         yield DeferredList([listener.stopService() for listener in self.binds.values()])
         yield self.gateway.drain(self.drain_period)
         yield MultiService.stopService(self)
+        shutdown = getattr(self.gateway.spans, "shutdown", None)
+        if shutdown is not None:  # flush queued spans; it blocks, so in a thread
+            reactor = self.gateway.reactor
+            yield deferToThreadPool(reactor, reactor.getThreadPool(), shutdown)
         for governor in (self.gateway.governor, *self.gateway.retired_governors):
             if governor is not None:
                 governor.stop()
