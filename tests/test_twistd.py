@@ -7,6 +7,7 @@ chat completion through it, the metric on /metrics, SIGTERM, exit 0.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -170,6 +171,12 @@ class ValidateOnlyTests(TestCase):
 
 class DemoTests(TestCase):
     """C{twistd -n agw -f config.yaml --demo}, as the README says, on a machine without an OpenAI key."""
+
+    def test_readmes_first_command_is_the_demo(self) -> None:
+        with open(os.path.join(REPO, "README.md")) as f:
+            first = re.findall(r"```sh\n(.*?)\n```", f.read(), re.S)[0]
+        self.assertTrue(first.endswith("pip install . && twistd -n agw -f config.yaml --demo"), first)
+        self.assertNotIn("OPENAI_API_KEY", first)  # the one command needs no key
 
     @inlineCallbacks
     def test_demo_counts_tokens_without_a_key(self) -> Any:
