@@ -7,10 +7,11 @@ C{--workers}, and live reload (L{ConfigReloader}). The top layer: it may import 
 
 from agw.serve._admin import MetricsResource, ReadinessResource, readiness_root, stats_root
 from agw.serve._gateway import Gateway
+from agw.serve._listening import ListeningService
 from agw.serve._options import Options, gateway_from_options
 from agw.serve._reload import ConfigReloader
 from agw.serve._reloaded import Reloaded, ReloadRefused
-from agw.serve._service import GatewayService, ListeningService
+from agw.serve._service import GatewayService
 from agw.serve._site import GatewayRequest, GatewaySite
 from agw.serve._tap import makeService
 

@@ -1,37 +1,25 @@
 """
 The gateway as a Twisted service: one listener per bind, plus the stats
-and readiness listeners, stopped cleanly.
+and readiness listeners (L{agw.serve._listening}), reloaded in place and
+stopped cleanly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
 
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
 from agw.metering import GatewayMetrics, Governor
-from agw.serve._admin import admin_root, readiness_root, stats_root
+from agw.serve._listening import ListeningService, admin_listeners, budgets_listener, make_site
 from agw.serve._reloaded import Reloaded, ReloadRefused
-from agw.serve._reuseport import ReusePortServerEndpoint
-from agw.serve._site import GatewaySite
-
-# Idle HTTP connections are dropped after this long (twisted.web's default
-# is 12 hours, an invitation to slowloris).
-HTTP_IDLE_TIMEOUT = 60.0
-
 
 class Servable(Protocol):
     """What a L{GatewayService} serves: a L{agw.serve.Gateway}."""
@@ -49,127 +37,6 @@ class Servable(Protocol):
     def drain(self, period: float) -> Deferred[None]: ...
 
     def reload(self, config: GatewayConfig) -> Reloaded: ...
-
-
-def bind_host(host: str) -> str:
-    """The address to bind for C{host}: C{localhost} is IPv4 loopback."""
-    return "127.0.0.1" if host == "localhost" else host
-
-
-class ListeningService(Service):
-    """Listens on one address while running; C{port} is the bound port."""
-
-    log = Logger()
-
-    def __init__(
-        self, reactor: object, address: Address, factory: IProtocolFactory, label: str, reuse_port: bool = False,
-    ) -> None:
-        self._reactor = reactor
-        self.address = address
-        self.factory = factory
-        self.label = label
-        self._reuse_port = reuse_port
-        self.port: IListeningPort | None = None
-        self._listening: Deferred[IListeningPort] | None = None
-
-    def _endpoint(self) -> IStreamServerEndpoint:
-        host = bind_host(self.address.host)
-        if self._reuse_port:
-            return ReusePortServerEndpoint(self._reactor, self.address.port, host)  # type: ignore[arg-type]
-        if ":" in host:
-            return TCP6ServerEndpoint(self._reactor, self.address.port, interface=host)  # type: ignore[arg-type]
-        return TCP4ServerEndpoint(self._reactor, self.address.port, interface=host)  # type: ignore[arg-type]
-
-    def privilegedStartService(self) -> None:
-        """
-        Under twistd: listen now, before the reactor runs (and before
-        privileges are shed). A port that cannot be bound stops twistd at
-        once with one line and a non-zero exit status.
-        """
-        super().privilegedStartService()
-        if self._listening is not None:
-            return  # listening already (a bind a reload added: MultiService.addService starts it again)
-        outcome: list[object] = []
-        self._endpoint().listen(self.factory).addBoth(outcome.append)  # TCP endpoints listen synchronously
-        if outcome and isinstance(outcome[0], Failure):
-            error = outcome[0].value
-            reason = getattr(error, "socketError", None) or error  # CannotListenError repeats the address
-            raise SystemExit(f"agw: {self.label} cannot listen on {self.address.host}:{self.address.port}: {reason}")
-        if outcome:
-            self._listening = succeed(self._listened(outcome[0]))  # type: ignore[arg-type]
-
-    def startService(self) -> None:
-        super().startService()
-        if self._listening is not None:
-            return  # listening since privilegedStartService
-        self._listening = self._endpoint().listen(self.factory)
-        self._listening.addCallback(self._listened)
-        # Embedded (no privileged start): a port that cannot be bound stops the reactor, with the reason logged.
-        self._listening.addErrback(self._failed)
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        self.log.info("{label} listening on {host}:{port}", label=self.label, host=self.address.host, port=port.getHost().port)
-        return port
-
-    def when_listening(self) -> Deferred[IListeningPort]:
-        """Fires with the port once listening; fails if it could not listen."""
-        assert self._listening is not None, "not started"
-        done: Deferred[IListeningPort] = Deferred()
-
-        def report(result: object) -> object:
-            if self.port is not None:
-                done.callback(self.port)
-            else:
-                done.errback(CannotListenError(self.address.host, self.address.port, None))
-            return result
-
-        self._listening.addBoth(report)
-        return done
-
-    def _failed(self, failure: object) -> None:
-        self.log.failure("{label} cannot listen on {host}:{port}", failure, label=self.label, host=self.address.host, port=self.address.port)
-        if getattr(self._reactor, "running", False):
-            self._reactor.stop()  # type: ignore[attr-defined]
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self.port = None
-        listening, self._listening = self._listening, None
-        if listening is None:
-            return succeed(None)
-        listening.addCallback(lambda port: port.stopListening() if port is not None else None)
-        return listening
-
-    @property
-    def listening(self) -> bool:
-        return self.port is not None
-
-
-def make_site(resource: IResource, reactor: object, options: HTTPOptions | None = None) -> Site:
-    """
-    A site for one of the gateway's listeners: idle connections time out,
-    no tracebacks are shown; request bodies within C{options}' limits.
-    """
-    if options is None:
-        site = GatewaySite(resource, reactor)
-    else:
-        site = GatewaySite(resource, reactor, options.max_request_body, options.max_buffered_bodies)
-    site.timeOut = HTTP_IDLE_TIMEOUT
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
-
-
-def admin_listeners(
-    parent: MultiService, reactor: object, config: GatewayConfig, registry: CollectorRegistry, is_ready: Callable[[], bool],
-) -> tuple[ListeningService, ListeningService]:
-    """The stats listener (C{/metrics} of C{registry}) and the readiness listener, as children of C{parent}."""
-    stats = ListeningService(reactor, config.stats_addr, make_site(stats_root(registry), reactor), "stats")
-    stats.setServiceParent(parent)
-    readiness = ListeningService(reactor, config.readiness_addr, make_site(readiness_root(is_ready), reactor), "readiness")
-    readiness.setServiceParent(parent)
-    return stats, readiness
 
 
 class GatewayService(MultiService):
@@ -210,10 +77,7 @@ class GatewayService(MultiService):
         self.admin: ListeningService | None = None
         if admin and gateway.governor is not None:
             # adminAddr serves the budgets' read-out (only when there are budgets to show).
-            self.admin = ListeningService(
-                reactor, config.admin_addr, make_site(admin_root(gateway.governor, reactor), reactor), "admin",
-            )
-            self.admin.setServiceParent(self)
+            self.admin = budgets_listener(self, reactor, None, gateway.governor, config.admin_addr)
 
     def _bind_listener(self, config_port: int, resource: IResource) -> ListeningService:
         reuse = self._reuse_ports
@@ -264,8 +128,10 @@ class GatewayService(MultiService):
             self.binds.pop(port).disownServiceParent()
         if reloaded.new_governor is not None:
             self._start_governor(reloaded.new_governor)
-            if self.admin is not None:
-                self.admin.factory.resource = admin_root(reloaded.new_governor, self.gateway.reactor)  # type: ignore[attr-defined]
+            if self.stats is not None:  # the process that serves adminAddr
+                self.admin = budgets_listener(
+                    self, self.gateway.reactor, self.admin, reloaded.new_governor, self.gateway.config.admin_addr,
+                )
         return reloaded
 
     def is_ready(self) -> bool:

@@ -64,6 +64,8 @@ def die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # SIGHUP means "reload" (from the pool); until the reloader takes it over, it must not kill a starting worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     options = WorkerOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)

@@ -37,11 +37,10 @@ from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
 from agw.metering import Governor
-from agw.serve._admin import admin_root
 from agw.serve._gateway import governor_for
+from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener
 from agw.serve._reloaded import Reloaded, ReloadRefused, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
-from agw.serve._service import ListeningService, admin_listeners, bind_host, make_site
 from agw.serve._worker import CONTROL_FD, READY
 from agw.serve._workermetrics import (
     METRICS_DIR_PREFIX,
@@ -177,11 +176,7 @@ class WorkerPool(MultiService):
             return None
         if self.running:
             governor.start().addErrback(lambda failure: self.log.failure("reading budgets failed", failure))
-        if self.admin is not None:
-            self.admin.factory.resource = admin_root(governor, self.reactor)  # type: ignore[attr-defined]
-        else:
-            self.admin = ListeningService(self.reactor, self.config.admin_addr, make_site(admin_root(governor, self.reactor), self.reactor), "admin")
-            self.admin.setServiceParent(self)
+        self.admin = budgets_listener(self, self.reactor, self.admin, governor, self.config.admin_addr)
         return governor
 
     def is_ready(self) -> bool:
