@@ -13,7 +13,9 @@ What is here:
    no fragmentation, nothing queued; everything else goes through Autobahn.
  - Reactor timers for Autobahn factories (L{use_reactor_timers}).
  - Small accessors: the raw bytes of a handshake answer, the UTF-8
-   validator of a protocol, whether a twisted.web request lost its client.
+   validator of a protocol, whether a twisted.web request lost its client,
+   whether a protocol is between frames (the frame pass-through takes over
+   there) and a way to hand it control frames.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ REACHES = (
     Reach(*_SERVER, "http_request_uri", "the raw request-target of the client's handshake"),
     Reach(*_PROTOCOL, "_batched_timer", "use_reactor_timers: every timeout is scheduled on factory._batched_timer"),
     Reach("twisted.web.http", "Request", "_disconnected", "request_disconnected: the client's connection is gone"),
+    Reach(*_PROTOCOL, "current_frame", "at_frame_boundary: the pass-through takes over between frames only"),
+    Reach(*_PROTOCOL, "inside_message", "at_frame_boundary: ... and between messages"),
+    Reach(*_PROTOCOL, "_dataReceived", "feed_autobahn: control frames go to Autobahn's own handling (ping, pong, close)"),
 )
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -212,6 +217,19 @@ def cancel_leftover_timers(protocol: Any) -> None:
 def handshake_bytes(protocol: Any) -> bytes:
     """What an Autobahn client protocol has received of the handshake answer so far."""
     return protocol.data  # type: ignore[no-any-return]
+
+
+def at_frame_boundary(protocol: Any) -> bool:
+    """Whether an open Autobahn protocol has no frame or message half read, nothing buffered, and no compression."""
+    return (
+        protocol.state == _OPEN and protocol.current_frame is None and not protocol.inside_message
+        and not protocol.data and protocol._perMessageCompress is None
+    )
+
+
+def feed_autobahn(protocol: Any, data: bytes) -> None:
+    """Let Autobahn's own frame processing read C{data} (whole frames, at a frame boundary)."""
+    protocol._dataReceived(data)
 
 
 def use_utf8_validator(protocol: Any, validator: Any) -> None:

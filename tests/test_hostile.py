@@ -43,6 +43,7 @@ class HostileInputTests(GatewayTestCase):
 
     @inlineCallbacks
     def test_invalid_utf8_closes_1007_others_unaffected(self) -> Any:
+        # Frames pass through unvalidated: the provider refuses them (1007), and agw passes that on.
         healthy = yield self.healthy_session()
         bad = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
         yield deferToThread(recv_event, bad)
@@ -50,7 +51,6 @@ class HostileInputTests(GatewayTestCase):
         code, _ = yield deferToThread(wait_closed, bad)
         self.assertEqual(code, 1007)
         yield wait_until(lambda: self.fake.closes)
-        self.assertEqual(self.fake.closes[0][0], 1011)
         yield self.assert_still_healthy(healthy)
 
     @inlineCallbacks
@@ -112,6 +112,22 @@ class HostileInputTests(GatewayTestCase):
         text = yield self.metrics_text()
         self.assertNotIn("QUERYX", text)
         self.assertIn('method="_OTHER"', text)
+
+
+class MessageRelayTests(GatewayTestCase):
+    """With --message-relay agw validates client text itself, as before the pass-through."""
+
+    relay_options = RelayOptions(pass_through=False)
+
+    @inlineCallbacks
+    def test_invalid_utf8_closes_1007_at_agw(self) -> Any:
+        bad = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        yield deferToThread(recv_event, bad)
+        yield deferToThread(bad.socket.sendall, invalid_utf8_frame())
+        code, _ = yield deferToThread(wait_closed, bad)
+        self.assertEqual(code, 1007)
+        yield wait_until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.closes[0][0], 1011)  # agw failed the client: the provider is told so
 
 
 class IdleDetectionTests(GatewayTestCase):

@@ -73,6 +73,16 @@ class CloseCodeTests(GatewayTestCase):
         self.assertEqual(closes, {"1000": 1.0, "4xxx": 2.0, "3xxx": 1.0})
 
     @inlineCallbacks
+    def test_provider_close_frame_then_tcp_gone_passes_its_code(self) -> Any:
+        """A provider that says why and hangs up without waiting for the reply: the client still learns why."""
+        ws = yield self.opened()
+        session = self.fake.sessions[0]
+        session.sendCloseFrame(code=4002, reasonUtf8=b"going away now", isReply=False)
+        session.transport.loseConnection()  # the close frame is written, then TCP ends: no handshake
+        code, reason = yield deferToThread(wait_closed, ws)
+        self.assertEqual((code, reason), (4002, "going away now"))
+
+    @inlineCallbacks
     def test_upstream_vanishing_closes_client_with_1011(self) -> Any:
         ws = yield self.opened()
         self.fake.sessions[0].transport.abortConnection()

@@ -41,6 +41,7 @@ from agw.metering._ratelimit import RouteLimits, TokenBucket
 from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.metering._spans import NO_SPAN, NO_SPANS, Span, SpanSink, span_name
 from agw.metering._usage import (
+    EVENT_HEAD,
     AudioDuration,
     TokenUsage,
     chat_completion_usage,
@@ -49,6 +50,7 @@ from agw.metering._usage import (
     decode_event,
     embeddings_usage,
     error_event_id,
+    leading_event_type,
     might_carry_usage,
     realtime_response_usage,
     realtime_transcription_usage,
@@ -67,6 +69,6 @@ __all__ = [
     "AccessLog", "AudioDuration", "CombinedAccessLog", "GatewayMetrics", "HTTPExchange", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
     "SSEWatcher", "TokenUsage", "UsageChunkRemover", "UsageExtractor", "UsageReport", "Watcher",
     "chat_completion_usage", "client_event_id", "client_event_type", "decode_event", "embeddings_usage",
-    "error_event_id", "might_carry_usage", "peer_address", "realtime_response_usage", "realtime_transcription_usage", "response_id",
+    "error_event_id", "EVENT_HEAD", "leading_event_type", "might_carry_usage", "peer_address", "realtime_response_usage", "realtime_transcription_usage", "response_id",
     "response_model", "responses_usage", "session_model", "session_transcription_model", "usage_fields",
 ]

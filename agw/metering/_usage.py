@@ -34,6 +34,7 @@ _INTERESTING_TYPES = frozenset(marker[1:-1] for marker in _MARKERS)
 # known from the head, and a 48 KB audio delta is not scanned five times.
 _LEADING_TYPE = re.compile(rb'\{\s*"type"\s*:\s*"([^"\\]*)"')
 _HEAD = 160
+EVENT_HEAD = _HEAD  # how much of an event leading_event_type needs
 
 MODALITIES = ("text", "audio", "image")
 
@@ -60,16 +61,22 @@ class AudioDuration:
     seconds: float
 
 
-def might_carry_usage(payload: bytes) -> bool:
+def might_carry_usage(payload: bytes, start: int = 0) -> bool:
     """
-    Cheap pre-filter for Realtime server events: C{False} means the message
-    certainly matters neither for usage nor for the session model, so it need
-    not be decoded.
+    Cheap pre-filter for Realtime server events (the one in C{payload} from
+    C{start}): C{False} means the message certainly matters neither for
+    usage nor for the session model, so it need not be decoded.
     """
-    leading = _LEADING_TYPE.match(payload, 0, _HEAD)
+    leading = _LEADING_TYPE.match(payload, start, start + _HEAD)
     if leading is not None:
         return leading.group(1) in _INTERESTING_TYPES
-    return any(marker in payload for marker in _MARKERS)
+    return any(payload.find(marker, start) != -1 for marker in _MARKERS)
+
+
+def leading_event_type(head: bytes) -> str | None:
+    """The C{type} of an event that starts with it (as OpenAI's SDKs write them), from its first bytes; else C{None}."""
+    leading = _LEADING_TYPE.match(head, 0, _HEAD)
+    return leading.group(1).decode("utf-8", "replace") if leading is not None else None
 
 
 def client_event_type(payload: bytes) -> str | None:
@@ -79,9 +86,9 @@ def client_event_type(payload: bytes) -> str | None:
     otherwise the whole message is decoded, so a client that writes
     C{"type"} last is not missed.
     """
-    leading = _LEADING_TYPE.match(payload, 0, _HEAD)
+    leading = leading_event_type(payload)
     if leading is not None:
-        return leading.group(1).decode("utf-8", "replace")
+        return leading
     event = decode_event(payload)
     kind = event.get("type") if event is not None else None
     return kind if isinstance(kind, str) else None

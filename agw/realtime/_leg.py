@@ -13,6 +13,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from agw._internals import LeanMessages, cancel_leftover_timers, use_utf8_validator
+from agw.realtime._passthrough import PassThrough
 from agw.realtime._utf8 import DecoderUtf8Validator
 from agw.routing import ConnectionTracker
 
@@ -88,10 +89,11 @@ class PauseOnly:
         pass
 
 
-class RelayLeg(LeanMessages):
+class RelayLeg(PassThrough, LeanMessages):
     """
     Mixin for one half of a relay (an Autobahn protocol): holds the partner,
-    forwards whole messages, and closes the partner the way this leg closed.
+    forwards frames as they came (L{PassThrough}) or whole messages, and
+    closes the partner the way this leg closed.
     """
 
     log = LegLogger()
@@ -138,6 +140,9 @@ class RelayLeg(LeanMessages):
         reading from the opposite peer instead of filling our memory.
         """
         self.partner, other.partner = other, self
+        # Frames pass through unless compression is on (its frames differ per leg) or the relay says no.
+        enabled = all(getattr(leg.factory, "pass_through", True) for leg in (self, other))
+        self.pass_through = other.pass_through = enabled
         for consumer, producer in ((self.transport, other.transport), (other.transport, self.transport)):
             # twisted.web registered its HTTPChannel as the producer of a
             # taken-over transport; it has no say any more.

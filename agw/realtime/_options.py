@@ -30,6 +30,8 @@ class RelayOptions:
     max_fragments: int = 1024
     # Sessions (handshakes included) one bind serves at once; more: 503.
     max_sessions: int = 10_000
+    # Forward data frames as they came (False: unmask, validate and re-frame every message, as before).
+    pass_through: bool = True
 
 
 class SessionSlots:

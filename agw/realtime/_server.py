@@ -16,7 +16,15 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from agw.metering import CLIENT_TO_UPSTREAM, RealtimeSession, client_event_id, client_event_type
+from agw.metering import (
+    CLIENT_TO_UPSTREAM,
+    EVENT_HEAD,
+    RealtimeSession,
+    client_event_id,
+    client_event_type,
+    leading_event_type,
+)
+from agw.realtime._frames import BINARY, Frame
 from agw.realtime._leg import RelayLeg
 from agw.realtime._limit_events import limit_error_event
 from agw.realtime._options import RelayOptions, SessionSlots
@@ -169,6 +177,21 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         if creates:
             session.response_requested(client_event_id(payload))
 
+    def wants_whole(self, frame: Frame) -> bool:
+        # Governance reads response.create; a text event whose head does not say its type is read whole.
+        if frame.opcode == BINARY or self.session is None:
+            return False
+        kind = leading_event_type(frame.payload(EVENT_HEAD))
+        return kind is None or kind == RESPONSE_CREATE
+
+    def frame_relayed(self, frame: Frame, forwarded: bool) -> None:
+        session = self.session
+        if session is not None:
+            if forwarded:
+                session.relayed(CLIENT_TO_UPSTREAM, frame.size)
+            else:
+                session.dropped(CLIENT_TO_UPSTREAM)
+
     def connectionLost(self, reason: Any) -> None:
         self.factory.relay.slots.release(self)
         super().connectionLost(reason)
@@ -206,3 +229,4 @@ class RealtimeServerFactory(WebSocketServerFactory):
         self.tracker = relay.connections
         self.write_buffer_size = relay.options.write_buffer_size
         self.max_fragments = relay.options.max_fragments
+        self.pass_through = relay.options.pass_through

@@ -14,11 +14,12 @@ from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
 from agw._internals import handshake_bytes
-from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession
+from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession, might_carry_usage
+from agw.realtime._frames import BINARY, Frame
 from agw.realtime._leg import RelayLeg
 from agw.realtime._limit_events import limit_error_event
 from agw.realtime._refusal import Incomplete, parse_refusal
-from agw.realtime._usage_mixin import RealtimeUsageMixin
+from agw.realtime._usage_mixin import DELTA_HEAD, RealtimeUsageMixin
 from agw.routing import ConnectionTracker
 
 
@@ -77,6 +78,25 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
     def link(self, other: RelayLeg) -> None:
         super().link(other)
         self.transport.resumeProducing()
+
+    def wants_whole(self, frame: Frame) -> bool:
+        # Events that carry usage (or get agw's rate limits) are read whole; deltas and audio pass as they came.
+        if self.partner is None or self._draining is not None:
+            return True
+        if frame.opcode == BINARY:
+            return False
+        sink = self.usage_sink
+        if sink is not None and sink.awaiting_first_delta and b'delta"' in frame.raw[frame.start:frame.start + DELTA_HEAD]:
+            sink.first_delta()
+        return might_carry_usage(frame.raw, frame.start)
+
+    def frame_relayed(self, frame: Frame, forwarded: bool) -> None:
+        sink = self.usage_sink
+        if sink is not None:
+            if forwarded:
+                sink.relayed(UPSTREAM_TO_CLIENT, frame.size)
+            else:
+                sink.dropped(UPSTREAM_TO_CLIENT)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         payload = self.inspect_server_event(payload, isBinary)

@@ -25,7 +25,7 @@ from agw.metering import (
 
 # Deltas start with their type (OpenAI serialises "type" first); only the
 # head of a message is looked at, and only while a first token is awaited.
-_DELTA_HEAD = 96
+DELTA_HEAD = 96
 
 
 class UsageSink(Protocol):
@@ -70,7 +70,7 @@ class RealtimeUsageMixin:
         sink = self.usage_sink
         if sink is None or is_binary:
             return payload
-        if sink.awaiting_first_delta and b'delta"' in payload[:_DELTA_HEAD]:
+        if sink.awaiting_first_delta and b'delta"' in payload[:DELTA_HEAD]:
             sink.first_delta()
         if not might_carry_usage(payload):
             return payload

@@ -49,6 +49,7 @@ class Options(usage.Options):
         ["validate-only", None, "Load and check the config, print what agw would serve, and exit: 0 valid, 1 with the error."],
         ["demo", None, "Send every backend to agw.testing's fake OpenAI on loopback (no key, no network); one process."],
         ["no-watch", None, "Do not reload when the config file changes (SIGHUP still reloads)."],
+        ["message-relay", None, "Relay Realtime messages whole (unmask, validate UTF-8, re-frame) instead of passing frames through."],
     ]
 
     config_object: GatewayConfig
@@ -97,8 +98,9 @@ class Options(usage.Options):
         """These options (but C{--workers}) as command-line arguments, for worker processes."""
         values = {name: self[name] for name, *_ in Options.optParameters if name != "workers"}
         values["config"] = os.path.abspath(values["config"])
+        flags = ["--message-relay"] if self["message-relay"] else []
         # Workers reload when the pool signals them; only the pool watches the file.
-        return [f"--{name}={value}" for name, value in values.items()] + ["--no-watch"]
+        return [f"--{name}={value}" for name, value in values.items()] + flags + ["--no-watch"]
 
 
 def check_files(config: GatewayConfig) -> None:
@@ -146,6 +148,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         cancel_grace=options["cancel-grace"],
         max_sessions=options["max-sessions"],
         max_fragments=options["max-fragments"],
+        pass_through=not options["message-relay"],
     )
     return Gateway(
         options.config_object, relay_options=relay_options, http_options=http_options,

@@ -21,6 +21,7 @@ from agw.metering import GatewayMetrics, Governor
 from agw.serve._listening import ListeningService, admin_listeners, budgets_listener, make_site
 from agw.serve._reloaded import Reloaded, ReloadRefused
 
+
 class Servable(Protocol):
     """What a L{GatewayService} serves: a L{agw.serve.Gateway}."""
 

@@ -59,6 +59,11 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             self.sendData(b"%x;ext=1\r\n%s\r\n" % (len(piece), piece))
         self.sendData(b"0\r\nX-Trailer: t\r\n\r\n")
 
+    def dataReceived(self, data: bytes) -> None:
+        if self.factory.fake.record_wire and self.state == self.STATE_OPEN:
+            self.factory.fake.wire.append(data)
+        super().dataReceived(data)
+
     def onOpen(self) -> None:
         self.factory.fake.sessions.append(self)
         self.send_event("session.created", session=self.session())
@@ -276,4 +281,6 @@ class FakeRealtimeFactory(WebSocketServerFactory):
         self.fake = fake
         self.reactor = reactor
         use_reactor_timers(self, reactor)
-        self.setProtocolOptions(maxMessagePayloadSize=64 * MiB, maxFramePayloadSize=64 * MiB)
+        # failByDrop=False: on a protocol error (invalid UTF-8, say) the fake sends its close
+        # frame (1007...) before closing, as OpenAI does; Autobahn's default drops TCP unannounced.
+        self.setProtocolOptions(maxMessagePayloadSize=64 * MiB, maxFramePayloadSize=64 * MiB, failByDrop=False)

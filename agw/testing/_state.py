@@ -116,6 +116,9 @@ class FakeState:
         self.received_bytes = 0
         self.sessions: list[Any] = []  # FakeRealtimeProtocol
         self.closes: list[tuple[int | None, str | None]] = []
+        # With record_wire: the bytes each Realtime session received after its handshake, as they came.
+        self.record_wire = False
+        self.wire: list[bytes] = []
         # Keep each session's TCP connection open after the close handshake
         # until its release() (a provider slow to hang up).
         self.hold_tcp = False

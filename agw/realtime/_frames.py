@@ -1,0 +1,157 @@
+"""
+RFC 6455 frames as they arrive, for the pass-through: L{FrameReader} cuts
+a byte stream into whole frames, checking only their headers (opcode, FIN,
+RSV bits, length, masking) and the limits on message size and fragments.
+Payloads are neither unmasked nor validated; a L{Frame} keeps the bytes it
+came as, to be written on unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from attrs import frozen
+
+from agw._internals import mask_payload
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_DATA = frozenset({CONTINUATION, TEXT, BINARY})
+_CONTROL = frozenset({CLOSE, PING, PONG})
+_MAX_HEADER = 14  # 2 + 8 (64-bit length) + 4 (mask)
+_U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
+PROTOCOL_ERROR, TOO_BIG = 1002, 1009
+
+
+class FrameError(Exception):
+    """The peer broke the protocol or a limit: fail it with C{code}."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+@frozen
+class Frame:
+    """One whole frame: C{raw} is every byte of it as received; the payload starts at C{start}."""
+
+    fin: bool
+    opcode: int
+    mask: bytes | None
+    raw: bytes
+    start: int
+
+    @property
+    def size(self) -> int:
+        return len(self.raw) - self.start
+
+    def payload(self, limit: int | None = None) -> bytes:
+        """The payload (its first C{limit} bytes), unmasked."""
+        end = len(self.raw) if limit is None else min(len(self.raw), self.start + limit)
+        data = self.raw[self.start:end]
+        return mask_payload(self.mask, data) if self.mask is not None and data else data
+
+
+class FrameReader:
+    """
+    Frames from a stream. C{masked}: whether the peer must mask (a client
+    does, a server must not). C{max_message} (bytes, 0: none) and
+    C{max_fragments} (0: none) bound a message, checked as each header
+    arrives, before its payload is read.
+    """
+
+    def __init__(self, masked: bool, max_message: int = 0, max_fragments: int = 0) -> None:
+        self._masked = masked
+        self._max_message = max_message
+        self._max_fragments = max_fragments
+        # Unread bytes: _buffer from _pos, then _pending (joined only when a frame or header spans them).
+        self._buffer = b""
+        self._pos = 0
+        self._pending: list[bytes] = []
+        self._have = 0
+        self._need: int | None = None  # bytes of the frame at the front, once its header is read
+        self._head: tuple[bool, int, bytes | None, int] | None = None
+        self._in_message = False
+        self._message_size = 0
+        self._fragments = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The frames C{data} completes (raises L{FrameError})."""
+        if data:
+            self._pending.append(data)
+            self._have += len(data)
+        frames = []
+        while True:
+            if self._need is None and not self._read_header():
+                return frames
+            need, head = self._need, self._head
+            assert need is not None and head is not None
+            if self._have < need:
+                return frames
+            if len(self._buffer) - self._pos < need:
+                self._consolidate()
+            buffer, pos = self._buffer, self._pos
+            raw = buffer if pos == 0 and len(buffer) == need else buffer[pos:pos + need]
+            self._pos += need
+            self._have -= need
+            fin, opcode, mask, start = head
+            frames.append(Frame(fin, opcode, mask, raw, start))
+            self._need = self._head = None
+
+    def _consolidate(self) -> None:
+        self._buffer = self._buffer[self._pos:] + b"".join(self._pending)
+        self._pos = 0
+        self._pending = []
+
+    def _read_header(self) -> bool:
+        if self._have < 2:
+            return False
+        if len(self._buffer) - self._pos < _MAX_HEADER and self._pending:
+            self._consolidate()  # the header may span reads
+        head = self._buffer[self._pos:self._pos + _MAX_HEADER]
+        first, second = head[0], head[1]
+        fin, opcode, masked, length = bool(first & 0x80), first & 0x0F, bool(second & 0x80), second & 0x7F
+        start = 2
+        if length == 126:
+            if len(head) < 4:
+                return False
+            length, start = _U16.unpack_from(head, 2)[0], 4
+        elif length == 127:
+            if len(head) < 10:
+                return False
+            length, start = _U64.unpack_from(head, 2)[0], 10
+            if length >> 63:
+                raise FrameError(PROTOCOL_ERROR, "frame length has its most significant bit set")
+        mask = None
+        if masked:
+            if len(head) < start + 4:
+                return False
+            mask, start = head[start:start + 4], start + 4
+        self._check(fin, opcode, masked, first & 0x70, length)
+        self._need, self._head = start + length, (fin, opcode, mask, start)
+        return True
+
+    def _check(self, fin: bool, opcode: int, masked: bool, rsv: int, length: int) -> None:
+        if rsv:
+            raise FrameError(PROTOCOL_ERROR, "RSV bits set without a negotiated extension")
+        if masked != self._masked:
+            raise FrameError(PROTOCOL_ERROR, "unmasked client frame" if self._masked else "masked server frame")
+        if opcode in _CONTROL:
+            if not fin or length > 125:
+                raise FrameError(PROTOCOL_ERROR, "fragmented or oversized control frame")
+            return
+        if opcode not in _DATA:
+            raise FrameError(PROTOCOL_ERROR, f"reserved opcode {opcode}")
+        if opcode == CONTINUATION and not self._in_message:
+            raise FrameError(PROTOCOL_ERROR, "continuation frame outside a message")
+        if opcode != CONTINUATION and self._in_message:
+            raise FrameError(PROTOCOL_ERROR, "new message before the last one ended")
+        if opcode != CONTINUATION:
+            self._message_size = self._fragments = 0
+        self._message_size += length
+        self._fragments += 1
+        if self._max_message and self._message_size > self._max_message:
+            raise FrameError(TOO_BIG, f"received WebSocket message size {self._message_size} exceeds payload limit of {self._max_message} octets")
+        if self._max_fragments and self._fragments > self._max_fragments:
+            raise FrameError(TOO_BIG, f"received WebSocket message has more than {self._max_fragments} fragments")
+        self._in_message = not fin

@@ -1,0 +1,103 @@
+"""
+Frame pass-through for a relay leg: once both legs are open (and neither
+negotiated compression), data frames are forwarded as the bytes that
+arrived. A client's frames keep the client's own mask (they are valid
+client frames for the provider too); a provider's frames stay unmasked.
+Only frame headers are parsed (L{FrameReader}: boundaries, size and
+fragment limits). A message is taken whole, unmasked and handed to the
+leg's C{onMessage} (the message path) only when it can matter: the leg
+says which from the head of its first frame (L{PassThrough.wants_whole}),
+and fragmented messages always are. Control frames go to Autobahn, which
+answers pings and runs the close handshake as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from agw._internals import at_frame_boundary, feed_autobahn
+from agw.realtime._frames import BINARY, CLOSE, CONTINUATION, Frame, FrameError, FrameReader
+
+_OPEN, _CLOSED = WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSED
+_GROUND = WebSocketProtocol.SEND_STATE_GROUND
+
+
+class PassThrough:
+    """
+    Mixin for a relay leg (before Autobahn's protocol in the bases). The
+    relay sets C{pass_through} when it links two legs that can both use it;
+    the leg switches at the next frame boundary.
+    """
+
+    pass_through = False
+    _reader: FrameReader | None = None
+    _parts: list[bytes] | None = None  # the message being taken whole
+    _parts_binary = False
+
+    # Provided by the relay leg and Autobahn's protocol.
+    partner: Any
+    factory: Any
+    state: int
+    failedByMe: bool
+    maxMessagePayloadSize: int
+    onMessage: Any
+    _fail_connection: Any
+
+    def wants_whole(self, frame: Frame) -> bool:
+        """Whether the message this single-frame message starts must go through C{onMessage}."""
+        return True
+
+    def frame_relayed(self, frame: Frame, forwarded: bool) -> None:
+        """A message passed through as C{frame} (or was dropped: C{forwarded} false)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is None:
+            if not (self.pass_through and at_frame_boundary(self)):
+                super().dataReceived(data)  # type: ignore[misc]
+                return
+            reader = self._reader = FrameReader(
+                masked=bool(self.factory.isServer), max_message=self.maxMessagePayloadSize,
+                max_fragments=getattr(self.factory, "max_fragments", 0),
+            )
+        if self.failedByMe or self.state == _CLOSED:
+            return
+        try:
+            frames = reader.feed(data)
+        except FrameError as error:
+            self._fail_connection(error.code, error.reason)
+            return
+        for frame in frames:
+            if self.failedByMe or self.state == _CLOSED:
+                return
+            self._received(frame)
+
+    def _received(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode >= CLOSE:
+            feed_autobahn(self, frame.raw)  # whole control frame, at a frame boundary for Autobahn
+            return
+        if opcode != CONTINUATION:
+            self._parts_binary = opcode == BINARY
+            self._parts = [] if not frame.fin or self.wants_whole(frame) else None
+        if self._parts is None:
+            self.frame_relayed(frame, self.forward_frame(frame))
+            return
+        self._parts.append(frame.payload())
+        if frame.fin:
+            payload, self._parts = b"".join(self._parts), None
+            self.onMessage(payload, self._parts_binary)
+
+    def forward_frame(self, frame: Frame) -> bool:
+        """Write C{frame} to the partner as it came; C{False} if there is none or it is closing (dropped)."""
+        partner = self.partner
+        if partner is None or partner.state != _OPEN:
+            return False
+        if partner.send_state != _GROUND or partner.send_queue:
+            # Autobahn is sending a frame there in pieces: let it frame this message after it.
+            partner.sendMessage(frame.payload(), frame.opcode == BINARY)
+        else:
+            partner.transport.write(frame.raw)
+        return True
