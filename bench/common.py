@@ -81,6 +81,41 @@ def start_byte_relays(upstream_port: int) -> dict[str, tuple[subprocess.Popen, i
     return relays
 
 
+NGINX = """
+daemon off; worker_processes 1; pid {dir}/nginx.pid; error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/f;
+  uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;
+  upstream fake {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://fake; proxy_http_version 1.1; proxy_buffering off;
+      {location}
+    }}
+  }}
+}}
+"""
+# Keep-alive to the upstream for HTTP; the Upgrade handshake passed on for WebSocket.
+NGINX_HTTP = 'proxy_set_header Connection "";'
+NGINX_WEBSOCKET = 'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; proxy_read_timeout 1h;'
+
+
+def start_nginx(upstream: int, websocket: bool = False) -> tuple[subprocess.Popen, int] | None:
+    """nginx (one worker, Debian's nginx-light) proxying to the fake, with a generated config; C{None} if not installed."""
+    if shutil.which("nginx") is None:
+        return None
+    directory, port = tempfile.mkdtemp(prefix="agw-bench-nginx-"), free_port()
+    os.chmod(directory, 0o777)  # nginx's worker drops root
+    with open(os.path.join(directory, "nginx.conf"), "w") as f:
+        f.write(NGINX.format(dir=directory, upstream=upstream, port=port, location=NGINX_WEBSOCKET if websocket else NGINX_HTTP))
+    proc = subprocess.Popen(["nginx", "-p", directory, "-c", os.path.join(directory, "nginx.conf")])
+    wait_port(port)
+    return proc, port
+
+
 def start_agw(upstream_port: int, *args: str) -> tuple[subprocess.Popen, int, int]:
     """twistd -n agw with the repo's config.yaml pointed at the fake; (process, port, stats port)."""
     with open(os.path.join(REPO, "config.yaml")) as f:

@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, children, cpu_seconds, free_port, machine, result_path, start_agw, start_fake, wait_port  # noqa: E402
+from common import HERE, children, cpu_seconds, free_port, machine, result_path, start_agw, start_fake, start_nginx, wait_port  # noqa: E402
 
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one word."}]}'
 STREAM_BODY = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
@@ -40,23 +40,6 @@ wrk.method = "POST"
 wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-client"
-"""
-NGINX = """
-daemon off; worker_processes 1; pid {dir}/nginx.pid; error_log {dir}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/f;
-  uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;
-  upstream fake {{ server 127.0.0.1:{upstream}; keepalive 32; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://fake; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off;
-    }}
-  }}
-}}
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -94,18 +77,6 @@ def first_byte_ms(port: int, count: int) -> float:
             while not received.endswith(b"0\r\n\r\n"):  # the rest of the chunked body
                 received += sock.recv(65536)
     return statistics.median(times) * 1e3
-
-
-def start_nginx(upstream: int) -> tuple[subprocess.Popen, int] | None:
-    if shutil.which("nginx") is None:
-        return None
-    directory, port = tempfile.mkdtemp(prefix="agw-bench-nginx-"), free_port()
-    os.chmod(directory, 0o777)  # nginx's worker drops root
-    with open(os.path.join(directory, "nginx.conf"), "w") as f:
-        f.write(NGINX.format(dir=directory, upstream=upstream, port=port))
-    proc = subprocess.Popen(["nginx", "-p", directory, "-c", os.path.join(directory, "nginx.conf")])
-    wait_port(port)
-    return proc, port
 
 
 def pids_of(proc: subprocess.Popen) -> list[int]:

@@ -2,11 +2,16 @@
 The Realtime relay, direct to the fake upstream vs through agw (twistd, one
 process), in one run:
 
+- direct, nginx (Debian's nginx-light, one worker, a generated WebSocket
+  proxy config), socat, a Twisted TCP relay, agw (frame pass-through) and
+  agw --message-relay (every message unmasked, validated and re-framed: the
+  path before the pass-through), interleaved rounds;
 - round trip of a small event on one session (p50/p99, 2,000 round trips);
 - messages/s with 8 sessions x 16 in flight;
 - input_audio_buffer.append MB/s with 48 KB chunks on one session;
-- agw RSS per idle session with --idle sessions open;
-- agw CPU per message (from /proc);
+- RSS per idle session with --idle sessions open (agw, and nginx's worker);
+- CPU per relayed message of agw and nginx (user+system time from /proc, as
+  getrusage counts it for another process);
 - the same through two byte relays (socat if installed, and a Twisted TCP
   relay): the floor any relay pays on this machine (--no-floors skips them);
 - then the completions figures of bench/http_bench.py (needs wrk; --no-http
@@ -35,7 +40,18 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_seconds, machine, result_path, rss_kib, run_on_reactor, start_agw, start_byte_relays, start_fake  # noqa: E402
+from common import (  # noqa: E402
+    children,
+    cpu_seconds,
+    machine,
+    result_path,
+    rss_kib,
+    run_on_reactor,
+    start_agw,
+    start_byte_relays,
+    start_fake,
+    start_nginx,
+)
 
 ECHO = json.dumps({"type": "test.echo", "event_id": "evt_bench", "n": 1}).encode()
 APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (48 * 1024)}).encode()
@@ -149,30 +165,49 @@ def median_run(runs: list[Any]) -> Any:
     return out
 
 
+def pids(process: subprocess.Popen) -> list[int]:
+    """A server's processes (nginx's master and worker)."""
+    return [process.pid, *children(process.pid)]
+
+
 @defer.inlineCallbacks
 def run(args: argparse.Namespace) -> Any:
     fake, fake_port = start_fake()
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
     gateway, port, _ = start_agw(fake_port)
+    servers["agw"] = (gateway, port)
+    old, old_port, _ = start_agw(fake_port, "--message-relay")
+    servers["agw --message-relay"] = (old, old_port)
+    nginx = start_nginx(fake_port, websocket=True)
+    if nginx is not None:
+        servers["nginx"] = nginx
     relays = start_byte_relays(fake_port) if args.floors else {}
     results: dict[str, Any] = {}
     try:
-        yield round_trips(port, 200)  # warm up
-        targets = {"direct": fake_port, **{name: p for name, (_, p) in relays.items()}, "agw": port}
+        for _, target in servers.values():
+            yield round_trips(target, 200)  # warm up
+        order = ["nginx", *relays, "agw", "agw --message-relay"]
+        targets = {"direct": fake_port, **{name: (servers.get(name) or relays[name])[1] for name in order if name in servers or name in relays}}
         rounds: dict[str, list[Any]] = {name: [] for name in targets}
-        agw_cpu, agw_messages = 0.0, 0
+        cpu = {name: [0.0, 0] for name in servers}
         for _ in range(args.rounds):  # interleaved, so drifts of the machine hit all alike
             for name, target in targets.items():
-                cpu0 = cpu_seconds(gateway.pid)
+                watched = pids(servers[name][0]) if name in servers else []
+                cpu0 = sum(cpu_seconds(pid) for pid in watched)
                 run_ = yield measure(target)
                 rounds[name].append(run_)
-                if name == "agw":
-                    agw_cpu += cpu_seconds(gateway.pid) - cpu0
-                    agw_messages += 2 * run_["round_trip"]["count"] + 2 * run_["rate"]["round_trips"] + run_["audio"]["messages"]
+                if name in servers:
+                    cpu[name][0] += sum(cpu_seconds(pid) for pid in watched) - cpu0
+                    cpu[name][1] += 2 * run_["round_trip"]["count"] + 2 * run_["rate"]["round_trips"] + run_["audio"]["messages"]
         results = {name: median_run(runs) for name, runs in rounds.items()}
-        results["agw"]["agw_cpu_us_per_message"] = agw_cpu / agw_messages * 1e6
+        for name, (seconds, messages) in cpu.items():
+            results[name]["cpu_us_per_message"] = seconds / messages * 1e6
         results["idle"] = yield idle_sessions(port, gateway.pid, args.idle)
+        if nginx is not None:
+            worker = children(nginx[0].pid)[0]
+            results["idle nginx"] = yield idle_sessions(nginx[1], worker, args.idle)
     finally:
-        for process in [gateway, fake, *(p for p, _ in relays.values())]:
+        for process in [fake, *(p for p, _ in servers.values()), *(p for p, _ in relays.values())]:
             process.terminate()
             process.wait()
     d, a = results["direct"], results["agw"]
@@ -181,22 +216,33 @@ def run(args: argparse.Namespace) -> Any:
         "messages_ratio": a["rate"]["messages_per_s"] / d["rate"]["messages_per_s"],
         "audio_ratio": a["audio"]["mb_per_s"] / d["audio"]["mb_per_s"],
         "rss_kib_per_idle_session": results["idle"]["rss_kib_per_session"],
-        "agw_cpu_us_per_message": a["agw_cpu_us_per_message"],
+        "agw_cpu_us_per_message": a["cpu_us_per_message"],
     }
-    runs = [name for name in results if name != "idle"]
-    print(f"{'':28}" + "".join(f"{name:>22}" for name in runs))
+    if "nginx" in results:
+        n = results["nginx"]
+        summary["nginx"] = {
+            "added_p50_us": n["round_trip"]["p50_us"] - d["round_trip"]["p50_us"],
+            "messages_ratio": n["rate"]["messages_per_s"] / d["rate"]["messages_per_s"],
+            "audio_ratio": n["audio"]["mb_per_s"] / d["audio"]["mb_per_s"],
+            "rss_kib_per_idle_session": results["idle nginx"]["rss_kib_per_session"],
+            "cpu_us_per_message": n["cpu_us_per_message"],
+        }
+    runs = [name for name in results if not name.startswith("idle")]
+    print(f"{'':24}" + "".join(f"{name:>21}" for name in runs))
     rows = (
         ("round trip p50, us", lambda r: f"{r['round_trip']['p50_us']:.0f}"),
         ("added p50, us", lambda r: f"{r['round_trip']['p50_us'] - d['round_trip']['p50_us']:.0f}"),
         ("round trip p99, us", lambda r: f"{r['round_trip']['p99_us']:.0f}"),
         ("messages/s (8 x 16)", lambda r: f"{r['rate']['messages_per_s']:.0f} ({r['rate']['messages_per_s'] / d['rate']['messages_per_s']:.2f}x)"),
         ("audio MB/s (48 KB)", lambda r: f"{r['audio']['mb_per_s']:.1f} ({r['audio']['mb_per_s'] / d['audio']['mb_per_s']:.2f}x)"),
+        ("CPU us/message", lambda r: f"{r['cpu_us_per_message']:.1f}" if "cpu_us_per_message" in r else "-"),
     )
     for label, cell in rows:
-        print(f"{label:28}" + "".join(f"{cell(results[name]):>22}" for name in runs))
-    print(f"agw CPU {summary['agw_cpu_us_per_message']:.1f} us/message; "
-          f"{results['idle']['sessions']} idle sessions: {summary['rss_kib_per_idle_session']:.1f} KiB each, "
-          f"round trip p50 {results['idle']['p50_us_while_open']:.0f} us while open")
+        print(f"{label:24}" + "".join(f"{cell(results[name]):>21}" for name in runs))
+    for name in ("idle", "idle nginx"):
+        if name in results:
+            idle = results[name]
+            print(f"{name}: {idle['sessions']} sessions, {idle['rss_kib_per_session']:.1f} KiB each, round trip p50 {idle['p50_us_while_open']:.0f} us while open")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"machine": machine(), "summary": summary, "runs": results}, f, indent=2)

@@ -75,19 +75,25 @@ class FrameReader:
         self._message_size = 0
         self._fragments = 0
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """The frames C{data} completes (raises L{FrameError})."""
+    def feed(self, data: bytes) -> tuple[list[Frame], FrameError | None]:
+        """
+        The frames C{data} completes, and the protocol error or broken limit
+        that stopped reading, if one did (the frames before it still count).
+        """
         if data:
             self._pending.append(data)
             self._have += len(data)
-        frames = []
+        frames: list[Frame] = []
         while True:
-            if self._need is None and not self._read_header():
-                return frames
+            try:
+                if self._need is None and not self._read_header():
+                    return frames, None
+            except FrameError as error:
+                return frames, error
             need, head = self._need, self._head
             assert need is not None and head is not None
             if self._have < need:
-                return frames
+                return frames, None
             if len(self._buffer) - self._pos < need:
                 self._consolidate()
             buffer, pos = self._buffer, self._pos

@@ -18,7 +18,7 @@ from typing import Any
 from autobahn.websocket.protocol import WebSocketProtocol
 
 from agw._internals import at_frame_boundary, feed_autobahn
-from agw.realtime._frames import BINARY, CLOSE, CONTINUATION, Frame, FrameError, FrameReader
+from agw.realtime._frames import BINARY, CLOSE, CONTINUATION, Frame, FrameReader
 
 _OPEN, _CLOSED = WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSED
 _GROUND = WebSocketProtocol.SEND_STATE_GROUND
@@ -35,6 +35,7 @@ class PassThrough:
     _reader: FrameReader | None = None
     _parts: list[bytes] | None = None  # the message being taken whole
     _parts_binary = False
+    _peer_closed = False  # its close frame came: nothing after it is read (RFC 6455 section 5.5.1)
 
     # Provided by the relay leg and Autobahn's protocol.
     partner: Any
@@ -64,19 +65,21 @@ class PassThrough:
             )
         if self.failedByMe or self.state == _CLOSED:
             return
-        try:
-            frames = reader.feed(data)
-        except FrameError as error:
-            self._fail_connection(error.code, error.reason)
-            return
+        frames, error = reader.feed(data)
         for frame in frames:
-            if self.failedByMe or self.state == _CLOSED:
+            if self.failedByMe or self.state == _CLOSED or self._peer_closed:
                 return
             self._received(frame)
+        if error is not None:
+            # What follows (the peer's close frame, with luck) is Autobahn's to read: it ends the
+            # close handshake and drops the connection, as it does for violations it finds itself.
+            self._reader, self.pass_through = None, False
+            self._fail_connection(error.code, error.reason)
 
     def _received(self, frame: Frame) -> None:
         opcode = frame.opcode
         if opcode >= CLOSE:
+            self._peer_closed = opcode == CLOSE
             feed_autobahn(self, frame.raw)  # whole control frame, at a frame boundary for Autobahn
             return
         if opcode != CONTINUATION:
