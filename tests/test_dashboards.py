@@ -193,7 +193,7 @@ class DashboardTests(TestCase):
         return self.poll_deferred(lambda: prometheus.returns_data(expr), lambda: message)
 
     @inlineCallbacks
-    def poll_deferred(self, check: Any, message: Any, timeout: float = 45.0) -> Any:
+    def poll_deferred(self, check: Any, message: Any, timeout: float = 90.0) -> Any:
         """Call C{check} (a Deferred-returning predicate) until it is true, or fail after C{timeout} seconds."""
         deadline = reactor.seconds() + timeout
         while not (yield check()):

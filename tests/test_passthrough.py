@@ -120,16 +120,26 @@ class PassThroughTests(GatewayTestCase):
         self.assertEqual(struct.unpack("!H", close.payload()[:2])[0], 1002)
         # The client answers the close; agw then ends the TCP connection itself (as RFC 6455 prefers of a server).
         yield deferToThread(raw.send, client_frame(0x8, close.payload()[:2]))
-
-        def end_of_stream() -> bytes:
-            raw.sock.settimeout(0.5)  # well inside agw's close handshake timeout (1 s): agw, not its timer, ends it
-            try:
-                return raw.sock.recv(1)
-            except ConnectionResetError:  # Autobahn aborts a connection it failed
-                return b""
-
-        ended = yield deferToThread(end_of_stream)
+        ended = yield deferToThread(self.end_of_stream, raw)
         self.assertEqual(ended, b"")
+
+
+    @inlineCallbacks
+    def test_a_bad_close_frame_ends_the_connection_at_once(self) -> Any:
+        raw = yield self.client()
+        yield deferToThread(raw.send, client_frame(0x8, struct.pack("!H", 1000) + b"x" * 124))  # 126 bytes: too long
+        close = yield deferToThread(raw.next_frame)
+        self.assertEqual(struct.unpack("!H", close.payload()[:2])[0], 1002)
+        ended = yield deferToThread(self.end_of_stream, raw)  # no close handshake to wait for: the peer sent its close
+        self.assertEqual(ended, b"")
+
+    @staticmethod
+    def end_of_stream(raw: RawClient) -> bytes:
+        raw.sock.settimeout(0.5)  # well inside agw's close handshake timeout (1 s): agw, not its timer, ends it
+        try:
+            return raw.sock.recv(1)
+        except ConnectionResetError:  # Autobahn aborts a connection it failed
+            return b""
 
 
 class GovernedPassThroughTests(TestCase):

@@ -23,12 +23,17 @@ PROTOCOL_ERROR, TOO_BIG = 1002, 1009
 
 
 class FrameError(Exception):
-    """The peer broke the protocol or a limit: fail it with C{code}."""
+    """
+    The peer broke the protocol or a limit: fail it with C{code}.
+    C{closing}: the offending frame was the peer's close frame (it will send
+    no other, so there is no close handshake to wait for).
+    """
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, closing: bool = False) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+        self.closing = closing
 
 
 @frozen
@@ -144,7 +149,7 @@ class FrameReader:
             raise FrameError(PROTOCOL_ERROR, "unmasked client frame" if self._masked else "masked server frame")
         if opcode in _CONTROL:
             if not fin or length > 125:
-                raise FrameError(PROTOCOL_ERROR, "fragmented or oversized control frame")
+                raise FrameError(PROTOCOL_ERROR, "fragmented or oversized control frame", closing=opcode == CLOSE)
             return
         if opcode not in _DATA:
             raise FrameError(PROTOCOL_ERROR, f"reserved opcode {opcode}")

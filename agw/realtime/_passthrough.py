@@ -44,6 +44,7 @@ class PassThrough:
     failedByMe: bool
     maxMessagePayloadSize: int
     onMessage: Any
+    dropConnection: Any
     _fail_connection: Any
 
     def wants_whole(self, frame: Frame) -> bool:
@@ -75,6 +76,8 @@ class PassThrough:
             # close handshake and drops the connection, as it does for violations it finds itself.
             self._reader, self.pass_through = None, False
             self._fail_connection(error.code, error.reason)
+            if error.closing:  # the peer's close frame was the bad one: it sends no other, so end it now
+                self.dropConnection(abort=False)
 
     def _received(self, frame: Frame) -> None:
         opcode = frame.opcode
