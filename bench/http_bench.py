@@ -31,7 +31,18 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, children, cpu_seconds, free_port, machine, result_path, start_agw, start_fake, start_nginx, wait_port  # noqa: E402
+from common import (  # noqa: E402
+    HERE,
+    children,
+    cpu_seconds,
+    free_port,
+    machine,
+    result_path,
+    start_agw,
+    start_fake,
+    start_nginx,
+    wait_port,
+)
 
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one word."}]}'
 STREAM_BODY = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import struct
 
-from attrs import frozen
-
 from agw._internals import mask_payload
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -36,15 +34,14 @@ class FrameError(Exception):
         self.closing = closing
 
 
-@frozen
 class Frame:
     """One whole frame: C{raw} is every byte of it as received; the payload starts at C{start}."""
 
-    fin: bool
-    opcode: int
-    mask: bytes | None
-    raw: bytes
-    start: int
+    # A plain slotted class: one is made per relayed message, and attrs' checks would double that cost.
+    __slots__ = ("fin", "opcode", "mask", "raw", "start")
+
+    def __init__(self, fin: bool, opcode: int, mask: bytes | None, raw: bytes, start: int) -> None:
+        self.fin, self.opcode, self.mask, self.raw, self.start = fin, opcode, mask, raw, start
 
     @property
     def size(self) -> int:
@@ -115,29 +112,33 @@ class FrameReader:
         self._pending = []
 
     def _read_header(self) -> bool:
-        if self._have < 2:
-            return False
-        if len(self._buffer) - self._pos < _MAX_HEADER and self._pending:
+        # Read in place (no slice per header): this runs once per relayed message.
+        available = len(self._buffer) - self._pos
+        if available < _MAX_HEADER and self._pending:
             self._consolidate()  # the header may span reads
-        head = self._buffer[self._pos:self._pos + _MAX_HEADER]
-        first, second = head[0], head[1]
-        fin, opcode, masked, length = bool(first & 0x80), first & 0x0F, bool(second & 0x80), second & 0x7F
-        start = 2
+            available = len(self._buffer)
+        if available < 2:
+            return False
+        buffer, pos = self._buffer, self._pos
+        first, second = buffer[pos], buffer[pos + 1]
+        length, start = second & 0x7F, 2
         if length == 126:
-            if len(head) < 4:
+            if available < 4:
                 return False
-            length, start = _U16.unpack_from(head, 2)[0], 4
+            length, start = _U16.unpack_from(buffer, pos + 2)[0], 4
         elif length == 127:
-            if len(head) < 10:
+            if available < 10:
                 return False
-            length, start = _U64.unpack_from(head, 2)[0], 10
+            length, start = _U64.unpack_from(buffer, pos + 2)[0], 10
             if length >> 63:
                 raise FrameError(PROTOCOL_ERROR, "frame length has its most significant bit set")
         mask = None
+        masked = bool(second & 0x80)
         if masked:
-            if len(head) < start + 4:
+            if available < start + 4:
                 return False
-            mask, start = head[start:start + 4], start + 4
+            mask, start = buffer[pos + start:pos + start + 4], start + 4
+        fin, opcode = bool(first & 0x80), first & 0x0F
         self._check(fin, opcode, masked, first & 0x70, length)
         self._need, self._head = start + length, (fin, opcode, mask, start)
         return True

@@ -67,11 +67,23 @@ class PassThrough:
         if self.failedByMe or self.state == _CLOSED:
             return
         frames, error = reader.feed(data)
+        # Frames that go on as they came are written together, once per read (one write call, not one per event).
+        passing: list[Frame] = []
         for frame in frames:
             if self.failedByMe or self.state == _CLOSED or self._peer_closed:
-                return
-            self._received(frame)
-        if error is not None:
+                break
+            opcode = frame.opcode
+            if opcode == CONTINUATION or opcode >= CLOSE or not frame.fin or self.wants_whole(frame):
+                self._flush(passing)
+                self._received(frame)
+                continue
+            partner = self.partner
+            forwarded = partner is not None and partner.state == _OPEN
+            if forwarded:
+                passing.append(frame)
+            self.frame_relayed(frame, forwarded)
+        self._flush(passing)
+        if error is not None and not (self.failedByMe or self.state == _CLOSED):
             # What follows (the peer's close frame, with luck) is Autobahn's to read: it ends the
             # close handshake and drops the connection, as it does for violations it finds itself.
             self._reader, self.pass_through = None, False
@@ -79,7 +91,22 @@ class PassThrough:
             if error.closing:  # the peer's close frame was the bad one: it sends no other, so end it now
                 self.dropConnection(abort=False)
 
+    def _flush(self, passing: list[Frame]) -> None:
+        """Write the frames gathered in C{passing} to the partner as they came (and empty it)."""
+        if not passing:
+            return
+        partner = self.partner
+        if partner is not None and partner.state == _OPEN:
+            if partner.send_state != _GROUND or partner.send_queue:
+                # Autobahn is sending a frame there in pieces: let it frame these messages after it.
+                for frame in passing:
+                    partner.sendMessage(frame.payload(), frame.opcode == BINARY)
+            else:
+                partner.transport.writeSequence([frame.raw for frame in passing])
+        passing.clear()
+
     def _received(self, frame: Frame) -> None:
+        """A control frame, or a frame of a message read whole."""
         opcode = frame.opcode
         if opcode >= CLOSE:
             self._peer_closed = opcode == CLOSE
@@ -87,23 +114,10 @@ class PassThrough:
             return
         if opcode != CONTINUATION:
             self._parts_binary = opcode == BINARY
-            self._parts = [] if not frame.fin or self.wants_whole(frame) else None
+            self._parts = []
         if self._parts is None:
-            self.frame_relayed(frame, self.forward_frame(frame))
-            return
+            return  # a continuation of nothing: FrameReader lets none through
         self._parts.append(frame.payload())
         if frame.fin:
             payload, self._parts = b"".join(self._parts), None
             self.onMessage(payload, self._parts_binary)
-
-    def forward_frame(self, frame: Frame) -> bool:
-        """Write C{frame} to the partner as it came; C{False} if there is none or it is closing (dropped)."""
-        partner = self.partner
-        if partner is None or partner.state != _OPEN:
-            return False
-        if partner.send_state != _GROUND or partner.send_queue:
-            # Autobahn is sending a frame there in pieces: let it frame this message after it.
-            partner.sendMessage(frame.payload(), frame.opcode == BINARY)
-        else:
-            partner.transport.write(frame.raw)
-        return True
