@@ -48,7 +48,7 @@ class PassThrough:
     _fail_connection: Any
 
     def wants_whole(self, frame: Frame) -> bool:
-        """Whether the message this single-frame message starts must go through C{onMessage}."""
+        """Whether this single-frame message must be read whole and go through C{onMessage} (else it passes as it came)."""
         return True
 
     def frame_relayed(self, frame: Frame, forwarded: bool) -> None:
