@@ -189,6 +189,18 @@ class FrameReaderTests(SynchronousTestCase):
         frames, error = FrameReader(masked=True, max_fragments=2).feed(fragments)
         self.assertEqual((len(frames), error and error.code), (2, 1009))  # the frames before the third still count
 
+    def test_after_a_failure_the_rest_is_skipped_not_held_and_the_close_reply_found(self) -> None:
+        reader = FrameReader(masked=True, max_message=1000)
+        big = client_frame(BINARY, b"x" * 100_000)
+        frames, error = reader.feed(big[:5000])
+        self.assertEqual((frames, error and error.code), ([], 1009))
+        for start in range(5000, len(big), 5000):
+            self.assertEqual(reader.feed(big[start:start + 5000]), ([], None))
+            self.assertLess(reader._have, 5000)  # nothing of the oversized frame is kept
+        close = client_frame(0x8, struct.pack("!H", 1009))
+        frames, error = reader.feed(close)
+        self.assertEqual(([f.raw for f in frames], error), ([close], None))
+
     def test_protocol_errors(self) -> None:
         for data, masked in (
             (bytes([0x81, 0x01]) + b"a", True),  # unmasked client frame

@@ -23,15 +23,18 @@ PROTOCOL_ERROR, TOO_BIG = 1002, 1009
 class FrameError(Exception):
     """
     The peer broke the protocol or a limit: fail it with C{code}.
-    C{closing}: the offending frame was the peer's close frame (it will send
-    no other, so there is no close handshake to wait for).
+    C{final}: there is no close handshake to wait for (the offending frame
+    was the peer's close frame, or its length cannot be trusted): drop the
+    connection once the close frame is sent. Otherwise the reader goes on
+    cutting frames, unchecked, so that the peer's close reply can be found
+    behind the rest of the offending message.
     """
 
-    def __init__(self, code: int, reason: str, closing: bool = False) -> None:
+    def __init__(self, code: int, reason: str, final: bool = False) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
-        self.closing = closing
+        self.final = final
 
 
 class Frame:
@@ -76,6 +79,7 @@ class FrameReader:
         self._in_message = False
         self._message_size = 0
         self._fragments = 0
+        self._failed = False
 
     def feed(self, data: bytes) -> tuple[list[Frame], FrameError | None]:
         """
@@ -94,6 +98,15 @@ class FrameReader:
                 return frames, error
             need, head = self._need, self._head
             assert need is not None and head is not None
+            if self._failed and head[1] < CLOSE:
+                # A data frame after a failure: its bytes are dropped as they come, never held.
+                dropped = min(self._have, need)
+                self._discard(dropped)
+                if dropped < need:
+                    self._need = need - dropped
+                    return frames, None
+                self._need = self._head = None
+                continue
             if self._have < need:
                 return frames, None
             if len(self._buffer) - self._pos < need:
@@ -105,6 +118,22 @@ class FrameReader:
             fin, opcode, mask, start = head
             frames.append(Frame(fin, opcode, mask, raw, start))
             self._need = self._head = None
+
+    def _discard(self, count: int) -> None:
+        """Forget the next C{count} unread bytes (without joining them)."""
+        self._have -= count
+        available = len(self._buffer) - self._pos
+        if count <= available:
+            self._pos += count
+            return
+        count -= available
+        self._buffer, self._pos = b"", 0
+        while count:
+            chunk = self._pending.pop(0)
+            if len(chunk) <= count:
+                count -= len(chunk)
+            else:
+                self._buffer, self._pos, count = chunk, count, 0
 
     def _consolidate(self) -> None:
         self._buffer = self._buffer[self._pos:] + b"".join(self._pending)
@@ -131,7 +160,7 @@ class FrameReader:
                 return False
             length, start = _U64.unpack_from(buffer, pos + 2)[0], 10
             if length >> 63:
-                raise FrameError(PROTOCOL_ERROR, "frame length has its most significant bit set")
+                raise FrameError(PROTOCOL_ERROR, "frame length has its most significant bit set", final=True)
         mask = None
         masked = bool(second & 0x80)
         if masked:
@@ -139,8 +168,13 @@ class FrameReader:
                 return False
             mask, start = buffer[pos + start:pos + start + 4], start + 4
         fin, opcode = bool(first & 0x80), first & 0x0F
-        self._check(fin, opcode, masked, first & 0x70, length)
         self._need, self._head = start + length, (fin, opcode, mask, start)
+        if not self._failed:
+            try:
+                self._check(fin, opcode, masked, first & 0x70, length)
+            except FrameError:
+                self._failed = True  # from here on frames are only cut, never checked (see FrameError)
+                raise
         return True
 
     def _check(self, fin: bool, opcode: int, masked: bool, rsv: int, length: int) -> None:
@@ -150,7 +184,7 @@ class FrameReader:
             raise FrameError(PROTOCOL_ERROR, "unmasked client frame" if self._masked else "masked server frame")
         if opcode in _CONTROL:
             if not fin or length > 125:
-                raise FrameError(PROTOCOL_ERROR, "fragmented or oversized control frame", closing=opcode == CLOSE)
+                raise FrameError(PROTOCOL_ERROR, "fragmented or oversized control frame", final=opcode == CLOSE)
             return
         if opcode not in _DATA:
             raise FrameError(PROTOCOL_ERROR, f"reserved opcode {opcode}")

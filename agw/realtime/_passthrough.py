@@ -64,9 +64,16 @@ class PassThrough:
                 masked=bool(self.factory.isServer), max_message=self.maxMessagePayloadSize,
                 max_fragments=getattr(self.factory, "max_fragments", 0),
             )
-        if self.failedByMe or self.state == _CLOSED:
+        if self.state == _CLOSED:
             return
         frames, error = reader.feed(data)
+        if self.failedByMe:
+            # agw failed this peer: only its close reply matters now (the rest of the offending message is skipped).
+            for frame in frames:
+                if frame.opcode == CLOSE:
+                    feed_autobahn(self, frame.raw)
+                    return
+            return
         # Frames that go on as they came are written together, once per read (one write call, not one per event).
         passing: list[Frame] = []
         for frame in frames:
@@ -84,11 +91,8 @@ class PassThrough:
             self.frame_relayed(frame, forwarded)
         self._flush(passing)
         if error is not None and not (self.failedByMe or self.state == _CLOSED):
-            # What follows (the peer's close frame, with luck) is Autobahn's to read: it ends the
-            # close handshake and drops the connection, as it does for violations it finds itself.
-            self._reader, self.pass_through = None, False
             self._fail_connection(error.code, error.reason)
-            if error.closing:  # the peer's close frame was the bad one: it sends no other, so end it now
+            if error.final:  # no close reply to wait for: end it once the close frame is out
                 self.dropConnection(abort=False)
 
     def _flush(self, passing: list[Frame]) -> None:
