@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from agw.config import ConfigError, load_config
+from agw.config import ConfigError, load_config, parse_config
 from agw.serve import ConfigReloader, Gateway, Reloaded
 from agw.serve._reload import POLL_SECONDS
 from tests.support import (
@@ -36,6 +36,7 @@ from tests.support import (
     open_client,
     recv_event,
     registry_samples,
+    running_gateway,
     samples,
     seed_config_text,
     wait_until,
@@ -187,6 +188,24 @@ class InProcessReloadTests(TestCase):
         yield wait_until(lambda: self.reloads().get("failure") == 1, timeout=10)
         ws = yield deferToThread(opened, self.url, additional_headers={})  # the key policy did not apply either
         yield deferToThread(ws.close)
+
+
+class StoppingTests(TestCase):
+    @inlineCallbacks
+    def test_no_reload_while_stopping(self) -> Any:
+        """A file saved during the drain opens no new port on a gateway that is going away."""
+        from agw.serve import ReloadRefused
+
+        _, fake_port = yield listening_fake(self)
+        config = yaml.safe_load(seed_config_text(fake_port))
+        gateway, service, _ = yield running_gateway(self, yaml.safe_dump(config))
+        extra = free_port()
+        config["binds"].append({"port": extra, "listeners": config["binds"][0]["listeners"]})
+        stopping = service.stopService()
+        with self.assertRaises(ReloadRefused):
+            service.reload(parse_config(yaml.safe_dump(config), {"OPENAI_API_KEY": BACKEND_KEY}))
+        yield stopping
+        self.assertFalse(accepts_connections(extra))
 
 
 class TwistdReloadTests(TestCase):

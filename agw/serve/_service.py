@@ -104,6 +104,8 @@ class GatewayService(MultiService):
         listen first: if one cannot, nothing changes (L{ReloadRefused}).
         Binds it removes stop listening; their open connections finish.
         """
+        if self.draining:
+            raise ReloadRefused("the gateway is stopping")
         opened: dict[int, ListeningService] = {}
         try:
             for bind in config.binds:
