@@ -51,8 +51,20 @@ class PassThrough:
         """Whether this single-frame message must be read whole and go through C{onMessage} (else it passes as it came)."""
         return True
 
-    def frame_relayed(self, frame: Frame, forwarded: bool) -> None:
-        """A message passed through as C{frame} (or was dropped: C{forwarded} false)."""
+    # The direction this leg relays in, and where it counts what it relays (the session; None: nowhere).
+    direction = ""
+
+    def accounts(self) -> Any:
+        return None
+
+    def message_relayed(self, size: int, forwarded: bool) -> None:
+        """A message of C{size} payload bytes was forwarded to the partner (or dropped: C{forwarded} false)."""
+        sink = self.accounts()
+        if sink is not None:
+            if forwarded:
+                sink.relayed(self.direction, size)
+            else:
+                sink.dropped(self.direction)
 
     def dataReceived(self, data: bytes) -> None:
         reader = self._reader
@@ -88,7 +100,7 @@ class PassThrough:
             forwarded = partner is not None and partner.state == _OPEN
             if forwarded:
                 passing.append(frame)
-            self.frame_relayed(frame, forwarded)
+            self.message_relayed(frame.size, forwarded)
         self._flush(passing)
         if error is not None and not (self.failedByMe or self.state == _CLOSED):
             self._fail_connection(error.code, error.reason)

@@ -168,14 +168,9 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
                 session.refused()  # type: ignore[union-attr]
                 return
         forwarded = self.forward(payload, isBinary)
-        if session is None:
-            return
-        if not forwarded:
-            session.dropped(CLIENT_TO_UPSTREAM)
-            return
-        session.relayed(CLIENT_TO_UPSTREAM, len(payload))
-        if creates:
-            session.response_requested(client_event_id(payload))
+        self.message_relayed(len(payload), forwarded)
+        if forwarded and creates:
+            session.response_requested(client_event_id(payload))  # type: ignore[union-attr]
 
     def wants_whole(self, frame: Frame) -> bool:
         # Governance reads response.create; a text event whose head does not say its type is read whole.
@@ -184,13 +179,10 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         kind = leading_event_type(frame.payload(EVENT_HEAD))
         return kind is None or kind == RESPONSE_CREATE
 
-    def frame_relayed(self, frame: Frame, forwarded: bool) -> None:
-        session = self.session
-        if session is not None:
-            if forwarded:
-                session.relayed(CLIENT_TO_UPSTREAM, frame.size)
-            else:
-                session.dropped(CLIENT_TO_UPSTREAM)
+    direction = CLIENT_TO_UPSTREAM
+
+    def accounts(self) -> RealtimeSession | None:
+        return self.session
 
     def connectionLost(self, reason: Any) -> None:
         self.factory.relay.slots.release(self)

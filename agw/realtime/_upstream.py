@@ -90,26 +90,17 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
             sink.first_delta()
         return might_carry_usage(frame.raw, frame.start)
 
-    def frame_relayed(self, frame: Frame, forwarded: bool) -> None:
-        sink = self.usage_sink
-        if sink is not None:
-            if forwarded:
-                sink.relayed(UPSTREAM_TO_CLIENT, frame.size)
-            else:
-                sink.dropped(UPSTREAM_TO_CLIENT)
+    direction = UPSTREAM_TO_CLIENT
+
+    def accounts(self) -> Any:
+        return self.usage_sink
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         payload = self.inspect_server_event(payload, isBinary)
         if self._draining is not None:
             self._drain_step()
             return
-        forwarded = self.forward(payload, isBinary)
-        sink = self.usage_sink
-        if sink is not None:
-            if forwarded:
-                sink.relayed(UPSTREAM_TO_CLIENT, len(payload))
-            else:
-                sink.dropped(UPSTREAM_TO_CLIENT)
+        self.message_relayed(len(payload), self.forward(payload, isBinary))
 
     def drain(self, code: int | None, reason: str | None, grace: float, client_code: int | None) -> None:
         """
