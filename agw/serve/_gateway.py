@@ -38,7 +38,7 @@ from agw.routing import (
     RouteContext,
     RoutedRoute,
 )
-from agw.serve._reloaded import Reloaded, budget_setup, restart_only_changes
+from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, restart_only_changes
 
 
 def governor_for(config: GatewayConfig, reactor: Any, on_change: Any = None) -> Governor | None:
@@ -191,17 +191,15 @@ class Gateway:
         # Prices are those in force when a response ends (an open session's next response is priced anew).
         self.metrics.catalog = catalog_for(config.model_catalog)
         # self.relays keeps the relays of earlier configs: drain and stop close their sessions too.
-        ports = [bind.port for bind in config.binds]
+        added, removed = bind_changes(old, config)
         for bind in config.binds:
             routes = self._bind_resource(bind)
             if bind.port in self._resources:
                 self._resources[bind.port].routes = routes
             else:
                 self._resources[bind.port] = CurrentBind(routes)
-        removed = tuple(port for port in self._resources if port not in ports)
         for port in removed:
             del self._resources[port]
-        added = tuple(port for port in ports if port not in {b.port for b in old.binds})
         return Reloaded(added, removed, governor, restart_only)
 
     def _bind_resource(self, bind: Bind) -> BindResource:

@@ -46,6 +46,12 @@ def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> tuple[str, .
     )
 
 
+def bind_changes(old: GatewayConfig, new: GatewayConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The bind ports C{new} adds to C{old}, and those it removes, in file order."""
+    before, after = [bind.port for bind in old.binds], [bind.port for bind in new.binds]
+    return tuple(port for port in after if port not in before), tuple(port for port in before if port not in after)
+
+
 def budget_setup(config: GatewayConfig) -> tuple[Any, ...]:
     """What a L{Governor} is built from: a reload keeps the running one while this is unchanged."""
     keys = tuple(

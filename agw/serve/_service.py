@@ -19,7 +19,7 @@ from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
 from agw.metering import GatewayMetrics, Governor
 from agw.serve._listening import ListeningService, admin_listeners, budgets_listener, make_site
-from agw.serve._reloaded import Reloaded, ReloadRefused
+from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes
 
 
 class Servable(Protocol):
@@ -108,16 +108,15 @@ class GatewayService(MultiService):
             raise ReloadRefused("the gateway is stopping")
         opened: dict[int, ListeningService] = {}
         try:
-            for bind in config.binds:
-                if bind.port not in self.binds:
-                    if self._reuse_ports is not None and bind.port == 0:
-                        raise ReloadRefused("a new bind on port 0 needs a restart with --workers")
-                    # Served once the gateway has the new config (below, before the reactor runs again).
-                    opened[bind.port] = listener = self._bind_listener(bind.port, Resource())
-                    try:
-                        listener.privilegedStartService()  # listens now, or raises SystemExit with the reason
-                    except SystemExit as e:
-                        raise ReloadRefused(str(e).removeprefix("agw: ")) from None
+            for port in bind_changes(self.gateway.config, config)[0]:
+                if self._reuse_ports is not None and port == 0:
+                    raise ReloadRefused("a new bind on port 0 needs a restart with --workers")
+                # Served once the gateway has the new config (below, before the reactor runs again).
+                opened[port] = listener = self._bind_listener(port, Resource())
+                try:
+                    listener.privilegedStartService()  # listens now, or raises SystemExit with the reason
+                except SystemExit as e:
+                    raise ReloadRefused(str(e).removeprefix("agw: ")) from None
             reloaded = self.gateway.reload(config)
         except ReloadRefused:
             for listener in opened.values():

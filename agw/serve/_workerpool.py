@@ -39,7 +39,7 @@ from agw.config import GatewayConfig
 from agw.metering import Governor
 from agw.serve._gateway import governor_for
 from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener
-from agw.serve._reloaded import Reloaded, ReloadRefused, budget_setup, restart_only_changes
+from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
 from agw.serve._worker import CONTROL_FD, READY
 from agw.serve._workermetrics import (
@@ -211,9 +211,7 @@ class WorkerPool(MultiService):
         """
         old = self.config
         restart_only = restart_only_changes(old, config)
-        before, after = [b.port for b in old.binds], [b.port for b in config.binds]
-        added = tuple(port for port in after if port not in before)
-        removed = tuple(port for port in before if port not in after)
+        added, removed = bind_changes(old, config)
         if 0 in added:
             raise ReloadRefused("a new bind on port 0 needs a restart with --workers")
         try:
