@@ -45,6 +45,7 @@ class RealtimeSession:
     ) -> None:
         self._metrics = metrics
         self._span = span  # the session's (config.tracing); each response is a child
+        self._traced = span is not NO_SPAN  # without tracing, no response timing is kept for spans
         self._asked_at: list[float] = []  # when unacknowledged response.create events came, oldest first
         self._response_started_at: dict[str | None, float] = {}
         self._last_ttft: float | None = None
@@ -165,7 +166,7 @@ class RealtimeSession:
                 del self._requested_ids[next(iter(self._requested_ids))]
         if self._ttft_from is None:
             self._ttft_from = self._clock()
-        if len(self._asked_at) < _MAX_REQUESTED_IDS:
+        if self._traced and len(self._asked_at) < _MAX_REQUESTED_IDS:
             self._asked_at.append(self._clock())
 
     def request_failed(self, event_id: str) -> None:
@@ -251,9 +252,10 @@ class RealtimeSession:
         if response_id is not None:
             self.in_flight[response_id] = None
         # A response's span starts at the response.create it answers (now, if the server started it).
-        started = self._asked_at.pop(0) if self._asked_at else self._clock()
-        if len(self._response_started_at) < _MAX_REQUESTED_IDS:
-            self._response_started_at[response_id] = started
+        if self._traced:
+            started = self._asked_at.pop(0) if self._asked_at else self._clock()
+            if len(self._response_started_at) < _MAX_REQUESTED_IDS:
+                self._response_started_at[response_id] = started
         return refused
 
     def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None:
@@ -264,8 +266,10 @@ class RealtimeSession:
         cost = self.tokens_used(CHAT, usage) if usage is not None else None
         fields = {"status": status, **usage_fields(usage), **cost_fields(cost), **self._who}
         self._log.emit("realtime.response", self._route, self._models(CHAT), **fields)
-        now = self._clock()
         ttft, self._last_ttft = self._last_ttft, None
+        if not self._traced:
+            return
+        now = self._clock()
         self._span.child(
             span_name(CHAT, self.request_model, CHAT), self._response_started_at.pop(response_id, now), now,
             {**model_fields(self._models(CHAT)), **fields, **({"gen_ai.server.time_to_first_token": ttft} if ttft is not None else {})},
