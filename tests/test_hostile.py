@@ -24,6 +24,14 @@ def invalid_utf8_frame() -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def invalid_utf8_session(ws_base: str) -> int | None:
+    """Open a session, send a text frame that is not UTF-8 (blocking: in a thread); the close code the client got."""
+    bad = open_client(f"{ws_base}/realtime?model=m")
+    recv_event(bad)
+    bad.socket.sendall(invalid_utf8_frame())
+    return wait_closed(bad)[0]
+
+
 class HostileInputTests(GatewayTestCase):
     @inlineCallbacks
     def healthy_session(self) -> Any:
@@ -45,10 +53,7 @@ class HostileInputTests(GatewayTestCase):
     def test_invalid_utf8_closes_1007_others_unaffected(self) -> Any:
         # Frames pass through unvalidated: the provider refuses them (1007), and agw passes that on.
         healthy = yield self.healthy_session()
-        bad = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
-        yield deferToThread(recv_event, bad)
-        yield deferToThread(bad.socket.sendall, invalid_utf8_frame())
-        code, _ = yield deferToThread(wait_closed, bad)
+        code = yield deferToThread(invalid_utf8_session, self.ws_base)
         self.assertEqual(code, 1007)
         yield wait_until(lambda: self.fake.closes)
         yield self.assert_still_healthy(healthy)
@@ -121,10 +126,7 @@ class MessageRelayTests(GatewayTestCase):
 
     @inlineCallbacks
     def test_invalid_utf8_closes_1007_at_agw(self) -> Any:
-        bad = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
-        yield deferToThread(recv_event, bad)
-        yield deferToThread(bad.socket.sendall, invalid_utf8_frame())
-        code, _ = yield deferToThread(wait_closed, bad)
+        code = yield deferToThread(invalid_utf8_session, self.ws_base)
         self.assertEqual(code, 1007)
         yield wait_until(lambda: self.fake.closes)
         self.assertEqual(self.fake.closes[0][0], 1011)  # agw failed the client: the provider is told so
