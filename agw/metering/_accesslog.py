@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from twisted.internet.interfaces import IAddress
 
+from agw.config import Address
 from agw.metering._catalog import Cost
 from agw.metering._metrics import ModelLabels, RouteLabels
 from agw.metering._usage import TokenUsage
@@ -58,7 +59,7 @@ def peer_address(peer: IAddress | None) -> str | None:
     host, port = getattr(peer, "host", None), getattr(peer, "port", None)
     if host is None or port is None:
         return None
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Address(host, port).authority
 
 
 def duration_fields(seconds: float) -> dict[str, Any]:
