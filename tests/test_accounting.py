@@ -15,6 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
 from agw.metering import GatewayMetrics, RealtimeSession, RouteLabels
+from agw.metering._realtime import MAX_UNACKNOWLEDGED
 from agw.realtime import RelayOptions
 from agw.testing import REALTIME_MODEL
 from tests.support import (
@@ -272,16 +273,22 @@ class SessionBookkeepingTests(SynchronousTestCase):
     def session(self) -> RealtimeSession:
         return RealtimeSession(GatewayMetrics(), RouteLabels.of(0, "l", "r"), "m", lambda: 0.0)
 
-    def test_remembered_event_ids_are_bounded(self) -> None:
-        """A client sending response.create with fresh event_ids forever costs bounded memory."""
+    def test_unacknowledged_requests_are_bounded(self) -> None:
+        """A client sending response.create without end costs bounded memory: past the limit they are refused."""
         session = self.session()
+        sent = 0
         for i in range(10_000):
+            if session.refusal() is not None:
+                break
             session.response_requested(f"e{i}")
-            if i % 2:
-                session.response_started(f"resp_{i}")  # one acknowledged, one still waiting
-        self.assertLessEqual(len(session._requested_ids), 64)
-        session.request_failed("e9999")
-        self.assertEqual(session.responses_requested, 10_000 - 5_000 - 1)
+            sent += 1
+        self.assertEqual(sent, MAX_UNACKNOWLEDGED)
+        refused = session.refusal()
+        self.assertEqual((refused.status, refused.code), (429, "rate_limit_exceeded"))
+        session.response_started("resp_1")  # one acknowledged: room for one more
+        self.assertIsNone(session.refusal())
+        session.request_failed("e9")  # the provider refused one: it is no longer waited for
+        self.assertEqual(session.responses_requested, MAX_UNACKNOWLEDGED - 2)
 
     def test_in_flight_ids_follow_created_and_done(self) -> None:
         session = self.session()

@@ -7,7 +7,6 @@ they arrive, with usage read on the way.
 from __future__ import annotations
 
 import json
-import math
 
 from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import CancelledError, ensureDeferred
@@ -27,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from agw.config import RouteType
+from agw.http._admission import admit
 from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
 from agw.http._request_body import BytesBodyProducer
@@ -104,8 +104,14 @@ class HTTPForwarder(Resource):
 
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
-        forwarding = ensureDeferred(self._forward(request)).addErrback(self._unexpected, request)
-        forwarding.addBoth(lambda _: self._in_flight.discard(request))
+        exchange = self._exchange(request)
+        forwarding = ensureDeferred(self._forward(request, exchange)).addErrback(self._unexpected, request)
+
+        def done(_: object) -> None:
+            exchange.reservation.release()  # settled by record() when it ran; whatever happened, it holds nothing now
+            self._in_flight.discard(request)
+
+        forwarding.addBoth(done)
         return NOT_DONE_YET
 
     def _unexpected(self, failure: Failure, request: Request) -> None:
@@ -115,23 +121,22 @@ class HTTPForwarder(Resource):
         if not request.finished and not client_gone(request):
             request.finish()
 
-    async def _forward(self, request: Request) -> None:
+    async def _forward(self, request: Request, exchange: HTTPExchange) -> None:
         method = request.method
         path, _, query = request.uri.decode("latin-1").partition("?")
-        exchange = self._exchange(request)
         keys = self._context.keys
         try:
             key = keys.authenticate(presented_key(_header(request, b"authorization"))) if keys is not None else None
             exchange.who = self._context.attribute(key) if keys is not None else None
-            self._check_budgets(request, exchange.who.name if exchange.who is not None else None)
             body = self._request_body(request, exchange)
             if self._parsed is not None:
                 # Only where agw reads the body does it know the model (passthrough: not checked).
                 KeyCheck.authorize(key, exchange.request_model)
+            admit(request, exchange, self._context, reads_body=self._parsed is not None)
         except _Refused as refused:
             return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
         except KeyRefused as refused:
-            error_type = "requests" if refused.status == 429 else "invalid_request_error"
+            error_type = {429: "requests", 503: "server_error"}.get(refused.status, "invalid_request_error")
             return self._answer(request, refused.status, refused.message, refused.code, error_type, exchange)
 
         url = self._context.target.url(path, query)
@@ -194,27 +199,6 @@ class HTTPForwarder(Resource):
             else:
                 request.finish()
         self._record(method, response.code, exchange)
-
-    def _check_budgets(self, request: Request, consumer: str | None) -> None:
-        governor = self._context.governor
-        exhausted = governor.blocking(consumer) if governor is not None else None
-        if exhausted is not None:
-            # agentgateway's rate-limit headers, for the budget that is spent.
-            reset = max(0, int(exhausted.window_end - self._reactor.seconds()))
-            request.setHeader(b"x-ratelimit-limit", str(exhausted.budget.amount).encode())
-            request.setHeader(b"x-ratelimit-remaining", b"0")
-            request.setHeader(b"x-ratelimit-reset", str(reset).encode())
-            request.setHeader(b"retry-after", str(reset).encode())
-            raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
-        limits = self._context.limits
-        empty = limits.admit() if limits is not None else None
-        if empty is not None:
-            reset = str(math.ceil(empty.reset_seconds)).encode()
-            request.setHeader(b"x-ratelimit-limit", str(empty.capacity).encode())
-            request.setHeader(b"x-ratelimit-remaining", b"0")
-            request.setHeader(b"x-ratelimit-reset", reset)
-            request.setHeader(b"retry-after", reset)
-            raise KeyRefused(429, f"rate limit reached for {empty.kind} on this route", "rate_limit_exceeded")
 
     def _exchange(self, request: Request) -> HTTPExchange:
         operation = self._parsed[1] if self._parsed else None

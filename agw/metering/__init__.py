@@ -17,7 +17,10 @@ from agw.metering._accesslog import (
 )
 from agw.metering._attribution import Attribution, Attributor
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
-from agw.metering._budgets import BudgetState, Governor
+from agw.metering._budget_state import BudgetState
+from agw.metering._budgets import Governor
+from agw.metering._denial import Denial
+from agw.metering._reservation import NO_RESERVATION, Reservation, ReserveOptions
 from agw.metering._catalog import (
     EXACT,
     MISSING,
@@ -35,7 +38,7 @@ from agw.metering._catalog import (
     read_catalogs,
 )
 from agw.metering._http import HTTPExchange
-from agw.metering._ledger import BudgetLedger, LedgerURLError
+from agw.metering._ledger import BudgetLedger, LedgerURLError, check_ledger_url
 from agw.metering._metrics import OTHER_MODEL, UNKNOWN_MODEL, GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._ratelimit import RouteLimits, TokenBucket
 from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
@@ -62,7 +65,8 @@ from agw.metering._usage import (
 )
 
 __all__ = [
-    "Attribution", "Attributor", "BudgetLedger", "BudgetState", "Governor", "LedgerURLError", "RouteLimits", "TokenBucket",
+    "Attribution", "Attributor", "BudgetLedger", "BudgetState", "Denial", "Governor", "LedgerURLError", "NO_RESERVATION",
+    "Reservation", "ReserveOptions", "check_ledger_url", "RouteLimits", "TokenBucket",
     "EXACT", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs",
     "ACCESS_LOG_FORMATS", "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "NO_SPAN", "NO_SPANS", "Span", "SpanSink", "span_name", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",

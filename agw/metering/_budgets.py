@@ -2,58 +2,40 @@
 Budgets of client keys (agentgateway's C{keys[].budgets}), kept in a
 L{BudgetLedger} and decided on without waiting for it.
 
-Every decision (may this consumer start a response?) reads the spend known
-here: the total the database returned for this process's last charge, or
-the latest read of everyone's (refreshed every C{refresh_interval}
-seconds), whichever is newer. A response in flight is never cut: budgets
-are charged with each response's usage as it arrives, so a window can end
-a little over its limit, never under-counted.
+A decision reads the spend this process knows (L{SpendBook}): the ledger's
+totals, refreshed every C{refresh_interval} seconds, plus this process's
+own charges. Responses in flight count too: each admitted response holds a
+L{Reservation} (what one response of the consumer may cost) until its usage
+is charged, and when what is left of a budget cannot cover one more, a
+consumer gets one response in flight at a time. With several processes on
+one ledger each may hold only its share of what is left (C{remaining /
+processes}); while the ledger is unreachable each enforces its share of
+what was left when it went down. See docs/governance.md for the bounds.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
-from decimal import Decimal
 from typing import Any
 
-from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from agw.config import Budget, BudgetUnit, ClientKey
+from agw.metering._budget_state import BudgetState, amount_of, units_of
 from agw.metering._catalog import Cost
-from agw.metering._ledger import BudgetLedger, WindowKey
+from agw.metering._denial import Denial
+from agw.metering._ledger import BudgetLedger, Reading, WindowKey
+from agw.metering._reservation import Reservation, ReserveOptions
+from agw.metering._spendbook import SpendBook
 
-PICO = Decimal(10) ** 12  # USD spend is kept in whole pico-dollars
-
-
-@frozen
-class BudgetState:
-    """Where one budget of one consumer stands now."""
-
-    consumer: str
-    budget: Budget
-    spent: Decimal  # USD or tokens
-    window_start: int
-    window_end: int
-
-    @property
-    def remaining(self) -> Decimal:
-        return max(Decimal(0), self.budget.amount - self.spent)
-
-    @property
-    def exceeded(self) -> bool:
-        return self.spent >= self.budget.amount
-
-    def as_json(self, now: float) -> dict[str, Any]:
-        """The read-out of this budget (never the key)."""
-        return {
-            "name": self.budget.name, "unit": self.budget.unit.value, "limit": float(self.budget.amount),
-            "spent": float(self.spent), "remaining": float(self.remaining),
-            "onBudgetExceeded": "Block" if self.budget.block else "Audit",
-            "window_seconds": self.budget.window_seconds, "reset_seconds": round(self.window_end - now, 3),
-        }
+# A process not seen for this many refresh intervals no longer shares the budgets.
+ALIVE_INTERVALS = 10
+PRUNE_EVERY = 3600.0  # seconds between prunes of the ledger
+KEEP_WINDOWS_FOR = 7 * 86400  # past windows stay in the ledger this long after they end (history)
 
 
 class Governor:
@@ -63,60 +45,128 @@ class Governor:
 
     def __init__(
         self, keys: Iterable[ClientKey], ledger: BudgetLedger, clock: Any, refresh_interval: float = 1.0,
-        on_change: Any = None,
+        on_change: Any = None, on_ledger: Any = None, enforcing: bool = True, reserve: ReserveOptions = ReserveOptions(),
     ) -> None:
         self._budgets: dict[str, tuple[Budget, ...]] = {}
-        for key in keys:
-            if key.budgets and key.name is not None:
-                self._budgets.setdefault(key.name, key.budgets)  # a consumer listed on several routes: first wins
+        self.configure(keys)
         self._ledger = ledger
         self._clock = clock
-        self._spent: dict[WindowKey, int] = {}
         self._on_change = on_change  # called with each BudgetState that changed (metrics)
+        self._on_ledger = on_ledger  # called with (ledger up or not, charges unwritten)
+        self._book = SpendBook(ledger, clock, self._changed, self._ledger_changed)
+        # Only processes that enforce say they share the budgets (a --workers parent only reads them).
+        self._process = uuid.uuid4().hex if enforcing else None
+        self.sharers = 1
+        self.reserve = reserve
         self._refreshing = LoopingCall(self.refresh)
         self._refreshing.clock = clock
         self._refresh_interval = refresh_interval
-        # Charges not yet written, per window: written together every flush_interval
-        # (one upsert per window, not one per response).
-        self._unwritten: dict[WindowKey, int] = {}
-        self._flush_call: Any = None
-        self.flush_interval = 0.05
+        self._created = False
+        self._pruned_at: float | None = None
+        self._outage_base: dict[WindowKey, int] = {}  # spend known when the ledger went down
+        self._held: dict[tuple[str, str], list[int]] = {}  # (consumer, budget) -> [units held, reservations]
+        self._largest: dict[tuple[str, str], int] = {}  # the most one response of the consumer cost, per budget
+
+    def configure(self, keys: Iterable[ClientKey]) -> None:
+        """Use C{keys}' budgets from now on (a reload with the same database keeps the spend and the holds)."""
+        budgets: dict[str, tuple[Budget, ...]] = {}
+        for key in keys:
+            if key.budgets and key.name is not None:
+                budgets.setdefault(key.name, key.budgets)  # the config refuses one name with different budgets
+        self._budgets = budgets
 
     @property
     def consumers(self) -> list[str]:
         return sorted(self._budgets)
 
-    def start(self) -> Deferred[None]:
-        """Create the ledger's table, read the spend, and keep reading it."""
-        if not self._budgets:
-            return succeed(None)
-        started = self._ledger.start()
-        started.addCallback(lambda _: self._refreshing.start(self._refresh_interval, now=True) and None)
-        return started
+    @property
+    def ledger_up(self) -> bool | None:
+        """Whether the ledger answered last time (C{None}: not asked yet)."""
+        return self._book.up
 
-    def stop(self) -> None:
-        """Write what is not written yet, stop reading, and close the ledger (its queued writes finish first)."""
-        self.flush()
+    @property
+    def ready(self) -> bool:
+        """Whether the ledger was read since this process started (before, Block budgets refuse)."""
+        return self._book.read_once or not self._budgets
+
+    @property
+    def unwritten(self) -> int:
+        return self._book.unwritten
+
+    def start(self) -> Deferred[None]:
+        """
+        Read the spend now (creating the ledger's tables first) and every
+        C{refresh_interval} from then on, whether or not the ledger answers:
+        fires after the first attempt.
+        """
+        if not self._budgets or self._refreshing.running:
+            return succeed(None)
+        first = self.refresh()
+
+        def keep_reading(_: object) -> None:
+            if not self._refreshing.running:
+                looping = self._refreshing.start(self._refresh_interval, now=False)
+                looping.addErrback(lambda failure: self.log.failure("reading budgets stopped", failure))
+
+        return first.addBoth(keep_reading)
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        """Write what is not written yet (a few tries, each bounded), stop reading, leave, close the ledger."""
         if self._refreshing.running:
             self._refreshing.stop()
+        for _ in range(3):
+            if not self._book.unwritten:
+                break
+            yield self._book.flush()
+        self._book.stop()
+        if self._book.unwritten:
+            self.log.error(
+                "budget charges lost at stop: the ledger did not take them: {charges}",
+                charges={f"{c}/{b}@{w}": amount for (c, b, w), amount in self._book.unwritten_amounts().items()},
+            )
+        if self._process is not None and self._book.up:
+            try:
+                yield self._ledger.leave(self._process)
+            except Exception:
+                pass  # it will age out
         self._ledger.close()
 
-    def refresh(self) -> Deferred[None]:
-        """Read everyone's spend for the current windows."""
+    def retire(self) -> None:
+        """A reload replaced this governor (another database): stop reading; charges of old sessions are still written."""
+        if self._refreshing.running:
+            self._refreshing.stop()
+
+    @inlineCallbacks
+    def refresh(self) -> Any:
+        """Read everyone's spend for the current windows (the first time, create the tables)."""
         if not self._budgets:
-            return succeed(None)
+            return
         now = self._clock.seconds()
-        since = min(self._window(budget, now)[0] for budgets in self._budgets.values() for budget in budgets)
-        reading = self._ledger.totals(since)
+        if not self._created:
+            try:
+                yield self._ledger.start()
+            except Exception:
+                self._book.unreachable("creating its tables", Failure(), "retried every refresh")
+                return
+            self._created = True
+        starts = {self._window(budget, now)[0] for budgets in self._budgets.values() for budget in budgets}
+        live_since = int(now - ALIVE_INTERVALS * self._refresh_interval)
+        reading: Reading | None = yield self._book.read(starts, self._process, int(now), live_since)
+        if reading is not None and self._process is not None:
+            self.sharers = reading.sharers
+        if reading is not None and (self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY):
+            self._pruned_at = now
+            self._ledger.prune(self._keep_from(now), int(now - KEEP_WINDOWS_FOR), int(now - 86400)).addErrback(
+                lambda failure: self.log.warn("pruning the budget ledger failed: {error}", error=failure.getErrorMessage())
+            )
 
-        def read(totals: dict[WindowKey, int]) -> None:
-            for key, total in totals.items():
-                self._update(key, total)
-
-        def failed(failure: Any) -> None:
-            self.log.warn("reading budget spend failed: {error}", error=failure.getErrorMessage())
-
-        return reading.addCallbacks(read, failed)
+    def _keep_from(self, now: float) -> list[tuple[str, int]]:
+        longest: dict[str, int] = {}
+        for budgets in self._budgets.values():
+            for budget in budgets:
+                longest[budget.name] = max(longest.get(budget.name, 0), budget.window_seconds)
+        return [(name, self._window_start(seconds, now) - seconds - KEEP_WINDOWS_FOR) for name, seconds in longest.items()]
 
     def states(self, consumer: str | None) -> list[BudgetState]:
         """Where each budget of C{consumer} stands now (none for anonymous or budget-less consumers)."""
@@ -125,9 +175,58 @@ class Governor:
         now = self._clock.seconds()
         return [self._state(consumer, budget, now) for budget in self._budgets.get(consumer, ())]
 
-    def blocking(self, consumer: str | None) -> BudgetState | None:
-        """The first exhausted C{Block} budget of C{consumer}, if any: no new response may start."""
-        return next((state for state in self.states(consumer) if state.budget.block and state.exceeded), None)
+    def blocking(self, consumer: str | None, priced: bool = True, model: str | None = None) -> Denial | None:
+        """Why C{consumer} may start nothing now (an exhausted C{Block} budget, ...), if so; holds nothing."""
+        return self._decide(consumer, priced, model, hold=False)[1]
+
+    def admit(self, consumer: str | None, priced: bool = True, model: str | None = None) -> Reservation | Denial:
+        """
+        Admit one response (or request) of C{consumer} using a model that is
+        C{priced} or not: a L{Reservation} to settle with its usage, or why not.
+        """
+        reservation, denial = self._decide(consumer, priced, model, hold=True)
+        return denial if denial is not None else reservation  # type: ignore[return-value]
+
+    def _decide(self, consumer: str | None, priced: bool, model: str | None, hold: bool) -> tuple[Reservation | None, Denial | None]:
+        budgets = self._budgets.get(consumer, ()) if consumer is not None else ()
+        blocking = [budget for budget in budgets if budget.block]
+        if not blocking:  # Audit budgets (or none): nothing to hold, usage still charged through the reservation
+            return (Reservation(self, consumer, {}) if hold else None), None
+        if not self._book.read_once:
+            return None, Denial.ledger_unread()
+        now = self._clock.seconds()
+        holds: dict[str, int] = {}
+        for budget in blocking:
+            if budget.unit is BudgetUnit.USD and not priced:
+                return None, Denial.unpriced(model, budget.name)
+            key = (consumer, budget.name, self._window(budget, now)[0])
+            spent, limit = self._book.spent(key), self._limit(budget, key)
+            state = self._state(consumer, budget, now)  # type: ignore[arg-type]
+            if spent >= limit:
+                return None, Denial.exhausted(state)
+            held, count = self._held.get((consumer, budget.name), (0, 0))  # type: ignore[arg-type]
+            estimate = max(self.reserve.units(budget), self._largest.get((consumer, budget.name), 0))  # type: ignore[arg-type]
+            share = (limit - spent) // (self.sharers if self._book.up else 1)
+            if count and held + estimate > share:
+                return None, Denial.in_flight(state, count)
+            holds[budget.name] = estimate
+        if not hold:
+            return None, None
+        for name, units in holds.items():
+            entry = self._held.setdefault((consumer, name), [0, 0])  # type: ignore[arg-type]
+            entry[0] += units
+            entry[1] += 1
+        return Reservation(self, consumer, holds), None  # type: ignore[arg-type]
+
+    def release(self, reservation: Reservation) -> None:
+        """C{reservation}'s response is over (or never started): let go of what it held."""
+        for name, units in reservation.holds.items():
+            entry = self._held.get((reservation.consumer, name))
+            if entry is not None:
+                entry[0] -= units
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._held[(reservation.consumer, name)]
 
     def charge(self, consumer: str | None, cost: Cost | None, tokens: int) -> None:
         """Charge what one response used (its cost, its input plus output tokens) to C{consumer}'s budgets."""
@@ -136,49 +235,68 @@ class Governor:
         now = self._clock.seconds()
         for budget in self._budgets[consumer]:
             if budget.unit is BudgetUnit.USD:
-                amount = int((cost.total * PICO).to_integral_value()) if cost is not None else 0
+                amount = units_of(budget, cost.total) if cost is not None else 0
             else:
                 amount = tokens
             if amount <= 0:
                 continue
-            key = (consumer, budget.name, self._window(budget, now)[0])
-            self._update(key, self._spent.get(key, 0) + amount)  # decisions see it at once
-            self._unwritten[key] = self._unwritten.get(key, 0) + amount
-        if self._unwritten and self._flush_call is None:
-            self._flush_call = self._clock.callLater(self.flush_interval, self.flush)
+            if amount > self._largest.get((consumer, budget.name), 0):
+                self._largest[(consumer, budget.name)] = amount  # what the next reservations hold
+            self._book.add((consumer, budget.name, self._window(budget, now)[0]), amount)
 
-    def flush(self) -> None:
-        """Write the charges made since the last flush."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        unwritten, self._unwritten = self._unwritten, {}
-        for key, amount in unwritten.items():
-            charging = self._ledger.charge(key, amount)
-            charging.addCallbacks(
-                lambda total, key=key: self._update(key, total),
-                lambda failure: self.log.error("charging a budget failed: {error}", error=failure.getErrorMessage()),
-            )
+    def flush(self) -> Deferred[None]:
+        """Write the charges made so far now."""
+        return self._book.flush()
 
-    def _update(self, key: WindowKey, total: int) -> None:
-        if total < self._spent.get(key, 0) and key in self._spent:
-            # A read that started before one of our charges committed: the charge's own total will come.
-            return
-        self._spent[key] = total
+    def _limit(self, budget: Budget, key: WindowKey) -> int:
+        limit = units_of(budget, budget.amount)
+        if self._book.up is not False:
+            return limit
+        # Unreachable: this process may spend its share of what was left when the ledger went down.
+        base = min(self._outage_base.get(key, 0), limit)
+        return base + (limit - base) // max(1, self.sharers)
+
+    def _ledger_changed(self) -> None:
+        if self._book.up is False:
+            now = self._clock.seconds()
+            self._outage_base = {
+                key: self._book.spent(key)
+                for consumer, budgets in self._budgets.items() for budget in budgets
+                for key in [(consumer, budget.name, self._window(budget, now)[0])]
+            }
+        else:
+            self._outage_base = {}
+        if self._on_ledger is not None:
+            self._on_ledger(self._book.up, self._book.unwritten)
+        for consumer in self._budgets:  # enforced limits changed
+            for state in self.states(consumer):
+                self._report(state)
+
+    def _changed(self, key: WindowKey) -> None:
         consumer, name, _ = key
+        now = self._clock.seconds()
+        for budget in self._budgets.get(consumer, ()):
+            if budget.name == name:
+                self._report(self._state(consumer, budget, now))
+        if self._on_ledger is not None:
+            self._on_ledger(self._book.up, self._book.unwritten)
+
+    def _report(self, state: BudgetState) -> None:
         if self._on_change is not None:
-            for budget in self._budgets.get(consumer, ()):
-                if budget.name == name:
-                    self._on_change(self._state(consumer, budget, self._clock.seconds()))
+            self._on_change(state)
 
     def _state(self, consumer: str, budget: Budget, now: float) -> BudgetState:
         start, end = self._window(budget, now)
-        units = self._spent.get((consumer, budget.name, start), 0)
-        spent = Decimal(units) / PICO if budget.unit is BudgetUnit.USD else Decimal(units)
-        return BudgetState(consumer, budget, spent, start, end)
+        key = (consumer, budget.name, start)
+        limit = self._limit(budget, key)
+        return BudgetState(consumer, budget, amount_of(budget, self._book.spent(key)), start, end, amount_of(budget, limit))
+
+    @classmethod
+    def _window(cls, budget: Budget, now: float) -> tuple[int, int]:
+        start = cls._window_start(budget.window_seconds, now)
+        return start, start + budget.window_seconds
 
     @staticmethod
-    def _window(budget: Budget, now: float) -> tuple[int, int]:
+    def _window_start(seconds: int, now: float) -> int:
         # Fixed windows aligned to the Unix epoch, as agentgateway's.
-        start = int(now) - int(now) % budget.window_seconds
-        return start, start + budget.window_seconds
+        return int(now) - int(now) % seconds

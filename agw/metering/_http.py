@@ -14,6 +14,7 @@ from agw.metering._accesslog import AccessLog, cost_fields, duration_fields, mod
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
+from agw.metering._reservation import NO_RESERVATION, Reservation
 from agw.metering._spans import NO_SPAN, Span, span_name
 from agw.metering._usage import TokenUsage
 
@@ -43,6 +44,8 @@ class HTTPExchange:
     client: str | None = None
     # This request's span (config.tracing), ended by record().
     span: Span = NO_SPAN
+    # What the request holds of its consumer's budgets until record() charges its usage.
+    reservation: Reservation = NO_RESERVATION
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
@@ -80,8 +83,11 @@ class HTTPExchange:
                 span_name(self.operation, self.request_model, fields["http.method"]), now,
                 {**fields, **model_fields(models), **cost_fields(cost), **ttft}, error=status >= 500,
             )
-        if governor is not None and usage is not None and priced:
+        if usage is not None and priced and self.reservation is not NO_RESERVATION:
+            self.reservation.settle(cost, usage.input + usage.output)
+        elif governor is not None and usage is not None and priced:
             governor.charge(self.who.name if self.who is not None else None, cost, usage.input + usage.output)
+        self.reservation.release()
         if models is None or not 200 <= status < 300:
             return
         metrics.record_llm_timing(

@@ -10,7 +10,7 @@ from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agw.metering._attribution import Attribution
-from agw.metering._budgets import BudgetState
+from agw.metering._budget_state import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
 from agw.metering._children import MetricChildren
 from agw.metering._realtime_metrics import RealtimeMetrics
@@ -130,6 +130,19 @@ class GatewayMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.ledger_up = Gauge(
+            "agw_budget_ledger_up",
+            "1 while the budget ledger (config.database) answers, 0 while it does not (budgets are then enforced "
+            "from what this process knows, at its share of what was left).",
+            registry=self.registry,
+            multiprocess_mode="livemin",  # with workers: 0 if any live worker cannot reach it
+        )
+        self.ledger_unwritten = Gauge(
+            "agw_budget_unwritten_charges",
+            "Budget charges (one per consumer, budget and window) waiting to be written to the ledger.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.cost_lookups = Counter(
             "agentgateway_cost_catalog_lookups",
             "Model cost catalog lookups by status: Exact, Unpriced, Missing, NoCatalog (agentgateway-compatible).",
@@ -219,6 +232,16 @@ class GatewayMetrics:
             self._child(self.cost, *common, *who.labels).inc(float(cost.total))
             for component, usd in cost.components.items():
                 self._child(self.cost_by_component, component, *common, who.consumer, *who.labels).inc(float(usd))
+
+    def prices(self, model: str | None) -> bool:
+        """Whether the current catalog has a price for C{model} (budgets in USD refuse models it has none for)."""
+        catalog = self.catalog
+        return catalog is not None and model is not None and catalog.resolve(SYSTEM, model) is not None
+
+    def record_ledger(self, up: bool | None, unwritten: int) -> None:
+        """Whether the budget ledger answers, and how many charges wait to be written (see L{agw.metering.Governor})."""
+        self.ledger_up.set(1 if up else 0)
+        self.ledger_unwritten.set(unwritten)
 
     def record_budget(self, state: BudgetState) -> None:
         """A budget's spend changed (see L{agw.metering.Governor})."""

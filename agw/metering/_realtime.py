@@ -9,13 +9,15 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from agw.config import BudgetUnit
 from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, duration_fields, model_fields, usage_fields
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
+from agw.metering._denial import Denial
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._ratelimit import RouteLimits
+from agw.metering._reservation import NO_RESERVATION, Reservation
+from agw.metering._responses import ResponseQueue
 from agw.metering._realtime_metrics import close_code_label
 from agw.metering._spans import NO_SPAN, Span, span_name
 from agw.metering._usage import AudioDuration, TokenUsage
@@ -24,7 +26,9 @@ CLIENT_TO_UPSTREAM = "client_to_upstream"
 UPSTREAM_TO_CLIENT = "upstream_to_client"
 CHAT = "chat"  # agentgateway's operation name for Realtime responses
 TRANSCRIPTION = "transcription"
-_MAX_REQUESTED_IDS = 64
+# response.create events the provider has not answered yet, per session: a client
+# sending them without end is refused past this (each is remembered until answered).
+MAX_UNACKNOWLEDGED = 256
 
 
 class RealtimeSession:
@@ -45,9 +49,7 @@ class RealtimeSession:
     ) -> None:
         self._metrics = metrics
         self._span = span  # the session's (config.tracing); each response is a child
-        self._traced = span is not NO_SPAN  # without tracing, no response timing is kept for spans
-        self._asked_at: list[float] = []  # when unacknowledged response.create events came, oldest first
-        self._response_started_at: dict[str | None, float] = {}
+        self._traced = span is not NO_SPAN
         self._last_ttft: float | None = None
         # The upgrade request (src.addr, http.path), for the session's record.
         self._request = dict(request or {})
@@ -63,15 +65,9 @@ class RealtimeSession:
         self.request_model = request_model
         self.response_model: str | None = None
         self.transcription_model: str | None = None
-        self.responses_in_progress = 0
-        # Responses the client asked for that the provider has not
-        # acknowledged (response.created) yet: billed all the same.
-        self.responses_requested = 0
-        # In-flight response ids, oldest first (for response.cancel).
-        self.in_flight: dict[str, None] = {}
-        # event_ids of unacknowledged response.create events, newest last
-        # (bounded: a provider error naming one means it never bills).
-        self._requested_ids: dict[str, None] = {}
+        # Responses asked for (a provider error naming the request means it never bills) and under way.
+        self._queue = ResponseQueue()
+        self.in_flight = self._queue.in_flight  # response ids, oldest first (for response.cancel)
         self.responses = 0
         self.responses_refused = 0  # response.create events a budget stopped
         self.started_at: float | None = None
@@ -100,6 +96,7 @@ class RealtimeSession:
         self._metrics.realtime.sessions.labels(*labels).dec()
         self._metrics.realtime.session_duration.labels(*labels).observe(duration)
         self._metrics.realtime.closes.labels(*self._route.values(), close_code_label(close_code)).inc()
+        self._queue.release_all()
         fields = {
             **self._request, **duration_fields(duration), "websocket.close_code": close_code, "agw.responses": self.responses,
             "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
@@ -157,25 +154,33 @@ class RealtimeSession:
     def transcription_model_changed(self, model: str) -> None:
         self.transcription_model = model
 
+    @property
+    def responses_requested(self) -> int:
+        """C{response.create} events forwarded and not acknowledged yet: billed all the same."""
+        return self._queue.requested
+
+    @property
+    def responses_in_progress(self) -> int:
+        return self._queue.running
+
     def response_requested(self, event_id: str | None = None) -> None:
-        """The client sent C{response.create} (with C{event_id}, if it gave one): time to first token starts."""
-        self.responses_requested += 1
-        if event_id is not None:
-            self._requested_ids[event_id] = None
-            if len(self._requested_ids) > _MAX_REQUESTED_IDS:
-                del self._requested_ids[next(iter(self._requested_ids))]
+        """
+        The client's C{response.create} (with C{event_id}, if it has one) was
+        forwarded: what L{refusal} admitted is held until its usage comes;
+        time to first token starts.
+        """
+        now = self._clock()
+        self._queue.asked(event_id, now)
         if self._ttft_from is None:
-            self._ttft_from = self._clock()
-        if self._traced and len(self._asked_at) < _MAX_REQUESTED_IDS:
-            self._asked_at.append(self._clock())
+            self._ttft_from = now
+
+    def request_dropped(self) -> None:
+        """The C{response.create} L{refusal} admitted could not be forwarded (the provider's leg was closing)."""
+        self._queue.take_admitted().release()
 
     def request_failed(self, event_id: str) -> None:
         """The provider answered a client event with an error: if it was a C{response.create}, no response comes."""
-        if event_id in self._requested_ids:
-            del self._requested_ids[event_id]
-            self.responses_requested = max(0, self.responses_requested - 1)
-            if self._asked_at:
-                self._asked_at.pop()
+        self._queue.failed(event_id)
 
     @property
     def awaiting_usage(self) -> bool:
@@ -210,75 +215,75 @@ class RealtimeSession:
         self.responses_refused += 1
         self._metrics.realtime.refusals.labels(*self._route.values(), "response.create").inc()
 
-    def refusal(self, spend: bool = True) -> tuple[str, str] | None:
+    @property
+    def priced(self) -> bool:
+        """Whether the catalog prices the model this session's responses are billed for."""
+        return self._metrics.prices(self._models(CHAT).priced_model)
+
+    def refusal(self, spend: bool = True) -> Denial | None:
         """
-        Why a new response may not start, if it may not: an exhausted
-        C{Block} budget, or an empty rate-limit bucket (as C{(error type,
-        message)} for the client's C{error} event). Checked before each
-        C{response.create}, which spends a C{requests} token (C{spend}).
+        Why a new response may not start, if it may not: a C{Block} budget
+        (exhausted, or too little left for one more response while others
+        are in flight, or a USD budget and an unpriced model), or an empty
+        rate-limit bucket. Checked before each C{response.create}, which
+        spends a C{requests} token (C{spend}). A response that may start is
+        admitted: it holds its share of the budgets from now on (see
+        L{response_requested}, L{request_dropped}).
         """
-        exhausted = self._governor.blocking(self._consumer) if self._governor is not None else None
-        if exhausted is not None:
-            budget = exhausted.budget
-            tokens = budget.unit is BudgetUnit.TOKENS
-            return ("tokens" if tokens else "requests"), (
-                f"Budget {budget.name!r} of this API key is exhausted: {exhausted.spent} of {budget.amount} "
-                f"{'tokens' if tokens else 'USD'} used in the current window, which ends at Unix time {exhausted.window_end}."
-            )
+        if self._queue.requested >= MAX_UNACKNOWLEDGED:
+            return Denial.too_many_unacknowledged(MAX_UNACKNOWLEDGED)
+        admitted: Reservation = NO_RESERVATION
+        if self._governor is not None:
+            decided = self._governor.admit(self._consumer, self.priced, self._models(CHAT).priced_model)
+            if isinstance(decided, Denial):
+                return decided
+            admitted = decided
         if self._limits is not None:
             empty = self._limits.admit() if spend else self._limits.empty()
             if empty is not None:
-                return empty.kind, (
-                    f"Rate limit reached for {empty.kind} on this route (localRateLimit of {empty.capacity}); "
-                    f"try again in {empty.reset_seconds:.3f}s."
-                )
+                admitted.release()
+                return Denial.rate_limited(empty.kind, empty.capacity, empty.reset_seconds)
+        self._queue.admitted(admitted)
         return None
 
-    def response_started(self, response_id: str | None) -> tuple[str, str] | None:
+    def response_started(self, response_id: str | None) -> Denial | None:
         """
         A response began; if the server started it on its own (server VAD:
-        no request of the client's is waiting) while a budget is exhausted,
-        the budget that forbids it (the caller cancels it; its usage is
-        still counted and charged).
+        no request of the client's is waiting) and governance forbids it,
+        why (the caller cancels it; its usage is still counted and charged).
         """
-        # A response the server started on its own answers no request; one
-        # the client asked for answers the oldest request.
-        refused = self.refusal(spend=False) if not self.responses_requested else None
-        self.responses_requested = max(0, self.responses_requested - 1)
-        if not self.responses_requested:
-            self._requested_ids.clear()  # every request answered
-            self._asked_at = self._asked_at[:1]
-        self.responses_in_progress += 1
-        if response_id is not None:
-            self.in_flight[response_id] = None
-        # A response's span starts at the response.create it answers (now, if the server started it).
-        if self._traced:
-            started = self._asked_at.pop(0) if self._asked_at else self._clock()
-            if len(self._response_started_at) < _MAX_REQUESTED_IDS:
-                self._response_started_at[response_id] = started
+        # A response the server started on its own answers no request (and is governed now).
+        refused, unasked = None, None
+        if not self._queue.requested:
+            refused = self.refusal(spend=False)
+            unasked = self._queue.take_admitted()
+        self._queue.started(response_id, self._clock(), unasked)
         return refused
 
     def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None:
-        self.responses_in_progress = max(0, self.responses_in_progress - 1)
-        if response_id is not None:
-            self.in_flight.pop(response_id, None)
         self.responses += 1
-        cost = self.tokens_used(CHAT, usage) if usage is not None else None
+        now = self._clock()
+        reservation, began = self._queue.finished(response_id, now)
+        cost = self.tokens_used(CHAT, usage, reservation) if usage is not None else None
+        reservation.release()  # settled above if it reported usage
         fields = {"status": status, **usage_fields(usage), **cost_fields(cost), **self._who}
         self._log.emit("realtime.response", self._route, self._models(CHAT), **fields)
         ttft, self._last_ttft = self._last_ttft, None
-        if not self._traced:
-            return
-        now = self._clock()
-        self._span.child(
-            span_name(CHAT, self.request_model, CHAT), self._response_started_at.pop(response_id, now), now,
-            {**model_fields(self._models(CHAT)), **fields, **({"gen_ai.server.time_to_first_token": ttft} if ttft is not None else {})},
-        )
+        if self._traced:  # a response's span starts at the response.create it answers
+            self._span.child(
+                span_name(CHAT, self.request_model, CHAT), began, now, {
+                    **model_fields(self._models(CHAT)), **fields,
+                    **({"gen_ai.server.time_to_first_token": ttft} if ttft is not None else {}),
+                },
+            )
 
-    def tokens_used(self, operation: str, usage: TokenUsage) -> Cost:
+    def tokens_used(self, operation: str, usage: TokenUsage, reservation: Reservation | None = None) -> Cost:
+        """Record C{usage}, and charge it (through the response's C{reservation}, if it held one)."""
         cost = self._metrics.record_tokens(self._route, self._models(operation), usage, self.who)
         self.cost += cost.total
-        if self._governor is not None:
+        if reservation is not None and reservation is not NO_RESERVATION:
+            reservation.settle(cost, usage.input + usage.output)
+        elif self._governor is not None:
             self._governor.charge(self._consumer, cost, usage.input + usage.output)
         if self._limits is not None:
             self._limits.charge(usage.input + usage.output)

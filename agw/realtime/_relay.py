@@ -135,9 +135,9 @@ class RealtimeRelay:
             KeyCheck.authorize(key, model)
             who = context.attribute(key)
         if context.governor is not None:
-            exhausted = context.governor.blocking(who.name)
-            if exhausted is not None:
-                raise KeyRefused(429, f"budget {exhausted.budget.name!r} of this API key is exhausted", "rate_limit_exceeded")
+            denial = context.governor.blocking(who.name, context.metrics.prices(model), model)
+            if denial is not None:
+                raise KeyRefused(denial.status, denial.message, denial.code)
         span = context.spans.start("realtime", self._reactor.seconds(), request.headers.get("traceparent"))
         return RealtimeSession(
             context.metrics, context.labels, model, self._reactor.seconds, context.access_log, who, context.governor,

@@ -6,6 +6,8 @@ refusals reach the client as HTTP statuses instead of silent closes.
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -22,6 +24,7 @@ from agw.metering import (
     RealtimeSession,
     client_event_id,
     client_event_type,
+    decode_event,
     leading_event_type,
 )
 from agw.realtime._frames import BINARY, Frame
@@ -54,8 +57,17 @@ class SessionHost(Protocol):
     def closed(self, leg: RealtimeServerProtocol) -> None: ...
 
 REALTIME_SUBPROTOCOL = "realtime"
-_REASONS = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests"}
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
 RESPONSE_CREATE = "response.create"
+
+
+def with_event_id(payload: bytes) -> tuple[bytes, str | None]:
+    """A client event without C{event_id}, given one of agw's (the event as it was if it is not a JSON object)."""
+    event = decode_event(payload)
+    if event is None:
+        return payload, None
+    event_id = event["event_id"] = f"event_agw_{uuid.uuid4().hex[:20]}"
+    return json.dumps(event, separators=(",", ":")).encode(), event_id
 
 
 class HandshakeAnswer(Exception):
@@ -159,18 +171,25 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
-        creates = not isBinary and session is not None and client_event_type(payload) == RESPONSE_CREATE
-        if creates:
-            refused = session.refusal()  # type: ignore[union-attr]
-            if refused is not None:
-                # Not forwarded: the client learns why in-protocol, and the session goes on.
-                self.sendMessage(limit_error_event(refused, client_event_id(payload)))
-                session.refused()  # type: ignore[union-attr]
-                return
+        if isBinary or session is None or client_event_type(payload) != RESPONSE_CREATE:
+            self.message_relayed(len(payload), self.forward(payload, isBinary))
+            return
+        event_id = client_event_id(payload)
+        refused = session.refusal()
+        if refused is not None:
+            # Not forwarded: the client learns why in-protocol, and the session goes on.
+            self.sendMessage(limit_error_event(refused, event_id))
+            session.refused()
+            return
+        if event_id is None:
+            # Named by agw, so that the provider's error for it (it may refuse it) says which request never runs.
+            payload, event_id = with_event_id(payload)
         forwarded = self.forward(payload, isBinary)
         self.message_relayed(len(payload), forwarded)
-        if forwarded and creates:
-            session.response_requested(client_event_id(payload))  # type: ignore[union-attr]
+        if forwarded:
+            session.response_requested(event_id)
+        else:
+            session.request_dropped()
 
     def wants_whole(self, frame: Frame) -> bool:
         # Governance reads response.create; a text event whose head does not say its type is read whole.

@@ -30,19 +30,24 @@ class MetricsResource(Resource):
 
 
 class ReadinessResource(Resource):
-    """C{/healthz/ready}: 200 once C{is_ready()} says so, 503 before."""
+    """
+    C{/healthz/ready}: 200 once C{is_ready()} says so, 503 before; the
+    body adds C{notes()} (a degraded part, such as an unreachable budget ledger).
+    """
 
     isLeaf = True
 
-    def __init__(self, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, is_ready: Callable[[], bool], notes: Callable[[], list[str]] = list) -> None:
         super().__init__()
         self._is_ready = is_ready
+        self._notes = notes
 
     def render_GET(self, request: Request) -> bytes:
+        notes = "".join(f"{note}\n" for note in self._notes())
         if self._is_ready():
-            return b"ready\n"
+            return b"ready\n" + notes.encode()
         request.setResponseCode(503)
-        return b"not ready\n"
+        return b"not ready\n" + notes.encode()
 
 
 def stats_root(registry: CollectorRegistry) -> Resource:
@@ -52,12 +57,12 @@ def stats_root(registry: CollectorRegistry) -> Resource:
     return root
 
 
-def readiness_root(is_ready: Callable[[], bool]) -> Resource:
+def readiness_root(is_ready: Callable[[], bool], notes: Callable[[], list[str]] = list) -> Resource:
     """The readiness listener's tree: C{/healthz/ready}."""
     root = Resource()
     healthz = Resource()
     root.putChild(b"healthz", healthz)
-    healthz.putChild(b"ready", ReadinessResource(is_ready))
+    healthz.putChild(b"ready", ReadinessResource(is_ready, notes))
     return root
 
 

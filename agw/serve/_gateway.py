@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTCP
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
+from agw.config import Bind, ClientKey, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
@@ -24,6 +24,7 @@ from agw.metering import (
     GatewayMetrics,
     Governor,
     RouteLabels,
+    ReserveOptions,
     RouteLimits,
     SpanSink,
     catalog_for,
@@ -41,15 +42,31 @@ from agw.routing import (
 from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, restart_only_changes
 
 
-def governor_for(config: GatewayConfig, reactor: Any, on_change: Any = None) -> Governor | None:
-    """The budgets of C{config}'s client keys, or C{None} if no key has any (a L{Governor} is started by its service)."""
-    keys = [
+def client_keys(config: GatewayConfig) -> list[ClientKey]:
+    """Every client key of C{config}, route by route."""
+    return [
         key for bind in config.binds for listener in bind.listeners for route in listener.routes
         if route.policies.api_key is not None for key in route.policies.api_key.keys
     ]
+
+
+def governor_for(
+    config: GatewayConfig, reactor: Any, metrics: GatewayMetrics | None = None, enforcing: bool = True,
+    reserve: ReserveOptions = ReserveOptions(),
+) -> Governor | None:
+    """
+    The budgets of C{config}'s client keys, or C{None} if no key has any (a
+    L{Governor} is started by its service); C{enforcing}: this process
+    decides on requests (a C{--workers} parent only reads the ledger).
+    """
+    keys = client_keys(config)
     if config.database_url is None or not any(key.budgets for key in keys):
         return None
-    return Governor(keys, BudgetLedger(config.database_url.value, reactor), reactor, on_change=on_change)
+    return Governor(
+        keys, BudgetLedger(config.database_url.value, reactor), reactor,
+        on_change=metrics.record_budget if metrics is not None else None,
+        on_ledger=metrics.record_ledger if metrics is not None else None, enforcing=enforcing, reserve=reserve,
+    )
 
 
 def spans_for(config: GatewayConfig) -> SpanSink:
@@ -99,6 +116,7 @@ class Gateway:
         http_options: HTTPOptions = HTTPOptions(),
         access_log: AccessLog = NO_ACCESS_LOG,
         rate_limit_share: float = 1.0,
+        reserve: ReserveOptions = ReserveOptions(),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -123,9 +141,10 @@ class Gateway:
         self.http_options = http_options
         self.http_client = UpstreamClient(reactor, http_options)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
-        self.governor = governor_for(config, reactor, self.metrics.record_budget)
+        self.reserve = reserve  # what one response is assumed to cost before one is seen (budgets)
+        self.governor = governor_for(config, reactor, self.metrics, reserve=reserve)
         self.spans = spans_for(config)
-        # Governors replaced by a reload: sessions opened before still charge them until they stop.
+        # Governors of databases a reload replaced: sessions opened before still charge them until they stop.
         self.retired_governors: list[Governor] = []
         self._slots: dict[int, SessionSlots] = {}  # one session count per bind, across reloads
         self._resources = {bind.port: CurrentBind(self._bind_resource(bind)) for bind in config.binds}
@@ -182,11 +201,16 @@ class Gateway:
         restart_only = restart_only_changes(old, config)
         attributor = Attributor(config.metric_fields, config.log_fields)
         governor = None
+        same_database = self.governor is not None and config.database_url == old.database_url
         if budget_setup(config) != budget_setup(old):
-            governor = governor_for(config, self.reactor, self.metrics.record_budget)
-            if self.governor is not None:
-                self.retired_governors.append(self.governor)
-            self.governor = governor
+            if same_database and any(key.budgets for key in client_keys(config)):
+                self.governor.configure(client_keys(config))  # type: ignore[union-attr]  # spend and holds carry on
+            else:
+                governor = governor_for(config, self.reactor, self.metrics, reserve=self.reserve)
+                if self.governor is not None:
+                    self.governor.retire()
+                    self.retired_governors.append(self.governor)
+                self.governor = governor
         self.config, self.attributor = config, attributor
         # Prices are those in force when a response ends (an open session's next response is priced anew).
         self.metrics.catalog = catalog_for(config.model_catalog)

@@ -144,11 +144,15 @@ def make_site(resource: IResource, reactor: object, options: HTTPOptions | None 
 
 def admin_listeners(
     parent: MultiService, reactor: object, config: GatewayConfig, registry: CollectorRegistry, is_ready: Callable[[], bool],
+    notes: Callable[[], list[str]] = list,
 ) -> tuple[ListeningService, ListeningService]:
-    """The stats listener (C{/metrics} of C{registry}) and the readiness listener, as children of C{parent}."""
+    """
+    The stats listener (C{/metrics} of C{registry}) and the readiness
+    listener (C{notes}: lines its answer adds), as children of C{parent}.
+    """
     stats = ListeningService(reactor, config.stats_addr, make_site(stats_root(registry), reactor), "stats")
     stats.setServiceParent(parent)
-    readiness = ListeningService(reactor, config.readiness_addr, make_site(readiness_root(is_ready), reactor), "readiness")
+    readiness = ListeningService(reactor, config.readiness_addr, make_site(readiness_root(is_ready, notes), reactor), "readiness")
     readiness.setServiceParent(parent)
     return stats, readiness
 
@@ -174,3 +178,13 @@ def budgets_listener(
             return None
     admin.setServiceParent(parent)
     return admin
+
+
+def ledger_notes(governor: Governor | None) -> list[str]:
+    """What readiness says about the budget ledger when it is not answering."""
+    if governor is None or governor.ledger_up is not False:
+        return []
+    return [
+        f"budget ledger unreachable: budgets enforced at this process's share of what was left; "
+        f"{governor.unwritten} charges waiting to be written"
+    ]

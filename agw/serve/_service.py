@@ -18,7 +18,7 @@ from twisted.web.resource import IResource, Resource
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
 from agw.metering import GatewayMetrics, Governor
-from agw.serve._listening import ListeningService, admin_listeners, budgets_listener, make_site
+from agw.serve._listening import ListeningService, admin_listeners, budgets_listener, ledger_notes, make_site
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes
 
 
@@ -74,7 +74,9 @@ class GatewayService(MultiService):
         self.stats: ListeningService | None = None
         self.readiness: ListeningService | None = None
         if admin:
-            self.stats, self.readiness = admin_listeners(self, reactor, config, gateway.metrics.registry, self.is_ready)
+            self.stats, self.readiness = admin_listeners(
+                self, reactor, config, gateway.metrics.registry, self.is_ready, lambda: ledger_notes(self.gateway.governor),
+            )
         self.admin: ListeningService | None = None
         if admin and gateway.governor is not None:
             # adminAddr serves the budgets' read-out (only when there are budgets to show).
@@ -137,8 +139,15 @@ class GatewayService(MultiService):
         return reloaded
 
     def is_ready(self) -> bool:
-        """Every bind is listening (and the gateway is not stopping)."""
-        return self.running and not self.draining and all(listener.listening for listener in self.binds.values())
+        """
+        Every bind is listening, budgets (if any) were read from their
+        ledger once, and the gateway is not stopping.
+        """
+        governor = self.gateway.governor
+        return (
+            self.running and not self.draining and all(listener.listening for listener in self.binds.values())
+            and (governor is None or governor.ready)
+        )
 
     def when_listening(self) -> Deferred[object]:
         """Fires once every bind listens; fails if one cannot."""
@@ -168,5 +177,5 @@ class GatewayService(MultiService):
             yield deferToThreadPool(reactor, reactor.getThreadPool(), shutdown)
         for governor in (self.gateway.governor, *self.gateway.retired_governors):
             if governor is not None:
-                governor.stop()
+                yield governor.stop()
         self.draining = False

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from agw.config import GatewayConfig
 from agw.metering import Governor
 from agw.serve._gateway import governor_for
-from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener
+from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener, ledger_notes
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
 from agw.serve._worker import CONTROL_FD, READY
@@ -161,11 +161,13 @@ class WorkerPool(MultiService):
         Gauge("agw_workers_ready", "Worker processes ready to serve.", registry=self.registry).set_function(
             lambda: sum(worker.ready for worker in self.workers)
         )
-        self.stats, self.readiness = admin_listeners(self, reactor, config, self.registry, self.is_ready)
+        self.stats, self.readiness = admin_listeners(
+            self, reactor, config, self.registry, self.is_ready, lambda: ledger_notes(self.governor),
+        )
         # The workers enforce budgets; the parent reads the shared ledger to serve /budgets.
         self.governor: Governor | None = None
         self.admin: ListeningService | None = None
-        self._serve_budgets(governor_for(config, reactor))
+        self._serve_budgets(governor_for(config, reactor, enforcing=False))
 
     def _serve_budgets(self, governor: Governor | None) -> Governor | None:
         """Serve C{governor}'s /budgets on adminAddr from now on (a reload may bring a new one)."""
@@ -188,6 +190,7 @@ class WorkerPool(MultiService):
         return (
             self.running and not self.stopping and any(worker.ready for worker in self.workers)
             and all(worker.ready or worker.crashes < CRASH_LOOP for worker in self.workers)
+            and (self.governor is None or self.governor.ready)
         )
 
     def privilegedStartService(self) -> None:
@@ -222,7 +225,7 @@ class WorkerPool(MultiService):
             self.held.release(port)
         governor = None
         if budget_setup(config) != budget_setup(old):
-            governor = self._serve_budgets(governor_for(config, self.reactor))
+            governor = self._serve_budgets(governor_for(config, self.reactor, enforcing=False))
         self.config = config
         self._signal_all(signal.SIGHUP)
         return Reloaded(added, removed, governor, restart_only)
@@ -275,7 +278,7 @@ class WorkerPool(MultiService):
             kill.cancel()
         yield MultiService.stopService(self)
         if self.governor is not None:
-            self.governor.stop()
+            yield self.governor.stop()
         self.held.release_all()
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
