@@ -406,16 +406,33 @@ class PostgresServer:
             self.port = s.getsockname()[1]
         subprocess.run([*as_user, initdb, "-D", data, "-U", "agw", "--auth=trust", "-E", "UTF8"],
                        check=True, capture_output=True)
-        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.directory}"
-        subprocess.run([*as_user, pg_ctl, "-D", data, "-o", options, "-w", "-l", os.path.join(self.directory, "log"), "start"],
-                       check=True, capture_output=True)
-        case.addCleanup(self._stop, as_user, pg_ctl, data)
+        self._ctl = [*as_user, pg_ctl, "-D", data]
+        self.start()
+        case.addCleanup(self._remove)
         self.url = f"postgresql://agw@127.0.0.1:{self.port}/postgres"
 
-    def _stop(self, as_user: list[str], pg_ctl: str, data: str) -> None:
+    def start(self) -> None:
+        """Start the server (again, after L{stop}: same data, same port)."""
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.directory}"
+        subprocess.run([*self._ctl, "-o", options, "-w", "-l", os.path.join(self.directory, "log"), "start"],
+                       check=True, capture_output=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (C{fast}: clients are disconnected, as in a restart; C{immediate}: a crash)."""
+        subprocess.run([*self._ctl, "-m", mode, "-w", "stop"], check=True, capture_output=True)
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of C{sql}, run on a connection of its own (blocking: call it in a thread)."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            cursor = connection.execute(sql, args or None)
+            return cursor.fetchall() if cursor.description else []
+
+    def _remove(self) -> None:
         import shutil
 
-        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run([*self._ctl, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -109,8 +109,9 @@ class SpendBook:
         self._write_call = None
         for charge in self._sending:
             self._epoch[charge.key] = self._epoch.get(charge.key, 0) + 1
-        writing = self._ledger.write(self._sending, int(self._clock.seconds()))
-        self._writing = writing.addCallbacks(self._written, self._write_failed)
+        # Set before the callbacks: a write that fails at once has already ended when addCallbacks returns.
+        self._writing = writing = self._ledger.write(self._sending, int(self._clock.seconds()))
+        writing.addCallbacks(self._written, self._write_failed)
 
     def _written(self, totals: dict[WindowKey, int]) -> None:
         self._writing = None

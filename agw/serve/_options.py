@@ -104,7 +104,10 @@ class Options(usage.Options):
 
 
 def check_files(config: GatewayConfig) -> None:
-    """Files the config names (C{backendTLS.root}, C{modelCatalog}) can be read and used; raises L{ConfigError}."""
+    """
+    Files the config names (C{backendTLS.root}, C{modelCatalog}) can be read
+    and used, and what C{config.database.url} needs is installed; raises L{ConfigError}.
+    """
     from agw.metering import CatalogError, catalog_for
     from agw.routing import TrustRootError, read_trust_root
 
@@ -121,6 +124,13 @@ def check_files(config: GatewayConfig) -> None:
         catalog_for(config.model_catalog)
     except CatalogError as e:
         raise ConfigError("config.modelCatalog", str(e)) from None
+    if config.database_url is not None:
+        from agw.metering import LedgerURLError, check_ledger_url
+
+        try:
+            check_ledger_url(config.database_url.value)
+        except LedgerURLError as e:
+            raise ConfigError("config.database.url", str(e)) from None
     if config.tracing is not None:
         from agw.tracing import tracing_available
 
