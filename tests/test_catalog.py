@@ -25,10 +25,12 @@ from agw.metering import (
     CatalogError,
     TokenUsage,
     catalog_for,
+    chat_completion_usage,
     default_catalog,
     parse_catalog,
     price_audio,
     price_tokens,
+    realtime_response_usage,
 )
 from agw.serve import Options
 from agw.testing import REALTIME_MODEL
@@ -161,6 +163,102 @@ class PriceTests(SynchronousTestCase):
     def test_transcription_by_the_minute(self) -> None:
         cost = price_audio(default_catalog(), "openai", "gpt-realtime-whisper", AudioDuration(90.0))
         self.assertEqual((cost.status, cost.total), (EXACT, usd("0.017") * Decimal("1.5")))
+
+
+
+def realtime_done(input_details: dict[str, Any], output_details: dict[str, Any]) -> TokenUsage:
+    """The usage agw reads from a Realtime C{response.done} with these details."""
+    usage = {
+        "input_tokens": sum(input_details.get(f"{m}_tokens", 0) for m in ("text", "audio", "image")),
+        "output_tokens": sum(output_details.values()),
+        "input_token_details": input_details, "output_token_details": output_details,
+    }
+    parsed = realtime_response_usage({"type": "response.done", "response": {"usage": usage}})
+    assert parsed is not None
+    return parsed
+
+
+class CachedModalityTests(SynchronousTestCase):
+    """
+    Cached input by modality, at gpt-realtime's rates (per 1M: text 4, cached
+    text 0.40, audio 32, cached audio 0.40, image 5, cached image 0.50,
+    output 16, audio output 64).
+    """
+
+    catalog = default_catalog()
+
+    def price(self, usage: TokenUsage) -> dict[str, Decimal]:
+        cost = price_tokens(self.catalog, "openai", "gpt-realtime", usage)
+        self.assertEqual(cost.status, EXACT)
+        return dict(cost.components)
+
+    def test_realtime_cached_without_modality_details(self) -> None:
+        # 20 text + 100 audio in, 100 cached, no cached_tokens_details: the
+        # cached prefix is the 20 text tokens, then 80 of the audio.
+        usage = realtime_done(
+            {"text_tokens": 20, "audio_tokens": 100, "cached_tokens": 100}, {"text_tokens": 10, "audio_tokens": 50},
+        )
+        self.assertEqual(self.price(usage), {
+            "cache_read": usd("0.000008"),  # 20 x 0.40
+            "cache_read_audio": usd("0.000032"),  # 80 x 0.40
+            "input_audio": usd("0.00064"),  # 20 x 32
+            "output": usd("0.00016"),  # 10 x 16
+            "output_audio": usd("0.0032"),  # 50 x 64
+        })
+
+    def test_cached_spills_to_image_and_never_past_input(self) -> None:
+        usage = realtime_done(
+            {"text_tokens": 10, "audio_tokens": 20, "image_tokens": 30, "cached_tokens": 50}, {"text_tokens": 0},
+        )
+        self.assertEqual(self.price(usage), {
+            "cache_read": usd("0.000004"),  # 10 x 0.40
+            "cache_read_audio": usd("0.000008"),  # 20 x 0.40
+            "cache_read_image": usd("0.00001"),  # 20 x 0.50
+            "input_image": usd("0.00005"),  # 10 x 5
+        })
+        # More cached than input (a confused report): all input is cached, the rest costs nothing.
+        over = realtime_done({"text_tokens": 10, "audio_tokens": 20, "cached_tokens": 70}, {"text_tokens": 0})
+        self.assertEqual(self.price(over), {
+            "cache_read": usd("0.000004"),  # 10 x 0.40
+            "cache_read_audio": usd("0.000008"),  # 20 x 0.40
+        })
+
+    def test_http_cached_without_modality_details(self) -> None:
+        # Chat completions report cached and audio tokens, never which cached tokens are audio.
+        usage = chat_completion_usage({"usage": {
+            "prompt_tokens": 120, "completion_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 100, "audio_tokens": 100},
+            "completion_tokens_details": {"audio_tokens": 0},
+        }})
+        assert usage is not None
+        self.assertEqual(self.price(usage), {
+            "cache_read": usd("0.000008"),  # 20 text x 0.40
+            "cache_read_audio": usd("0.000032"),  # 80 audio x 0.40
+            "input_audio": usd("0.00064"),  # 20 audio x 32
+            "output": usd("0.00016"),  # 10 x 16
+        })
+
+    def test_reported_details_are_used_but_capped_at_input(self) -> None:
+        # The details say 80 of the cached 100 are audio: 20 text, 80 audio, as reported.
+        usage = realtime_done(
+            {"text_tokens": 60, "audio_tokens": 100, "cached_tokens": 100,
+             "cached_tokens_details": {"text_tokens": 20, "audio_tokens": 80}},
+            {"text_tokens": 10},
+        )
+        self.assertEqual(self.price(usage), {
+            "input": usd("0.00016"),  # 40 text x 4
+            "cache_read": usd("0.000008"),  # 20 x 0.40
+            "input_audio": usd("0.00064"),  # 20 audio x 32
+            "cache_read_audio": usd("0.000032"),  # 80 x 0.40
+            "output": usd("0.00016"),  # 10 x 16
+        })
+        # Details claiming 120 cached audio tokens of 100: 100 cached audio.
+        over = realtime_done(
+            {"text_tokens": 0, "audio_tokens": 100, "cached_tokens": 120,
+             "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 120}},
+            {"text_tokens": 0},
+        )
+        self.assertEqual(self.price(over), {"cache_read_audio": usd("0.00004")})  # 100 x 0.40
 
 
 class RealtimeCostTests(GatewayTestCase):

@@ -174,12 +174,34 @@ def _by(pairs: tuple[tuple[str, int], ...], modality: str) -> int:
     return sum(tokens for name, tokens in pairs if name == modality)
 
 
+def split_cached(usage: TokenUsage) -> dict[str, tuple[int, int]]:
+    """
+    Each modality's C{(input, cached)} tokens, cached never above input.
+    Input with no modality breakdown is text. Cached tokens the provider
+    attributes to a modality are taken as reported; the rest (all of them
+    when there is no C{cached_tokens_details}, as in chat completions) go
+    to the modalities not reported, in prompt order: text first (the
+    instructions and the conversation's text start the cached prefix),
+    then audio, then image. What fits nowhere is dropped: cached input is
+    part of input, never more.
+    """
+    audio, image = _by(usage.input_by_modality, "audio"), _by(usage.input_by_modality, "image")
+    inputs = {"text": max(0, usage.input - audio - image), "audio": audio, "image": image}
+    reported = dict(usage.cached_by_modality)
+    cached = {modality: min(tokens, reported.get(modality, 0)) for modality, tokens in inputs.items()}
+    unattributed = max(0, (usage.cached_input or 0) - sum(reported.values()))
+    for modality in (m for m in inputs if m not in reported):
+        cached[modality] = min(inputs[modality], unattributed)
+        unattributed -= cached[modality]
+    return {modality: (tokens, cached[modality]) for modality, tokens in inputs.items()}
+
+
 def price_tokens(catalog: Catalog | None, provider: str, model: str | None, usage: TokenUsage) -> Cost:
     """
     The cost of C{usage} by C{model}. Cached input is a subset of input, so
-    it is taken out of each modality's input before that is priced; input
-    with no modality breakdown is text. Reasoning tokens are part of output
-    and priced as output, as OpenAI bills them.
+    it is taken out of each modality's input before that is priced (see
+    L{split_cached} for which modality cached tokens are). Reasoning
+    tokens are part of output and priced as output, as OpenAI bills them.
     """
     if catalog is None:
         return Cost(NO_CATALOG)
@@ -187,18 +209,14 @@ def price_tokens(catalog: Catalog | None, provider: str, model: str | None, usag
     if prices is None:
         return Cost(MISSING)
     rates = prices.effective(usage.input)
-    audio_in, image_in = _by(usage.input_by_modality, "audio"), _by(usage.input_by_modality, "image")
-    cached_audio, cached_image = _by(usage.cached_by_modality, "audio"), _by(usage.cached_by_modality, "image")
-    cached = usage.cached_input or 0
-    cached_text = max(0, cached - cached_audio - cached_image)
-    text_in = max(0, usage.input - audio_in - image_in)
+    (text_in, cached_text), (audio_in, cached_audio), (image_in, cached_image) = split_cached(usage).values()
     audio_out = _by(usage.output_by_modality, "audio")
     lines = {
-        "input": (text_in - min(cached_text, text_in), rates.input),
+        "input": (text_in - cached_text, rates.input),
         "cache_read": (cached_text, rates.cache_read),
-        "input_audio": (audio_in - min(cached_audio, audio_in), _first(rates.input_audio, rates.input)),
+        "input_audio": (audio_in - cached_audio, _first(rates.input_audio, rates.input)),
         "cache_read_audio": (cached_audio, _first(rates.cache_read_audio, rates.cache_read)),
-        "input_image": (image_in - min(cached_image, image_in), _first(rates.input_image, rates.input)),
+        "input_image": (image_in - cached_image, _first(rates.input_image, rates.input)),
         "cache_read_image": (cached_image, _first(rates.cache_read_image, rates.cache_read)),
         "output": (max(0, usage.output - audio_out), rates.output),
         "output_audio": (audio_out, _first(rates.output_audio, rates.output)),
