@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import BudgetState
-from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
+from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog
 from agw.metering._children import MetricChildren
+from agw.metering._pricing import price_audio, price_tokens
 from agw.metering._realtime_metrics import RealtimeMetrics
 from agw.metering._usage import AudioDuration, TokenUsage
 
@@ -198,6 +199,13 @@ class GatewayMetrics:
         seen.add(model)
         return model
 
+    def prices(self, model: str | None) -> bool:
+        """
+        Whether the current catalog prices C{model} (an entry, or the
+        provider's C{"*"} fallback) as L{record_tokens} would look it up.
+        """
+        return self.catalog is not None and self.catalog.has_price(SYSTEM, model)
+
     def record_tokens(
         self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, who: Attribution | None = None,
     ) -> Cost:
@@ -214,6 +222,7 @@ class GatewayMetrics:
 
     def _record_cost(self, cost: Cost, common: tuple[str, ...], who: Attribution) -> None:
         # common: operation, system, request model, response model, then the route.
+        # A Missing lookup priced at the "*" fallback has components: they are counted as cost.
         self._child(self.cost_lookups, cost.status, *common[1:4]).inc()
         if cost.components:
             self._child(self.cost, *common, *who.labels).inc(float(cost.total))
