@@ -50,7 +50,8 @@ def price_tokens(catalog: Catalog | None, provider: str, model: str | None, usag
     if prices is None:
         return Cost(NO_CATALOG if catalog is None else MISSING)
     rates = prices.effective(usage.input)
-    (text_in, cached_text), (audio_in, cached_audio), (image_in, cached_image) = split_cached(usage).values()
+    split = split_cached(usage)
+    (text_in, cached_text), (audio_in, cached_audio), (image_in, cached_image) = split["text"], split["audio"], split["image"]
     audio_out = _by(usage.output_by_modality, "audio")
     lines = {
         "input": (text_in - cached_text, rates.input),
