@@ -118,6 +118,59 @@ class APIKeyConfigTests(SynchronousTestCase):
                 self.assertNotIn("\n", message)
 
 
+
+HOURLY_TOKENS = {"name": "hourly", "limit": {"unit": "Tokens", "amount": 1000}, "window": {"rolling": "1h"}}
+
+
+class SharedConsumerConfigTests(SynchronousTestCase):
+    """Keys of one C{metadata.name} share its budgets, wherever they are listed."""
+
+    def config(self, *routes_keys: list[dict[str, Any]], second_bind: list[dict[str, Any]] | None = None) -> Any:
+        def routes(keys_per_route: tuple[list[dict[str, Any]], ...]) -> list[dict[str, Any]]:
+            return [{"backends": [{"ai": {"name": "openai", "provider": {"openAI": {}}}}],
+                     "policies": {"apiKey": {"keys": keys}}} for keys in keys_per_route]
+
+        binds = [{"port": 3000, "listeners": [{"routes": routes(routes_keys)}]}]
+        if second_bind is not None:
+            binds.append({"port": 3001, "listeners": [{"routes": []}, {"routes": routes((second_bind,))}]})
+        text = yaml.safe_dump({"config": {"database": {"url": "sqlite:///tmp/agw-budgets.db"}}, "binds": binds})
+        return parse_config(text, ENV, source="c.yaml")
+
+    def test_same_name_different_budgets_refused(self) -> None:
+        with self.assertRaises(ConfigError) as e:
+            self.config(
+                [{"key": "old", "metadata": {"name": "voice"}, "budgets": [DAILY_USD]}],
+                [{"key": "other", "metadata": {"name": "other"}},
+                 {"key": "new", "metadata": {"name": "voice"}, "budgets": [DAILY_USD, HOURLY_TOKENS]}],
+            )
+        message = str(e.exception)
+        self.assertTrue(message.startswith("binds[0].listeners[0].routes[1].policies.apiKey.keys[1]: "), message)
+        self.assertIn("binds[0].listeners[0].routes[0].policies.apiKey.keys[0]", message)
+        self.assertIn("'voice'", message)
+        self.assertIn("(c.yaml, line ", message)
+
+    def test_across_binds_and_without_budgets(self) -> None:
+        # A key with no budgets under a name that has some would spend that name's budgets unchecked.
+        with self.assertRaises(ConfigError) as e:
+            self.config(
+                [{"key": "old", "metadata": {"name": "voice"}, "budgets": [DAILY_USD]}],
+                second_bind=[{"key": "new", "metadata": {"name": "voice"}}],
+            )
+        message = str(e.exception)
+        self.assertTrue(message.startswith("binds[1].listeners[1].routes[0].policies.apiKey.keys[0]: "), message)
+        self.assertIn("binds[0].listeners[0].routes[0].policies.apiKey.keys[0]", message)
+
+    def test_key_rotation_and_one_key_on_several_routes_allowed(self) -> None:
+        rotated = [{"key": "old", "metadata": {"name": "voice"}, "budgets": [DAILY_USD, HOURLY_TOKENS]},
+                   {"key": "new", "metadata": {"name": "voice"}, "budgets": [HOURLY_TOKENS, DAILY_USD]}]
+        config = self.config(rotated, rotated[:1], second_bind=rotated[1:])
+        keys = [key for bind in config.binds for listener in bind.listeners for route in listener.routes
+                for key in route.policies.api_key.keys]
+        self.assertEqual([key.name for key in keys], ["voice"] * 4)
+        # Keys without a name, or unbudgeted names, are not consumers with budgets to share.
+        self.config([{"key": "a"}, {"key": "b"}], [{"key": "c", "metadata": {"name": "x"}}, {"key": "d", "metadata": {"name": "x"}}])
+
+
 class KeyCheckTests(SynchronousTestCase):
     def test_presented_key(self) -> None:
         self.assertEqual(presented_key("Bearer  abc "), "abc")

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from agw.config._model import (
     Address,
     AIBackend,
     Bind,
+    Budget,
+    ClientKey,
     GatewayConfig,
     Listener,
     PathMatch,
@@ -60,6 +62,15 @@ def parse_config(text: str, environ: Mapping[str, str], source: str | None = Non
     return _Parser(lines, source).gateway(data)
 
 
+def api_keys(binds: tuple[Bind, ...]) -> Iterator[tuple[Path, ClientKey]]:
+    """Every C{apiKey.keys[]} entry of the config, with its path."""
+    for b, bind in enumerate(binds):
+        for l, listener in enumerate(bind.listeners):
+            for r, route in enumerate(listener.routes):
+                for k, key in enumerate(route.policies.api_key.keys if route.policies.api_key else ()):
+                    yield ("binds", b, "listeners", l, "routes", r, "policies", "apiKey", "keys", k), key
+
+
 class _Parser(PolicyParser):
     """The whole file, part by part (policies in L{PolicyParser})."""
 
@@ -76,6 +87,7 @@ class _Parser(PolicyParser):
         workers = settings.get("workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise self.fail(("config", "workers"), f"expected a number of processes (0: one per CPU), got {workers!r}")
+        self.shared_budgets(binds)
         defaults = GatewayConfig(binds=binds)
         return GatewayConfig(
             binds=binds,
@@ -137,14 +149,29 @@ class _Parser(PolicyParser):
             if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in url:
                 raise self.fail(path + ("url",), "expected sqlite://PATH or postgresql://USER@HOST/DB")
         if url is None:
-            for b, bind in enumerate(binds):
-                for l, listener in enumerate(bind.listeners):
-                    for r, route in enumerate(listener.routes):
-                        keys = route.policies.api_key.keys if route.policies.api_key else ()
-                        if any(key.budgets for key in keys):
-                            where = ("binds", b, "listeners", l, "routes", r, "policies", "apiKey")
-                            raise self.fail(where, "API key budgets require config.database to be configured")
+            for where, key in api_keys(binds):
+                if key.budgets:
+                    raise self.fail(where[:-2], "API key budgets require config.database to be configured")
         return Secret(url) if url is not None else None
+
+    def shared_budgets(self, binds: tuple[Bind, ...]) -> None:
+        """
+        Budgets are kept per consumer (C{metadata.name}) across the whole
+        config: every key of a name must list the same budgets (old and new
+        key of a rotation may), or some keys would silently spend budgets
+        other than their own.
+        """
+        first: dict[str, tuple[Path, frozenset[Budget]]] = {}
+        for where, key in api_keys(binds):
+            if key.name is None:
+                continue
+            budgets = frozenset(key.budgets)  # order does not matter: names are unique per key
+            seen_where, seen = first.setdefault(key.name, (where, budgets))
+            if seen != budgets:
+                raise self.fail(where, (
+                    f"metadata.name {key.name!r} is also at {format_path(seen_where)} with other budgets "
+                    "(keys of one consumer share its budgets, so each must list the same ones)"
+                ))
 
     def fields(self, value: Any, path: Path, kind: str, name_pattern: re.Pattern[str]) -> tuple[tuple[str, str], ...]:
         """C{metrics}/C{logging}: C{fields.add}, a map of name to C{apiKey.<metadata field>}."""

@@ -36,10 +36,16 @@ def usage_fields(usage: TokenUsage | None) -> dict[str, Any]:
 
 
 def cost_fields(cost: Cost | None) -> dict[str, Any]:
-    """agentgateway's C{agw.ai.usage.cost.total} (0 when unpriced), and agw's lookup status."""
+    """
+    agentgateway's C{agw.ai.usage.cost.total} (0 when unpriced), agw's lookup
+    status and, only when the cost is the C{"*"} fallback's, C{agw.ai.usage.cost.fallback: true}.
+    """
     if cost is None:
         return {}
-    return {"agw.ai.usage.cost.total": float(cost.total), "agw.ai.usage.cost.status": cost.status}
+    fields: dict[str, Any] = {"agw.ai.usage.cost.total": float(cost.total), "agw.ai.usage.cost.status": cost.status}
+    if cost.fallback:
+        fields["agw.ai.usage.cost.fallback"] = True
+    return fields
 
 
 def model_fields(models: ModelLabels | None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """
 Prices: agentgateway's model cost catalog (C{config.modelCatalog}), read
-and applied to usage. Pure: JSON text in, exact C{Decimal} costs out.
+into a L{Catalog}. Pure but for L{read_catalogs}: JSON text in, exact
+C{Decimal} rates out (L{agw.metering._pricing} applies them to usage).
 
 The format is agentgateway's: C{{"providers": {"openai": {"models": {NAME:
 {"rates": {...}, "tiers": [{"contextOver": N, "rates": {...}}]}}}}}}, rates
@@ -9,7 +10,9 @@ has (C{input}, C{output}, C{cacheRead}, C{cacheWrite}, C{reasoning},
 C{inputAudio}, C{outputAudio}) and adds the ones Realtime needs:
 C{cacheReadAudio}, C{inputImage}, C{cacheReadImage} and
 C{transcriptionPerMinute}. Audio is priced at the audio rates; a missing
-modality rate falls back to the text rate as in agentgateway.
+modality rate falls back to the text rate as in agentgateway. A model
+named C{"*"} gives the operator's rates for the provider's models that have
+no entry of their own (to agentgateway it is just a model called "*").
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from typing import Any
 
 from attrs import evolve, field, frozen
 
-from agw.metering._usage import AudioDuration, TokenUsage
-
 _RATES = {
     "input": "input", "output": "output", "cacheRead": "cache_read", "cacheWrite": "cache_write",
     "reasoning": "reasoning", "inputAudio": "input_audio", "outputAudio": "output_audio",
@@ -36,6 +37,8 @@ PER_TOKENS = Decimal(1_000_000)
 
 # Lookup outcomes, as agentgateway's agentgateway_cost_catalog_lookups_total says them.
 EXACT, UNPRICED, MISSING, NO_CATALOG = "Exact", "Unpriced", "Missing", "NoCatalog"
+# The model entry that prices a provider's models without one of their own.
+FALLBACK_MODEL = "*"
 
 
 class CatalogError(ValueError):
@@ -94,18 +97,35 @@ class Catalog:
         return Catalog(merged)
 
     def resolve(self, provider: str, model: str | None) -> ModelPrices | None:
-        return self.providers.get(provider, {}).get(model) if model is not None else None
+        """C{model}'s own entry (never the C{"*"} fallback, even for a model named C{"*"}), if it has one."""
+        if model is None or model == FALLBACK_MODEL:
+            return None
+        return self.providers.get(provider, {}).get(model)
+
+    def fallback(self, provider: str) -> ModelPrices | None:
+        """The operator's price for C{provider}'s models without an entry: its C{"*"} entry, if any."""
+        return self.providers.get(provider, {}).get(FALLBACK_MODEL)
+
+    def has_price(self, provider: str, model: str | None) -> bool:
+        """Whether C{model} is priced: it has an entry, or C{provider} a C{"*"} one. A model of C{None} is not."""
+        return model is not None and (self.resolve(provider, model) or self.fallback(provider)) is not None
 
 
 @frozen
 class Cost:
-    """What a usage cost: the lookup C{status} and USD by component (empty unless priced)."""
+    """
+    What a usage cost: the lookup C{status} and USD by component (empty
+    unless priced). C{fallback}: the model has no entry (C{status} is
+    C{Missing}) and the components are at the provider's C{"*"} rates.
+    """
 
     status: str
     components: Mapping[str, Decimal] = field(factory=dict)
+    fallback: bool = False
 
     @property
     def total(self) -> Decimal:
+        """The USD of every component, the fallback's included."""
         return sum(self.components.values(), Decimal(0))
 
 
@@ -168,66 +188,6 @@ def _money(text: Any, where: str) -> Decimal:
     if -value.as_tuple().exponent > 6:  # type: ignore[operator]
         raise CatalogError(f"{where}: more than 6 fractional digits: {text!r}")
     return value
-
-
-def _by(pairs: tuple[tuple[str, int], ...], modality: str) -> int:
-    return sum(tokens for name, tokens in pairs if name == modality)
-
-
-def price_tokens(catalog: Catalog | None, provider: str, model: str | None, usage: TokenUsage) -> Cost:
-    """
-    The cost of C{usage} by C{model}. Cached input is a subset of input, so
-    it is taken out of each modality's input before that is priced; input
-    with no modality breakdown is text. Reasoning tokens are part of output
-    and priced as output, as OpenAI bills them.
-    """
-    if catalog is None:
-        return Cost(NO_CATALOG)
-    prices = catalog.resolve(provider, model)
-    if prices is None:
-        return Cost(MISSING)
-    rates = prices.effective(usage.input)
-    audio_in, image_in = _by(usage.input_by_modality, "audio"), _by(usage.input_by_modality, "image")
-    cached_audio, cached_image = _by(usage.cached_by_modality, "audio"), _by(usage.cached_by_modality, "image")
-    cached = usage.cached_input or 0
-    cached_text = max(0, cached - cached_audio - cached_image)
-    text_in = max(0, usage.input - audio_in - image_in)
-    audio_out = _by(usage.output_by_modality, "audio")
-    lines = {
-        "input": (text_in - min(cached_text, text_in), rates.input),
-        "cache_read": (cached_text, rates.cache_read),
-        "input_audio": (audio_in - min(cached_audio, audio_in), _first(rates.input_audio, rates.input)),
-        "cache_read_audio": (cached_audio, _first(rates.cache_read_audio, rates.cache_read)),
-        "input_image": (image_in - min(cached_image, image_in), _first(rates.input_image, rates.input)),
-        "cache_read_image": (cached_image, _first(rates.cache_read_image, rates.cache_read)),
-        "output": (max(0, usage.output - audio_out), rates.output),
-        "output_audio": (audio_out, _first(rates.output_audio, rates.output)),
-    }
-    return _cost(lines, PER_TOKENS)
-
-
-def price_audio(catalog: Catalog | None, provider: str, model: str | None, duration: AudioDuration) -> Cost:
-    """The cost of transcription billed by time (C{transcriptionPerMinute})."""
-    if catalog is None:
-        return Cost(NO_CATALOG)
-    prices = catalog.resolve(provider, model)
-    if prices is None:
-        return Cost(MISSING)
-    minutes = Decimal(str(duration.seconds)) / 60
-    return _cost({"transcription": (minutes, prices.rates.transcription_per_minute)}, Decimal(1))
-
-
-def _first(*rates: Decimal | None) -> Decimal | None:
-    return next((rate for rate in rates if rate is not None), None)
-
-
-def _cost(lines: Mapping[str, tuple[Any, Decimal | None]], unit: Decimal) -> Cost:
-    used = {name: (amount, rate) for name, (amount, rate) in lines.items() if amount}
-    components = {name: Decimal(amount) * rate / unit for name, (amount, rate) in used.items() if rate is not None}
-    if used and not components:
-        return Cost(UNPRICED)  # the model is listed, but nothing it used has a rate
-    # A used token type without a rate (and no fallback) costs nothing, as in agentgateway.
-    return Cost(EXACT, components)
 
 
 # GatewayMetrics' default: agw's shipped catalog (see docs/governance.md for its sources).

@@ -10,9 +10,11 @@ from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agw.metering._attribution import Attribution
+from agw.metering._budget_metrics import BudgetMetrics
 from agw.metering._budget_state import BudgetState
-from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog, price_audio, price_tokens
+from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog
 from agw.metering._children import MetricChildren
+from agw.metering._pricing import price_audio, price_tokens
 from agw.metering._realtime_metrics import RealtimeMetrics
 from agw.metering._usage import AudioDuration, TokenUsage
 
@@ -116,33 +118,7 @@ class GatewayMetrics:
             _GEN_AI_LABELS + _ROUTE_LABELS + extra_labels,
             registry=self.registry,
         )
-        self.budget_remaining = Gauge(
-            "agw_budget_remaining",
-            "What is left of each budget of each consumer in the current window (USD or tokens, by unit).",
-            ("consumer", "budget", "unit"),
-            registry=self.registry,
-            multiprocess_mode="livemin",  # with workers: the most spent any live worker knows of
-        )
-        self.budget_limit = Gauge(
-            "agw_budget_limit",
-            "Each budget's limit per window (USD or tokens, by unit): remaining/limit is the share left.",
-            ("consumer", "budget", "unit"),
-            registry=self.registry,
-            multiprocess_mode="livemax",
-        )
-        self.ledger_up = Gauge(
-            "agw_budget_ledger_up",
-            "1 while the budget ledger (config.database) answers, 0 while it does not (budgets are then enforced "
-            "from what this process knows, at its share of what was left).",
-            registry=self.registry,
-            multiprocess_mode="livemin",  # with workers: 0 if any live worker cannot reach it
-        )
-        self.ledger_unwritten = Gauge(
-            "agw_budget_unwritten_charges",
-            "Budget charges (one per consumer, budget and window) waiting to be written to the ledger.",
-            registry=self.registry,
-            multiprocess_mode="livesum",
-        )
+        self.budgets = BudgetMetrics(self.registry)
         self.cost_lookups = Counter(
             "agentgateway_cost_catalog_lookups",
             "Model cost catalog lookups by status: Exact, Unpriced, Missing, NoCatalog (agentgateway-compatible).",
@@ -211,6 +187,13 @@ class GatewayMetrics:
         seen.add(model)
         return model
 
+    def prices(self, model: str | None) -> bool:
+        """
+        Whether the current catalog prices C{model} (an entry, or the
+        provider's C{"*"} fallback) as L{record_tokens} would look it up.
+        """
+        return self.catalog is not None and self.catalog.has_price(SYSTEM, model)
+
     def record_tokens(
         self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, who: Attribution | None = None,
     ) -> Cost:
@@ -227,27 +210,20 @@ class GatewayMetrics:
 
     def _record_cost(self, cost: Cost, common: tuple[str, ...], who: Attribution) -> None:
         # common: operation, system, request model, response model, then the route.
+        # A Missing lookup priced at the "*" fallback has components: they are counted as cost.
         self._child(self.cost_lookups, cost.status, *common[1:4]).inc()
         if cost.components:
             self._child(self.cost, *common, *who.labels).inc(float(cost.total))
             for component, usd in cost.components.items():
                 self._child(self.cost_by_component, component, *common, who.consumer, *who.labels).inc(float(usd))
 
-    def prices(self, model: str | None) -> bool:
-        """Whether the current catalog has a price for C{model} (budgets in USD refuse models it has none for)."""
-        catalog = self.catalog
-        return catalog is not None and model is not None and catalog.resolve(SYSTEM, model) is not None
-
     def record_ledger(self, up: bool | None, unwritten: int) -> None:
         """Whether the budget ledger answers, and how many charges wait to be written (see L{agw.metering.Governor})."""
-        self.ledger_up.set(1 if up else 0)
-        self.ledger_unwritten.set(unwritten)
+        self.budgets.record_ledger(up, unwritten)
 
     def record_budget(self, state: BudgetState) -> None:
         """A budget's spend changed (see L{agw.metering.Governor})."""
-        labels = (state.consumer, state.budget.name, state.budget.unit.value)
-        self._child(self.budget_remaining, *labels).set(float(state.remaining))
-        self._child(self.budget_limit, *labels).set(float(state.budget.amount))
+        self.budgets.record_budget(state)
 
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
