@@ -66,9 +66,10 @@ def budget_config(upstream_port: int, database_url: str) -> str:
 class BudgetGateway:
     """agw with budgeted keys, running (one of several on the same database, possibly)."""
 
-    def __init__(self, case: TestCase, upstream_port: int, database_url: str) -> None:
+    def __init__(self, case: TestCase, upstream_port: int, database_url: str, config_text: str | None = None, **gateway: Any) -> None:
         self.case = case
-        self.gateway = Gateway(parse_config(budget_config(upstream_port, database_url), {"OPENAI_API_KEY": BACKEND_KEY}))
+        text = config_text if config_text is not None else budget_config(upstream_port, database_url)
+        self.gateway = Gateway(parse_config(text, {"OPENAI_API_KEY": BACKEND_KEY}), **gateway)
         self.service = self.gateway.service(interface="127.0.0.1", drain_period=0)
 
     @inlineCallbacks
