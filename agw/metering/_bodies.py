@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agw.config import MiB
+from agw.metering._bounded import BodyEnds, model_in, usage_in_tail
 from agw.metering._usage import TokenUsage, response_model
 
 UsageExtractor = Callable[[dict[str, Any]], TokenUsage | None]
@@ -21,21 +22,34 @@ UsageReport = Callable[[TokenUsage | None, str | None], None]
 
 
 class JSONWatcher:
-    """Keeps a JSON body (up to C{limit} bytes) and reports its usage at the end."""
+    """
+    Keeps a JSON body (up to C{limit} bytes) and reports its usage at the
+    end. A larger body is not kept whole: its usage is read from its last
+    bytes and its model from its first (L{BodyEnds}), so it is still metered.
+    """
 
     def __init__(self, extract: UsageExtractor, report: UsageReport, limit: int) -> None:
         self._extract, self._report, self._limit = extract, report, limit
         self._chunks: list[bytes] = []
         self._size = 0
+        self._ends: BodyEnds | None = None  # once the body is over the limit
 
     def feed(self, data: bytes) -> None:
         self._size += len(data)
-        if self._size <= self._limit:
+        if self._ends is not None:
+            self._ends.feed(data)
+        elif self._size <= self._limit:
             self._chunks.append(data)
+        else:
+            self._ends = BodyEnds()
+            for chunk in self._chunks:
+                self._ends.feed(chunk)
+            self._ends.feed(data)
+            self._chunks = []
 
     def finish(self) -> None:
-        if self._size > self._limit:
-            self._report(None, None)
+        if self._ends is not None:
+            self._report(usage_in_tail(self._ends.tail, self._extract), model_in(self._ends))
             return
         try:
             body = json.loads(b"".join(self._chunks))
