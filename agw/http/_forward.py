@@ -77,7 +77,7 @@ def _tls_failed(error: Exception) -> str | None:
 
 
 class HTTPForwarder(Resource):
-    """Forwards one route type of one route."""
+    """Forwards one route type of one route (C{passthrough} and C{models}: bodies unread)."""
 
     isLeaf = True
     log = Logger()
@@ -115,6 +115,9 @@ class HTTPForwarder(Resource):
         try:
             key = keys.authenticate(presented_key(_header(request, b"authorization"))) if keys is not None else None
             exchange.who = self._context.attribute(key) if keys is not None else None
+            if self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD")):
+                # Unread: no model to check, no tokens to count (listing models spends nothing).
+                KeyCheck.authorize_unread(key)
             self._check_budgets(request, exchange.who.name if exchange.who is not None else None)
             body = self._request_body(request, exchange)
             if self._parsed is not None:
