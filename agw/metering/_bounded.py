@@ -5,7 +5,8 @@ an embeddings list and a Responses object, so the tail holds it; the model
 is near the head (or, in an embeddings list, just before the usage).
 
 No JSON string can hold the bytes C{"usage"} followed by C{:}: a C{"}
-inside a string is always escaped, so those bytes are an object key. The
+inside a string is always escaped, so those bytes are an object key (one
+named C{usage}, unless a backslash escapes its first quote: checked). The
 key's value is decoded on its own, and how many containers close after it
 says how deep it was, so a C{usage} nested in some other field is not taken
 for the body's.
@@ -28,6 +29,9 @@ _MODEL_KEY = re.compile(r'"model"\s*:\s*"([^"\\]*)"')
 # Strings are matched whole so that brackets inside them do not count.
 _STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
 _DECODER = json.JSONDecoder()
+# Keys tried, from the last: each costs a pass over the tail, and the
+# body's own usage comes after all but a few fields.
+_CANDIDATES = 32
 
 
 class BodyEnds:
@@ -89,7 +93,7 @@ def usage_in_tail(
     object in it, as a streamed C{response.completed}'s C{response}),
     built by C{extract} from C{{"usage": value}}; C{None} if there is none.
     """
-    for key in reversed(list(_USAGE_KEY.finditer(tail))):
+    for key in reversed(list(_USAGE_KEY.finditer(tail))[-_CANDIDATES:]):
         if _escaped(tail, key.start()):
             continue
         try:
@@ -114,7 +118,7 @@ def model_in(ends: BodyEnds, top_level: bool = True) -> str | None:
     if not top_level:
         return None
     tail = ends.tail
-    for key in reversed(list(_MODEL_KEY.finditer(tail))):
+    for key in reversed(list(_MODEL_KEY.finditer(tail))[-_CANDIDATES:]):
         if key.group(1) and not _escaped(tail, key.start()) and _depth_after(tail, key.end()) == 1:
             return key.group(1)
     return None
