@@ -86,6 +86,7 @@ class APIKeyConfigTests(SynchronousTestCase):
         self.assertEqual(policy.keys[0].digest, hashlib.sha256(TEAM_A.encode()).hexdigest())
         self.assertEqual(policy.keys[0].allowed_models, ("gpt-realtime*", "gpt-4"))
         self.assertEqual(policy.keys[0].metadata["cost_center"], 42)
+        self.assertFalse(policy.keys[0].allow_passthrough)  # agw's own field, off unless the operator says so
         for text in (repr(policy), str(policy)):
             self.assertNotIn(TEAM_A, text)
             self.assertNotIn(policy.keys[0].digest, text)
@@ -110,6 +111,7 @@ class APIKeyConfigTests(SynchronousTestCase):
             "budgets[0].limit.unit: expected USD or Tokens":
                 {"keys": [{"key": "a", "metadata": {"name": "a"}, "budgets": [{**DAILY_USD, "limit": {"unit": "EUR", "amount": 1}}]}]},
             "apiKey.location: supported by agentgateway but not by agw yet": {"keys": [{"key": "a"}], "location": {}},
+            "keys[0].allowPassthrough: expected true or false, got a string": {"keys": [{"key": "a", "allowPassthrough": "yes"}]},
         }
         for expected, spec in cases.items():
             with self.subTest(expected=expected):

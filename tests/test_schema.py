@@ -73,6 +73,7 @@ binds:
           - key: sk-one
             metadata: {{name: team-one, team: a}}
             allowedModels: ["gpt-*"]
+            allowPassthrough: true
             budgets:
             - name: daily
               limit: {{unit: USD, amount: 5.5}}
@@ -188,6 +189,7 @@ class SchemaTests(SynchronousTestCase):
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "routes")).update(x="messages"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "localRateLimit", 0)).update(fillInterval="soon"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 1)).update(keyHash="md5:0123"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 0)).update(allowPassthrough="yes"),
         ):
             document = copy.deepcopy(EVERYTHING)
             edit(document)

@@ -134,12 +134,21 @@ class ClientKey:
     (a plaintext C{key} is hashed when the config is read). C{metadata} is
     the operator's free map; C{name} identifies the consumer.
     C{allowed_models}: exact names or patterns with one C{*}; empty allows all.
+    C{allow_passthrough} (agw's own C{allowPassthrough}): a key with allowed
+    models or budgets may still use paths forwarded unread (passthrough),
+    where neither is checked nor its tokens counted.
     """
 
     digest: str = field(repr=False)
     metadata: Mapping[str, Any] = field(factory=dict, hash=False)
     allowed_models: tuple[str, ...] = ()
     budgets: tuple[Budget, ...] = ()
+    allow_passthrough: bool = False
+
+    @property
+    def restricted(self) -> bool:
+        """Whether the key has allowed models or budgets: what a path forwarded unread cannot enforce."""
+        return bool(self.allowed_models or self.budgets)
 
     @property
     def name(self) -> str | None:

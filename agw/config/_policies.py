@@ -122,8 +122,12 @@ class PolicyParser(BaseParser):
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise self.fail(path + ("budgets", index, "name"), f"budget {name!r} is listed twice")
+        allow_passthrough = entry.get("allowPassthrough", False)
+        if not isinstance(allow_passthrough, bool):
+            raise self.fail(path + ("allowPassthrough",), f"expected true or false, got {kind_of(allow_passthrough)}")
         return ClientKey(
             digest=digest, metadata=MappingProxyType(dict(metadata)), allowed_models=models, budgets=budgets,
+            allow_passthrough=allow_passthrough,
         )
 
     def rate_limit(self, value: Any, path: Path, index: int) -> LocalRateLimit:

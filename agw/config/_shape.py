@@ -120,6 +120,10 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
         "key": text(), "keyHash": {"type": "string", "pattern": "^sha256:[0-9a-fA-F]{64}$"},
         "metadata": {"type": "object", "description": "anything; metadata.name is the consumer"},
         "allowedModels": array(text("a model name, one '*' at most")), "budgets": array(ref("budget")),
+        "allowPassthrough": {"type": "boolean", "description": (
+            "agw's own, not agentgateway's: a key with allowedModels or budgets may use passthrough paths, "
+            "where neither is checked and nothing is metered (default false)"
+        )},
     }, (), "One client key: exactly one of key, keyHash."),
     "localRateLimit": ({
         "maxTokens": POSITIVE, "tokensPerFill": POSITIVE, "fillInterval": DURATION, "type": one_of("requests", "tokens"),

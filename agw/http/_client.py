@@ -36,7 +36,8 @@ class HTTPOptions:
     # Upstream silent (no response headers) this long: 504.
     response_timeout: float = 300.0
     connect_timeout: float = 10.0
-    # Bodies the gateway must read (completions, embeddings, responses).
+    # Bodies the gateway must read (completions, embeddings, responses); a
+    # response body over it is metered from its ends instead of kept whole.
     max_json_body: int = 32 * MiB
     # Any request body (passthrough uploads: OpenAI takes files up to 512 MB).
     max_request_body: int = 512 * MiB

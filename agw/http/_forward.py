@@ -29,7 +29,7 @@ from agw.config import RouteType
 from agw.http._admission import admit
 from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
-from agw.http._request_body import BytesBodyProducer
+from agw.http._request_body import BytesBodyProducer, Refused, json_object
 from agw.metering import (
     HTTPExchange,
     JSONWatcher,
@@ -76,16 +76,8 @@ def _tls_failed(error: Exception) -> str | None:
     return None
 
 
-class _Refused(Exception):
-    """The client's request is answered by the gateway itself."""
-
-    def __init__(self, status: int, message: str, code: str, error_type: str = "invalid_request_error") -> None:
-        super().__init__(status, message)
-        self.status, self.message, self.code, self.error_type = status, message, code, error_type
-
-
 class HTTPForwarder(Resource):
-    """Forwards one route type of one route."""
+    """Forwards one route type of one route (C{passthrough} and C{models}: bodies unread)."""
 
     isLeaf = True
     log = Logger()
@@ -128,12 +120,15 @@ class HTTPForwarder(Resource):
         try:
             key = keys.authenticate(presented_key(_header(request, b"authorization"))) if keys is not None else None
             exchange.who = self._context.attribute(key) if keys is not None else None
+            if self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD")):
+                # Unread: no model to check, no tokens to count (listing models spends nothing).
+                KeyCheck.authorize_unread(key)
             body = self._request_body(request, exchange)
             if self._parsed is not None:
                 # Only where agw reads the body does it know the model (passthrough: not checked).
                 KeyCheck.authorize(key, exchange.request_model)
             admit(request, exchange, self._context, reads_body=self._parsed is not None)
-        except _Refused as refused:
+        except Refused as refused:
             return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
         except KeyRefused as refused:
             error_type = {429: "requests", 503: "server_error"}.get(refused.status, "invalid_request_error")
@@ -216,21 +211,16 @@ class HTTPForwarder(Resource):
         if size > limit:
             # A gateway site refuses these before they arrive whole; an
             # embedder's site does not.
-            raise _Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
+            raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
         if self._parsed is None or request.method != b"POST":
             # twisted.web spooled a large body to a temporary file: stream it
             # from there instead of reading it into memory.
             return FileBodyProducer(content) if size else None
         limit = self._client.options.max_json_body
         if size > limit:
-            raise _Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
+            raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
         raw = content.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise _Refused(400, "request body must be a JSON object", "invalid_json")
+        body = json_object(raw)
         changed = False
         override = self._context.model_override
         if override is not None and body.get("model") != override:

@@ -1,13 +1,65 @@
 """
-A request body already in memory, as the upstream client's body producer.
+Request bodies: a JSON body read as one object, with no key twice
+(L{json_object}); a body already in memory as the upstream client's body
+producer (L{BytesBodyProducer}); and L{Refused}, the gateway's own answer
+to a request it will not forward.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
+
+
+class Refused(Exception):
+    """The client's request is answered by the gateway itself (an OpenAI-shaped error)."""
+
+    def __init__(self, status: int, message: str, code: str, error_type: str = "invalid_request_error") -> None:
+        super().__init__(status, message)
+        self.status, self.message, self.code, self.error_type = status, message, code, error_type
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """
+    C{raw} as a JSON object. L{Refused} (400) if it is not one, or if any
+    object in it has a key twice: agw would read the last, the provider
+    may read the first, and a check on one (the model) must hold for what
+    the provider reads.
+    """
+    try:
+        body = json.loads(raw, object_pairs_hook=_unique)
+    except _DuplicateKey as duplicate:
+        key = duplicate.key if len(duplicate.key) <= 64 else duplicate.key[:64] + "..."
+        raise Refused(
+            400, f"request body has a duplicate key {key!r}: each key may appear once in an object", "duplicate_json_key",
+        ) from None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise Refused(400, "request body must be a JSON object", "invalid_json")
+    return body
 
 
 @implementer(IBodyProducer)

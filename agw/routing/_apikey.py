@@ -78,3 +78,20 @@ class KeyCheck:
         if model is not None and any(model_matches(pattern, model) for pattern in key.allowed_models):
             return
         raise KeyRefused(403, f"model {model!r} is not allowed for this API key", "model_not_allowed")
+
+    @staticmethod
+    def authorize_unread(key: ClientKey | None) -> None:
+        """
+        Raise L{KeyRefused} (403) if C{key} has allowed models or budgets and
+        the request would be forwarded unread (passthrough), where agw can
+        neither check the model nor count the tokens; unless the operator
+        allows it (C{allowPassthrough}).
+        """
+        if key is None or not key.restricted or key.allow_passthrough:
+            return
+        raise KeyRefused(
+            403,
+            "this API key has model restrictions or budgets, and this path is forwarded unread (passthrough): "
+            "agw could neither check its model nor count its tokens",
+            "passthrough_not_allowed",
+        )

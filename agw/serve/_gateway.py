@@ -268,6 +268,6 @@ class Gateway:
             relay = RealtimeRelay(context, self.relay_options, slots)
             self.relays.append(relay)
             return relay.resource
-        # models is forwarded like passthrough; the config refuses the types agw does not serve.
-        forwarded_as = RouteType.PASSTHROUGH if route_type is RouteType.MODELS else route_type
-        return HTTPForwarder(forwarded_as, self.http_client, context, self.in_flight)
+        # models is forwarded like passthrough (HTTPForwarder reads no body of it); the
+        # config refuses the types agw does not serve.
+        return HTTPForwarder(route_type, self.http_client, context, self.in_flight)

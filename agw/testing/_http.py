@@ -135,15 +135,27 @@ class FakeHTTPAPI(Resource):
         request.finish()
 
     async def _embeddings(self, request: Request, body: dict[str, Any]) -> None:
+        """
+        One embedding per item of C{input} (a list; anything else is one
+        input), each of C{dimensions} floats (3 by default: C{[0.0, 0.5,
+        1.0]}), in OpenAI's field order (C{usage} last), so a test can ask
+        for a body of any size.
+        """
         fake = self._fake
         number = next(fake.response_numbers)
         model = body.get("model", "unknown")
         tokens = 8 + number
         fake.ledger.append(_billed("embeddings", model, tokens, 0, None))
+        inputs = body.get("input")
+        count = len(inputs) if isinstance(inputs, list) and inputs else 1
+        dimensions = body.get("dimensions")
+        size = dimensions if isinstance(dimensions, int) and not isinstance(dimensions, bool) and dimensions > 0 else 3
+        vector = [i / max(size - 1, 1) for i in range(size)]
         request.setHeader(b"content-type", b"application/json")
         request.write(json.dumps({
-            "object": "list", "model": model,
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, 1.0]}],
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)],
+            "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }).encode())
         request.finish()
