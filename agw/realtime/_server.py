@@ -18,11 +18,10 @@ from twisted.python.failure import Failure
 
 from agw.metering import (
     CLIENT_TO_UPSTREAM,
-    EVENT_HEAD,
     RealtimeSession,
     client_event_id,
     client_event_type,
-    leading_event_type,
+    sole_event_type,
 )
 from agw.realtime._frames import BINARY, Frame
 from agw.realtime._leg import RelayLeg
@@ -173,10 +172,11 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             session.response_requested(client_event_id(payload))  # type: ignore[union-attr]
 
     def wants_whole(self, frame: Frame) -> bool:
-        # Governance reads response.create; a text event whose head does not say its type is read whole.
+        # Governance reads response.create; a text event whose head does not say its type, or that may
+        # name a type again (a provider may act on either), is read whole too.
         if frame.opcode == BINARY or self.session is None:
             return False
-        kind = leading_event_type(frame.payload(EVENT_HEAD))
+        kind = sole_event_type(frame.payload())
         return kind is None or kind == RESPONSE_CREATE
 
     direction = CLIENT_TO_UPSTREAM
