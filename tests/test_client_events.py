@@ -23,6 +23,7 @@ class SoleEventTypeTests(SynchronousTestCase):
 
     def test_events_that_name_their_type_once(self) -> None:
         self.assertEqual(sole_event_type(APPEND), "input_audio_buffer.append")
+        self.assertEqual(sole_event_type(bytearray(APPEND)), "input_audio_buffer.append")  # a scratch copy
         self.assertEqual(sole_event_type(b'{"type":"response.create"}'), "response.create")
         self.assertEqual(sole_event_type(b'{ "type" : "input_audio_buffer.commit", "event_id": "e1"}'), "input_audio_buffer.commit")
         # The word in a value is not a "type" token.

@@ -18,7 +18,7 @@ from typing import Any
 from agw.metering._usage import _HEAD, _LEADING_TYPE, decode_event, leading_event_type
 
 
-def sole_event_type(payload: bytes) -> str | None:
+def sole_event_type(payload: bytes | bytearray) -> str | None:
     """
     The C{type} of an event that starts with it and cannot name another;
     C{None} when its head does not say its type, or when a second C{type}

@@ -176,7 +176,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         # name a type again (a provider may act on either), is read whole too.
         if frame.opcode == BINARY or self.session is None:
             return False
-        kind = sole_event_type(frame.payload())
+        kind = sole_event_type(frame.scratch_payload())
         return kind is None or kind == RESPONSE_CREATE
 
     direction = CLIENT_TO_UPSTREAM
