@@ -11,7 +11,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw.metering import client_event_types, sole_event_type
+from agw.metering import client_event_id, client_event_types, decode_event, sole_event_type
 
 APPEND = json.dumps(
     {"type": "input_audio_buffer.append", "audio": base64.b64encode(os.urandom(4800)).decode()}, separators=(",", ":"),
@@ -85,3 +85,12 @@ class ClientEventTypesTests(SynchronousTestCase):
             b'{"event_id":"e"}', b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000,
         ):
             self.assertEqual(client_event_types(payload), (), payload[:40])
+
+
+class DeepNestingTests(SynchronousTestCase):
+    def test_too_deep_to_decode_is_not_an_event(self) -> None:
+        """json.loads raises RecursionError, not ValueError, on deep nesting: raised from onMessage it would drop the session."""
+        deep = b'{"type":"response.create","event_id":"e","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        self.assertIsNone(decode_event(deep))
+        self.assertIsNone(client_event_id(deep))
+        self.assertEqual(client_event_types(deep), ("response.create",))  # from its head: governed all the same

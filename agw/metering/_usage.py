@@ -94,10 +94,10 @@ def response_id(event: dict[str, Any]) -> str | None:
 
 
 def decode_event(payload: bytes | str) -> dict[str, Any] | None:
-    """A JSON object, or C{None} for anything else (not JSON, not an object)."""
+    """A JSON object, or C{None} for anything else (not JSON, not an object, nested too deep to decode)."""
     try:
         event = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return event if isinstance(event, dict) else None
 
