@@ -26,6 +26,7 @@ from twisted.trial.unittest import TestCase
 from agw import Gateway, parse_config
 from agw.config import Budget, BudgetUnit, ClientKey
 from agw.metering import BudgetLedger, Governor
+from agw.realtime import RelayOptions
 from tests.support import (
     BACKEND_KEY,
     PostgresServer,
@@ -247,6 +248,58 @@ class BudgetInSessionTests(TestCase):
         self.assertEqual(after["team-a/daily-tokens"]["spent"], spent["team-a/daily-tokens"]["spent"])
         status, _ = yield deferToThread(handshake_status, again.url, **auth(TEAM_A))
         self.assertEqual(status, 429)
+
+
+class RepeatedTypeTests(TestCase):
+    """
+    An event that names its type twice is governed as a response.create if
+    either type is one: JSON decoders differ on which repeated key counts.
+    """
+
+    timeout = 60
+    relay_options = RelayOptions()
+    # Each event names response.create and another type; the fake, like json.loads, acts on the last one.
+    EVENTS = (
+        # Its head says conversation.item.create: the pass-through must not let it by on that alone.
+        b'{"type":"conversation.item.create","event_id":"twice-1","type":"response.create"}',
+        # The mirror on the message path: json.loads sees conversation.item.create only.
+        b'{"event_id":"twice-2","type":"response.create","type":"conversation.item.create"}',
+    )
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.fake, upstream_port = yield listening_fake(self)
+        database = "sqlite://" + os.path.abspath(self.mktemp() + ".db")
+        self.agw = yield BudgetGateway(self, upstream_port, database, relay_options=self.relay_options).start()
+
+    @inlineCallbacks
+    def test_over_budget_either_type_is_refused_in_protocol(self) -> Any:
+        def session() -> list[dict[str, Any]]:
+            with open_client(self.agw.url, **auth(TEAM_A)) as ws:
+                recv_event(ws)
+                respond(ws, "first")  # uses more than the budget
+                for event in self.EVENTS:
+                    ws.send(event.decode())
+                ws.send(json.dumps({"type": "test.echo"}))  # the fake answers in order: everything before it is in
+                events = []
+                while (event := recv_event(ws))["type"] != "test.echo":
+                    events.append(event)
+                return events
+
+        events = yield deferToThread(session)
+        errors = [(e["error"]["code"], e["error"]["event_id"]) for e in events if e["type"] == "error"]
+        # Needs the wiring in RealtimeServerProtocol.onMessage (governance by client_event_types).
+        self.assertEqual(errors, [("rate_limit_exceeded", "twice-1"), ("rate_limit_exceeded", "twice-2")])
+        self.assertNotIn("response.created", [e["type"] for e in events])
+        self.assertEqual([m for m in self.fake.received if b"twice" in m], [])  # neither reached the provider
+        self.assertEqual(len(self.fake.ledger), 1)
+
+
+
+class MessageRelayRepeatedTypeTests(RepeatedTypeTests):
+    """The same on the whole-message path (C{--message-relay})."""
+
+    relay_options = RelayOptions(pass_through=False)
 
 
 class SharedLedgerTests(TestCase):

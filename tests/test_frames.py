@@ -10,7 +10,9 @@ import os
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.trial.unittest import SynchronousTestCase
 
-from agw._internals import frame_header, mask_payload
+from agw import _internals
+from agw._internals import frame_header, mask_payload, masked_copy
+from agw.realtime._frames import TEXT, Frame
 
 
 class FrameHeaderTests(SynchronousTestCase):
@@ -32,10 +34,23 @@ class FrameHeaderTests(SynchronousTestCase):
 
 class MaskTests(SynchronousTestCase):
     def test_same_as_autobahn_on_both_sides_of_the_size_switch(self) -> None:
-        for length in (0, 1, 3, 4, 5, 125, 1023, 1024, 1025, 70_000):
+        for length in (0, 1, 3, 4, 5, 125, 255, 256, 257, 1023, 1024, 1025, 70_000):
             payload, mask = os.urandom(length), os.urandom(4)
             expected = create_xor_masker(mask, length).process(payload) if length else b""
-            self.assertEqual(mask_payload(mask, payload), expected, length)
+            masked = mask_payload(mask, payload)
+            self.assertEqual((type(masked), masked), (bytes, expected), length)  # bytes: Autobahn's sendMessage asserts it
+            self.assertEqual(masked_copy(mask, memoryview(payload)), expected, length)
+
+    def test_without_the_compiled_masker(self) -> None:
+        """Autobahn built without NVX (or a renamed module): its own masker is used."""
+        self.patch(_internals, "_nvx", None)
+        self.test_same_as_autobahn_on_both_sides_of_the_size_switch()
+
+    def test_a_frame_s_scratch_payload_is_its_payload(self) -> None:
+        for length in (5, 300, 5000):
+            payload, mask = os.urandom(length), os.urandom(4)
+            frame = Frame(True, TEXT, mask, b"\x81\xfe" + length.to_bytes(2, "big") + mask + mask_payload(mask, payload), 8)
+            self.assertEqual((frame.payload(), frame.scratch_payload()), (payload, payload))
 
     def test_masking_twice_gives_the_payload_back(self) -> None:
         payload, mask = b"\x00" * 7 + b"\xff" * 9, os.urandom(4)

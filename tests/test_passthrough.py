@@ -98,6 +98,22 @@ class PassThroughTests(GatewayTestCase):
         self.assertEqual(b"".join(self.fake.wire), text + audio + binary)
 
     @inlineCallbacks
+    def test_an_event_that_names_its_type_twice_is_read_whole(self) -> Any:
+        """Its head is not the last word (a provider may act on the other type): it is read whole, for governance."""
+        self.fake.record_wire = True
+        raw = yield self.client()
+        for n, payload in enumerate((
+            b'{"type":"input_audio_buffer.append","audio":"' + b"QUJD" * 500 + b'","type":"test.echo"}',
+            b'{"type":"input_audio_buffer.append","audio":"QUJD","\\u0074ype":"test.echo","n":1}',  # the same key, escaped
+        )):
+            frame = client_frame(TEXT, payload)
+            yield deferToThread(raw.send, frame)
+            yield deferToThread(raw.next_event, "test.echo")  # the fake, like json.loads, acts on the last type
+            self.assertEqual(self.fake.received[-1], payload)
+            # Forwarded by agw (with its own mask), not passed on as it came.
+            self.assertFalse(frame in b"".join(self.fake.wire), f"event {n} passed through as it came")
+
+    @inlineCallbacks
     def test_fragmented_message_is_read_whole_and_forwarded_as_one(self) -> Any:
         raw = yield self.client()
         message = json.dumps({"type": "test.echo", "n": 2}).encode()

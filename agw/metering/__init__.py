@@ -19,6 +19,7 @@ from agw.metering._attribution import Attribution, Attributor
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
 from agw.metering._budget_state import BudgetState
 from agw.metering._budgets import Governor
+from agw.metering._client_events import client_event_id, client_event_type, client_event_types, sole_event_type
 from agw.metering._denial import Denial
 from agw.metering._reservation import NO_RESERVATION, Reservation, ReserveOptions
 from agw.metering._catalog import (
@@ -48,8 +49,6 @@ from agw.metering._usage import (
     AudioDuration,
     TokenUsage,
     chat_completion_usage,
-    client_event_id,
-    client_event_type,
     decode_event,
     embeddings_usage,
     error_event_id,
@@ -72,7 +71,7 @@ __all__ = [
     "ACCESS_LOG_FORMATS", "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "NO_SPAN", "NO_SPANS", "Span", "SpanSink", "span_name", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",
     "AccessLog", "AudioDuration", "CombinedAccessLog", "GatewayMetrics", "HTTPExchange", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
     "SSEWatcher", "TokenUsage", "UsageChunkRemover", "UsageExtractor", "UsageReport", "Watcher",
-    "chat_completion_usage", "client_event_id", "client_event_type", "decode_event", "embeddings_usage",
+    "chat_completion_usage", "client_event_id", "client_event_type", "client_event_types", "decode_event", "embeddings_usage",
     "error_event_id", "EVENT_HEAD", "leading_event_type", "might_carry_usage", "peer_address", "realtime_response_usage", "realtime_transcription_usage", "response_id",
-    "response_model", "responses_usage", "session_model", "session_transcription_model", "usage_fields",
+    "response_model", "responses_usage", "session_model", "sole_event_type", "session_transcription_model", "usage_fields",
 ]

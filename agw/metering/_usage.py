@@ -79,28 +79,6 @@ def leading_event_type(head: bytes) -> str | None:
     return leading.group(1).decode("utf-8", "replace") if leading is not None else None
 
 
-def client_event_type(payload: bytes) -> str | None:
-    """
-    The C{type} of a client event. Read from the head when the event starts
-    with it (as every OpenAI SDK writes events, audio appends included);
-    otherwise the whole message is decoded, so a client that writes
-    C{"type"} last is not missed.
-    """
-    leading = leading_event_type(payload)
-    if leading is not None:
-        return leading
-    event = decode_event(payload)
-    kind = event.get("type") if event is not None else None
-    return kind if isinstance(kind, str) else None
-
-
-def client_event_id(payload: bytes) -> str | None:
-    """The C{event_id} a client gave an event, if any (decodes the whole message: call it for small events only)."""
-    event = decode_event(payload)
-    identifier = event.get("event_id") if event is not None else None
-    return identifier if isinstance(identifier, str) else None
-
-
 def error_event_id(event: dict[str, Any]) -> str | None:
     """The client C{event_id} an C{error} event answers, if it names one."""
     error = event.get("error")
@@ -116,10 +94,10 @@ def response_id(event: dict[str, Any]) -> str | None:
 
 
 def decode_event(payload: bytes | str) -> dict[str, Any] | None:
-    """A JSON object, or C{None} for anything else (not JSON, not an object)."""
+    """A JSON object, or C{None} for anything else (not JSON, not an object, nested too deep to decode)."""
     try:
         event = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return event if isinstance(event, dict) else None
 

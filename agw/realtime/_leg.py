@@ -186,18 +186,28 @@ class RelayLeg(PassThrough, LeanMessages):
         if partner is not None:
             partner.close(*self.code_for_partner(was_clean, code, reason))
 
+    def send_if_open(self, payload: bytes, is_binary: bool = False) -> bool:
+        """
+        Send a message on this leg if it is open; C{False} (nothing sent) if
+        it is closing or closed. Every message agw itself sends on a leg goes
+        through here: Autobahn raises C{Disconnected} on a leg that is not
+        open, and raised from C{onClose} or C{dataReceived} that skips its
+        connection bookkeeping (the rest of the read is lost, the session may
+        end as 1006 instead of with the code that was relayed).
+        """
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        self.sendMessage(payload, is_binary)
+        return True
+
     def forward(self, payload: bytes, is_binary: bool) -> bool:
         """
         Send a message to the partner if it is open; C{False} if there is
         none or it is closing (then the message is dropped: the session is
-        ending, and raising here would fail this leg with 1006 instead of
-        passing on the partner's close code).
+        ending).
         """
         partner = self.partner
-        if partner is None or partner.state != WebSocketProtocol.STATE_OPEN:
-            return False
-        partner.sendMessage(payload, is_binary)
-        return True
+        return partner is not None and partner.send_if_open(payload, is_binary)
 
     def close(self, code: int | None, reason: str | None) -> None:
         """

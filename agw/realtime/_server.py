@@ -20,12 +20,11 @@ from twisted.python.failure import Failure
 
 from agw.metering import (
     CLIENT_TO_UPSTREAM,
-    EVENT_HEAD,
     RealtimeSession,
     client_event_id,
-    client_event_type,
+    client_event_types,
     decode_event,
-    leading_event_type,
+    sole_event_type,
 )
 from agw.realtime._frames import BINARY, Frame
 from agw.realtime._leg import RelayLeg
@@ -171,14 +170,15 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
-        if isBinary or session is None or client_event_type(payload) != RESPONSE_CREATE:
+        # An event that names its type twice is governed as the response.create it may be to the provider.
+        if isBinary or session is None or RESPONSE_CREATE not in client_event_types(payload):
             self.message_relayed(len(payload), self.forward(payload, isBinary))
             return
         event_id = client_event_id(payload)
         refused = session.refusal()
         if refused is not None:
             # Not forwarded: the client learns why in-protocol, and the session goes on.
-            self.sendMessage(limit_error_event(refused, event_id))
+            self.send_if_open(limit_error_event(refused, event_id))
             session.refused()
             return
         if event_id is None:
@@ -192,10 +192,11 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             session.request_dropped()
 
     def wants_whole(self, frame: Frame) -> bool:
-        # Governance reads response.create; a text event whose head does not say its type is read whole.
+        # Governance reads response.create; a text event whose head does not say its type, or that may
+        # name a type again (a provider may act on either), is read whole too.
         if frame.opcode == BINARY or self.session is None:
             return False
-        kind = leading_event_type(frame.payload(EVENT_HEAD))
+        kind = sole_event_type(frame.scratch_payload())
         return kind is None or kind == RESPONSE_CREATE
 
     direction = CLIENT_TO_UPSTREAM

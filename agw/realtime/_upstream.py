@@ -68,12 +68,13 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
     def server_response_refused(self, response_id: str | None, refusal: Any) -> None:
         # The provider started a response on its own while the consumer's
         # budget is exhausted: stop it (its usage is still counted) and tell the client why.
+        # Either leg may be closing (the client left, the provider's close is under way): then nothing is sent.
         cancel: dict[str, Any] = {"type": "response.cancel"}
         if response_id is not None:
             cancel["response_id"] = response_id
-        self.sendMessage(json.dumps(cancel).encode())
-        if self.partner is not None and self.partner.state == self.STATE_OPEN:
-            self.partner.sendMessage(limit_error_event(refusal))
+        self.send_if_open(json.dumps(cancel).encode())
+        if self.partner is not None:
+            self.partner.send_if_open(limit_error_event(refusal))
 
     def link(self, other: RelayLeg) -> None:
         super().link(other)
@@ -114,8 +115,10 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         sink = self.usage_sink
         if sink is None or not sink.in_flight:
             # Not acknowledged yet, or the provider gave no id: the default
-            # conversation's response is the one to stop.
-            self.sendMessage(b'{"type":"response.cancel"}')
+            # conversation's response is the one to stop. (This leg may be
+            # closing already, the provider's close under way: nothing is
+            # sent then, and its close ends the drain.)
+            self.send_if_open(b'{"type":"response.cancel"}')
         self._drain_timer = self.factory.clock.callLater(grace, self._finish_drain)
         self._drain_step()
 
@@ -127,7 +130,8 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         for response_id in sink.in_flight:
             if response_id not in self._cancelled:
                 self._cancelled.add(response_id)
-                self.sendMessage(json.dumps({"type": "response.cancel", "response_id": response_id}).encode())
+                # Not sent once this leg is closing (the grace ran out, or the provider closed): its usage is still read.
+                self.send_if_open(json.dumps({"type": "response.cancel", "response_id": response_id}).encode())
 
     def _stop_drain_timer(self) -> None:
         if self._drain_timer is not None and self._drain_timer.active():

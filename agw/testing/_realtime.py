@@ -167,6 +167,10 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             # Server VAD: the end of speech starts a response nobody asked for.
             self._start_response(["audio"], True)
 
+    def start_response(self, modalities: tuple[str, ...] = ("text",)) -> None:
+        """Start a response nobody asked for, now (as server VAD does at the end of speech)."""
+        self._start_response(list(modalities), True)
+
     def on_response_create(self, event: dict[str, Any]) -> None:
         fake = self.factory.fake
         response = event.get("response") or {}
