@@ -162,3 +162,31 @@ class DatabaseChecksTests(SynchronousTestCase):
                 "pip install 'agw[postgres]'", output.strip().splitlines()[-1],
             )
 
+
+
+class ReserveOptionTests(SynchronousTestCase):
+    """What a response is held for before one was seen: a knob per unit, checked, reaching the governor."""
+
+    def options(self, *arguments: str) -> Any:
+        from agw.serve._options import Options
+
+        options = Options()
+        self.patch(os, "environ", {**os.environ, "OPENAI_API_KEY": BACKEND_KEY})
+        options.parseOptions(["-f", os.path.join(REPO, "config.yaml"), *arguments])
+        return options
+
+    def test_bad_values_are_usage_errors(self) -> None:
+        from twisted.python.usage import UsageError
+
+        for arguments, message in ((["--reserve-usd", "nothing"], "--reserve-usd: expected an amount above 0"),
+                                   (["--reserve-usd", "0"], "--reserve-usd: expected an amount above 0"),
+                                   (["--reserve-tokens", "0"], "--reserve-tokens: expected 1 or more")):
+            with self.assertRaises(UsageError) as raised:
+                self.options(*arguments)
+            self.assertIn(message, str(raised.exception))
+
+    def test_values_reach_the_gateway(self) -> None:
+        from agw.serve._options import gateway_from_options
+
+        gateway = gateway_from_options(self.options("--reserve-tokens", "512", "--reserve-usd", "0.25", "--access-log", "off"))
+        self.assertEqual((gateway.reserve.tokens, gateway.reserve.usd), (512, Decimal("0.25")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
@@ -42,6 +43,8 @@ class Options(usage.Options):
         ["max-sessions", None, 10_000, "Realtime sessions one bind serves at once (more: 503).", int],
         ["max-fragments", None, 1024, "Fragments one Realtime message may have (more: close 1009).", int],
         ["max-model-labels", None, 200, "Distinct model names per metric label before new ones count as 'other'.", int],
+        ["reserve-tokens", None, 4096, "Tokens a response is held for against a Tokens budget until it reports usage (more, once a larger one was seen).", int],
+        ["reserve-usd", None, "0.10", "USD a response is held for against a USD budget until it reports usage (more, once a larger one was seen)."],
         ["workers", None, None, "Gateway processes sharing the binds (0: one per CPU; default: config.workers, or 1).", int],
     ]
 
@@ -70,6 +73,13 @@ class Options(usage.Options):
             if self["validate-only"]:
                 raise SystemExit(str(e)) from None  # the one line, on stderr; exit 1
             raise usage.UsageError(str(e)) from None
+        if self["reserve-tokens"] < 1:
+            raise usage.UsageError("--reserve-tokens: expected 1 or more")
+        try:
+            if not Decimal(self["reserve-usd"]) > 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            raise usage.UsageError(f"--reserve-usd: expected an amount above 0, e.g. 0.10; got {self['reserve-usd']!r}") from None
         if self["workers"] is not None and self["workers"] < 0:
             raise usage.UsageError("--workers: expected 0 (one per CPU) or more")
         if self["demo"] and self["workers"] not in (None, 1):
@@ -141,7 +151,7 @@ def check_files(config: GatewayConfig) -> None:
 def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:
     """The L{Gateway} these options describe."""
     from agw.http import HTTPOptions
-    from agw.metering import GatewayMetrics, catalog_for
+    from agw.metering import GatewayMetrics, ReserveOptions, catalog_for
     from agw.realtime import RelayOptions
     from agw.serve._gateway import Gateway
 
@@ -168,6 +178,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         ),
         access_log=open_access_log(options["access-log"], options["access-log-file"], access_log_fields),
         rate_limit_share=1.0 / max(1, options.get("worker-count", 1)),
+        reserve=ReserveOptions(tokens=options["reserve-tokens"], usd=Decimal(options["reserve-usd"])),
     )
 
 
