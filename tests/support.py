@@ -32,7 +32,8 @@ from agw import Gateway, parse_config
 from agw.http import HTTPOptions
 from agw.metering import AccessLog
 from agw.realtime import RelayOptions
-from agw.testing import FakeOpenAI
+from agw.testing import FakeOpenAI, PostgresUnavailable
+from agw.testing import PostgresServer as _PostgresServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_CONFIG = os.path.join(REPO, "config.yaml")
@@ -366,74 +367,16 @@ def rss(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def _postgres_bin(name: str) -> str | None:
-    """A PostgreSQL server program: on PATH, or in Debian's versioned directory."""
-    import glob
-    import shutil
+def PostgresServer(case: TestCase) -> _PostgresServer:
+    """A real PostgreSQL server (L{agw.testing.PostgresServer}) for C{case}, removed at cleanup; skips without one."""
+    try:
+        server = _PostgresServer()
+    except PostgresUnavailable as e:
+        from twisted.trial.unittest import SkipTest
 
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-class PostgresServer:
-    """
-    A real PostgreSQL server for one test: a fresh cluster in a temporary
-    directory, listening on 127.0.0.1 on a free port, stopped at cleanup.
-    As root it runs as the C{postgres} user (PostgreSQL refuses root).
-    """
-
-    def __init__(self, case: TestCase) -> None:
-        initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-        if initdb is None or pg_ctl is None:
-            from twisted.trial.unittest import SkipTest
-
-            raise SkipTest("PostgreSQL is not installed (apt-get install postgresql)")
-        import tempfile
-
-        self.directory = tempfile.mkdtemp(prefix="agw-pg-")
-        as_user: list[str] = []
-        if os.geteuid() == 0:
-            import shutil
-
-            shutil.chown(self.directory, "postgres")
-            as_user = ["runuser", "-u", "postgres", "--"]
-        data = os.path.join(self.directory, "data")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        subprocess.run([*as_user, initdb, "-D", data, "-U", "agw", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True)
-        self._ctl = [*as_user, pg_ctl, "-D", data]
-        self.start()
-        case.addCleanup(self._remove)
-        self.url = f"postgresql://agw@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        """Start the server (again, after L{stop}: same data, same port)."""
-        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.directory}"
-        subprocess.run([*self._ctl, "-o", options, "-w", "-l", os.path.join(self.directory, "log"), "start"],
-                       check=True, capture_output=True)
-
-    def stop(self, mode: str = "fast") -> None:
-        """Stop the server (C{fast}: clients are disconnected, as in a restart; C{immediate}: a crash)."""
-        subprocess.run([*self._ctl, "-m", mode, "-w", "stop"], check=True, capture_output=True)
-
-    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Rows of C{sql}, run on a connection of its own (blocking: call it in a thread)."""
-        import psycopg
-
-        with psycopg.connect(self.url, autocommit=True) as connection:
-            cursor = connection.execute(sql, args or None)
-            return cursor.fetchall() if cursor.description else []
-
-    def _remove(self) -> None:
-        import shutil
-
-        subprocess.run([*self._ctl, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        raise SkipTest(str(e)) from None
+    case.addCleanup(server.remove)
+    return server
 
 
 @inlineCallbacks

@@ -1,14 +1,16 @@
 """
 Test doubles for agw and for agw's users, in the spirit of C{treq.testing}:
 L{FakeOpenAI} is an in-process OpenAI upstream (Realtime over Autobahn) that
-keeps a ledger of every token it billed.
+keeps a ledger of every token it billed; L{PostgresServer} is a real
+PostgreSQL on loopback for budgets shared through C{config.database}.
 """
 
 from agw.testing._fake import FakeOpenAI
 from agw.testing._http import chat_usage
+from agw.testing._postgres import PostgresServer, PostgresUnavailable
 from agw.testing._state import REALTIME_MODEL, Billed, Handshake, HTTPRequest, Refusal, response_usage
 from agw.testing._tls import TestCA
 
 __all__ = [
-    "REALTIME_MODEL", "Billed", "FakeOpenAI", "HTTPRequest", "Handshake", "Refusal", "TestCA", "chat_usage", "response_usage",
+    "REALTIME_MODEL", "Billed", "FakeOpenAI", "HTTPRequest", "Handshake", "PostgresServer", "PostgresUnavailable", "Refusal", "TestCA", "chat_usage", "response_usage",
 ]
