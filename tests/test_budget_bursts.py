@@ -15,7 +15,7 @@ import yaml
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agw.metering import ReserveOptions
 from tests.support import handshake_status, listening_fake, open_client, recv_event
@@ -194,12 +194,16 @@ class PhantomRequestTests(TestCase):
                 while recv_event(ws)["type"] != "response.done":
                     pass
                 ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # server VAD starts a response
-                while (event := recv_event(ws))["type"] != "response.done":
-                    events.append(event)
+                try:
+                    while True:
+                        events.append(recv_event(ws))
+                except ConnectionClosed:  # over budget: the session ends (1008)
+                    events.append({"type": "closed", "code": ws.close_code})
                 return events
 
         events = yield deferToThread(session)
         self.assertEqual(events[0]["error"]["code"], "conversation_already_has_active_response")
         self.assertIn("rate_limit_exceeded", [e["error"]["code"] for e in events[1:] if e["type"] == "error"])
+        self.assertEqual(events[-1], {"type": "closed", "code": 1008})
         cancels = [json.loads(m) for m in fake.received if b"response.cancel" in m]
         self.assertEqual(cancels[-1], {"type": "response.cancel", "response_id": "resp_2"})

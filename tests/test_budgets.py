@@ -22,6 +22,7 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
 
 from agw import Gateway, parse_config
 from agw.config import Budget, BudgetUnit, ClientKey
@@ -204,31 +205,42 @@ class BudgetInSessionTests(TestCase):
 
     @inlineCallbacks
     def test_server_started_response_over_budget_is_cancelled_and_still_charged(self) -> Any:
+        """
+        Server VAD over an exhausted budget: the response is cancelled by its
+        id, the client told why, and the session ends (1008): every turn would
+        start another, and each is billed. What it used is still charged.
+        """
         self.fake.server_vad = True
         self.fake.response_delay = 30.0  # only the cancel ends it in time
 
-        def session() -> list[str]:
+        def session() -> tuple[list[str], tuple[int | None, str | None]]:
             with open_client(self.agw.url, **auth(TEAM_A)) as ws:
                 recv_event(ws)
                 # An audio response uses more than the whole budget.
                 ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["audio"]}}))
-                types = []
+                types: list[str] = []
                 while True:  # server VAD starts a second response after the commit below
-                    event = recv_event(ws)
+                    try:
+                        event = recv_event(ws)
+                    except ConnectionClosed:
+                        return types, (ws.close_code, ws.close_reason)
                     types.append(event["type"])
                     if event["type"] == "response.created" and types.count("response.created") == 1:
                         ws.send(json.dumps({"type": "response.cancel"}))  # end the first one now
                     if event["type"] == "response.done" and types.count("response.done") == 1:
                         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-                    if types.count("response.done") == 2:
-                        return types
 
-        types = yield deferToThread(session)
+        types, (code, reason) = yield deferToThread(session)
         self.assertIn("error", types[types.index("response.done") + 1:])
+        self.assertEqual(code, 1008)
+        self.assertIn("rate_limit_exceeded", reason)
         cancels = [json.loads(m) for m in self.fake.received if b"response.cancel" in m]
         self.assertEqual(cancels[-1], {"type": "response.cancel", "response_id": "resp_2"})
-        spent = yield deferToThread(self.agw.budgets)
+        yield wait_until(lambda: len(self.fake.ledger) == 2)  # the cancelled one reported its usage to agw's drain
         billed = sum(e.usage["input_tokens"] + e.usage["output_tokens"] for e in self.fake.ledger)
+        yield wait_until(lambda: self.agw.gateway.governor.states("team-a")[0].spent == billed)
+        yield self.agw.gateway.governor.flush()
+        spent = yield deferToThread(self.agw.budgets)
         self.assertEqual(spent["team-a/daily-tokens"]["spent"], billed)
 
     @inlineCallbacks

@@ -130,6 +130,7 @@ class OutageRuleTests(TestCase):
         self.assertEqual((first.sharers, second.sharers), (2, 2))
         first.charge("team", None, 400)
         yield first.flush()
+        yield first.refresh()
         yield second.refresh()
         first._ledger.down = True
         yield first.refresh()
@@ -138,16 +139,18 @@ class OutageRuleTests(TestCase):
         state = first.states("team")[0]
         self.assertEqual((state.spent, state.limit), (400, 700))
         first.charge("team", None, 299)
-        self.assertIsNone(first.blocking("team"))
+        first.admit("team").release()  # admitted: 1 left of its share
         first.charge("team", None, 1)
-        self.assertEqual(first.blocking("team").code, "rate_limit_exceeded")
+        refused = first.admit("team")
+        self.assertEqual((refused.code, refused.final), ("rate_limit_exceeded", False))  # until the ledger answers
+        self.assertIn("until the budget ledger answers again", refused.message)
         # Back: the real limit again, and the charges made meanwhile are written.
         first._ledger.down = False
         yield first.refresh()
         yield first.flush()
         yield second.refresh()
         self.assertEqual([g.states("team")[0].spent for g in (first, second)], [700, 700])
-        self.assertIsNone(first.blocking("team"))
+        first.admit("team").release()  # its share of the 300 left
 
     @inlineCallbacks
     def test_a_charge_whose_answer_was_lost_is_written_once(self) -> Any:

@@ -127,6 +127,9 @@ class HTTPForwarder(Resource):
             if self._parsed is not None:
                 # Only where agw reads the body does it know the model (passthrough: not checked).
                 KeyCheck.authorize(key, exchange.request_model)
+            if self._context.governor is not None and exchange.who is not None:
+                # Near the end of a budget, decided on a fresh read of everyone's spend.
+                await self._context.governor.fresh(exchange.who.name)
             admit(request, exchange, self._context, reads_body=self._parsed is not None)
         except Refused as refused:
             return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)

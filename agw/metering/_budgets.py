@@ -22,23 +22,17 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from agw.config import Budget, BudgetUnit, ClientKey
 from agw.metering._budget_state import BudgetState, amount_of, units_of
 from agw.metering._catalog import Cost
 from agw.metering._denial import Denial
-from agw.metering._ledger import BudgetLedger, Reading, WindowKey
+from agw.metering._ledger import BudgetLedger, WindowKey
 from agw.metering._reservation import Reservation, ReserveOptions
+from agw.metering._ledger_reading import NEAR_END, LedgerReading
 from agw.metering._spendbook import SpendBook
 
-# A process not seen for this many refresh intervals no longer shares the budgets.
-ALIVE_INTERVALS = 10
-PRUNE_EVERY = 3600.0  # seconds between prunes of the ledger
-KEEP_WINDOWS_FOR = 7 * 86400  # past windows stay in the ledger this long after they end (history)
-
-
-class Governor:
+class Governor(LedgerReading):
     """The budgets of every consumer of a gateway, and their spend."""
 
     log = Logger()
@@ -63,7 +57,9 @@ class Governor:
         self._refresh_interval = refresh_interval
         self._created = False
         self._pruned_at: float | None = None
-        self._outage_base: dict[WindowKey, int] = {}  # spend known when the ledger went down
+        self._early_read_at = 0.0
+        self._early_waiters: list[Deferred[None]] | None = None  # callers of the read under way
+        self._base: dict[WindowKey, int] = {}  # spend known at the last read (each process's share starts there)
         self._held: dict[tuple[str, str], list[int]] = {}  # (consumer, budget) -> [units held, reservations]
         self._largest: dict[tuple[str, str], int] = {}  # the most one response of the consumer cost, per budget
 
@@ -137,37 +133,6 @@ class Governor:
         if self._refreshing.running:
             self._refreshing.stop()
 
-    @inlineCallbacks
-    def refresh(self) -> Any:
-        """Read everyone's spend for the current windows (the first time, create the tables)."""
-        if not self._budgets:
-            return
-        now = self._clock.seconds()
-        if not self._created:
-            try:
-                yield self._ledger.start()
-            except Exception:
-                self._book.unreachable("creating its tables", Failure(), "retried every refresh")
-                return
-            self._created = True
-        starts = {self._window(budget, now)[0] for budgets in self._budgets.values() for budget in budgets}
-        live_since = int(now - ALIVE_INTERVALS * self._refresh_interval)
-        reading: Reading | None = yield self._book.read(starts, self._process, int(now), live_since)
-        if reading is not None and self._process is not None:
-            self.sharers = reading.sharers
-        if reading is not None and (self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY):
-            self._pruned_at = now
-            self._ledger.prune(self._keep_from(now), int(now - KEEP_WINDOWS_FOR), int(now - 86400)).addErrback(
-                lambda failure: self.log.warn("pruning the budget ledger failed: {error}", error=failure.getErrorMessage())
-            )
-
-    def _keep_from(self, now: float) -> list[tuple[str, int]]:
-        longest: dict[str, int] = {}
-        for budgets in self._budgets.values():
-            for budget in budgets:
-                longest[budget.name] = max(longest.get(budget.name, 0), budget.window_seconds)
-        return [(name, self._window_start(seconds, now) - seconds - KEEP_WINDOWS_FOR) for name, seconds in longest.items()]
-
     def states(self, consumer: str | None) -> list[BudgetState]:
         """Where each budget of C{consumer} stands now (none for anonymous or budget-less consumers)."""
         if consumer is None:
@@ -200,14 +165,19 @@ class Governor:
             if budget.unit is BudgetUnit.USD and not priced:
                 return None, Denial.unpriced(model, budget.name)
             key = (consumer, budget.name, self._window(budget, now)[0])
-            spent, limit = self._book.spent(key), self._limit(budget, key)
+            spent, allowance, limit = self._book.spent(key), self._allowance(budget, key), units_of(budget, budget.amount)
             state = self._state(consumer, budget, now)  # type: ignore[arg-type]
             if spent >= limit:
                 return None, Denial.exhausted(state)
-            held, count = self._held.get((consumer, budget.name), (0, 0))  # type: ignore[arg-type]
             estimate = max(self.reserve.units(budget), self._largest.get((consumer, budget.name), 0))  # type: ignore[arg-type]
-            share = (limit - spent) // (self.sharers if self._book.up else 1)
-            if count and held + estimate > share:
+            if self._near_end(budget, key):
+                self._read_soon()  # near the end, others' spend is read within EARLY_READ, not a whole interval
+            if not hold:
+                continue  # a handshake: nothing starts yet
+            if spent >= allowance:
+                return None, Denial.share_used(state, self.sharers, self._book.up is False)
+            held, count = self._held.get((consumer, budget.name), (0, 0))  # type: ignore[arg-type]
+            if count and held + estimate > allowance - spent:
                 return None, Denial.in_flight(state, count)
             holds[budget.name] = estimate
         if not hold:
@@ -248,24 +218,24 @@ class Governor:
         """Write the charges made so far now."""
         return self._book.flush()
 
-    def _limit(self, budget: Budget, key: WindowKey) -> int:
+    def _allowance(self, budget: Budget, key: WindowKey) -> int:
+        """
+        What this process may let C{key}'s spend reach before it reads
+        everyone's again: its share of what was left at the last read (all of
+        it when it is alone). Others' spend since then is unseen, so the
+        processes together stay within what was left (see docs/governance.md).
+        """
         limit = units_of(budget, budget.amount)
-        if self._book.up is not False:
+        if self.sharers <= 1:
             return limit
-        # Unreachable: this process may spend its share of what was left when the ledger went down.
-        base = min(self._outage_base.get(key, 0), limit)
-        return base + (limit - base) // max(1, self.sharers)
+        base = min(self._base.get(key, 0), limit)
+        return base + (limit - base) // self.sharers
+
+    def _near_end(self, budget: Budget, key: WindowKey) -> bool:
+        estimate = max(self.reserve.units(budget), self._largest.get(key[:2], 0))  # type: ignore[arg-type]
+        return units_of(budget, budget.amount) - self._book.spent(key) < NEAR_END * estimate * max(1, self.sharers)
 
     def _ledger_changed(self) -> None:
-        if self._book.up is False:
-            now = self._clock.seconds()
-            self._outage_base = {
-                key: self._book.spent(key)
-                for consumer, budgets in self._budgets.items() for budget in budgets
-                for key in [(consumer, budget.name, self._window(budget, now)[0])]
-            }
-        else:
-            self._outage_base = {}
         if self._on_ledger is not None:
             self._on_ledger(self._book.up, self._book.unwritten)
         for consumer in self._budgets:  # enforced limits changed
@@ -288,7 +258,8 @@ class Governor:
     def _state(self, consumer: str, budget: Budget, now: float) -> BudgetState:
         start, end = self._window(budget, now)
         key = (consumer, budget.name, start)
-        limit = self._limit(budget, key)
+        # While the ledger is down the read-out shows what this process enforces (its share).
+        limit = self._allowance(budget, key) if self._book.up is False else units_of(budget, budget.amount)
         return BudgetState(consumer, budget, amount_of(budget, self._book.spent(key)), start, end, amount_of(budget, limit))
 
     @classmethod

@@ -20,6 +20,9 @@ class Denial:
     A refusal: C{status} (HTTP), C{code} and C{error_type} (OpenAI's error
     fields; Realtime rate-limit errors use C{tokens}/C{requests} as their
     type), C{message}; C{state} is the budget that refused, if one did.
+    C{final}: nothing changes it before the budget's window ends (spent, or
+    a model without a price), unlike a wait for responses in flight or for
+    a rate-limit bucket to fill.
     """
 
     status: int
@@ -27,6 +30,7 @@ class Denial:
     error_type: str
     message: str
     state: BudgetState | None = None
+    final: bool = False
 
     @classmethod
     def exhausted(cls, state: BudgetState) -> Denial:
@@ -35,7 +39,7 @@ class Denial:
         return cls(429, RATE_LIMITED, "tokens" if tokens else "requests", (
             f"Budget {budget.name!r} of this API key is exhausted: {state.spent} of {state.limit} "
             f"{'tokens' if tokens else 'USD'} used in the current window, which ends at Unix time {state.window_end}."
-        ), state)
+        ), state, final=True)
 
     @classmethod
     def in_flight(cls, state: BudgetState, count: int) -> Denial:
@@ -48,11 +52,21 @@ class Denial:
         ), state)
 
     @classmethod
+    def share_used(cls, state: BudgetState, sharers: int, ledger_down: bool) -> Denial:
+        budget = state.budget
+        tokens = budget.unit.value == "Tokens"
+        until = "the budget ledger answers again" if ledger_down else "it reads everyone's spend again (each second)"
+        return cls(429, RATE_LIMITED, "tokens" if tokens else "requests", (
+            f"Budget {budget.name!r} of this API key is shared by {sharers} gateway processes, and this one has used "
+            f"its share of what is left until {until}: try again shortly."
+        ), state)
+
+    @classmethod
     def unpriced(cls, model: str | None, budget: str) -> Denial:
         return cls(403, "model_not_priced", "invalid_request_error", (
             f"model {model!r} has no price in the gateway's model catalog, and budget {budget!r} of this API key "
             "is in USD: the gateway cannot count what it would cost (ask the operator to price it in config.modelCatalog)."
-        ))
+        ), final=True)
 
     @classmethod
     def ledger_unread(cls) -> Denial:

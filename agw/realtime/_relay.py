@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -143,6 +143,24 @@ class RealtimeRelay:
             context.metrics, context.labels, model, self._reactor.seconds, context.access_log, who, context.governor,
             context.limits, request={"src.addr": peer_address(peer), "http.method": "GET", "http.path": request.path}, span=span,
         )
+
+    def recheck(self, session: RealtimeSession) -> Deferred[None]:
+        """
+        Fires when C{session}'s consumer may go on: at once, or, near the end
+        of a budget, after everyone's spend was read afresh (then it may
+        fail with L{agw.routing.KeyRefused}: another process spent it).
+        """
+        governor = self._context.governor
+        if governor is None:
+            return succeed(None)
+        consumer, model = session.who.name, session.request_model
+
+        def check(_: object) -> None:
+            denial = governor.blocking(consumer, self._context.metrics.prices(model), model)
+            if denial is not None:
+                raise KeyRefused(denial.status, denial.message, denial.code)
+
+        return governor.fresh(consumer).addCallback(check)
 
     def handshake_refused(self, status: int) -> None:
         """A client's handshake was answered C{status} instead of 101 (counted by status)."""

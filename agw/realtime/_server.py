@@ -51,6 +51,8 @@ class SessionHost(Protocol):
         self, request_uri: str, request: ConnectionRequest, session: RealtimeSession, request_peer: Any = None,
     ) -> Deferred[UpstreamProtocol]: ...
 
+    def recheck(self, session: RealtimeSession) -> Deferred[None]: ...
+
     def opened(self, leg: RealtimeServerProtocol) -> None: ...
 
     def closed(self, leg: RealtimeServerProtocol) -> None: ...
@@ -77,6 +79,12 @@ class HandshakeAnswer(Exception):
         self.status, self.reason, self.headers, self.body = status, reason, headers, body
 
     @classmethod
+    def refused(cls, refused: KeyRefused) -> HandshakeAnswer:
+        """The answer to a key, model or budget refusal."""
+        error_type = {429: "requests", 503: "server_error"}.get(refused.status, "invalid_request_error")
+        return cls.error(refused.status, _REASONS[refused.status], refused.message, refused.code, error_type=error_type)
+
+    @classmethod
     def error(
         cls, status: int, reason: str, message: str, code: str, headers: list[tuple[str, str]] | None = None,
         error_type: str = "gateway_error",
@@ -89,6 +97,8 @@ class HandshakeAnswer(Exception):
 def answer_for(failure: Failure) -> HandshakeAnswer:
     """The client's answer when the upstream leg could not be opened."""
     error = failure.value
+    if isinstance(error, KeyRefused):  # another process spent the budget (see RealtimeRelay.recheck)
+        return HandshakeAnswer.refused(error)
     if isinstance(error, UpstreamRefused):
         # Pass the provider's answer through, minus framing we recompute.
         headers = [(k, v) for k, v in error.headers if k.lower() not in ("content-length", "connection", "transfer-encoding")]
@@ -117,10 +127,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         try:
             session = relay.new_session(request, self.transport.getPeer())
         except KeyRefused as refused:
-            self._answer = HandshakeAnswer.error(
-                refused.status, _REASONS[refused.status], refused.message, refused.code,
-                error_type="requests" if refused.status == 429 else "invalid_request_error",
-            )
+            self._answer = HandshakeAnswer.refused(refused)
             raise ConnectionDeny(refused.status, self._answer.reason) from None
         if not relay.slots.acquire(self):
             self._answer = HandshakeAnswer.error(
@@ -129,8 +136,9 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             )
             raise ConnectionDeny(503, "Service Unavailable")
         self.session = session
-        opening = self._opening = relay.open_upstream(
-            self.http_request_uri, request, self.session, self.transport.getPeer()
+        # Near the end of a budget the handshake waits for a fresh read of everyone's spend first.
+        opening = self._opening = relay.recheck(session).addCallback(
+            lambda _: relay.open_upstream(self.http_request_uri, request, session, self.transport.getPeer())
         )
 
         def opened(upstream: UpstreamProtocol) -> str | None:

@@ -14,13 +14,16 @@ from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
 from agw._internals import handshake_bytes
-from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession, might_carry_usage
+from agw.metering import UPSTREAM_TO_CLIENT, Denial, RealtimeSession, might_carry_usage
 from agw.realtime._frames import BINARY, Frame
 from agw.realtime._leg import RelayLeg
 from agw.realtime._limit_events import limit_error_event
 from agw.realtime._refusal import Incomplete, parse_refusal
 from agw.realtime._usage_mixin import DELTA_HEAD, RealtimeUsageMixin
 from agw.routing import ConnectionTracker
+
+
+POLICY_VIOLATION = 1008  # RFC 6455: the session ends because a policy forbids what it would do next
 
 
 class UpstreamClosed(Exception):
@@ -65,16 +68,26 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self.transport.pauseProducing()
         self.factory.succeeded(self)
 
-    def server_response_refused(self, response_id: str | None, refusal: Any) -> None:
-        # The provider started a response on its own while the consumer's
-        # budget is exhausted: stop it (its usage is still counted) and tell the client why.
+    def server_response_refused(self, response_id: str | None, refusal: Denial) -> None:
+        """
+        The provider started a response on its own (server VAD) that
+        governance forbids: stop it (its usage is still counted) and tell the
+        client why. When nothing changes that before the budget's window ends
+        (C{refusal.final}), the session ends too (1008): each turn the client
+        speaks would start another, and a cancelled response is still billed
+        for its input.
+        """
         # Either leg may be closing (the client left, the provider's close is under way): then nothing is sent.
         cancel: dict[str, Any] = {"type": "response.cancel"}
         if response_id is not None:
             cancel["response_id"] = response_id
         self.send_if_open(json.dumps(cancel).encode())
-        if self.partner is not None:
-            self.partner.send_if_open(limit_error_event(refusal))
+        partner = self.partner
+        if partner is not None:
+            partner.send_if_open(limit_error_event(refusal))
+            if refusal.final:
+                # The client's leg closes first; this leg then drains the cancelled response's usage.
+                partner.close(POLICY_VIOLATION, f"{refusal.code}: server-started responses cannot be paid for")
 
     def link(self, other: RelayLeg) -> None:
         super().link(other)

@@ -159,7 +159,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         self.send_event("input_audio_buffer.committed", item_id=f"item_{next(fake.ids)}")
         if fake.transcription_usage is not None:
             usage = dict(fake.transcription_usage)
-            fake.ledger.append(Billed("transcription", fake.transcription_model, usage))
+            fake.ledger.append(Billed("transcription", fake.transcription_model, usage, self.session_id))
             self.send_event(
                 "conversation.item.input_audio_transcription.completed", item_id="item", transcript="hi", usage=usage
             )
@@ -231,7 +231,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
     def finish_response(self, response_id: str, number: int, audio: bool, status: str) -> None:
         fake = self.factory.fake
         usage = response_usage(number, audio)
-        fake.ledger.append(Billed("chat", self.model, usage))
+        fake.ledger.append(Billed("chat", self.model, usage, self.session_id))
         self.send_event(
             "response.done",
             response={"object": "realtime.response", "id": response_id, "status": status, "usage": usage},

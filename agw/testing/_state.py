@@ -49,6 +49,7 @@ class Billed:
     operation: str  # "chat" (response.done) or "transcription"
     model: str
     usage: dict[str, Any] = field(factory=dict)
+    session: str | None = None  # the Realtime session's id (session.created's), None for HTTP
 
 
 def response_usage(number: int, audio: bool) -> dict[str, Any]:
