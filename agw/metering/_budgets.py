@@ -6,11 +6,11 @@ A decision reads the spend this process knows (L{SpendBook}): the ledger's
 totals, refreshed every C{refresh_interval} seconds, plus this process's
 own charges. Responses in flight count too: each admitted response holds a
 L{Reservation} (what one response of the consumer may cost) until its usage
-is charged, and when what is left of a budget cannot cover one more, a
-consumer gets one response in flight at a time. With several processes on
-one ledger each may hold only its share of what is left (C{remaining /
-processes}); while the ledger is unreachable each enforces its share of
-what was left when it went down. See docs/governance.md for the bounds.
+is charged, and when what is left cannot cover one more, a consumer gets
+one response in flight at a time. With several processes on one ledger each
+may spend only its share of what was left at its last read (C{remaining /
+processes}), the same rule that holds while the ledger is unreachable. See
+docs/governance.md for the bounds measured.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from agw.metering._budget_state import BudgetState, amount_of, units_of
 from agw.metering._catalog import Cost
 from agw.metering._denial import Denial
 from agw.metering._ledger import BudgetLedger, WindowKey
-from agw.metering._reservation import Reservation, ReserveOptions
 from agw.metering._ledger_reading import NEAR_END, LedgerReading
+from agw.metering._reservation import Reservation, ReserveOptions
 from agw.metering._spendbook import SpendBook
+
 
 class Governor(LedgerReading):
     """The budgets of every consumer of a gateway, and their spend."""
@@ -111,7 +112,7 @@ class Governor(LedgerReading):
         """Write what is not written yet (a few tries, each bounded), stop reading, leave, close the ledger."""
         if self._refreshing.running:
             self._refreshing.stop()
-        for _ in range(3):
+        for _ in range(1 if self._book.up is False else 3):  # each try is bounded by the ledger's timeouts
             if not self._book.unwritten:
                 break
             yield self._book.flush()
@@ -144,15 +145,22 @@ class Governor(LedgerReading):
         """Why C{consumer} may start nothing now (an exhausted C{Block} budget, ...), if so; holds nothing."""
         return self._decide(consumer, priced, model, hold=False)[1]
 
-    def admit(self, consumer: str | None, priced: bool = True, model: str | None = None) -> Reservation | Denial:
+    def admit(
+        self, consumer: str | None, priced: bool = True, model: str | None = None, started: bool = False,
+    ) -> Reservation | Denial:
         """
         Admit one response (or request) of C{consumer} using a model that is
-        C{priced} or not: a L{Reservation} to settle with its usage, or why not.
+        C{priced} or not: a L{Reservation} to settle with its usage, or why
+        not. C{started}: the provider started it on its own, and only a final
+        refusal stops it (cancelling it loses the user's turn and is still
+        billed for its input, so waiting for others is not worth it).
         """
-        reservation, denial = self._decide(consumer, priced, model, hold=True)
+        reservation, denial = self._decide(consumer, priced, model, hold=True, started=started)
         return denial if denial is not None else reservation  # type: ignore[return-value]
 
-    def _decide(self, consumer: str | None, priced: bool, model: str | None, hold: bool) -> tuple[Reservation | None, Denial | None]:
+    def _decide(
+        self, consumer: str | None, priced: bool, model: str | None, hold: bool, started: bool = False,
+    ) -> tuple[Reservation | None, Denial | None]:
         budgets = self._budgets.get(consumer, ()) if consumer is not None else ()
         blocking = [budget for budget in budgets if budget.block]
         if not blocking:  # Audit budgets (or none): nothing to hold, usage still charged through the reservation
@@ -165,21 +173,23 @@ class Governor(LedgerReading):
             if budget.unit is BudgetUnit.USD and not priced:
                 return None, Denial.unpriced(model, budget.name)
             key = (consumer, budget.name, self._window(budget, now)[0])
-            spent, allowance, limit = self._book.spent(key), self._allowance(budget, key), units_of(budget, budget.amount)
-            state = self._state(consumer, budget, now)  # type: ignore[arg-type]
+            spent, limit = self._book.spent(key), units_of(budget, budget.amount)
             if spent >= limit:
-                return None, Denial.exhausted(state)
-            estimate = max(self.reserve.units(budget), self._largest.get((consumer, budget.name), 0))  # type: ignore[arg-type]
+                return None, Denial.exhausted(self._state(consumer, budget, now))  # type: ignore[arg-type]
+            estimate = self._estimate(budget, key)
             if self._near_end(budget, key):
                 self._read_soon()  # near the end, others' spend is read within EARLY_READ, not a whole interval
             if not hold:
                 continue  # a handshake: nothing starts yet
+            holds[budget.name] = estimate
+            if started:
+                continue
+            allowance = self._allowance(budget, key)
             if spent >= allowance:
-                return None, Denial.share_used(state, self.sharers, self._book.up is False)
+                return None, Denial.share_used(self._state(consumer, budget, now), self.sharers, self._book.up is False)  # type: ignore[arg-type]
             held, count = self._held.get((consumer, budget.name), (0, 0))  # type: ignore[arg-type]
             if count and held + estimate > allowance - spent:
-                return None, Denial.in_flight(state, count)
-            holds[budget.name] = estimate
+                return None, Denial.in_flight(self._state(consumer, budget, now), count)  # type: ignore[arg-type]
         if not hold:
             return None, None
         for name, units in holds.items():
@@ -231,9 +241,13 @@ class Governor(LedgerReading):
         base = min(self._base.get(key, 0), limit)
         return base + (limit - base) // self.sharers
 
+    def _estimate(self, budget: Budget, key: WindowKey) -> int:
+        """What one response of C{key}'s consumer may cost: the configured reserve, or the most one has cost."""
+        return max(self.reserve.units(budget), self._largest.get(key[:2], 0))  # type: ignore[arg-type]
+
     def _near_end(self, budget: Budget, key: WindowKey) -> bool:
-        estimate = max(self.reserve.units(budget), self._largest.get(key[:2], 0))  # type: ignore[arg-type]
-        return units_of(budget, budget.amount) - self._book.spent(key) < NEAR_END * estimate * max(1, self.sharers)
+        left = units_of(budget, budget.amount) - self._book.spent(key)
+        return left < NEAR_END * self._estimate(budget, key) * max(1, self.sharers)
 
     def _ledger_changed(self) -> None:
         if self._on_ledger is not None:

@@ -18,7 +18,7 @@ from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._ratelimit import RouteLimits
 from agw.metering._reservation import NO_RESERVATION, Reservation
 from agw.metering._responses import ResponseQueue
-from agw.metering._realtime_metrics import close_code_label
+from agw.metering._realtime_metrics import MessageCounts, close_code_label
 from agw.metering._spans import NO_SPAN, Span, span_name
 from agw.metering._usage import AudioDuration, TokenUsage
 
@@ -68,17 +68,16 @@ class RealtimeSession:
         # Responses asked for (a provider error naming the request means it never bills) and under way.
         self._queue = ResponseQueue()
         self.in_flight = self._queue.in_flight  # response ids, oldest first (for response.cancel)
+        self._server_starts = False  # the provider started a response on its own (server VAD)
         self.responses = 0
         self.responses_refused = 0  # response.create events a budget stopped
         self.started_at: float | None = None
         self._ttft_from: float | None = None
         self.totals = {"input": 0, "output": 0, "input_cache_read": 0}
         self.cost = Decimal(0)  # USD, every priced report of the session
-        labels = route.values()
-        self._messages = {d: metrics.realtime.messages.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
-        self._bytes = {d: metrics.realtime.bytes.labels(*labels, d) for d in (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT)}
-        # Messages and bytes relayed since the last flush, per direction.
-        self._unflushed = {CLIENT_TO_UPSTREAM: [0, 0], UPSTREAM_TO_CLIENT: [0, 0]}
+        counts = MessageCounts(metrics.realtime, route.values(), (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT))
+        # Called per relayed message: the counter's own bound methods, not a call through the session.
+        self.relayed, self.dropped, self.flush = counts.relayed, counts.dropped, counts.flush
 
     def started(self) -> None:
         """Both legs are open."""
@@ -118,28 +117,6 @@ class RealtimeSession:
             error=status >= 500,
         )
 
-    def relayed(self, direction: str, size: int) -> None:
-        """
-        One message of C{size} bytes passed. Counted here and added to the
-        metrics by L{flush}: two counter increments per message would cost
-        more than the rest of the accounting.
-        """
-        unflushed = self._unflushed[direction]
-        unflushed[0] += 1
-        unflushed[1] += size
-
-    def dropped(self, direction: str) -> None:
-        """A message could not be relayed: its receiver was already closing."""
-        self._metrics.realtime.dropped.labels(*self._route.values(), direction).inc()
-
-    def flush(self) -> None:
-        """Add the messages and bytes relayed since the last flush to the metrics."""
-        for direction, unflushed in self._unflushed.items():
-            if unflushed[0]:
-                self._messages[direction].inc(unflushed[0])
-                self._bytes[direction].inc(unflushed[1])
-                unflushed[0] = unflushed[1] = 0
-
     def _models(self, operation: str) -> ModelLabels:
         if operation == TRANSCRIPTION:
             # Transcription is served by the session's transcription model.
@@ -159,9 +136,7 @@ class RealtimeSession:
         """C{response.create} events forwarded and not acknowledged yet: billed all the same."""
         return self._queue.requested
 
-    @property
-    def responses_in_progress(self) -> int:
-        return self._queue.running
+    responses_in_progress = property(lambda self: self._queue.running, doc="Responses under way.")
 
     def response_requested(self, event_id: str | None = None) -> None:
         """
@@ -220,26 +195,29 @@ class RealtimeSession:
         """Whether the catalog prices the model this session's responses are billed for."""
         return self._metrics.prices(self._models(CHAT).priced_model)
 
-    def refusal(self, spend: bool = True) -> Denial | None:
+    def refusal(self, started: bool = False) -> Denial | None:
         """
         Why a new response may not start, if it may not: a C{Block} budget
-        (exhausted, or too little left for one more response while others
-        are in flight, or a USD budget and an unpriced model), or an empty
-        rate-limit bucket. Checked before each C{response.create}, which
-        spends a C{requests} token (C{spend}). A response that may start is
-        admitted: it holds its share of the budgets from now on (see
-        L{response_requested}, L{request_dropped}).
+        (spent, this process's share of it used, too little left for one
+        more while others are in flight, a USD budget and an unpriced
+        model), or an empty rate-limit bucket. Checked before each
+        C{response.create}, which spends a C{requests} token. C{started}: the
+        provider started the response on its own (server VAD): only a final
+        refusal or an empty bucket stops it, and it spends no request token.
+        A response that may start is admitted: it holds its reservation from
+        now on (see L{response_requested}, L{request_dropped}).
         """
-        if self._queue.requested >= MAX_UNACKNOWLEDGED:
+        if not started and self._queue.requested >= MAX_UNACKNOWLEDGED:
             return Denial.too_many_unacknowledged(MAX_UNACKNOWLEDGED)
         admitted: Reservation = NO_RESERVATION
         if self._governor is not None:
-            decided = self._governor.admit(self._consumer, self.priced, self._models(CHAT).priced_model)
+            model = self._models(CHAT).priced_model
+            decided = self._governor.admit(self._consumer, self.priced, model, started=started)
             if isinstance(decided, Denial):
                 return decided
             admitted = decided
         if self._limits is not None:
-            empty = self._limits.admit() if spend else self._limits.empty()
+            empty = self._limits.empty() if started else self._limits.admit()
             if empty is not None:
                 admitted.release()
                 return Denial.rate_limited(empty.kind, empty.capacity, empty.reset_seconds)
@@ -255,12 +233,18 @@ class RealtimeSession:
         # A response the server started on its own answers no request (and is governed now).
         refused, unasked = None, None
         if not self._queue.requested:
-            refused = self.refusal(spend=False)
+            self._server_starts = True
+            refused = self.refusal(started=True)
             unasked = self._queue.take_admitted()
         self._queue.started(response_id, self._clock(), unasked)
         return refused
 
-    def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None:
+    def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> Denial | None:
+        """
+        A response ended (with C{usage}, if it reported any). When the provider
+        starts responses on its own in this session and that spent the budget
+        for good, why the session should end now (see L{response_started}).
+        """
         self.responses += 1
         now = self._clock()
         reservation, began = self._queue.finished(response_id, now)
@@ -276,14 +260,19 @@ class RealtimeSession:
                     **({"gen_ai.server.time_to_first_token": ttft} if ttft is not None else {}),
                 },
             )
+        if not self._server_starts or self._governor is None:
+            return None
+        # Each turn would start another response the budget cannot pay for: no need to wait for it.
+        denial = self._governor.blocking(self._consumer, self.priced, self._models(CHAT).priced_model)
+        return denial if denial is not None and denial.final else None
 
     def tokens_used(self, operation: str, usage: TokenUsage, reservation: Reservation | None = None) -> Cost:
         """Record C{usage}, and charge it (through the response's C{reservation}, if it held one)."""
         cost = self._metrics.record_tokens(self._route, self._models(operation), usage, self.who)
         self.cost += cost.total
-        if reservation is not None and reservation is not NO_RESERVATION:
-            reservation.settle(cost, usage.input + usage.output)
-        elif self._governor is not None:
+        if reservation not in (None, NO_RESERVATION):
+            reservation.settle(cost, usage.input + usage.output)  # type: ignore[union-attr]
+        elif self._governor is not None:  # a response that held nothing (the server's, refused; transcription)
             self._governor.charge(self._consumer, cost, usage.input + usage.output)
         if self._limits is not None:
             self._limits.charge(usage.input + usage.output)

@@ -73,3 +73,35 @@ class RealtimeMetrics:
                 route + ("status",), registry=registry,
             ),
         )
+
+
+class MessageCounts:
+    """
+    The messages and bytes one session relays, per direction, added to
+    C{metrics} by L{flush} (every few seconds, and at the end): two counter
+    increments per message would cost more than the rest of the accounting.
+    """
+
+    def __init__(self, metrics: RealtimeMetrics, route: tuple[str, ...], directions: tuple[str, ...]) -> None:
+        self._metrics, self._route = metrics, route
+        self._messages = {d: metrics.messages.labels(*route, d) for d in directions}
+        self._bytes = {d: metrics.bytes.labels(*route, d) for d in directions}
+        self._unflushed = {d: [0, 0] for d in directions}  # messages, bytes since the last flush
+
+    def relayed(self, direction: str, size: int) -> None:
+        """One message of C{size} bytes passed."""
+        unflushed = self._unflushed[direction]
+        unflushed[0] += 1
+        unflushed[1] += size
+
+    def dropped(self, direction: str) -> None:
+        """A message could not be relayed: its receiver was already closing."""
+        self._metrics.dropped.labels(*self._route, direction).inc()
+
+    def flush(self) -> None:
+        """Add the messages and bytes relayed since the last flush to the metrics."""
+        for direction, unflushed in self._unflushed.items():
+            if unflushed[0]:
+                self._messages[direction].inc(unflushed[0])
+                self._bytes[direction].inc(unflushed[1])
+                unflushed[0] = unflushed[1] = 0

@@ -82,12 +82,21 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         if response_id is not None:
             cancel["response_id"] = response_id
         self.send_if_open(json.dumps(cancel).encode())
+        if refusal.final:
+            self.session_refused(refusal)
+        elif self.partner is not None:
+            self.partner.send_if_open(limit_error_event(refusal))
+
+    def session_refused(self, refusal: Denial) -> None:
+        """
+        The session ends (1008): the provider starts responses on its own,
+        and the budget cannot pay for another. The client is told why first;
+        its leg closes, then this one drains what is still in flight.
+        """
         partner = self.partner
         if partner is not None:
             partner.send_if_open(limit_error_event(refusal))
-            if refusal.final:
-                # The client's leg closes first; this leg then drains the cancelled response's usage.
-                partner.close(POLICY_VIOLATION, f"{refusal.code}: server-started responses cannot be paid for")
+            partner.close(POLICY_VIOLATION, f"{refusal.code}: server-started responses cannot be paid for")
 
     def link(self, other: RelayLeg) -> None:
         super().link(other)

@@ -45,7 +45,7 @@ class UsageSink(Protocol):
 
     def request_failed(self, event_id: str) -> None: ...
 
-    def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> None: ...
+    def response_finished(self, response_id: str | None, status: str | None, usage: TokenUsage | None) -> Any: ...
 
     def tokens_used(self, operation: str, usage: TokenUsage) -> None: ...
 
@@ -64,6 +64,9 @@ class RealtimeUsageMixin:
 
     def server_response_refused(self, response_id: str | None, refusal: Any) -> None:
         """The server started a response a budget or limit forbids (see L{UsageSink.response_started}): stop it."""
+
+    def session_refused(self, refusal: Any) -> None:
+        """Governance ends the session (its budget is spent and the provider starts responses on its own)."""
 
     def inspect_server_event(self, payload: bytes, is_binary: bool) -> bytes:
         """Read one server message; return it as it is to be relayed (C{rate_limits.updated} gains agw's limits)."""
@@ -92,9 +95,11 @@ class RealtimeUsageMixin:
         elif kind == "response.done":
             response = event.get("response")
             status = response.get("status") if isinstance(response, dict) else None
-            sink.response_finished(
+            ending = sink.response_finished(
                 response_id(event), status if isinstance(status, str) else None, realtime_response_usage(event)
             )
+            if ending is not None:
+                self.session_refused(ending)
         elif kind == "error":
             event_id = error_event_id(event)
             if event_id is not None:
