@@ -15,7 +15,7 @@ clients received in `response.done`, checked against the fake provider's
 ledger) priced by hand from the catalog, and each budget's overrun with
 the largest single response of its consumer.
 
-    python bench/money_soak.py [--seconds 60] [--sessions 2] [--json PATH]
+    python bench/money_soak.py [--seconds 60] [--sessions 2] [--json PATH] [--log-dir DIR]
 
 Prints one line of figures; exits 1 if the ledger is not exact or a budget
 ran over the bound.
@@ -188,7 +188,12 @@ def run(args: argparse.Namespace) -> int:
     database = PostgresServer()
     data = config(fake_port, database.url)
     stats_port = int(data["config"]["statsAddr"].rsplit(":", 1)[1])
-    agw, port = start_agw_with(data, "--workers", str(WORKERS))
+    logging: list[str] = []
+    if args.log_dir:  # agw's own log (through AGW_BENCH_LOG) and its access log, to see what happened
+        os.makedirs(args.log_dir, exist_ok=True)
+        os.environ["AGW_BENCH_LOG"] = os.path.join(args.log_dir, "agw.log")
+        logging = ["--access-log", "json", "--access-log-file", os.path.join(args.log_dir, "access.log")]
+    agw, port = start_agw_with(data, "--workers", str(WORKERS), *logging)
     url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
     tally = Tally()
     started = time.monotonic()
@@ -274,6 +279,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--sessions", type=int, default=2, help="sessions per consumer")
     parser.add_argument("--json", default=result_path("money_soak.json"))
+    parser.add_argument("--log-dir", help="keep agw's log and access log (JSON) here")
     sys.exit(run(parser.parse_args()))
 
 

@@ -244,6 +244,31 @@ class BudgetInSessionTests(TestCase):
         self.assertEqual(spent["team-a/daily-tokens"]["spent"], billed)
 
     @inlineCallbacks
+    def test_server_vad_session_ends_when_its_budget_is_spent(self) -> Any:
+        """
+        A response the server started spends the rest of the budget: the
+        session ends (1008) after its response.done, without waiting for the
+        user's next turn to start (and bill) another one.
+        """
+        self.fake.server_vad = True
+
+        def session() -> tuple[list[str], int | None]:
+            types: list[str] = []
+            with open_client(self.agw.url, **auth(TEAM_A)) as ws:
+                recv_event(ws)
+                ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # the server starts a 106-token response
+                try:
+                    while True:
+                        types.append(recv_event(ws)["type"])
+                except ConnectionClosed:
+                    return types, ws.close_code
+
+        types, code = yield deferToThread(session)
+        self.assertEqual(types[-2:], ["response.done", "error"])
+        self.assertEqual(code, 1008)
+        self.assertEqual(len(self.fake.ledger), 1)  # no second response was started
+
+    @inlineCallbacks
     def test_spend_survives_a_restart(self) -> Any:
         def spend() -> None:
             with open_client(self.agw.url, **auth(TEAM_A)) as ws:

@@ -182,11 +182,11 @@ class Governor(LedgerReading):
             if not hold:
                 continue  # a handshake: nothing starts yet
             holds[budget.name] = estimate
-            if started:
-                continue
-            allowance = self._allowance(budget, key)
+            allowance, down = self._allowance(budget, key), self._book.up is False
+            if started and not (down and spent >= allowance):
+                continue  # (while the ledger is down no read will give this process more: then its share is final)
             if spent >= allowance:
-                return None, Denial.share_used(self._state(consumer, budget, now), self.sharers, self._book.up is False)  # type: ignore[arg-type]
+                return None, Denial.share_used(self._state(consumer, budget, now), self.sharers, down)  # type: ignore[arg-type]
             held, count = self._held.get((consumer, budget.name), (0, 0))  # type: ignore[arg-type]
             if count and held + estimate > allowance - spent:
                 return None, Denial.in_flight(self._state(consumer, budget, now), count)  # type: ignore[arg-type]
@@ -222,7 +222,10 @@ class Governor(LedgerReading):
                 continue
             if amount > self._largest.get((consumer, budget.name), 0):
                 self._largest[(consumer, budget.name)] = amount  # what the next reservations hold
-            self._book.add((consumer, budget.name, self._window(budget, now)[0]), amount)
+            key = (consumer, budget.name, self._window(budget, now)[0])
+            self._book.add(key, amount)
+            if self._near_end(budget, key):
+                self._book.flush()  # near the end, others must see it now, not after the batch delay
 
     def flush(self) -> Deferred[None]:
         """Write the charges made so far now."""

@@ -59,7 +59,7 @@ class Denial:
         return cls(429, RATE_LIMITED, "tokens" if tokens else "requests", (
             f"Budget {budget.name!r} of this API key is shared by {sharers} gateway processes, and this one has used "
             f"its share of what is left until {until}: try again shortly."
-        ), state)
+        ), state, final=ledger_down)
 
     @classmethod
     def unpriced(cls, model: str | None, budget: str) -> Denial:

@@ -21,7 +21,7 @@ ALIVE_INTERVALS = 10
 # Within this many responses (times the processes sharing a budget) of its end, a
 # process reads everyone's spend as it decides, at most every EARLY_READ seconds.
 NEAR_END = 4
-EARLY_READ = 0.1
+EARLY_READ = 0.025
 PRUNE_EVERY = 3600.0  # seconds between prunes of the ledger
 KEEP_WINDOWS_FOR = 7 * 86400  # past windows stay in the ledger this long after they end (history)
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -76,18 +76,30 @@ class SpendBook:
         if self._write_call is None and not self._sending:
             self._write_call = self._clock.callLater(self.batch_delay, self._write_queued)
 
-    def flush(self) -> Deferred[None]:
-        """Write what is queued now; fires when this process has nothing unwritten, or the ledger refused once more."""
+    @inlineCallbacks
+    def flush(self) -> Any:
+        """
+        Write everything charged so far, now (a batch waiting to be retried is
+        retried at once); fires when it is written, or when a write failed.
+        """
         if self._write_call is not None and self._write_call.active():
             self._write_call.cancel()
+        self._write_call = None
+        while self._sending or self._queued:
+            if self._writing is None:
+                if self._sending:
+                    self._send()
+                else:
+                    self._write_queued()
+            writing = self._writing
+            if writing is None:
+                break
+            yield writing
+            if self.up is False:
+                break  # it failed: retried on its schedule
+            if self._write_call is not None and self._write_call.active():
+                self._write_call.cancel()  # the next batch goes now, below
             self._write_call = None
-        if self._sending:
-            if self._writing is None:  # waiting to retry: retry now
-                self._write_call = None
-                self._send()
-            return self._writing if self._writing is not None else succeed(None)
-        self._write_queued()
-        return self._writing if self._writing is not None else succeed(None)
 
     def stop(self) -> None:
         """No more retries (the process stops)."""

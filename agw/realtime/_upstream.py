@@ -124,6 +124,9 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
             self._drain_step()
             return
         self.message_relayed(len(payload), self.forward(payload, isBinary))
+        if self.ending is not None:
+            ending, self.ending = self.ending, None
+            self.session_refused(ending)
 
     def drain(self, code: int | None, reason: str | None, grace: float, client_code: int | None) -> None:
         """

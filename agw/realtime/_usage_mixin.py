@@ -65,8 +65,9 @@ class RealtimeUsageMixin:
     def server_response_refused(self, response_id: str | None, refusal: Any) -> None:
         """The server started a response a budget or limit forbids (see L{UsageSink.response_started}): stop it."""
 
-    def session_refused(self, refusal: Any) -> None:
-        """Governance ends the session (its budget is spent and the provider starts responses on its own)."""
+    # Why governance ends the session (its budget is spent and the provider starts responses
+    # on its own), once the message that told it has been relayed.
+    ending: Any = None
 
     def inspect_server_event(self, payload: bytes, is_binary: bool) -> bytes:
         """Read one server message; return it as it is to be relayed (C{rate_limits.updated} gains agw's limits)."""
@@ -99,7 +100,7 @@ class RealtimeUsageMixin:
                 response_id(event), status if isinstance(status, str) else None, realtime_response_usage(event)
             )
             if ending is not None:
-                self.session_refused(ending)
+                self.ending = ending  # ended once this response.done has gone on to the client
         elif kind == "error":
             event_id = error_event_id(event)
             if event_id is not None:
