@@ -235,3 +235,34 @@ class LedgerAtStartTests(TestCase):
         )
         yield wait_until(lambda: agw.gateway.governor.blocking("team-a") is not None, timeout=10)
         self.assertEqual(json.loads(json.dumps(agw.gateway.governor.states("team-a")[0].as_json(0)))["spent"], 1000)
+
+
+class FreshReadTests(TestCase):
+    """Near a budget's end, a decision can wait for a fresh read of everyone's spend."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_fresh_fires_even_when_the_read_ends_at_once(self) -> Any:
+        ledger = FlakyLedger("sqlite://" + os.path.abspath(self.mktemp() + ".db"), reactor)
+        governor = Governor([key(100)], ledger, reactor)
+        self.addCleanup(governor.stop)
+        yield governor.start()
+        governor.charge("team", None, 99)  # within a few responses of the end
+        ledger.down = True  # the read fails at once (synchronously)
+        fired: list[object] = []
+        governor.fresh("team").addCallback(fired.append)
+        self.assertEqual(fired, [None])
+
+    @inlineCallbacks
+    def test_far_from_the_end_nothing_waits(self) -> Any:
+        ledger = FlakyLedger("sqlite://" + os.path.abspath(self.mktemp() + ".db"), reactor)
+        governor = Governor([key(10**9)], ledger, reactor)
+        self.addCleanup(governor.stop)
+        yield governor.start()
+        reads: list[object] = []
+        original = ledger.read
+        ledger.read = lambda *a, **kw: reads.append(a) or original(*a, **kw)  # type: ignore[method-assign]
+        fired: list[object] = []
+        governor.fresh("team").addCallback(fired.append)
+        self.assertEqual((fired, reads), ([None], []))

@@ -99,7 +99,9 @@ class LedgerReading:
             joined: Deferred[None] = Deferred()
             self._early_waiters.append(joined)
             return joined
-        self._early_read_at, waiters = now, []
+        first: Deferred[None] = Deferred()
+        # The caller waits before the read starts: a read that ends at once still fires it.
+        self._early_read_at, waiters = now, [first]
         self._early_waiters = waiters
 
         def done(result: object) -> None:
@@ -111,8 +113,6 @@ class LedgerReading:
                 self.log.failure("reading budgets failed", result)
 
         self.refresh().addBoth(done)
-        first: Deferred[None] = Deferred()
-        waiters.append(first)
         return first
 
     def fresh(self, consumer: str | None) -> Deferred[None]:
