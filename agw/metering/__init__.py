@@ -44,6 +44,7 @@ from agw.metering._pricing import price_audio, price_tokens, split_cached
 from agw.metering._ratelimit import RouteLimits, TokenBucket
 from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.metering._spans import NO_SPAN, NO_SPANS, Span, SpanSink, span_name
+from agw.metering._spool import ChargeSpool, ledger_identity
 from agw.metering._usage import (
     EVENT_HEAD,
     AudioDuration,
@@ -65,7 +66,7 @@ from agw.metering._usage import (
 
 __all__ = [
     "Attribution", "Attributor", "BudgetLedger", "BudgetState", "Denial", "Governor", "LedgerURLError", "NO_RESERVATION",
-    "Reservation", "ReserveOptions", "check_ledger_url", "RouteLimits", "TokenBucket",
+    "Reservation", "ReserveOptions", "check_ledger_url", "ChargeSpool", "ledger_identity", "RouteLimits", "TokenBucket",
     "EXACT", "FALLBACK_MODEL", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs", "split_cached",
     "ACCESS_LOG_FORMATS", "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "NO_SPAN", "NO_SPANS", "Span", "SpanSink", "span_name", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",

@@ -31,6 +31,7 @@ from agw.metering._ledger import BudgetLedger, WindowKey
 from agw.metering._ledger_reading import NEAR_END, LedgerReading
 from agw.metering._reservation import Reservation, ReserveOptions
 from agw.metering._spendbook import SpendBook
+from agw.metering._spool import ChargeSpool
 
 
 class Governor(LedgerReading):
@@ -41,6 +42,7 @@ class Governor(LedgerReading):
     def __init__(
         self, keys: Iterable[ClientKey], ledger: BudgetLedger, clock: Any, refresh_interval: float = 1.0,
         on_change: Any = None, on_ledger: Any = None, enforcing: bool = True, reserve: ReserveOptions = ReserveOptions(),
+        spool: ChargeSpool | None = None,
     ) -> None:
         self._budgets: dict[str, tuple[Budget, ...]] = {}
         self.configure(keys)
@@ -53,6 +55,8 @@ class Governor(LedgerReading):
         self._process = uuid.uuid4().hex if enforcing else None
         self.sharers = 1
         self.reserve = reserve
+        self.spool = spool  # where charges unwritten at stop are kept, and replayed from
+        self._replaying = False
         self._refreshing = LoopingCall(self.refresh)
         self._refreshing.clock = clock
         self._refresh_interval = refresh_interval
@@ -118,10 +122,13 @@ class Governor(LedgerReading):
             yield self._book.flush()
         self._book.stop()
         if self._book.unwritten:
-            self.log.error(
-                "budget charges lost at stop: the ledger did not take them: {charges}",
-                charges={f"{c}/{b}@{w}": amount for (c, b, w), amount in self._book.unwritten_amounts().items()},
-            )
+            amounts = {f"{c}/{b}@{w}": amount for (c, b, w), amount in self._book.unwritten_amounts().items()}
+            path = self.spool.keep(self._book.take_unwritten()) if self.spool is not None else None
+            if path is not None:
+                self.log.warn("budget ledger unreachable at stop: charges kept in {path}, written at the next start: "
+                              "{charges}", path=path, charges=amounts)
+            else:
+                self.log.error("budget charges lost at stop: the ledger did not take them: {charges}", charges=amounts)
         if self._process is not None and self._book.up:
             try:
                 yield self._ledger.leave(self._process)

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from agw.config import Budget
 from agw.metering._ledger import BudgetLedger, Reading, WindowKey
 from agw.metering._spendbook import SpendBook
+from agw.metering._spool import ChargeSpool
 
 # A process not seen for this many refresh intervals no longer shares the budgets.
 ALIVE_INTERVALS = 10
@@ -43,7 +44,9 @@ class LedgerReading:
     _early_read_at: float
     _early_waiters: list[Deferred[None]] | None
     _base: dict[WindowKey, int]
+    _replaying: bool
     sharers: int
+    spool: ChargeSpool | None
 
     def _window(self, budget: Budget, now: float) -> tuple[int, int]:
         raise NotImplementedError
@@ -75,11 +78,25 @@ class LedgerReading:
             if self._process is not None:
                 self.sharers = reading.sharers
             self._rebase()
+            self._replay_spool(int(now))
         if reading is not None and (self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY):
             self._pruned_at = now
             self._ledger.prune(self._keep_from(now), int(now - KEEP_WINDOWS_FOR), int(now - 86400)).addErrback(
                 lambda failure: self.log.warn("pruning the budget ledger failed: {error}", error=failure.getErrorMessage())
             )
+
+    def _replay_spool(self, now: int) -> None:
+        """Write what stopped processes kept on disk (they could not reach the ledger), once it answers."""
+        if self.spool is None or self._replaying or not self.spool.files():
+            return
+        self._replaying = True
+
+        def done(result: object) -> None:
+            self._replaying = False
+            if isinstance(result, Failure):
+                self.log.warn("kept budget charges not written yet: {error}", error=result.getErrorMessage())
+
+        self.spool.replay(self._ledger, now).addBoth(done)
 
     def _keep_from(self, now: float) -> list[tuple[str, int]]:
         longest: dict[str, int] = {}

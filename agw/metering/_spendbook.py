@@ -101,6 +101,15 @@ class SpendBook:
                 self._write_call.cancel()  # the next batch goes now, below
             self._write_call = None
 
+    def take_unwritten(self) -> list[Charge]:
+        """
+        Every charge not written yet, as charges with ids (those already sent
+        keep theirs: the ledger may have them); this book forgets them.
+        """
+        charges = list(self._sending) + [Charge(uuid.uuid4().hex, key, amount) for key, amount in self._queued.items()]
+        self._sending, self._queued, self._sent_amounts = (), {}, {}
+        return charges
+
     def stop(self) -> None:
         """No more retries (the process stops)."""
         if self._write_call is not None and self._write_call.active():

@@ -21,6 +21,7 @@ from agw.metering import (
     AccessLog,
     Attributor,
     BudgetLedger,
+    ChargeSpool,
     GatewayMetrics,
     Governor,
     RouteLabels,
@@ -28,6 +29,7 @@ from agw.metering import (
     RouteLimits,
     SpanSink,
     catalog_for,
+    ledger_identity,
 )
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import (
@@ -52,20 +54,24 @@ def client_keys(config: GatewayConfig) -> list[ClientKey]:
 
 def governor_for(
     config: GatewayConfig, reactor: Any, metrics: GatewayMetrics | None = None, enforcing: bool = True,
-    reserve: ReserveOptions = ReserveOptions(),
+    reserve: ReserveOptions = ReserveOptions(), charge_spool: str = "",
 ) -> Governor | None:
     """
     The budgets of C{config}'s client keys, or C{None} if no key has any (a
     L{Governor} is started by its service); C{enforcing}: this process
-    decides on requests (a C{--workers} parent only reads the ledger).
+    decides on requests (a C{--workers} parent only reads the ledger);
+    C{charge_spool}: a directory for charges the ledger cannot take at stop
+    (empty: none).
     """
     keys = client_keys(config)
     if config.database_url is None or not any(key.budgets for key in keys):
         return None
+    url = config.database_url.value
     return Governor(
-        keys, BudgetLedger(config.database_url.value, reactor), reactor,
+        keys, BudgetLedger(url, reactor), reactor,
         on_change=metrics.record_budget if metrics is not None else None,
         on_ledger=metrics.record_ledger if metrics is not None else None, enforcing=enforcing, reserve=reserve,
+        spool=ChargeSpool(charge_spool, ledger_identity(url)) if charge_spool else None,
     )
 
 
@@ -117,6 +123,7 @@ class Gateway:
         access_log: AccessLog = NO_ACCESS_LOG,
         rate_limit_share: float = 1.0,
         reserve: ReserveOptions = ReserveOptions(),
+        charge_spool: str = "",
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -142,7 +149,8 @@ class Gateway:
         self.http_client = UpstreamClient(reactor, http_options)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
         self.reserve = reserve  # what one response is assumed to cost before one is seen (budgets)
-        self.governor = governor_for(config, reactor, self.metrics, reserve=reserve)
+        self.charge_spool = charge_spool  # where charges the ledger could not take at stop are kept
+        self.governor = governor_for(config, reactor, self.metrics, reserve=reserve, charge_spool=charge_spool)
         self.spans = spans_for(config)
         # Governors of databases a reload replaced: sessions opened before still charge them until they stop.
         self.retired_governors: list[Governor] = []
@@ -206,7 +214,7 @@ class Gateway:
             if same_database and any(key.budgets for key in client_keys(config)):
                 self.governor.configure(client_keys(config))  # type: ignore[union-attr]  # spend and holds carry on
             else:
-                governor = governor_for(config, self.reactor, self.metrics, reserve=self.reserve)
+                governor = governor_for(config, self.reactor, self.metrics, reserve=self.reserve, charge_spool=self.charge_spool)
                 if self.governor is not None:
                     self.governor.retire()
                     self.retired_governors.append(self.governor)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ class Options(usage.Options):
         ["max-model-labels", None, 200, "Distinct model names per metric label before new ones count as 'other'.", int],
         ["reserve-tokens", None, 4096, "Tokens a response is held for against a Tokens budget until it reports usage (more, once a larger one was seen).", int],
         ["reserve-usd", None, "0.10", "USD a response is held for against a USD budget until it reports usage (more, once a larger one was seen)."],
+        ["charge-spool", None, os.path.join(tempfile.gettempdir(), "agw-charges"),
+         "Directory for budget charges the ledger cannot take when agw stops (written at the next start); '' for none."],
         ["workers", None, None, "Gateway processes sharing the binds (0: one per CPU; default: config.workers, or 1).", int],
     ]
 
@@ -179,6 +182,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         access_log=open_access_log(options["access-log"], options["access-log-file"], access_log_fields),
         rate_limit_share=1.0 / max(1, options.get("worker-count", 1)),
         reserve=ReserveOptions(tokens=options["reserve-tokens"], usd=Decimal(options["reserve-usd"])),
+        charge_spool=options["charge-spool"],
     )
 
 

@@ -27,7 +27,7 @@ def makeService(options: Options) -> IService:
 
         service = WorkerPool(
             reactor, options.config_object, options["interface"], options.gateway_arguments(), options.worker_count,
-            options["drain-period"], stdout=sys.__stdout__.buffer,
+            options["drain-period"], stdout=sys.__stdout__.buffer, charge_spool=options["charge-spool"],
         )
         registry = service.registry
     elif options["demo"]:

@@ -142,8 +142,10 @@ class WorkerPool(MultiService):
     def __init__(
         self, reactor: Any, config: GatewayConfig, interface: str, gateway_arguments: list[str], count: int,
         drain_period: float = 5.0, stdout: IO[bytes] | None = None, python: str = sys.executable,
+        charge_spool: str = "",
     ) -> None:
         super().__init__()
+        self.charge_spool = charge_spool  # the parent replays what stopped workers kept, too
         self.reactor = reactor
         self.config = config
         self.interface = interface
@@ -167,7 +169,7 @@ class WorkerPool(MultiService):
         # The workers enforce budgets; the parent reads the shared ledger to serve /budgets.
         self.governor: Governor | None = None
         self.admin: ListeningService | None = None
-        self._serve_budgets(governor_for(config, reactor, enforcing=False))
+        self._serve_budgets(governor_for(config, reactor, enforcing=False, charge_spool=charge_spool))
 
     def _serve_budgets(self, governor: Governor | None) -> Governor | None:
         """Serve C{governor}'s /budgets on adminAddr from now on (a reload may bring a new one)."""
@@ -225,7 +227,7 @@ class WorkerPool(MultiService):
             self.held.release(port)
         governor = None
         if budget_setup(config) != budget_setup(old):
-            governor = self._serve_budgets(governor_for(config, self.reactor, enforcing=False))
+            governor = self._serve_budgets(governor_for(config, self.reactor, enforcing=False, charge_spool=self.charge_spool))
         self.config = config
         self._signal_all(signal.SIGHUP)
         return Reloaded(added, removed, governor, restart_only)
