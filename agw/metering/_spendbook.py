@@ -139,12 +139,10 @@ class SpendBook:
         batch, self._sending = self._sending, ()
         self._retries = 0
         for charge in batch:
-            self._epoch[charge.key] += 1
-            left = self._sent_amounts[charge.key] - charge.amount
+            self._epoch[charge.key] = self._epoch.get(charge.key, 0) + 1
+            left = self._sent_amounts.pop(charge.key, charge.amount) - charge.amount  # (taken at stop: nothing left)
             if left:
                 self._sent_amounts[charge.key] = left
-            else:
-                del self._sent_amounts[charge.key]
         for key, total in totals.items():
             # Our charge's total is in the ledger; only a read we are sure of may lower it (see read).
             self._known[key] = max(self._known.get(key, 0), total)
