@@ -48,3 +48,11 @@ class DuplicateKeyTests(APIKeyGatewayTests):
         code, body = yield self.post("chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}')
         self.assertEqual((code, body["choices"][0]["message"]["content"]), (200, "Hello!"))
         self.assertEqual(len(self.fake.http_requests), 1)
+
+    @inlineCallbacks
+    def test_deeply_nested_body_is_a_400_not_a_gateway_error(self) -> Any:
+        """JSON nested deeper than the decoder goes is the client's error: 400, nothing upstream, no traceback."""
+        raw = b'{"model": "gpt-4", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        code, body = yield self.post("chat/completions", raw)
+        self.assertEqual((code, body["error"]["code"]), (400, "invalid_json"))
+        self.assertEqual(self.fake.http_requests, [])

@@ -55,7 +55,7 @@ def json_object(raw: bytes) -> dict[str, Any]:
         raise Refused(
             400, f"request body has a duplicate key {key!r}: each key may appear once in an object", "duplicate_json_key",
         ) from None
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the decoder goes: not a body agw can read
         body = None
     if not isinstance(body, dict):
         raise Refused(400, "request body must be a JSON object", "invalid_json")
