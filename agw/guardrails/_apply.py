@@ -37,6 +37,7 @@ class GuardOutcome:
 
     @property
     def masked(self) -> bool:
+        """Whether any guard changed the body."""
         return any(check.action == MASK for check in self.checks)
 
 
