@@ -80,6 +80,16 @@ class RecognizerTests(SynchronousTestCase):
         self.assertEqual(mask(Builtin.PHONE_NUMBER, "intl +442071838750"), "intl <PHONE_NUMBER>")
         self.assertEqual(mask(Builtin.PHONE_NUMBER, "id 5551234567, v1.555.1234"), "id 5551234567, v1.555.1234")
 
+    def test_built_ins_scan_long_hostile_text_in_linear_time(self) -> None:
+        # Each would take minutes if a pattern rescanned a run from every position in it (200 KB).
+        import time
+
+        for text in ("a" * 200_000, "a." * 100_000 + "@", "a@" + "b." * 100_000, "1" * 200_000, "1-" * 100_000, "1 " * 100_000):
+            for builtin, recognizer in RECOGNIZERS.items():
+                started = time.perf_counter()
+                recognizer.mask(text)
+                self.assertLess(time.perf_counter() - started, 2.0, (builtin, text[:8]))
+
     def test_canadian_sin(self) -> None:
         self.assertEqual(mask(Builtin.CA_SIN, "SIN 130 692 544"), "SIN <CA_SIN>")
         self.assertEqual(mask(Builtin.CA_SIN, "SIN 130-692-545 or 130 692-544"), "SIN 130-692-545 or 130 692-544")

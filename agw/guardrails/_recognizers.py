@@ -65,8 +65,9 @@ RECOGNIZERS: dict[Builtin, Recognizer] = {
     Builtin.PHONE_NUMBER: Recognizer(
         re.compile(r"(?<![\w+])(?:(?:\+1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}|\+[1-9]\d{7,14})(?!\d)"), "<PHONE_NUMBER>",
     ),
-    # local@domain.tld
-    Builtin.EMAIL: Recognizer(re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "<EMAIL_ADDRESS>"),
+    # local@domain.tld. A match starts only where a run of local-part characters starts: tried
+    # from inside a long run too, the scan would be quadratic in the run's length.
+    Builtin.EMAIL: Recognizer(re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "<EMAIL_ADDRESS>"),
     # Canadian SIN: 9 digits (3-3-3, with the same separator or none), not starting 0 or 8, passing the Luhn check.
     Builtin.CA_SIN: Recognizer(
         re.compile(r"(?<![\d-])[1-79]\d{2}([ -]?)\d{3}\1\d{3}(?![\d-])"), "<CA_SIN>", lambda found: luhn_valid(_digits(found)),
