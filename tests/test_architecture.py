@@ -20,6 +20,7 @@ LAYERS = {
     "agw.config": 0,
     "agw._internals": 0,
     "agw.metering": 1,
+    "agw.guardrails": 1,  # pure: request bodies in, masked or refused; imports only agw.config
     "agw.routing": 2,
     "agw.http": 3,
     "agw.realtime": 3,

@@ -63,7 +63,19 @@ binds:
           pathOverride: /v1/chat/completions
           pathPrefix: /openai
       policies:
-        ai: {{routes: {{/v1/realtime: realtime, "*": passthrough}}}}
+        ai:
+          routes: {{/v1/realtime: realtime, "*": passthrough}}
+          defaults: {{temperature: 0.2, metadata: {{team: a}}}}
+          overrides: {{max_tokens: 256}}
+          modelAliases: {{fast: gpt-4o-mini, "claude-*": gpt-4o}}
+          prompts:
+            prepend: [{{role: system, content: Be brief.}}]
+            append: [{{role: user, content: Answer in English.}}]
+          promptGuard:
+            request:
+            - regex: {{action: mask, rules: [{{builtin: email}}, {{pattern: "secret-[0-9]+"}}]}}
+            - regex: {{action: reject, rules: [{{builtin: creditCard}}]}}
+              rejection: {{status: 451, body: no cards, headers: {{add: {{x-guard: cards}}, set: {{x-a: b}}, remove: [x-c]}}}}
         backendAuth: {{key: "$OPENAI_API_KEY"}}
         transformations: {{request: {{remove: [x-a], add: {{x-b: one}}, set: {{x-c: 2}}}}}}
         backendTLS: {{root: ca.pem, hostname: api.example.com}}
@@ -190,6 +202,10 @@ class SchemaTests(SynchronousTestCase):
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "localRateLimit", 0)).update(fillInterval="soon"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 1)).update(keyHash="md5:0123"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 0)).update(allowPassthrough="yes"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex")).update(action="block"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex", "rules", 0)).update(builtin="iban"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex", "rules", 0)).update(pattern="x"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 1, "rejection")).update(status=99),
         ):
             document = copy.deepcopy(EVERYTHING)
             edit(document)

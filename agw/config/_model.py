@@ -12,6 +12,8 @@ from typing import Any
 
 from attrs import field, frozen
 
+from agw.config._guardrails import Prompts, RegexGuard
+
 # Sizes in options and limits are in bytes.
 MiB = 1024 * 1024
 
@@ -192,6 +194,14 @@ class Policies:
     backend_tls: BackendTLS | None = None
     api_key: APIKeyPolicy | None = None
     rate_limits: tuple[LocalRateLimit, ...] = ()
+    # policies.ai.promptGuard.request (regex guards, in order) and policies.ai.prompts.
+    prompt_guard: tuple[RegexGuard, ...] = ()
+    prompts: Prompts = Prompts()
+    # policies.ai.defaults / overrides: (body field, its value as JSON text; decoded afresh per request).
+    defaults: tuple[tuple[str, str], ...] = ()
+    overrides: tuple[tuple[str, str], ...] = ()
+    # policies.ai.modelAliases: (requested model or pattern with '*', model sent), in file order.
+    model_aliases: tuple[tuple[str, str], ...] = ()
 
 
 @frozen

@@ -19,13 +19,13 @@ from agw.config._model import (
     Budget,
     BudgetUnit,
     ClientKey,
-    HeaderTransform,
     LocalRateLimit,
     Policies,
     RouteType,
     Secret,
 )
-from agw.config._parsing import BaseParser, kind_of
+from agw.config._guard_parser import GuardParser
+from agw.config._parsing import kind_of
 from agw.config._yamlsource import Path
 
 
@@ -48,7 +48,7 @@ def parse_duration(text: str) -> int | None:
     return int(sum(int(number) * _SECONDS[unit] for number, unit in parts))
 
 
-class PolicyParser(BaseParser):
+class PolicyParser(GuardParser):
     """Parses C{policies} (mixed into the config parser)."""
 
     def policies(self, value: Any, path: Path) -> Policies:
@@ -88,6 +88,11 @@ class PolicyParser(BaseParser):
             api_key=api_key,
             rate_limits=self.items(policies.get("localRateLimit"), path + ("localRateLimit",), self.rate_limit),
             request_headers=self.header_transform(transformations.get("request"), path + ("transformations", "request")),
+            prompt_guard=self.prompt_guard(ai["promptGuard"], path + ("ai", "promptGuard")) if "promptGuard" in ai else (),
+            prompts=self.prompts(ai.get("prompts"), path + ("ai", "prompts")),
+            defaults=self.body_fields(ai.get("defaults"), path + ("ai", "defaults")),
+            overrides=self.body_fields(ai.get("overrides"), path + ("ai", "overrides")),
+            model_aliases=self.model_aliases(ai.get("modelAliases"), path + ("ai", "modelAliases")),
         )
 
     def api_key(self, value: Any, path: Path) -> APIKeyPolicy:
@@ -186,26 +191,3 @@ class PolicyParser(BaseParser):
         if pattern.count("*") > 1:
             raise self.fail(path, f"a model pattern may have one '*' at most, got {pattern!r}")
         return pattern
-
-    def header_transform(self, value: Any, path: Path) -> HeaderTransform:
-        request = self.mapping(value, path, "requestTransform")
-        remove = self.items(request.get("remove"), path + ("remove",), lambda v, p, i: self.string(v, p).lower())
-        return HeaderTransform(
-            remove=remove,
-            add=self.header_values(request.get("add"), path + ("add",)),
-            set=self.header_values(request.get("set"), path + ("set",)),
-        )
-
-    def header_values(self, value: Any, path: Path) -> tuple[tuple[str, str], ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping of header name to value, got {kind_of(value)}")
-        result = []
-        for name, text in value.items():
-            if not isinstance(text, str | int | float) or isinstance(text, bool):
-                raise self.fail(path + (name,), f"expected a literal string value, got {kind_of(text)}")
-            result.append((name.lower(), str(text)))
-        return tuple(result)
-
-

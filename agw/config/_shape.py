@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agw.config._guardrails import Builtin
 from agw.config._model import UNSERVED_ROUTE_TYPES, RouteType
 
 SCHEMA_ID = "https://agw.dev/schema/config.json"
@@ -57,6 +58,7 @@ FIELDS_ADD = map_of(text("apiKey.<metadata field>"), "extra field name to apiKey
 EXTRA: dict[str, Fragment] = {
     "path": {"minProperties": 1, "maxProperties": 1},
     "apiKeyEntry": {"oneOf": [{"required": ["key"]}, {"required": ["keyHash"]}]},
+    "regexRule": {"oneOf": [{"required": ["builtin"]}, {"required": ["pattern"]}]},
 }
 
 #: Each kind of mapping: its fields (a JSON Schema fragment each), which are required, and what it is.
@@ -104,7 +106,25 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
     }, (), "What agw does to a route's requests."),
     "aiPolicy": ({
         "routes": map_of(one_of(*(t.value for t in RouteType if t not in UNSERVED_ROUTE_TYPES)), "path suffix to route type"),
-    }, (), "AI route types by path suffix."),
+        "promptGuard": ref("promptGuard"), "prompts": ref("prompts"),
+        "defaults": map_of({}, "request body field to value, set when the body lacks it"),
+        "overrides": map_of({}, "request body field to value, always set"),
+        "modelAliases": map_of(text(), "requested model (exact, or with * wildcards) to the model sent"),
+    }, (), "AI route types by path suffix, guards and prompts."),
+    "promptGuard": ({"request": array(ref("requestGuard"))}, (), "Guards on requests (completions and responses)."),
+    "requestGuard": ({"regex": ref("regexGuard"), "rejection": ref("rejection")}, ("regex",), "A request guard (regex only)."),
+    "regexGuard": ({
+        "action": one_of("mask", "reject"), "rules": array(ref("regexRule"), 1),
+    }, ("rules",), "Regex rules and what a match does (default mask)."),
+    "regexRule": ({
+        "builtin": one_of(*(b.value for b in Builtin)), "pattern": text("a Python regular expression"),
+    }, (), "Exactly one of builtin, pattern."),
+    "rejection": ({
+        "status": {"type": "integer", "minimum": 200, "maximum": 599}, "headers": ref("requestTransform"),
+        "body": text("sent as it is (default: an OpenAI-shaped error with agentgateway's text)"),
+    }, (), "The answer to a rejected request (default 403)."),
+    "prompts": ({"prepend": array(ref("promptMessage")), "append": array(ref("promptMessage"))}, (), "Messages around the client's."),
+    "promptMessage": ({"role": text(), "content": text()}, ("role", "content"), "A chat message."),
     "backendAuth": ({"key": text("the provider key, e.g. $OPENAI_API_KEY")}, ("key",), "The key agw sends upstream."),
     "transformations": ({"request": ref("requestTransform")}, (), "Header changes."),
     "requestTransform": ({

@@ -6,8 +6,6 @@ they arrive, with usage read on the way.
 
 from __future__ import annotations
 
-import json
-
 from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
@@ -29,7 +27,8 @@ from agw.config import RouteType
 from agw.http._admission import admit
 from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
-from agw.http._request_body import BytesBodyProducer, Refused, json_object
+from agw.http._prepare import GuardRejected, prepare_json, write_rejection
+from agw.http._request_body import BytesBodyProducer, Refused
 from agw.metering import (
     HTTPExchange,
     JSONWatcher,
@@ -136,6 +135,11 @@ class HTTPForwarder(Resource):
         except KeyRefused as refused:
             error_type = {429: "requests", 503: "server_error"}.get(refused.status, "invalid_request_error")
             return self._answer(request, refused.status, refused.message, refused.code, error_type, exchange)
+        except GuardRejected as rejected:
+            if not client_gone(request):
+                write_rejection(request, rejected.rejection)
+                self._record(method, rejected.rejection.status, exchange)
+            return None
 
         url = self._context.target.url(path, query)
         pending = self._client.request(method, url, self._headers(request, exchange.span.traceparent), body)
@@ -222,23 +226,7 @@ class HTTPForwarder(Resource):
         limit = self._client.options.max_json_body
         if size > limit:
             raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
-        raw = content.read()
-        body = json_object(raw)
-        changed = False
-        override = self._context.model_override
-        if override is not None and body.get("model") != override:
-            body["model"] = override
-            changed = True
-        if self._type is RouteType.COMPLETIONS and body.get("stream") is True:
-            options = body.get("stream_options")
-            if not isinstance(options, dict) or options.get("include_usage") is not True:
-                # Without it a streamed completion reports no usage at all;
-                # the client that did not ask for it will not see it.
-                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                exchange.hide_stream_usage = changed = True
-        data = json.dumps(body).encode() if changed else raw
-        model = body.get("model")
-        exchange.request_model = model if isinstance(model, str) else None
+        data = prepare_json(content.read(), self._type, self._context, exchange)
         return BytesBodyProducer(data)
 
     def _headers(self, request: Request, traceparent: str | None = None) -> Headers:

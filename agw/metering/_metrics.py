@@ -172,6 +172,12 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.realtime = RealtimeMetrics.declare(self.registry, _ROUTE_LABELS, who)
+        self.guardrail_checks = Counter(
+            "agentgateway_guardrail_checks",
+            "Guardrail checks by phase and action: allow, mask, reject (agentgateway's, with route labels and consumer).",
+            ("phase", "action") + _ROUTE_LABELS + who,
+            registry=self.registry,
+        )
 
     def model_values(self, models: ModelLabels) -> tuple[str, ...]:
         """C{models}' label values, with model names bounded (see C{max_model_labels})."""
@@ -261,6 +267,12 @@ class GatewayMetrics:
         cost = price_audio(self.catalog, SYSTEM, models.priced_model, duration)
         self._record_cost(cost, common, who)
         return cost
+
+    def record_guardrails(self, route: RouteLabels, actions: tuple[str, ...], who: Attribution | None = None) -> None:
+        """Count each request guard that ran on one request, by what it did."""
+        who = who or self.anonymous
+        for action in actions:
+            self._child(self.guardrail_checks, "request", action, *route.values(), who.consumer, *who.labels).inc()
 
     def session_labels(self, route: RouteLabels, who: Attribution | None = None) -> tuple[str, ...]:
         """The label values of the Realtime session metrics for a session of C{who}."""

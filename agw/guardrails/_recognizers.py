@@ -1,0 +1,78 @@
+"""
+The built-in recognizers of C{rules[].builtin}: a simple pattern each, and
+for numbers that carry a check digit (card numbers, Canadian SINs) the
+Luhn check too, so that an order number of the right length is not
+masked. Each replaces what it finds with agentgateway's token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from attrs import frozen
+
+from agw.config import Builtin
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether C{digits} (digits only) pass the Luhn (mod 10) check."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+@frozen
+class Recognizer:
+    """A pattern, an optional check of each match, and the token a match becomes."""
+
+    pattern: re.Pattern[str]
+    token: str
+    check: Callable[[str], bool] | None = None
+
+    def mask(self, text: str) -> tuple[str, int]:
+        """C{text} with each accepted match replaced by the token, and how many were."""
+        if self.check is None:
+            return self.pattern.subn(self.token, text)
+        masked = 0
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal masked
+            if self.check is not None and self.check(match.group(0)):
+                masked += 1
+                return self.token
+            return match.group(0)  # fails the check: not what it looked like
+
+        return self.pattern.sub(replace, text), masked
+
+
+RECOGNIZERS: dict[Builtin, Recognizer] = {
+    # US SSN written AAA-GG-SSSS, without the numbers never issued (area 000, 666, 9xx; group 00; serial 0000).
+    Builtin.SSN: Recognizer(re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), "<SSN>"),
+    # 13 to 19 digits, optionally grouped by single spaces or dashes, passing the Luhn check.
+    Builtin.CREDIT_CARD: Recognizer(
+        re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), "<CREDIT_CARD>", lambda found: luhn_valid(_digits(found)),
+    ),
+    # North American numbers with separators: (555) 123-4567, 555-123-4567, +1 555.123.4567; or E.164: +15551234567.
+    Builtin.PHONE_NUMBER: Recognizer(
+        re.compile(r"(?<![\w+])(?:(?:\+1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}|\+[1-9]\d{7,14})(?!\d)"), "<PHONE_NUMBER>",
+    ),
+    # local@domain.tld. A match starts only where a run of local-part characters starts: tried
+    # from inside a long run too, the scan would be quadratic in the run's length.
+    Builtin.EMAIL: Recognizer(re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "<EMAIL_ADDRESS>"),
+    # Canadian SIN: 9 digits (3-3-3, with the same separator or none), not starting 0 or 8, passing the Luhn check.
+    Builtin.CA_SIN: Recognizer(
+        re.compile(r"(?<![\d-])[1-79]\d{2}([ -]?)\d{3}\1\d{3}(?![\d-])"), "<CA_SIN>", lambda found: luhn_valid(_digits(found)),
+    ),
+}
+
+#: What a custom C{pattern} match becomes (agentgateway's token).
+PATTERN_TOKEN = "<masked>"

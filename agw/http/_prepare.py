@@ -1,0 +1,78 @@
+"""
+A parsed request body made ready for the provider, in agentgateway's
+order: C{overrides}, C{defaults} and C{modelAliases}, the backend's
+model, then C{prompts}, then the request guards
+(which may mask it, or refuse it with L{GuardRejected}); and, for a
+streamed completion, the usage agw needs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.server import Request
+
+from agw.config import DEFAULT_REJECTION, Rejection, RouteType
+from agw.guardrails import add_prompts, apply_fields, guard_request
+from agw.http._request_body import json_object
+from agw.metering import HTTPExchange
+from agw.routing import RouteContext, error_body
+
+
+class GuardRejected(Exception):
+    """A request guard rejected the request: answered with C{rejection}, nothing goes upstream."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.status)
+        self.rejection = rejection
+
+
+def prepare_json(raw: bytes, route_type: RouteType, context: RouteContext, exchange: HTTPExchange) -> bytes:
+    """The body to send upstream for C{raw}; notes the request model, stream usage and guard checks on C{exchange}."""
+    body: dict[str, Any] = json_object(raw)
+    policies = context.policies
+    changed = apply_fields(body, policies)
+    override = context.model_override
+    if override is not None and body.get("model") != override:
+        body["model"] = override
+        changed = True
+    model = body.get("model")
+    exchange.request_model = model if isinstance(model, str) else None
+    if route_type in (RouteType.COMPLETIONS, RouteType.RESPONSES):
+        changed = add_prompts(body, route_type, policies.prompts) or changed
+        if policies.prompt_guard:
+            outcome = guard_request(body, route_type, policies.prompt_guard)
+            exchange.guard_checks = tuple((check.index, check.action) for check in outcome.checks)
+            if outcome.rejection is not None:
+                raise GuardRejected(outcome.rejection)
+            changed = outcome.masked or changed
+    if route_type is RouteType.COMPLETIONS and body.get("stream") is True:
+        options = body.get("stream_options")
+        if not isinstance(options, dict) or options.get("include_usage") is not True:
+            # Without it a streamed completion reports no usage at all;
+            # the client that did not ask for it will not see it.
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            exchange.hide_stream_usage = changed = True
+    return json.dumps(body).encode() if changed else raw
+
+
+def write_rejection(request: Request, rejection: Rejection) -> None:
+    """Answer C{request} with C{rejection}: its body as configured, else an OpenAI-shaped error with agentgateway's text."""
+    request.setResponseCode(rejection.status)
+    if rejection.body is None:
+        request.setHeader(b"content-type", b"application/json")
+        data = error_body(DEFAULT_REJECTION, "invalid_request_error", "guardrail_rejected")
+    else:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        data = rejection.body.encode("utf-8")
+    headers = request.responseHeaders
+    for name, value in rejection.add:
+        headers.addRawHeader(name, value)
+    for name, value in rejection.set:
+        headers.setRawHeaders(name, [value])
+    for name in rejection.remove:
+        headers.removeHeader(name)
+    request.setHeader(b"content-length", b"%d" % len(data))
+    request.write(data)
+    request.finish()
