@@ -131,3 +131,18 @@ class ArchitectureTests(SynchronousTestCase):
             if lines > MAX_LINES:
                 large[module] = lines
         self.assertEqual(large, {})
+
+
+class PackagingTests(SynchronousTestCase):
+    def test_every_package_is_shipped(self) -> None:
+        """A non-editable install (the README's first command, the image) ships only the packages pyproject names."""
+        import tomllib
+
+        with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+            shipped = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+        found = {
+            os.path.relpath(root, REPO).replace(os.sep, ".")
+            for root, _, files in os.walk(os.path.join(REPO, "agw"))
+            if "__init__.py" in files
+        }
+        self.assertEqual(found - shipped, set())
