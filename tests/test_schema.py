@@ -81,6 +81,15 @@ binds:
               onBudgetExceeded: Audit
           - keyHash: "{HASH}"
         localRateLimit: [{{maxTokens: 10, tokensPerFill: 1, fillInterval: 1s, type: tokens}}]
+    - name: azure
+      backends:
+      - ai:
+          name: azure
+          provider: {{azure: {{resourceName: r, resourceType: foundry, apiVersion: v1, projectName: p, model: gpt-4o}}}}
+      policies:
+        backendAuth: {{key: {{value: "$OPENAI_API_KEY", location: {{header: {{name: api-key, prefix: ""}}}}}}}}
+    - name: azure-openai
+      backends: [{{ai: {{name: aoai, provider: {{azureOpenAI: {{host: r.openai.azure.com, apiVersion: "2024-10-21", model: d}}}}}}}}]
 - port: "3001"
 """)
 
@@ -100,6 +109,9 @@ def objects(node: Any, instance: Any, definitions: dict[str, Any], path: tuple =
         kind = node["$ref"].rsplit("/", 1)[1]
         yield kind, path, instance
         node = definitions[kind]
+    for alternative in node.get("anyOf", ()):
+        if "$ref" in alternative and isinstance(instance, dict):  # a string or a mapping: the mapping's kind
+            yield from objects(alternative, instance, definitions, path)
     if isinstance(instance, dict) and "properties" in node:
         for key, value in instance.items():
             yield from objects(node["properties"][key], value, definitions, path + (key,))

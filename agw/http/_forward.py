@@ -47,6 +47,7 @@ from agw.routing import (
     ConnectionTracker,
     KeyCheck,
     KeyRefused,
+    NoDeployment,
     RouteContext,
     client_gone,
     client_host,
@@ -137,7 +138,10 @@ class HTTPForwarder(Resource):
             error_type = {429: "requests", 503: "server_error"}.get(refused.status, "invalid_request_error")
             return self._answer(request, refused.status, refused.message, refused.code, error_type, exchange)
 
-        url = self._context.target.url(path, query)
+        try:
+            url = self._context.target.url(path, query, model=exchange.request_model)
+        except NoDeployment as e:
+            return self._answer(request, 400, str(e), "model_required", "invalid_request_error", exchange)
         pending = self._client.request(method, url, self._headers(request, exchange.span.traceparent), body)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
@@ -250,6 +254,7 @@ class HTTPForwarder(Resource):
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
             client, self._context.policies, also_drop=("accept-encoding",), client_address=client_host(request),
+            key_header=self._context.target.key_header,
         )
         result = Headers()
         for name, value in headers:
