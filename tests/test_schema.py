@@ -25,7 +25,7 @@ from agw.config._unsupported import UNSUPPORTED
 from tests.support import REPO, SEED_CONFIG
 
 SCHEMA_FILE = os.path.join(REPO, "agw", "config", "agw.schema.json")
-ENV = {"OPENAI_API_KEY": "sk-backend", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443", "COLLECTOR_TOKEN": "t"}
+ENV = {"OPENAI_API_KEY": "sk-backend", "AZURE_OPENAI_API_KEY": "azure-key", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443", "COLLECTOR_TOKEN": "t"}
 HASH = "sha256:" + "ab" * 32
 
 # Every field agw accepts, each kind at least once (with each alternative of "exactly one of").
