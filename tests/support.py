@@ -42,11 +42,12 @@ CLIENT_KEY = "sk-client-DIFFERENT-9876543210"
 TOKEN_METRIC = "agentgateway_gen_ai_client_token_usage"
 
 
-def seed_config_text(upstream_port: int, extra_routes: dict[str, str] | None = None) -> str:
+def seed_config_text(upstream_port: int, extra_routes: dict[str, str] | None = None, azure: dict | None = None) -> str:
     """
     The repo's config.yaml unchanged except: every AI backend gets
     C{hostOverride} to the fake, binds use ephemeral ports and the stats and
-    readiness listeners are on loopback.
+    readiness listeners are on loopback. With C{azure}, every backend's
+    provider is C{azure: {**azure, model: <the openAI model, if any>}}.
     """
     with open(SEED_CONFIG) as f:
         data = yaml.safe_load(f)
@@ -56,6 +57,9 @@ def seed_config_text(upstream_port: int, extra_routes: dict[str, str] | None = N
             for route in listener["routes"]:
                 for backend in route.get("backends", []):
                     backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
+                    if azure is not None:
+                        model = (backend["ai"]["provider"]["openAI"] or {}).get("model")
+                        backend["ai"]["provider"] = {"azure": {**azure, **({"model": model} if model else {})}}
                 if extra_routes and "*" in route["policies"]["ai"]["routes"]:
                     route["policies"]["ai"]["routes"].update(extra_routes)
     data["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"}
@@ -69,6 +73,8 @@ class GatewayTestCase(TestCase):
     http_options = HTTPOptions()
     # Extra path suffix -> route type entries for the seed's catch-all route.
     relay_types: dict[str, str] = {}
+    # The seed's providers replaced by this azure provider (see seed_config_text).
+    azure: dict | None = None
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -78,7 +84,7 @@ class GatewayTestCase(TestCase):
         upstream = self.fake_port = yield self.fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
         self.upstream_port = upstream.getHost().port
-        config = parse_config(seed_config_text(self.upstream_port, self.relay_types), {"OPENAI_API_KEY": BACKEND_KEY})
+        config = parse_config(seed_config_text(self.upstream_port, self.relay_types, self.azure), {"OPENAI_API_KEY": BACKEND_KEY})
         self.access_log = io.StringIO()
         self.gateway = Gateway(
             config, relay_options=self.relay_options, http_options=self.http_options,

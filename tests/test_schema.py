@@ -25,7 +25,7 @@ from agw.config._unsupported import UNSUPPORTED
 from tests.support import REPO, SEED_CONFIG
 
 SCHEMA_FILE = os.path.join(REPO, "agw", "config", "agw.schema.json")
-ENV = {"OPENAI_API_KEY": "sk-backend", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443", "COLLECTOR_TOKEN": "t"}
+ENV = {"OPENAI_API_KEY": "sk-backend", "AZURE_OPENAI_API_KEY": "azure-key", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443", "COLLECTOR_TOKEN": "t"}
 HASH = "sha256:" + "ab" * 32
 
 # Every field agw accepts, each kind at least once (with each alternative of "exactly one of").
@@ -93,6 +93,15 @@ binds:
               onBudgetExceeded: Audit
           - keyHash: "{HASH}"
         localRateLimit: [{{maxTokens: 10, tokensPerFill: 1, fillInterval: 1s, type: tokens}}]
+    - name: azure
+      backends:
+      - ai:
+          name: azure
+          provider: {{azure: {{resourceName: r, resourceType: foundry, apiVersion: v1, projectName: p, model: gpt-4o}}}}
+      policies:
+        backendAuth: {{key: {{value: "$OPENAI_API_KEY", location: {{header: {{name: api-key, prefix: ""}}}}}}}}
+    - name: azure-openai
+      backends: [{{ai: {{name: aoai, provider: {{azureOpenAI: {{host: r.openai.azure.com, apiVersion: "2024-10-21", model: d}}}}}}}}]
 - port: "3001"
 """)
 
@@ -112,6 +121,9 @@ def objects(node: Any, instance: Any, definitions: dict[str, Any], path: tuple =
         kind = node["$ref"].rsplit("/", 1)[1]
         yield kind, path, instance
         node = definitions[kind]
+    for alternative in node.get("anyOf", ()):
+        if "$ref" in alternative and isinstance(instance, dict):  # a string or a mapping: the mapping's kind
+            yield from objects(alternative, instance, definitions, path)
     if isinstance(instance, dict) and "properties" in node:
         for key, value in instance.items():
             yield from objects(node["properties"][key], value, definitions, path + (key,))

@@ -3,6 +3,7 @@ agw's configuration: agentgateway's YAML format parsed into frozen attrs
 classes. No Twisted, no I/O beyond reading the file.
 """
 
+from agw.config._azure import AzureProvider, AzureResourceType
 from agw.config._guardrails import (
     DEFAULT_REJECTION,
     Builtin,
@@ -40,7 +41,7 @@ from agw.config._model import (
 
 __all__ = [
     "DEFAULT_REJECTION", "Builtin", "GuardAction", "PromptMessage", "Prompts", "RegexGuard", "RegexRule", "Rejection",
-    "AIBackend", "APIKeyMode", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",
+    "AIBackend", "APIKeyMode", "AzureProvider", "AzureResourceType", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",
     "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "LocalRateLimit", "MiB", "PathMatch", "Policies",
     "Route", "RouteMatch", "RouteType", "Secret", "TracingConfig", "load_config", "parse_config",
 ]

@@ -26,6 +26,7 @@ from agw.config._model import (
 )
 from agw.config._parsing import ConfigError, format_path, kind_of
 from agw.config._policies import PolicyParser, key_digest
+from agw.config._providers import ProviderParser
 from agw.config._yamlsource import Path, SourceError, load_yaml
 
 _API_KEY_FIELD = re.compile(r"apiKey\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -71,7 +72,7 @@ def api_keys(binds: tuple[Bind, ...]) -> Iterator[tuple[Path, ClientKey]]:
                     yield ("binds", b, "listeners", l, "routes", r, "policies", "apiKey", "keys", k), key
 
 
-class _Parser(PolicyParser):
+class _Parser(PolicyParser, ProviderParser):
     """The whole file, part by part (policies in L{PolicyParser})."""
 
     def gateway(self, data: Any) -> GatewayConfig:
@@ -266,17 +267,15 @@ class _Parser(PolicyParser):
             raise self.fail(path, "expected an ai: backend (other backend kinds are not supported by agw yet)")
         path = path + ("ai",)
         ai = self.mapping(backend["ai"], path, "ai")
-        provider = self.mapping(ai.get("provider"), path + ("provider",), "provider")
-        if "openAI" not in provider:
-            raise self.fail(path + ("provider",), "expected a provider (openAI)")
-        openai = self.mapping(provider["openAI"], path + ("provider", "openAI"), "openAI")
+        provider, model, azure = self.provider(ai.get("provider"), path + ("provider",))
         host_override = self.string(ai.get("hostOverride"), path + ("hostOverride",), optional=True)
         if host_override is not None and not _ADDRESS.match(host_override):
             raise self.fail(path + ("hostOverride",), f"expected host:port, got {host_override!r}")
         return AIBackend(
             name=self.string(ai.get("name"), path + ("name",)),
-            provider="openAI",
-            model=self.string(openai.get("model"), path + ("provider", "openAI", "model"), optional=True),
+            provider=provider,
+            model=model,
+            azure=azure,
             host_override=host_override,
             path_override=self.string(ai.get("pathOverride"), path + ("pathOverride",), optional=True),
             path_prefix=self.string(ai.get("pathPrefix"), path + ("pathPrefix",), optional=True),

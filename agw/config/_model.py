@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import field, frozen
 
+from agw.config._azure import AzureProvider
 from agw.config._guardrails import Prompts, RegexGuard
 
 # Sizes in options and limits are in bytes.
@@ -67,11 +68,12 @@ class RouteMatch:
 
 @frozen
 class AIBackend:
-    """An C{ai:} backend. Only the C{openAI} provider is supported so far."""
+    """An C{ai:} backend: C{provider} C{openAI}, or C{azure} with its resource in C{azure}."""
 
     name: str
     provider: str = "openAI"
     model: str | None = None
+    azure: AzureProvider | None = None
     host_override: str | None = None
     path_override: str | None = None
     path_prefix: str | None = None
@@ -190,6 +192,8 @@ class Policies:
     # Path suffix -> route type, in file order; lookup orders by length.
     ai_routes: tuple[tuple[str, RouteType], ...] = ()
     backend_key: Secret | None = None
+    # backendAuth.key.location: (header name, prefix); None: the provider's own (see agw.routing).
+    backend_key_header: tuple[str, str] | None = None
     request_headers: HeaderTransform = HeaderTransform()
     backend_tls: BackendTLS | None = None
     api_key: APIKeyPolicy | None = None

@@ -67,10 +67,9 @@ class PolicyParser(GuardParser):
             if route_type in UNSERVED_ROUTE_TYPES:
                 raise self.fail(path + ("ai", "routes", suffix), f"route type {kind} is supported by agentgateway but not by agw yet")
             ai_routes.append((suffix, route_type))
-        key = None
+        key = key_header = None
         if policies.get("backendAuth") is not None:
-            auth = self.mapping(policies["backendAuth"], path + ("backendAuth",), "backendAuth")
-            key = Secret(self.string(auth.get("key"), path + ("backendAuth", "key")))
+            key, key_header = self.backend_auth(policies["backendAuth"], path + ("backendAuth",))
         transformations = self.mapping(policies.get("transformations"), path + ("transformations",), "transformations")
         backend_tls = None
         if "backendTLS" in policies:
@@ -84,6 +83,7 @@ class PolicyParser(GuardParser):
         return Policies(
             ai_routes=tuple(ai_routes),
             backend_key=key,
+            backend_key_header=key_header,
             backend_tls=backend_tls,
             api_key=api_key,
             rate_limits=self.items(policies.get("localRateLimit"), path + ("localRateLimit",), self.rate_limit),
@@ -94,6 +94,25 @@ class PolicyParser(GuardParser):
             overrides=self.body_fields(ai.get("overrides"), path + ("ai", "overrides")),
             model_aliases=self.model_aliases(ai.get("modelAliases"), path + ("ai", "modelAliases")),
         )
+
+    def backend_auth(self, value: Any, path: Path) -> tuple[Secret, tuple[str, str] | None]:
+        """C{backendAuth}: the key, and the header it goes in if C{location} names one."""
+        auth = self.mapping(value, path, "backendAuth")
+        path = path + ("key",)
+        if not isinstance(auth.get("key"), dict):
+            return Secret(self.string(auth.get("key"), path)), None
+        # agentgateway's BackendAuth::Key {value, location}.
+        spec = self.mapping(auth["key"], path, "backendKey")
+        key = Secret(self.string(spec.get("value"), path + ("value",)))
+        if spec.get("location") is None:
+            return key, None
+        location = self.mapping(spec["location"], path + ("location",), "authLocation")
+        header = self.mapping(location.get("header"), path + ("location", "header"), "authHeader")
+        name = self.string(header.get("name"), path + ("location", "header", "name"))
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise self.fail(path + ("location", "header", "name"), f"not a header name: {name!r}")
+        prefix = self.string(header.get("prefix", ""), path + ("location", "header", "prefix"))
+        return key, (name.lower(), prefix)
 
     def api_key(self, value: Any, path: Path) -> APIKeyPolicy:
         spec = self.mapping(value, path, "apiKey")

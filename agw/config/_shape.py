@@ -57,6 +57,7 @@ FIELDS_ADD = map_of(text("apiKey.<metadata field>"), "extra field name to apiKey
 # What a kind needs beyond its fields.
 EXTRA: dict[str, Fragment] = {
     "path": {"minProperties": 1, "maxProperties": 1},
+    "provider": {"minProperties": 1, "maxProperties": 1},
     "apiKeyEntry": {"oneOf": [{"required": ["key"]}, {"required": ["keyHash"]}]},
     "regexRule": {"oneOf": [{"required": ["builtin"]}, {"required": ["pattern"]}]},
 }
@@ -98,8 +99,22 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
     "ai": ({
         "name": text(), "provider": ref("provider"), "hostOverride": ADDRESS, "pathOverride": text(), "pathPrefix": text(),
     }, ("name", "provider"), "An AI provider."),
-    "provider": ({"openAI": ref("openAI")}, ("openAI",), "The provider (openAI)."),
+    "provider": ({
+        "openAI": ref("openAI"), "azure": ref("azure"), "azureOpenAI": ref("azureOpenAI"),
+    }, (), "The provider: exactly one of openAI, azure, azureOpenAI."),
     "openAI": ({"model": text("the model to use when the request names none")}, (), "OpenAI."),
+    "azure": ({
+        "resourceName": text("the Azure resource: {resourceName}.openai.azure.com (openAI) or .services.ai.azure.com (foundry)"),
+        "resourceType": one_of("openAI", "foundry", "aiServices"),
+        "apiVersion": text("v1 (default), preview, or a dated version such as 2024-10-21"),
+        "projectName": text("the Foundry project (default: resourceName)"),
+        "model": text("the deployment to use whatever the request names"),
+    }, ("resourceName", "resourceType"), "Azure OpenAI (agentgateway's azure provider)."),
+    "azureOpenAI": ({
+        "host": text("the resource's host, e.g. my-resource.openai.azure.com"),
+        "apiVersion": text("v1 (default), preview, or a dated version"),
+        "model": text("the deployment to use whatever the request names"),
+    }, ("host",), "Azure OpenAI, agentgateway's older form of azure."),
     "policies": ({
         "ai": ref("aiPolicy"), "backendAuth": ref("backendAuth"), "transformations": ref("transformations"),
         "backendTLS": ref("backendTLS"), "apiKey": ref("apiKey"), "localRateLimit": array(ref("localRateLimit")),
@@ -125,7 +140,14 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
     }, (), "The answer to a rejected request (default 403)."),
     "prompts": ({"prepend": array(ref("promptMessage")), "append": array(ref("promptMessage"))}, (), "Messages around the client's."),
     "promptMessage": ({"role": text(), "content": text()}, ("role", "content"), "A chat message."),
-    "backendAuth": ({"key": text("the provider key, e.g. $OPENAI_API_KEY")}, ("key",), "The key agw sends upstream."),
+    "backendAuth": ({
+        "key": {"anyOf": [text("the provider key, e.g. $OPENAI_API_KEY"), ref("backendKey")]},
+    }, ("key",), "The key agw sends upstream."),
+    "backendKey": ({"value": text("the provider key"), "location": ref("authLocation")}, ("value",), "A key and where it goes."),
+    "authLocation": ({"header": ref("authHeader")}, ("header",), "Where the key goes (a header)."),
+    "authHeader": ({
+        "name": text("e.g. api-key (Azure) or authorization"), "prefix": text("put before the key, e.g. 'Bearer '"),
+    }, ("name",), "A header carrying the key."),
     "transformations": ({"request": ref("requestTransform")}, (), "Header changes."),
     "requestTransform": ({
         "remove": array(text()),

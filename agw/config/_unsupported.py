@@ -23,7 +23,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "match": frozenset({"headers", "method", "query"}),
     "backend": frozenset({"host", "service", "mcp", "backend", "dynamic", "opaque", "weight", "policies"}),
     "ai": frozenset({"groups", "policies"}),
-    "provider": frozenset({"azureOpenAI", "anthropic", "gemini", "vertex", "bedrock"}),
+    "provider": frozenset({"anthropic", "gemini", "vertex", "bedrock"}),
     "policies": frozenset({
         "cors", "jwtAuth", "basicAuth", "remoteRateLimit", "extAuthz", "extProc",
         "requestHeaderModifier", "responseHeaderModifier", "requestRedirect", "urlRewrite", "requestMirror",
@@ -35,6 +35,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "requestGuard": frozenset({"webhook", "openAIModeration", "bedrockGuardrails", "googleModelArmor", "azureContentSafety"}),
     "backendAuth": frozenset({"passthrough", "gcp", "aws", "azure"}),
     "apiKey": frozenset({"location"}),
+    "authLocation": frozenset({"queryParameter", "cookie"}),
     "metrics": frozenset({"remove"}),
     "logging": frozenset({"filter", "level", "format"}),
     "fields": frozenset({"remove"}),

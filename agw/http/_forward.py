@@ -46,6 +46,7 @@ from agw.routing import (
     ConnectionTracker,
     KeyCheck,
     KeyRefused,
+    NoDeployment,
     RouteContext,
     client_gone,
     client_host,
@@ -141,7 +142,10 @@ class HTTPForwarder(Resource):
                 self._record(method, rejected.rejection.status, exchange)
             return None
 
-        url = self._context.target.url(path, query)
+        try:
+            url = self._context.target.url(path, query, model=exchange.request_model)
+        except NoDeployment as e:
+            return self._answer(request, 400, str(e), "model_required", "invalid_request_error", exchange)
         pending = self._client.request(method, url, self._headers(request, exchange.span.traceparent), body)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
@@ -238,6 +242,7 @@ class HTTPForwarder(Resource):
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
             client, self._context.policies, also_drop=("accept-encoding",), client_address=client_host(request),
+            key_header=self._context.target.key_header,
         )
         result = Headers()
         for name, value in headers:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
 from agw.routing import (
+    NoDeployment,
     ConnectionTracker,
     KeyCheck,
     KeyRefused,
@@ -48,20 +49,23 @@ _PROJECT_PROTOCOL = "openai-project."
 
 def handshake_headers(
     request_headers: dict[str, str], protocols: Iterable[str], policies: Policies, client_address: str | None = None,
+    key_header: tuple[str, str] = ("authorization", "Bearer "),
 ) -> dict[str, str]:
     """
     The headers of the upstream handshake (see L{upstream_headers}).
 
     Browser clients send credentials as subprotocols; they are never
     forwarded as such. Without a backend key they become the headers
-    OpenAI expects, so the client still authenticates as itself.
+    OpenAI expects, so the client still authenticates as itself. The
+    backend key goes in C{key_header} (Azure's C{api-key}, say).
     """
-    headers = dict(upstream_headers(request_headers.items(), policies, _HANDSHAKE_HEADERS, client_address))
+    headers = dict(upstream_headers(request_headers.items(), policies, _HANDSHAKE_HEADERS, client_address, key_header))
     if policies.backend_key is None:
         for protocol in protocols:
             if protocol.startswith(_KEY_PROTOCOL):
                 if policies.api_key is None:  # with an apiKey policy the key is agw's, not the provider's
-                    headers["authorization"] = f"Bearer {protocol[len(_KEY_PROTOCOL):]}"
+                    name, prefix = key_header  # where this provider takes a key (Azure: api-key)
+                    headers[name] = f"{prefix}{protocol[len(_KEY_PROTOCOL):]}"
             elif protocol.startswith(_ORG_PROTOCOL):
                 headers["openai-organization"] = protocol[len(_ORG_PROTOCOL):]
             elif protocol.startswith(_PROJECT_PROTOCOL):
@@ -177,9 +181,13 @@ class RealtimeRelay:
         is the client's TCP address (for C{X-Forwarded-For}).
         """
         split = urlsplit(request_uri)
-        url = self._context.target.url(split.path, split.query, websocket=True)
+        try:
+            url = self._context.target.url(split.path, split.query, websocket=True)
+        except NoDeployment as e:
+            return fail(e)
         peer = getattr(request_peer, "host", None)
-        headers = handshake_headers(request.headers, request.protocols, self._context.policies, peer)
+        target = self._context.target
+        headers = handshake_headers(request.headers, request.protocols, self._context.policies, peer, target.key_header)
         if session.traceparent is not None:  # the session's span is the provider's parent
             headers = {**headers, "traceparent": session.traceparent}
         factory = UpstreamFactory(url, headers=headers, useragent=None)

@@ -13,7 +13,8 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTCP, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-from agw.config import AIBackend, BackendTLS
+from agw.config import AIBackend, AzureProvider, BackendTLS
+from agw.routing._azure import AZURE_KEY, BEARER, azure_http, azure_realtime
 
 OPENAI_HOST = "api.openai.com"
 OPENAI_PORT = 443
@@ -43,7 +44,9 @@ class BackendTarget:
     An upstream: OpenAI over verified TLS by default, or C{hostOverride}
     over plain TCP (over TLS too with a C{backendTLS} policy).
     C{path_override} replaces the whole path; C{path_prefix} replaces the
-    leading C{/v1}. TLS verifies the certificate for C{tls_hostname} (the
+    leading C{/v1}; without either, an C{azure} backend's paths are
+    Azure's (L{agw.routing._azure}). C{key_header} is the header (and
+    prefix) the backend key goes in. TLS verifies the certificate for C{tls_hostname} (the
     host when unset) against C{trust_root} (PEM; the system's roots when
     unset).
     """
@@ -55,12 +58,23 @@ class BackendTarget:
     path_prefix: str | None = None
     tls_hostname: str | None = None
     trust_root: bytes | None = field(default=None, repr=False)
+    azure: AzureProvider | None = None
+    key_header: tuple[str, str] = BEARER
+    model: str | None = None
 
     @classmethod
-    def from_backend(cls, backend: AIBackend, backend_tls: BackendTLS | None = None) -> BackendTarget:
-        """The target of C{backend} under a route's C{backendTLS} policy (reads its root file)."""
+    def from_backend(
+        cls, backend: AIBackend, backend_tls: BackendTLS | None = None, key_header: tuple[str, str] | None = None,
+    ) -> BackendTarget:
+        """
+        The target of C{backend} under a route's C{backendTLS} policy (reads
+        its root file), the backend key in C{key_header} (C{backendAuth}'s
+        location; by default Azure's C{api-key}, else C{Authorization: Bearer}).
+        """
+        if key_header is None:
+            key_header = AZURE_KEY if backend.azure is not None else BEARER
         if backend.host_override is None:
-            host, port, tls = OPENAI_HOST, OPENAI_PORT, True
+            host, port, tls = backend.azure.host if backend.azure else OPENAI_HOST, OPENAI_PORT, True
         else:
             host, _, port_text = backend.host_override.rpartition(":")
             host, port, tls = host.strip("[]"), int(port_text), False
@@ -68,7 +82,10 @@ class BackendTarget:
         if backend_tls is not None:
             tls, hostname = True, backend_tls.hostname
             root = read_trust_root(backend_tls.root) if backend_tls.root is not None else None
-        return cls(host, port, tls, backend.path_override, backend.path_prefix, hostname, root)
+        return cls(
+            host, port, tls, backend.path_override, backend.path_prefix, hostname, root, backend.azure, key_header,
+            backend.model,
+        )
 
     def client_tls_options(self) -> IOpenSSLClientConnectionCreator:
         """Client TLS for this target: verified, for C{tls_hostname} or the host."""
@@ -91,15 +108,24 @@ class BackendTarget:
             return self.path_prefix.rstrip("/") + rest
         return path
 
-    def url(self, path: str, query: str, websocket: bool = False) -> str:
+    def url(self, path: str, query: str, websocket: bool = False, model: str | None = None) -> str:
         """
         The absolute upstream URL for a normalised request path and raw
         query (see L{agw.routing.parse_target}). Scheme, host and port come from
-        the config alone; the request supplies only path and query.
+        the config alone; the request supplies only path and query (and, for
+        an Azure deployment path, C{model}: raises L{agw.routing.NoDeployment}
+        when neither it nor the config names one).
         """
         if not path.startswith("/") or path.startswith("//"):
             raise ValueError("not an origin-form path")  # routing refuses these; never glue one on
         scheme = ("wss" if self.tls else "ws") if websocket else ("https" if self.tls else "http")
+        if self.azure is not None and self.path_override is None and self.path_prefix is None:
+            model = self.model or model
+            if websocket:
+                upstream_path, query = azure_realtime(self.azure, query, model)
+            else:
+                upstream_path, query = azure_http(self.azure, path, query, model)
+            return urlunsplit((scheme, self.authority, upstream_path, query, ""))
         return urlunsplit((scheme, self.authority, self.path_for(path), query, ""))
 
     def endpoint(self, reactor: IReactorTCP, timeout: float) -> IStreamClientEndpoint:

@@ -38,13 +38,14 @@ def connection_listed(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 def upstream_headers(
     client_headers: Iterable[tuple[str, str]], policies: Policies, also_drop: Iterable[str] = (),
-    client_address: str | None = None,
+    client_address: str | None = None, key_header: tuple[str, str] = ("authorization", "Bearer "),
 ) -> list[tuple[str, str]]:
     """
     The client's headers (lower-case names) minus hop-by-hop headers,
     C{also_drop} and the route's C{remove} list, with C{set}/C{add} applied.
-    With a backend key, client credentials are replaced by
-    C{Authorization: Bearer <key>}; without one they pass through.
+    With a backend key, client credentials are replaced by the key in
+    C{key_header} (name, prefix: C{Authorization: Bearer <key>} by default,
+    Azure's C{api-key: <key>}); without one they pass through.
     C{X-Forwarded-For} is C{client_address} (the TCP peer), whatever the
     client said.
     """
@@ -62,7 +63,9 @@ def upstream_headers(
     if client_address is not None:
         headers.append(("x-forwarded-for", client_address))
     if policies.backend_key is not None:
-        headers.append(("authorization", f"Bearer {policies.backend_key.value}"))
+        name, prefix = key_header
+        headers = [(n, v) for n, v in headers if n != name]  # a transformation never doubles the key's header
+        headers.append((name, f"{prefix}{policies.backend_key.value}"))
     return headers
 
 

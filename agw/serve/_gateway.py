@@ -250,7 +250,7 @@ class Gateway:
             missing = ErrorResource(500, f"route {route.name} has no backend", "no_backend")
             return lambda route_type: missing
         backend = route.backends[0]
-        target = BackendTarget.from_backend(backend, route.policies.backend_tls)
+        target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header)
         if target.tls:
             self.http_client.endpoints.register(target)
         api_key = route.policies.api_key

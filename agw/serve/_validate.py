@@ -16,7 +16,8 @@ def describe(config: GatewayConfig, path: str, interface: str) -> str:
         for listener in bind.listeners:
             for route in listener.routes:
                 backends = ", ".join(
-                    f"{backend.name} ({backend.host_override or 'OpenAI'})" for backend in route.backends
+                    f"{backend.name} ({backend.host_override or (f'Azure {backend.azure.host}' if backend.azure else 'OpenAI')})"
+                    for backend in route.backends
                 )
                 lines.append(f"  {listener.name}/{route.name}: {backends}")
     side: tuple[tuple[str, Address], ...] = (

@@ -14,7 +14,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from agw.testing._http import FakeHTTPAPI, FakeV1
+from agw.testing._http import FakeAzure, FakeHTTPAPI, FakeV1
 from agw.testing._realtime import FakeRealtimeFactory
 from agw.testing._state import FakeState
 
@@ -61,12 +61,21 @@ class FakeOpenAI(FakeState):
     """
 
     def resource(self, reactor: Any = None) -> Resource:
-        """The fake's twisted.web tree: C{/v1/realtime} and the HTTP API under C{/v1}."""
+        """
+        The fake's twisted.web tree: C{/v1/realtime} and the HTTP API under
+        C{/v1}, and the same under Azure's paths (C{/openai/v1/...},
+        C{/openai/deployments/D/...}, C{/openai/realtime}), where a request
+        without C{api-key} (or a bearer token) is answered 401 as Azure does.
+        """
         if reactor is None:
             from twisted.internet import reactor
         root = Resource()
         realtime = WebSocketResource(FakeRealtimeFactory(self, reactor))
-        root.putChild(b"v1", FakeV1(realtime, FakeHTTPAPI(self)))
+        http = FakeHTTPAPI(self)
+        root.putChild(b"v1", FakeV1(realtime, http))
+        azure = FakeAzure(realtime, http)
+        root.putChild(b"openai", azure)
+        root.putChild(b"api", azure)
         return root
 
     def listen(

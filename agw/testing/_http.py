@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
@@ -14,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from agw.config import MiB
-from agw.testing._state import Billed, FakeState, HTTPRequest
+from agw.testing._state import Billed, FakeState, HTTPRequest, Refusal
 
 
 def chat_usage(number: int) -> dict[str, Any]:
@@ -41,6 +42,48 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return (head + "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n").encode()
 
 
+_AZURE_PATH = re.compile(r"^(?:/api/projects/[^/]+)?/openai(?:/v1|/deployments/(?P<deployment>[^/]+))(?P<rest>/.*)$")
+
+
+def openai_path(path: str) -> tuple[str, str | None]:
+    """
+    The OpenAI path an Azure path means, and the deployment it names:
+    C{/openai/v1/X}, C{/openai/deployments/D/X} and Foundry's
+    C{/api/projects/P/openai/v1/X} all mean C{/v1/X}. Other paths are theirs.
+    """
+    match = _AZURE_PATH.match(path)
+    if match is None:
+        return path, None
+    return "/v1" + match["rest"], match["deployment"]
+
+
+def azure_authenticated(api_key: str | None, authorization: str | None) -> bool:
+    """Whether an Azure request carries a key: C{api-key}, or a bearer token (Entra ID, or a key on /openai/v1)."""
+    return bool(api_key) or bool(authorization and authorization.lower().startswith("bearer "))
+
+
+def azure_refusal(path: str, params: dict[str, list[str]], headers: dict[str, str]) -> Refusal | None:
+    """Azure's 401s: no key, or an C{api-version} on the GA path (Azure refuses it there)."""
+    if not azure_authenticated(headers.get("api-key"), headers.get("authorization")):
+        return Refusal(401)
+    if path == "/openai/v1/realtime" and "api-version" in params:
+        return Refusal(401)
+    return None
+
+
+class FakeAzure(Resource):
+    """C{/openai} and C{/api}: Azure's paths, Realtime ones to C{realtime}, the rest to the HTTP API."""
+
+    def __init__(self, realtime: Resource, http: Resource) -> None:
+        super().__init__()
+        self._realtime, self._http = realtime, http
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if request.path.rstrip(b"/") in (b"/openai/v1/realtime", b"/openai/realtime"):
+            return self._realtime
+        return self._http
+
+
 class FakeHTTPAPI(Resource):
     """Every C{/v1/...} path but C{realtime}."""
 
@@ -63,7 +106,13 @@ class FakeHTTPAPI(Resource):
             request.setResponseCode(status)
             request.setHeader(b"content-type", b"application/json")
             return payload
-        path = request.path.decode()
+        path, deployment = openai_path(request.path.decode())
+        if path != request.path.decode() and not azure_authenticated(request.getHeader("api-key"), request.getHeader("authorization")):
+            request.setResponseCode(401)  # as Azure answers a request without a key
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": {"code": "401", "message": "Access denied due to missing subscription key."}}).encode()
+        if isinstance(body, dict) and deployment is not None:
+            body.setdefault("model", deployment)  # a deployment path needs no model in the body
         handler = {
             "/v1/chat/completions": self._chat,
             "/v1/embeddings": self._embeddings,

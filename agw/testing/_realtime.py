@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from agw._internals import cancel_leftover_timers, use_reactor_timers
 from agw.config import MiB
+from agw.testing._http import azure_refusal
 from agw.testing._state import _HANG, Billed, FakeState, Handshake, Refusal, response_usage
 
 
@@ -34,6 +35,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             Handshake(self.http_request_uri, dict(request.headers), tuple(request.protocols), tuple(request.extensions))
         )
         self._refusal: Refusal | None = fake.take_refusal()
+        if self._refusal is None and request.path.startswith("/openai/"):
+            self._refusal = azure_refusal(request.path, request.params, request.headers)
         if self._refusal == _HANG:
             return Deferred()  # accept TCP, never answer
         if self._refusal is not None:
