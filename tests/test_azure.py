@@ -7,18 +7,37 @@ and dated versions, never the client's key; config refusals.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import treq
+import yaml
 from openai import OpenAI
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw.config import ConfigError, parse_config
 from agw.routing import BackendTarget, NoDeployment
 from agw.testing import REALTIME_MODEL
-from tests.support import BACKEND_KEY, CLIENT_KEY, TOKEN_METRIC, GatewayTestCase, run_session, token_sums
+from tests.support import (
+    BACKEND_KEY,
+    CLIENT_KEY,
+    TOKEN_METRIC,
+    GatewayTestCase,
+    catalog_price,
+    handshake_status,
+    listening_fake,
+    open_client,
+    recv_event,
+    registry_samples,
+    run_session,
+    running_gateway,
+    seed_config_text,
+    token_sums,
+)
+from tests.test_budgets import TEAM_A, BudgetGateway, auth, budget_config, respond
 
 AZURE = {"resourceName": "my-resource", "resourceType": "openAI"}
 
@@ -173,3 +192,68 @@ class AzureConfigTests(SynchronousTestCase):
             "not by agw yet",
             self.refusal("{openAI: {}}", "{backendAuth: {key: {value: k, location: {queryParameter: {name: q}}}}}"),
         )
+
+
+class AzureBudgetTests(TestCase):
+    """A key's budget holds inside an Azure Realtime session as on OpenAI: refused in-protocol, then at the handshake."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_budget_inside_an_azure_session(self) -> Any:
+        fake, upstream_port = yield listening_fake(self)
+        database = "sqlite://" + os.path.abspath(self.mktemp() + ".db")
+        config = yaml.safe_load(budget_config(upstream_port, database))
+        for route in config["binds"][0]["listeners"][0]["routes"]:
+            for backend in route["backends"]:
+                model = (backend["ai"]["provider"]["openAI"] or {}).get("model")
+                backend["ai"]["provider"] = {"azure": {**AZURE, **({"model": model} if model else {})}}
+        agw = yield BudgetGateway(self, upstream_port, database, yaml.safe_dump(config)).start()
+
+        def session() -> tuple[dict[str, Any], dict[str, Any]]:
+            with open_client(agw.url, **auth(TEAM_A)) as ws:
+                recv_event(ws)
+                return respond(ws, "first"), respond(ws, "second")  # the first spends the 100 tokens
+
+        first, second = yield deferToThread(session)
+        self.assertEqual(first["type"], "response.done")
+        self.assertEqual((second["type"], second["error"]["code"], second["error"]["event_id"]), ("error", "rate_limit_exceeded", "second"))
+        self.assertEqual(len(fake.ledger), 1)
+        self.assertEqual(fake.handshakes[0].uri, "/openai/v1/realtime?model=gpt-realtime")
+        self.assertNotIn(TEAM_A, json.dumps(fake.handshakes[0].headers))
+        status, _ = yield deferToThread(handshake_status, agw.url, **auth(TEAM_A))
+        self.assertEqual(status, 429)
+        self.assertEqual(len(fake.handshakes), 1)
+
+
+class AzureDeploymentPriceTests(TestCase):
+    """Azure names deployments: an operator prices one by naming it in the catalog, with its model's rates."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_a_deployment_named_in_the_catalog_is_priced_exactly(self) -> Any:
+        fake, upstream_port = yield listening_fake(self)
+        fake.realtime_model = "voice-prod"  # the session reports the deployment, not the model behind it
+        rates = {"input": "4", "cacheRead": "0.4", "output": "16", "inputAudio": "32", "cacheReadAudio": "0.4", "outputAudio": "64"}
+        catalog = os.path.abspath(self.mktemp() + ".json")
+        with open(catalog, "w") as f:
+            json.dump({"providers": {"openai": {"models": {"voice-prod": {"rates": rates}}}}}, f)
+        data = yaml.safe_load(seed_config_text(upstream_port, azure=AZURE))
+        data["config"]["modelCatalog"] = [{"file": catalog}]
+        gateway, _, port = yield running_gateway(self, yaml.safe_dump(data))
+
+        def session() -> None:
+            with open_client(f"ws://127.0.0.1:{port}/v1/realtime?model=voice-prod") as ws:
+                recv_event(ws)
+                ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["audio"]}}))
+                while recv_event(ws)["type"] != "response.done":
+                    pass
+
+        yield deferToThread(session)
+        samples = registry_samples(gateway.metrics.registry)
+        cost = sum(value for (name, _), value in samples.items() if name == "agentgateway_gen_ai_client_cost_usd_total")
+        self.assertAlmostEqual(cost, float(catalog_price(fake.ledger[0].usage)), places=12)
+        lookups = {dict(labels)["status"] for (name, labels) in samples if name == "agentgateway_cost_catalog_lookups_total"}
+        self.assertEqual(lookups, {"Exact"})
+        self.assertEqual(fake.handshakes[0].uri, "/openai/v1/realtime?model=voice-prod")

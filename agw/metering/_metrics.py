@@ -7,7 +7,7 @@ metrics match agentgateway's so that existing dashboards keep working.
 from __future__ import annotations
 
 from attrs import frozen
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agw.metering._attribution import Attribution
 from agw.metering._budget_metrics import BudgetMetrics
