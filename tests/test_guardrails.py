@@ -16,12 +16,14 @@ import yaml
 from openai import OpenAI, PermissionDeniedError
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from agw.config import Builtin, ConfigError, GuardAction, RegexGuard, RegexRule, RouteType, parse_config
-from agw.guardrails import RECOGNIZERS, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias
+from agw import Gateway
+from agw.config import Builtin, ConfigError, GuardAction, Policies, RegexGuard, RegexRule, RouteType, parse_config
+from agw.guardrails import RECOGNIZERS, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias, unguarded_types
 from agw.metering import AccessLog
-from tests.support import BACKEND_KEY, listening_fake, registry_samples, running_gateway
+from tests.support import BACKEND_KEY, listening_fake, registry_samples, running_gateway, seed_config_text
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY}
 
@@ -393,3 +395,25 @@ class BodyFieldGatewayTests(GatewayCase):
         seen = self.fake.http_requests[0].json
         # provider.openAI.model still has the last word on the model.
         self.assertEqual((seen["temperature"], seen["user"], seen["model"]), (0.5, "agw", "gpt-4"))
+
+
+class UnguardedTrafficTests(SynchronousTestCase):
+    """A route with guards whose other types are not guarded says so: an operator must not believe them guarded."""
+
+    def test_the_seed_route_with_a_guard_warns_for_realtime_and_passthrough(self) -> None:
+        data = yaml.safe_load(seed_config_text(9))
+        route = data["binds"][0]["listeners"][0]["routes"][0]
+        route["policies"]["ai"]["promptGuard"] = {"request": [{"regex": {"action": "reject", "rules": [{"builtin": "ssn"}]}}]}
+        config = parse_config(yaml.safe_dump(data), {"OPENAI_API_KEY": BACKEND_KEY})
+        policies = config.binds[0].listeners[0].routes[0].policies
+        self.assertIn("realtime", unguarded_types(policies))
+        self.assertNotIn("completions", unguarded_types(policies))
+        events: list[dict[str, Any]] = []
+        self.patch(Gateway, "log", Logger(observer=events.append))
+        Gateway(config)
+        (line,) = [formatEvent(event) for event in events]
+        self.assertIn("promptGuard checks completions and responses only", line)
+        self.assertIn("realtime", line)
+
+    def test_no_guard_no_warning(self) -> None:
+        self.assertEqual(unguarded_types(Policies()), [])

@@ -15,10 +15,11 @@ from agw.guardrails._apply import (
     guard_request,
     text_slots,
 )
-from agw.guardrails._fields import apply_fields, resolve_alias
+from agw.guardrails._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_types
 from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS, Recognizer, luhn_valid
 
 __all__ = [
     "ALLOW", "GuardCheck", "GuardOutcome", "MASK", "PATTERN_TOKEN", "RECOGNIZERS", "REJECT", "Recognizer",
     "add_prompts", "apply_fields", "guard_request", "resolve_alias", "luhn_valid", "text_slots",
+    "GUARDED_TYPES", "unguarded_types",
 ]

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from agw.config import Policies
+from agw.config import Policies, RouteType
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
@@ -47,3 +47,19 @@ def apply_fields(body: dict[str, Any], policies: Policies) -> bool:
             body["model"] = target
             changed = True
     return changed
+
+
+# Route types whose bodies the request guards read (HTTP completions and responses).
+GUARDED_TYPES = frozenset({RouteType.COMPLETIONS, RouteType.RESPONSES})
+
+
+def unguarded_types(policies: Policies) -> list[str]:
+    """
+    The route types of a route with request guards that those guards do
+    not read (Realtime, embeddings, passthrough...), for a warning: an
+    operator must not believe them guarded. Empty without guards.
+    """
+    if not policies.prompt_guard:
+        return []
+    types = {route_type for _, route_type in policies.ai_routes} or {RouteType.COMPLETIONS}
+    return sorted(route_type.value for route_type in types - GUARDED_TYPES)

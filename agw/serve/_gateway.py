@@ -10,10 +10,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTCP
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from agw.config import Bind, ClientKey, GatewayConfig, Listener, Route, RouteType, load_config
+from agw.guardrails import unguarded_types
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
@@ -112,6 +114,8 @@ class Gateway:
         root.putChild(b"ai", gateway.resource())      # or:
         gateway.service().setServiceParent(application)
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -249,6 +253,12 @@ class Gateway:
         if not route.backends:
             missing = ErrorResource(500, f"route {route.name} has no backend", "no_backend")
             return lambda route_type: missing
+        unguarded = unguarded_types(route.policies)
+        if unguarded:
+            self.log.warn(
+                "route {route}: promptGuard checks completions and responses only; its {types} traffic is not guarded",
+                route=route.name, types=", ".join(unguarded),
+            )
         backend = route.backends[0]
         target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header)
         if target.tls:
