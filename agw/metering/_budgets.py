@@ -184,7 +184,7 @@ class Governor(LedgerReading):
             if spent >= limit:
                 return None, Denial.exhausted(self._state(consumer, budget, now))  # type: ignore[arg-type]
             estimate = self._estimate(budget, key)
-            if self._near_end(budget, key):
+            if self._near_end(limit - spent, estimate):
                 self._read_soon()  # near the end, others' spend is read within EARLY_READ, not a whole interval
             if not hold:
                 continue  # a handshake: nothing starts yet
@@ -231,7 +231,7 @@ class Governor(LedgerReading):
                 self._largest[(consumer, budget.name)] = amount  # what the next reservations hold
             key = (consumer, budget.name, self._window(budget, now)[0])
             self._book.add(key, amount)
-            if self._near_end(budget, key):
+            if self._near_end(units_of(budget, budget.amount) - self._book.spent(key), self._estimate(budget, key)):
                 self._book.flush()  # near the end, others must see it now, not after the batch delay
 
     def flush(self) -> Deferred[None]:
@@ -255,9 +255,9 @@ class Governor(LedgerReading):
         """What one response of C{key}'s consumer may cost: the configured reserve, or the most one has cost."""
         return max(self.reserve.units(budget), self._largest.get(key[:2], 0))  # type: ignore[arg-type]
 
-    def _near_end(self, budget: Budget, key: WindowKey) -> bool:
-        left = units_of(budget, budget.amount) - self._book.spent(key)
-        return left < NEAR_END * self._estimate(budget, key) * max(1, self.sharers)
+    def _near_end(self, left: int, estimate: int) -> bool:
+        """Whether C{left} units of a budget are within a few responses (of C{estimate} each) of its end."""
+        return left < NEAR_END * estimate * max(1, self.sharers)
 
     def _ledger_changed(self) -> None:
         if self._on_ledger is not None:

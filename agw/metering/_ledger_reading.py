@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.config import Budget
+from agw.metering._budget_state import units_of
 from agw.metering._ledger import BudgetLedger, Reading, WindowKey
 from agw.metering._spendbook import SpendBook
 from agw.metering._spool import ChargeSpool
@@ -55,7 +56,10 @@ class LedgerReading:
     def _window_start(seconds: int, now: float) -> int:
         raise NotImplementedError
 
-    def _near_end(self, budget: Budget, key: WindowKey) -> bool:
+    def _estimate(self, budget: Budget, key: WindowKey) -> int:
+        raise NotImplementedError
+
+    def _near_end(self, left: int, estimate: int) -> bool:
         raise NotImplementedError
 
     @inlineCallbacks
@@ -141,8 +145,10 @@ class LedgerReading:
         """
         now = self._clock.seconds()
         for budget in self._budgets.get(consumer, ()) if consumer is not None else ():
+            if not budget.block:
+                continue
             key = (consumer, budget.name, self._window(budget, now)[0])
-            if budget.block and self._near_end(budget, key):
+            if self._near_end(units_of(budget, budget.amount) - self._book.spent(key), self._estimate(budget, key)):
                 return self._read_soon()
         return succeed(None)
 

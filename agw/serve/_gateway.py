@@ -215,8 +215,9 @@ class Gateway:
         governor = None
         same_database = self.governor is not None and config.database_url == old.database_url
         if budget_setup(config) != budget_setup(old):
-            if same_database and any(key.budgets for key in client_keys(config)):
-                self.governor.configure(client_keys(config))  # type: ignore[union-attr]  # spend and holds carry on
+            keys = client_keys(config)
+            if same_database and any(key.budgets for key in keys):
+                self.governor.configure(keys)  # type: ignore[union-attr]  # spend and holds carry on
             else:
                 governor = governor_for(config, self.reactor, self.metrics, reserve=self.reserve, charge_spool=self.charge_spool)
                 if self.governor is not None:
