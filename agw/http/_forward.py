@@ -134,8 +134,7 @@ class HTTPForwarder(Resource):
         except Refused as refused:
             return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
         except KeyRefused as refused:
-            error_type = {429: "requests", 503: "server_error"}.get(refused.status, "invalid_request_error")
-            return self._answer(request, refused.status, refused.message, refused.code, error_type, exchange)
+            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
         except GuardRejected as rejected:
             if not client_gone(request):
                 write_rejection(request, rejected.rejection)

@@ -81,8 +81,7 @@ class HandshakeAnswer(Exception):
     @classmethod
     def refused(cls, refused: KeyRefused) -> HandshakeAnswer:
         """The answer to a key, model or budget refusal."""
-        error_type = {429: "requests", 503: "server_error"}.get(refused.status, "invalid_request_error")
-        return cls.error(refused.status, _REASONS[refused.status], refused.message, refused.code, error_type=error_type)
+        return cls.error(refused.status, _REASONS[refused.status], refused.message, refused.code, error_type=refused.error_type)
 
     @classmethod
     def error(

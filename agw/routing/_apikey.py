@@ -17,11 +17,16 @@ REALTIME_KEY_PROTOCOL = "openai-insecure-api-key."
 
 @frozen
 class KeyRefused(Exception):
-    """The request is refused: C{status} 401 or 403, with an OpenAI-shaped C{message} and C{code}."""
+    """The request is refused: C{status} (401, 403, 429 or 503), with an OpenAI-shaped C{message} and C{code}."""
 
     status: int
     message: str
     code: str
+
+    @property
+    def error_type(self) -> str:
+        """OpenAI's C{error.type} for it: C{requests} for a rate limit (429), C{server_error} for 503."""
+        return {429: "requests", 503: "server_error"}.get(self.status, "invalid_request_error")
 
 
 def presented_key(authorization: str | None, protocols: tuple[str, ...] = ()) -> str | None:
