@@ -138,10 +138,7 @@ class RealtimeRelay:
             key = context.keys.authenticate(presented_key(request.headers.get("authorization"), tuple(request.protocols)))
             KeyCheck.authorize(key, model)
             who = context.attribute(key)
-        if context.governor is not None:
-            denial = context.governor.blocking(who.name, context.metrics.prices(model), model)
-            if denial is not None:
-                raise KeyRefused(denial.status, denial.message, denial.code)
+        self._check_budgets(who.name, model)
         span = context.spans.start("realtime", self._reactor.seconds(), request.headers.get("traceparent"))
         return RealtimeSession(
             context.metrics, context.labels, model, self._reactor.seconds, context.access_log, who, context.governor,
@@ -158,13 +155,16 @@ class RealtimeRelay:
         if governor is None:
             return succeed(None)
         consumer, model = session.who.name, session.request_model
+        return governor.fresh(consumer).addCallback(lambda _: self._check_budgets(consumer, model))
 
-        def check(_: object) -> None:
-            denial = governor.blocking(consumer, self._context.metrics.prices(model), model)
-            if denial is not None:
-                raise KeyRefused(denial.status, denial.message, denial.code)
-
-        return governor.fresh(consumer).addCallback(check)
+    def _check_budgets(self, consumer: str | None, model: str | None) -> None:
+        """Raise L{agw.routing.KeyRefused} if C{consumer}'s budgets let no session of C{model} start now."""
+        context = self._context
+        if context.governor is None:
+            return
+        denial = context.governor.blocking(consumer, context.metrics.prices(model), model)
+        if denial is not None:
+            raise KeyRefused(denial.status, denial.message, denial.code)
 
     def handshake_refused(self, status: int) -> None:
         """A client's handshake was answered C{status} instead of 101 (counted by status)."""
