@@ -274,6 +274,4 @@ class HTTPForwarder(Resource):
         context = self._context
         if context.limits is not None and exchange.usage is not None:
             context.limits.charge(exchange.usage.input + exchange.usage.output)
-        exchange.record(
-            context.metrics, context.labels, context.access_log, method, status, self._reactor.seconds(), context.governor,
-        )
+        exchange.record(context.metrics, context.labels, context.access_log, method, status, self._reactor.seconds())

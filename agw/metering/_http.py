@@ -12,7 +12,6 @@ from attrs import define
 
 from agw.metering._accesslog import AccessLog, cost_fields, duration_fields, model_fields, usage_fields
 from agw.metering._attribution import Attribution
-from agw.metering._budgets import Governor
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._reservation import NO_RESERVATION, Reservation
 from agw.metering._spans import NO_SPAN, Span, span_name
@@ -64,7 +63,6 @@ class HTTPExchange:
 
     def record(
         self, metrics: GatewayMetrics, route: RouteLabels, log: AccessLog, method: bytes, status: int, now: float,
-        governor: Governor | None = None,
     ) -> None:
         """The request is over (answered C{status} at C{now}): count it and log it, once."""
         duration = now - self.started
@@ -97,10 +95,8 @@ class HTTPExchange:
                 span_name(self.operation, self.request_model, fields["http.method"]), now,
                 {**fields, **model_fields(models), **cost_fields(cost), **ttft}, error=status >= 500,
             )
-        if usage is not None and priced and self.reservation is not NO_RESERVATION:
+        if usage is not None and priced:  # charged through what admission held (nothing without budgets)
             self.reservation.settle(cost, usage.input + usage.output)
-        elif governor is not None and usage is not None and priced:
-            governor.charge(self.who.name if self.who is not None else None, cost, usage.input + usage.output)
         self.reservation.release()
         if models is None or not 200 <= status < 300:
             return
