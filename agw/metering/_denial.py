@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from agw.config import BudgetUnit
 from agw.metering._budget_state import BudgetState
 
 RATE_LIMITED = "rate_limit_exceeded"
@@ -33,33 +34,32 @@ class Denial:
     final: bool = False
 
     @classmethod
+    def _over_budget(cls, state: BudgetState, message: str, final: bool = False) -> Denial:
+        """A budget's refusal: a rate-limit error, typed by the budget's unit (C{tokens} or C{requests})."""
+        error_type = "tokens" if state.budget.unit is BudgetUnit.TOKENS else "requests"
+        return cls(429, RATE_LIMITED, error_type, f"Budget {state.budget.name!r} of this API key {message}", state, final)
+
+    @classmethod
     def exhausted(cls, state: BudgetState) -> Denial:
-        budget = state.budget
-        tokens = budget.unit.value == "Tokens"
-        return cls(429, RATE_LIMITED, "tokens" if tokens else "requests", (
-            f"Budget {budget.name!r} of this API key is exhausted: {state.spent} of {state.limit} "
-            f"{'tokens' if tokens else 'USD'} used in the current window, which ends at Unix time {state.window_end}."
-        ), state, final=True)
+        return cls._over_budget(state, (
+            f"is exhausted: {state.spent} of {state.limit} {_unit(state)} used in the current window, "
+            f"which ends at Unix time {state.window_end}."
+        ), final=True)
 
     @classmethod
     def in_flight(cls, state: BudgetState, count: int) -> Denial:
-        budget = state.budget
-        tokens = budget.unit.value == "Tokens"
-        return cls(429, RATE_LIMITED, "tokens" if tokens else "requests", (
-            f"Budget {budget.name!r} of this API key has {state.remaining} {'tokens' if tokens else 'USD'} left, "
-            f"less than another response may cost while {count} of this key's responses are in flight: "
-            "try again when they are done."
-        ), state)
+        return cls._over_budget(state, (
+            f"has {state.remaining} {_unit(state)} left, less than another response may cost while {count} of this "
+            "key's responses are in flight: try again when they are done."
+        ))
 
     @classmethod
     def share_used(cls, state: BudgetState, sharers: int, ledger_down: bool) -> Denial:
-        budget = state.budget
-        tokens = budget.unit.value == "Tokens"
         until = "the budget ledger answers again" if ledger_down else "it reads everyone's spend again (each second)"
-        return cls(429, RATE_LIMITED, "tokens" if tokens else "requests", (
-            f"Budget {budget.name!r} of this API key is shared by {sharers} gateway processes, and this one has used "
-            f"its share of what is left until {until}: try again shortly."
-        ), state, final=ledger_down)
+        return cls._over_budget(state, (
+            f"is shared by {sharers} gateway processes, and this one has used its share of what is left until {until}: "
+            "try again shortly."
+        ), final=ledger_down)
 
     @classmethod
     def unpriced(cls, model: str | None, budget: str) -> Denial:
@@ -87,3 +87,7 @@ class Denial:
             f"{limit} response.create events of this session are still waiting for the provider's answer: "
             "wait for response.created (or an error) before sending more."
         ))
+
+
+def _unit(state: BudgetState) -> str:
+    return "tokens" if state.budget.unit is BudgetUnit.TOKENS else "USD"
