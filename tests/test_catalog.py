@@ -46,6 +46,7 @@ from tests.support import (
     registry_samples,
     wait_until,
 )
+from tests.test_budgets import respond
 
 CATALOG = {
     "providers": {
@@ -397,9 +398,7 @@ class RealtimeFallbackCostTests(GatewayTestCase):
         def session() -> None:
             with open_client(f"{self.ws_base}/realtime?model=gpt-realtime") as ws:
                 recv_event(ws)
-                ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["audio"]}}))
-                while recv_event(ws)["type"] != "response.done":
-                    pass
+                respond(ws, "fallback")
 
         yield deferToThread(session)
         yield wait_until(lambda: not self.gateway.relays[0].connections)
