@@ -20,7 +20,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw import Gateway
-from agw.config import Builtin, ConfigError, GuardAction, Policies, RegexGuard, RegexRule, RouteType, parse_config
+from agw.config import Builtin, ConfigError, Guard, GuardAction, Policies, RegexGuard, RegexRule, RouteType, Scope, parse_config
 from agw.guardrails import RECOGNIZERS, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias, unguarded_types
 from agw.metering import AccessLog
 from tests.support import BACKEND_KEY, listening_fake, registry_samples, running_gateway, seed_config_text
@@ -98,8 +98,8 @@ class RecognizerTests(SynchronousTestCase):
 
 
 class GuardRunnerTests(SynchronousTestCase):
-    emails = RegexGuard(rules=(RegexRule(builtin=Builtin.EMAIL),))
-    forbidden = RegexGuard(rules=(RegexRule(pattern=__import__("re").compile(r"(?i)\bplutonium\b")),), action=GuardAction.REJECT)
+    emails = Guard(regex=RegexGuard(rules=(RegexRule(builtin=Builtin.EMAIL),)))
+    forbidden = Guard(regex=RegexGuard(rules=(RegexRule(pattern=__import__("re").compile(r"(?i)\bplutonium\b")),), action=GuardAction.REJECT))
 
     def test_completions_strings_and_text_parts_are_masked(self) -> None:
         body = {"messages": [
@@ -139,7 +139,7 @@ class GuardRunnerTests(SynchronousTestCase):
     def test_rules_apply_in_order_on_what_the_last_left(self) -> None:
         import re
 
-        guard = RegexGuard(rules=(RegexRule(builtin=Builtin.EMAIL), RegexRule(pattern=re.compile("EMAIL"))))
+        guard = Guard(regex=RegexGuard(rules=(RegexRule(builtin=Builtin.EMAIL), RegexRule(pattern=re.compile("EMAIL")))))
         body = {"messages": [{"role": "user", "content": "x@example.com"}]}
         guard_request(body, RouteType.COMPLETIONS, (guard,))
         self.assertEqual(body["messages"][0]["content"], "<<masked>_ADDRESS>")
@@ -201,23 +201,35 @@ class GuardConfigTests(SynchronousTestCase):
         return str(raised.exception)
 
     def test_other_guard_kinds_are_not_supported_yet(self) -> None:
-        where = "binds[0].listeners[0].routes[0].policies.ai.promptGuard.request[0]"
-        for kind in ("webhook", "openAIModeration", "bedrockGuardrails", "googleModelArmor", "azureContentSafety"):
-            message = self.refusal({"promptGuard": {"request": [{kind: {}}]}})
-            self.assertIn(f"{where}.{kind}: supported by agentgateway but not by agw yet", message)
-        self.assertIn(f"{where}.magic: unknown field", self.refusal({"promptGuard": {"request": [{"magic": {}}]}}))
-        self.assertIn(f"{where}: expected a regex guard", self.refusal({"promptGuard": {"request": [{"rejection": {}}]}}))
+        for phase in ("request", "response"):
+            where = f"binds[0].listeners[0].routes[0].policies.ai.promptGuard.{phase}[0]"
+            for kind in ("bedrockGuardrails", "googleModelArmor", "azureContentSafety"):
+                message = self.refusal({"promptGuard": {phase: [{kind: {}}]}})
+                self.assertIn(f"{where}.{kind}: supported by agentgateway but not by agw yet", message)
+            self.assertIn(f"{where}.magic: unknown field", self.refusal({"promptGuard": {phase: [{"magic": {}}]}}))
+            self.assertIn(f"{where}: expected exactly one of regex, webhook, openAIModeration", self.refusal({"promptGuard": {phase: [{"rejection": {}}]}}))
+        self.assertIn("response[0].openAIModeration: openAIModeration guards requests only", self.refusal(
+            {"promptGuard": {"response": [{"openAIModeration": {}}]}}
+        ))
 
-    def test_response_guards_and_streaming_are_not_supported_yet(self) -> None:
+    def test_response_guards_streaming_and_scope(self) -> None:
         regex = {"regex": {"rules": [{"builtin": "email"}]}}
-        self.assertIn(
-            "policies.ai.promptGuard.response: supported by agentgateway but not by agw yet",
-            self.refusal({"promptGuard": {"response": [regex]}}),
-        )
-        self.assertIn(
-            "policies.ai.promptGuard.streaming: supported by agentgateway but not by agw yet",
-            self.refusal({"promptGuard": {"streaming": "Enabled", "request": [regex]}}),
-        )
+        config = parse_config(config_text(1, {"promptGuard": {
+            "streaming": "Enabled", "holdChars": 32, "response": [regex],
+            "request": [{**regex, "scope": ["toolOutput", "messages"]}],
+        }}), ENV)
+        guard = config.binds[0].listeners[0].routes[0].policies.prompt_guard
+        self.assertEqual((guard.streaming, guard.hold_chars, len(guard.response)), (True, 32, 1))
+        self.assertEqual(guard.request[0].scope, (Scope.TOOL_OUTPUT, Scope.MESSAGES))
+        self.assertEqual(guard.response[0].scope, (Scope.SYSTEM_PROMPT, Scope.MESSAGES))
+        self.assertIn("promptGuard.streaming: expected Disabled or Enabled, got 'on'", self.refusal({"promptGuard": {"streaming": "on"}}))
+        self.assertIn("promptGuard.holdChars: expected a number of characters", self.refusal({"promptGuard": {"holdChars": -1}}))
+        self.assertIn("request[0].scope[0]: unknown scope 'everything'", self.refusal({"promptGuard": {"request": [{**regex, "scope": ["everything"]}]}}))
+        self.assertIn("request[0].scope: scope must not be empty", self.refusal({"promptGuard": {"request": [{**regex, "scope": []}]}}))
+        self.assertIn("response[0].scope: unknown field", self.refusal({"promptGuard": {"response": [{**regex, "scope": ["messages"]}]}}))
+        self.assertIn("request[0].scope: only regex guards support a non-default scope", self.refusal(
+            {"promptGuard": {"request": [{"webhook": {"target": {"host": "127.0.0.1:9"}}, "scope": ["toolInput"]}]}}
+        ))
 
     def test_bad_rules(self) -> None:
         rules = "policies.ai.promptGuard.request[0].regex.rules"
@@ -243,8 +255,9 @@ class GuardConfigTests(SynchronousTestCase):
 
     def test_action_defaults_to_mask_and_rejection_to_403(self) -> None:
         config = parse_config(config_text(1, {"promptGuard": {"request": [{"regex": {"rules": [{"builtin": "ssn"}]}}]}}), ENV)
-        guard = config.binds[0].listeners[0].routes[0].policies.prompt_guard[0]
-        self.assertEqual((guard.action, guard.rejection.status, guard.rejection.body), (GuardAction.MASK, 403, None))
+        guard = config.binds[0].listeners[0].routes[0].policies.prompt_guard.request[0]
+        assert guard.regex is not None
+        self.assertEqual((guard.regex.action, guard.rejection.status, guard.rejection.body), (GuardAction.MASK, 403, None))
 
 
 GUARDS = {
@@ -400,20 +413,21 @@ class BodyFieldGatewayTests(GatewayCase):
 class UnguardedTrafficTests(SynchronousTestCase):
     """A route with guards whose other types are not guarded says so: an operator must not believe them guarded."""
 
-    def test_the_seed_route_with_a_guard_warns_for_realtime_and_passthrough(self) -> None:
+    def test_the_seed_route_with_a_guard_warns_for_passthrough(self) -> None:
         data = yaml.safe_load(seed_config_text(9))
         route = data["binds"][0]["listeners"][0]["routes"][0]
         route["policies"]["ai"]["promptGuard"] = {"request": [{"regex": {"action": "reject", "rules": [{"builtin": "ssn"}]}}]}
+        route["policies"]["ai"].setdefault("routes", {"/v1/realtime": "realtime"})["/v1/files"] = "passthrough"
         config = parse_config(yaml.safe_dump(data), {"OPENAI_API_KEY": BACKEND_KEY})
         policies = config.binds[0].listeners[0].routes[0].policies
-        self.assertIn("realtime", unguarded_types(policies))
-        self.assertNotIn("completions", unguarded_types(policies))
+        self.assertIn("passthrough", unguarded_types(policies))
+        self.assertNotIn("realtime", unguarded_types(policies))
         events: list[dict[str, Any]] = []
         self.patch(Gateway, "log", Logger(observer=events.append))
         Gateway(config)
         (line,) = [formatEvent(event) for event in events]
-        self.assertIn("promptGuard checks completions and responses only", line)
-        self.assertIn("realtime", line)
+        self.assertIn("promptGuard checks completions, responses and Realtime only", line)
+        self.assertIn("passthrough", line)
 
     def test_no_guard_no_warning(self) -> None:
         self.assertEqual(unguarded_types(Policies()), [])

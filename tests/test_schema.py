@@ -72,10 +72,28 @@ binds:
             prepend: [{{role: system, content: Be brief.}}]
             append: [{{role: user, content: Answer in English.}}]
           promptGuard:
+            streaming: Enabled
+            holdChars: 32
             request:
             - regex: {{action: mask, rules: [{{builtin: email}}, {{pattern: "secret-[0-9]+"}}]}}
+              scope: [systemPrompt, messages, toolInput, toolOutput]
             - regex: {{action: reject, rules: [{{builtin: creditCard}}]}}
               rejection: {{status: 451, body: no cards, headers: {{add: {{x-guard: cards}}, set: {{x-a: b}}, remove: [x-c]}}}}
+            - webhook:
+                target: {{host: "127.0.0.1:9000"}}
+                forwardHeaderMatches: [{{name: x-team, value: {{exact: a}}}}, {{name: x-user, value: {{regex: "u-.*"}}}}]
+                failureMode: failOpen
+                timeout: 500ms
+            - openAIModeration:
+                model: omni-moderation-latest
+                url: "http://127.0.0.1:9001/v1/moderations"
+                timeout: 2s
+                failureMode: failClosed
+                policies: {{backendAuth: {{key: "$OPENAI_API_KEY"}}, backendTLS: {{root: ca.pem}}}}
+            response:
+            - regex: {{action: mask, rules: [{{builtin: ssn}}]}}
+            - webhook: {{target: {{host: "127.0.0.1:9000"}}}}
+              rejection: {{status: 403}}
         backendAuth: {{key: "$OPENAI_API_KEY"}}
         transformations: {{request: {{remove: [x-a], add: {{x-b: one}}, set: {{x-c: 2}}}}}}
         backendTLS: {{root: ca.pem, hostname: api.example.com}}

@@ -6,13 +6,22 @@ classes. No Twisted, no I/O beyond reading the file.
 from agw.config._azure import AzureProvider, AzureResourceType
 from agw.config._guardrails import (
     DEFAULT_REJECTION,
+    DEFAULT_SCOPE,
+    MODERATION_URL,
     Builtin,
+    FailureMode,
+    Guard,
     GuardAction,
+    HeaderMatch,
+    Moderation,
+    PromptGuard,
     PromptMessage,
     Prompts,
     RegexGuard,
     RegexRule,
     Rejection,
+    Scope,
+    Webhook,
 )
 from agw.config._load import ConfigError, load_config, parse_config
 from agw.config._model import (
@@ -40,7 +49,8 @@ from agw.config._model import (
 )
 
 __all__ = [
-    "DEFAULT_REJECTION", "Builtin", "GuardAction", "PromptMessage", "Prompts", "RegexGuard", "RegexRule", "Rejection",
+    "DEFAULT_REJECTION", "DEFAULT_SCOPE", "MODERATION_URL", "Builtin", "FailureMode", "Guard", "GuardAction", "HeaderMatch",
+    "Moderation", "PromptGuard", "PromptMessage", "Prompts", "RegexGuard", "RegexRule", "Rejection", "Scope", "Webhook",
     "AIBackend", "APIKeyMode", "AzureProvider", "AzureResourceType", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",
     "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "LocalRateLimit", "MiB", "PathMatch", "Policies",
     "Route", "RouteMatch", "RouteType", "Secret", "TracingConfig", "load_config", "parse_config",

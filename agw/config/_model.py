@@ -13,7 +13,8 @@ from typing import Any
 from attrs import field, frozen
 
 from agw.config._azure import AzureProvider
-from agw.config._guardrails import Prompts, RegexGuard
+from agw.config._guardrails import PromptGuard, Prompts
+from agw.config._secret import Secret
 
 # Sizes in options and limits are in bytes.
 MiB = 1024 * 1024
@@ -34,21 +35,6 @@ class RouteType(str, Enum):
 
 # Route types agentgateway has and agw does not serve: refused at load, never answered 501 at run time.
 UNSERVED_ROUTE_TYPES = frozenset({RouteType.MESSAGES, RouteType.DETECT})
-
-
-@frozen(repr=False)
-class Secret:
-    """
-    A credential from the config. Its C{repr} and C{str} never show the value,
-    so it cannot leak through a log line or an error message by accident.
-    """
-
-    value: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret(<redacted>)"
-
-    __str__ = __repr__
 
 
 @frozen
@@ -198,8 +184,8 @@ class Policies:
     backend_tls: BackendTLS | None = None
     api_key: APIKeyPolicy | None = None
     rate_limits: tuple[LocalRateLimit, ...] = ()
-    # policies.ai.promptGuard.request (regex guards, in order) and policies.ai.prompts.
-    prompt_guard: tuple[RegexGuard, ...] = ()
+    # policies.ai.promptGuard (request and response guards, in order) and policies.ai.prompts.
+    prompt_guard: PromptGuard = PromptGuard()
     prompts: Prompts = Prompts()
     # policies.ai.defaults / overrides: (body field, its value as JSON text; decoded afresh per request).
     defaults: tuple[tuple[str, str], ...] = ()

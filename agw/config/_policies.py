@@ -25,6 +25,7 @@ from agw.config._model import (
     Secret,
 )
 from agw.config._guard_parser import GuardParser
+from agw.config._guardrails import PromptGuard
 from agw.config._parsing import kind_of
 from agw.config._yamlsource import Path
 
@@ -88,7 +89,7 @@ class PolicyParser(GuardParser):
             api_key=api_key,
             rate_limits=self.items(policies.get("localRateLimit"), path + ("localRateLimit",), self.rate_limit),
             request_headers=self.header_transform(transformations.get("request"), path + ("transformations", "request")),
-            prompt_guard=self.prompt_guard(ai["promptGuard"], path + ("ai", "promptGuard")) if "promptGuard" in ai else (),
+            prompt_guard=self.prompt_guard(ai["promptGuard"], path + ("ai", "promptGuard")) if "promptGuard" in ai else PromptGuard(),
             prompts=self.prompts(ai.get("prompts"), path + ("ai", "prompts")),
             defaults=self.body_fields(ai.get("defaults"), path + ("ai", "defaults")),
             overrides=self.body_fields(ai.get("overrides"), path + ("ai", "overrides")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agw.config._guardrails import Builtin
+from agw.config._guardrails import Builtin, Scope
 from agw.config._model import UNSERVED_ROUTE_TYPES, RouteType
 
 SCHEMA_ID = "https://agw.dev/schema/config.json"
@@ -126,8 +126,36 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
         "overrides": map_of({}, "request body field to value, always set"),
         "modelAliases": map_of(text(), "requested model (exact, or with * wildcards) to the model sent"),
     }, (), "AI route types by path suffix, guards and prompts."),
-    "promptGuard": ({"request": array(ref("requestGuard"))}, (), "Guards on requests (completions and responses)."),
-    "requestGuard": ({"regex": ref("regexGuard"), "rejection": ref("rejection")}, ("regex",), "A request guard (regex only)."),
+    "promptGuard": ({
+        "request": array(ref("requestGuard")), "response": array(ref("responseGuard")),
+        "streaming": one_of("Disabled", "Enabled"),
+        "holdChars": {"type": "integer", "minimum": 0, "maximum": 4096, "description": (
+            "agw's own: characters of a streamed answer's newest text held back so a match split across deltas "
+            "is caught (default 64)"
+        )},
+    }, (), "Guards on requests and responses (streaming: Enabled guards streamed answers too)."),
+    "requestGuard": ({
+        "regex": ref("regexGuard"), "webhook": ref("webhook"), "openAIModeration": ref("openAIModeration"),
+        "scope": array(one_of(*(s.value for s in Scope)), 1), "rejection": ref("rejection"),
+    }, (), "A request guard: exactly one of regex, webhook, openAIModeration."),
+    "responseGuard": ({
+        "regex": ref("regexGuard"), "webhook": ref("webhook"), "rejection": ref("rejection"),
+    }, (), "A response guard: exactly one of regex, webhook."),
+    "webhook": ({
+        "target": ref("webhookTarget"), "forwardHeaderMatches": array(ref("headerMatch")),
+        "failureMode": one_of("failClosed", "failOpen"),
+        "timeout": text("agw's own: a duration such as 500ms (default 10s)"),
+    }, ("target",), "agentgateway's guardrail webhook (POST /request, /response)."),
+    "webhookTarget": ({"host": text("host:port, plain HTTP")}, ("host",), "Where the webhook is."),
+    "headerMatch": ({"name": text(), "value": ref("headerValueMatch")}, ("name", "value"), "A request header to forward."),
+    "headerValueMatch": ({"exact": text(), "regex": text("a Python regular expression")}, (), "Exactly one of exact, regex."),
+    "openAIModeration": ({
+        "model": text("default omni-moderation-latest"), "policies": ref("moderationPolicies"),
+        "url": text("agw's own: the moderation endpoint (default https://api.openai.com/v1/moderations)"),
+        "timeout": text("agw's own: a duration such as 500ms (default 10s)"),
+        "failureMode": {**one_of("failClosed", "failOpen"), "description": "agw's own (default failOpen, as agentgateway)"},
+    }, (), "OpenAI's moderation endpoint; a flagged input rejects."),
+    "moderationPolicies": ({"backendAuth": ref("backendAuth"), "backendTLS": ref("backendTLS")}, (), "The moderation call's key and TLS."),
     "regexGuard": ({
         "action": one_of("mask", "reject"), "rules": array(ref("regexRule"), 1),
     }, ("rules",), "Regex rules and what a match does (default mask)."),

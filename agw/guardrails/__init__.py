@@ -1,25 +1,36 @@
 """
-agw's request-body policies: C{policies.ai.overrides}, C{defaults},
-C{modelAliases}, C{prompts} and the regex guards of
-C{policies.ai.promptGuard.request}, applied to a parsed request body.
-Pure code (no I/O): the HTTP forwarder calls it and answers a rejection.
+agw's content policies: C{policies.ai.overrides}, C{defaults},
+C{modelAliases}, C{prompts} and the guards of C{policies.ai.promptGuard}
+(request and response), applied to parsed bodies, Realtime events and
+streams of text. Pure code (no I/O): the HTTP forwarder and the Realtime
+relay call it and answer what it decides.
 """
 
 from agw.guardrails._apply import (
     ALLOW,
+    FAIL_OPEN,
     MASK,
     REJECT,
+    SYSTEM_ROLES,
     GuardCheck,
     GuardOutcome,
+    Slot,
     add_prompts,
+    apply_rule,
+    check_regex,
+    content_slots,
     guard_request,
+    guard_slots,
+    item_slots,
     text_slots,
 )
 from agw.guardrails._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_types
 from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS, Recognizer, luhn_valid
+from agw.guardrails._window import TextStream, guard_text, mask_before
 
 __all__ = [
-    "ALLOW", "GuardCheck", "GuardOutcome", "MASK", "PATTERN_TOKEN", "RECOGNIZERS", "REJECT", "Recognizer",
-    "add_prompts", "apply_fields", "guard_request", "resolve_alias", "luhn_valid", "text_slots",
+    "ALLOW", "FAIL_OPEN", "GuardCheck", "GuardOutcome", "MASK", "PATTERN_TOKEN", "RECOGNIZERS", "REJECT", "Recognizer",
+    "SYSTEM_ROLES", "Slot", "TextStream", "add_prompts", "apply_fields", "apply_rule", "check_regex", "content_slots",
+    "guard_request", "guard_slots", "guard_text", "item_slots", "mask_before", "resolve_alias", "luhn_valid", "text_slots",
     "GUARDED_TYPES", "unguarded_types",
 ]

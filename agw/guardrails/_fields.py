@@ -49,15 +49,15 @@ def apply_fields(body: dict[str, Any], policies: Policies) -> bool:
     return changed
 
 
-# Route types whose bodies the request guards read (HTTP completions and responses).
-GUARDED_TYPES = frozenset({RouteType.COMPLETIONS, RouteType.RESPONSES})
+# Route types whose requests the guards read (HTTP completions and responses, Realtime events).
+GUARDED_TYPES = frozenset({RouteType.COMPLETIONS, RouteType.RESPONSES, RouteType.REALTIME})
 
 
 def unguarded_types(policies: Policies) -> list[str]:
     """
-    The route types of a route with request guards that those guards do
-    not read (Realtime, embeddings, passthrough...), for a warning: an
-    operator must not believe them guarded. Empty without guards.
+    The route types of a route with guards that those guards do not read
+    (embeddings, passthrough...), for a warning: an operator must not
+    believe them guarded. Empty without guards.
     """
     if not policies.prompt_guard:
         return []

@@ -72,6 +72,22 @@ RECOGNIZERS: dict[Builtin, Recognizer] = {
     Builtin.CA_SIN: Recognizer(
         re.compile(r"(?<![\d-])[1-79]\d{2}([ -]?)\d{3}\1\d{3}(?![\d-])"), "<CA_SIN>", lambda found: luhn_valid(_digits(found)),
     ),
+    # agw's own. Dotted-quad IPv4 addresses, each part 0-255, not inside a longer dotted number (a version string).
+    Builtin.IPV4: Recognizer(
+        re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d]|\.\d)"),
+        "<IP_ADDRESS>",
+    ),
+    # AWS access key ids: a four-letter kind (AKIA long-term, ASIA temporary...) and 16 characters of base32.
+    Builtin.AWS_ACCESS_KEY: Recognizer(re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA|ANPA|ANVA|AGPA)[A-Z2-7]{16}(?![A-Z0-9])"), "<AWS_ACCESS_KEY>"),
+    # GitHub tokens: ghp_/gho_/ghu_/ghs_/ghr_ and 36 characters, or fine-grained github_pat_ tokens.
+    Builtin.GITHUB_TOKEN: Recognizer(
+        re.compile(r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,255})(?![A-Za-z0-9_])"), "<GITHUB_TOKEN>",
+    ),
+    # Generic secret keys by their common prefixes: OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), Stripe
+    # (sk_live_, rk_live_), Slack (xoxb-, xoxp-), Google (AIza): at least 20 characters after the prefix.
+    Builtin.API_KEY: Recognizer(
+        re.compile(r"(?<![A-Za-z0-9_-])(?:sk-(?:proj-|ant-)?|sk_live_|rk_live_|xox[bpas]-|AIza)[A-Za-z0-9_-]{20,}"), "<API_KEY>",
+    ),
 }
 
 #: What a custom C{pattern} match becomes (agentgateway's token).

@@ -41,8 +41,8 @@ def prepare_json(raw: bytes, route_type: RouteType, context: RouteContext, excha
     exchange.request_model = model if isinstance(model, str) else None
     if route_type in (RouteType.COMPLETIONS, RouteType.RESPONSES):
         changed = add_prompts(body, route_type, policies.prompts) or changed
-        if policies.prompt_guard:
-            outcome = guard_request(body, route_type, policies.prompt_guard)
+        if policies.prompt_guard.request:
+            outcome = guard_request(body, route_type, policies.prompt_guard.request)
             exchange.guard_checks = tuple((check.index, check.action) for check in outcome.checks)
             if outcome.rejection is not None:
                 raise GuardRejected(outcome.rejection)

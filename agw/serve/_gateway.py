@@ -257,7 +257,7 @@ class Gateway:
         unguarded = unguarded_types(route.policies)
         if unguarded:
             self.log.warn(
-                "route {route}: promptGuard checks completions and responses only; its {types} traffic is not guarded",
+                "route {route}: promptGuard checks completions, responses and Realtime only; its {types} traffic is not guarded",
                 route=route.name, types=", ".join(unguarded),
             )
         backend = route.backends[0]
