@@ -43,7 +43,7 @@ def prepare_json(raw: bytes, route_type: RouteType, context: RouteContext, excha
         changed = add_prompts(body, route_type, policies.prompts) or changed
         if policies.prompt_guard.request:
             outcome = guard_request(body, route_type, policies.prompt_guard.request)
-            exchange.guard_checks = tuple((check.index, check.action) for check in outcome.checks)
+            exchange.guard_checks = tuple(("request", check.index, check.action) for check in outcome.checks)
             if outcome.rejection is not None:
                 raise GuardRejected(outcome.rejection)
             changed = outcome.masked or changed

@@ -18,12 +18,16 @@ from agw.metering._spans import NO_SPAN, Span, span_name
 from agw.metering._usage import TokenUsage
 
 
-def guard_fields(checks: tuple[tuple[int, str], ...]) -> dict[str, Any]:
-    """The access log's word on the guards: the one that rejected, else the first that masked (none if all allowed)."""
-    for wanted in ("reject", "mask"):
-        for index, action in checks:
+def guard_fields(checks: tuple[tuple[str, int, str], ...]) -> dict[str, Any]:
+    """
+    The access log's word on the guards, from (phase, index, action)
+    checks: the one that rejected, else the first that masked, else the
+    first that failed open (none if all allowed).
+    """
+    for wanted in ("reject", "mask", "failOpen"):
+        for phase, index, action in checks:
             if action == wanted:
-                return {"agw.guardrail.action": action, "agw.guardrail.guard": f"promptGuard.request[{index}]"}
+                return {"agw.guardrail.action": action, "agw.guardrail.guard": f"promptGuard.{phase}[{index}]"}
     return {}
 
 
@@ -54,8 +58,8 @@ class HTTPExchange:
     span: Span = NO_SPAN
     # What the request holds of its consumer's budgets until record() charges its usage.
     reservation: Reservation = NO_RESERVATION
-    # What each request guard (policies.ai.promptGuard.request, by index) did: allow, mask or reject.
-    guard_checks: tuple[tuple[int, str], ...] = ()
+    # What each guard did, as (phase, index in promptGuard.<phase>, action): allow, mask, reject or failOpen.
+    guard_checks: tuple[tuple[str, int, str], ...] = ()
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
@@ -83,7 +87,8 @@ class HTTPExchange:
         if self.who is not None:
             fields.update(self.who.log_fields)
         if self.guard_checks:
-            metrics.record_guardrails(route, tuple(action for _, action in self.guard_checks), self.who)
+            for phase, _, action in self.guard_checks:
+                metrics.record_guardrail(route, phase, action, self.who)
             fields.update(guard_fields(self.guard_checks))
         priced = models is not None and usage is not None and 200 <= status < 300
         cost = metrics.record_tokens(route, models, usage, self.who) if priced else None  # type: ignore[arg-type]

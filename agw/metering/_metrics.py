@@ -174,7 +174,7 @@ class GatewayMetrics:
         self.realtime = RealtimeMetrics.declare(self.registry, _ROUTE_LABELS, who)
         self.guardrail_checks = Counter(
             "agentgateway_guardrail_checks",
-            "Guardrail checks by phase and action: allow, mask, reject (agentgateway's, with route labels and consumer).",
+            "Guardrail checks by phase (request, response) and action: allow, mask, reject, failOpen (agentgateway's, with route labels and consumer).",
             ("phase", "action") + _ROUTE_LABELS + who,
             registry=self.registry,
         )
@@ -268,11 +268,10 @@ class GatewayMetrics:
         self._record_cost(cost, common, who)
         return cost
 
-    def record_guardrails(self, route: RouteLabels, actions: tuple[str, ...], who: Attribution | None = None) -> None:
-        """Count each request guard that ran on one request, by what it did."""
+    def record_guardrail(self, route: RouteLabels, phase: str, action: str, who: Attribution | None = None) -> None:
+        """Count one guard that ran (C{phase} request or response) by what it did (allow, mask, reject, failOpen)."""
         who = who or self.anonymous
-        for action in actions:
-            self._child(self.guardrail_checks, "request", action, *route.values(), who.consumer, *who.labels).inc()
+        self._child(self.guardrail_checks, phase, action, *route.values(), who.consumer, *who.labels).inc()
 
     def session_labels(self, route: RouteLabels, who: Attribution | None = None) -> tuple[str, ...]:
         """The label values of the Realtime session metrics for a session of C{who}."""
