@@ -45,6 +45,11 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 _AZURE_PATH = re.compile(r"^(?:/api/projects/[^/]+)?/openai(?:/v1|/deployments/(?P<deployment>[^/]+))(?P<rest>/.*)$")
 
 
+def _pieces(deltas: tuple[str, ...]) -> list[str]:
+    """A chat stream's content pieces: the default reply keeps the fake's old split (Hel, lo, !)."""
+    return ["Hel", "lo", "!"] if deltas == ("Hello", "!") else list(deltas) or [""]
+
+
 def openai_path(path: str) -> tuple[str, str | None]:
     """
     The OpenAI path an Azure path means, and the deployment it names:
@@ -164,18 +169,19 @@ class FakeHTTPAPI(Resource):
         base = {"id": f"chatcmpl-{number}", "created": 0, "model": model}
         if body.get("stream") is not True:
             request.setHeader(b"content-type", b"application/json")
-            message = {"role": "assistant", "content": "Hello!"}
+            message = {"role": "assistant", "content": "".join(fake.reply_deltas)}
             request.write(json.dumps({**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}).encode())
             request.finish()
             return
         request.setHeader(b"content-type", b"text/event-stream")
         chunk = {**base, "object": "chat.completion.chunk"}
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
-        request.write(_sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}], **({"usage": None} if include_usage else {})}))
+        first, *rest = _pieces(fake.reply_deltas)
+        request.write(_sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": first}}], **({"usage": None} if include_usage else {})}))
         if fake.stream_gate is not None:
             gate, fake.stream_gate = fake.stream_gate, None
             await gate
-        for piece in ("lo", "!"):
+        for piece in rest:
             request.write(_sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}}]}))
         request.write(_sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
         if include_usage:
@@ -220,7 +226,7 @@ class FakeHTTPAPI(Resource):
         fake.ledger.append(_billed("chat", model, usage["input_tokens"], usage["output_tokens"], usage["input_tokens_details"]["cached_tokens"]))
         response = {
             "id": f"resp_{number}", "object": "response", "status": "completed", "model": model,
-            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello!"}]}],
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "".join(fake.reply_deltas)}]}],
             "usage": usage,
         }
         if body.get("stream") is not True:
@@ -230,7 +236,8 @@ class FakeHTTPAPI(Resource):
             request.setHeader(b"content-type", b"text/event-stream")
             in_progress = {**response, "status": "in_progress", "usage": None, "output": []}
             request.write(_sse({"type": "response.created", "response": in_progress}, "response.created"))
-            request.write(_sse({"type": "response.output_text.delta", "delta": "Hello!"}, "response.output_text.delta"))
+            for piece in fake.reply_deltas:
+                request.write(_sse({"type": "response.output_text.delta", "delta": piece}, "response.output_text.delta"))
             request.write(_sse({"type": "response.completed", "response": response}, "response.completed"))
         request.finish()
 

@@ -164,7 +164,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             usage = dict(fake.transcription_usage)
             fake.ledger.append(Billed("transcription", fake.transcription_model, usage, self.session_id))
             self.send_event(
-                "conversation.item.input_audio_transcription.completed", item_id="item", transcript="hi", usage=usage
+                "conversation.item.input_audio_transcription.completed", item_id="item", transcript=fake.transcript, usage=usage
             )
         if fake.server_vad:
             # Server VAD: the end of speech starts a response nobody asked for.

@@ -106,6 +106,10 @@ class FakeState:
         self.created_delay = 0.0
         # Server VAD: each input_audio_buffer.commit starts a response on its own.
         self.server_vad = False
+        # The text of every answer (HTTP and Realtime), in the deltas it streams in.
+        self.reply_deltas: tuple[str, ...] = ("Hello", "!")
+        # The transcript of each committed input audio buffer (sent when transcription is on).
+        self.transcript = "hi"
         # Write "type" last in every server event (OpenAI writes it first).
         self.type_last = False
         self.ledger: list[Billed] = []
