@@ -25,6 +25,23 @@ from agw.guardrails._apply import (
     text_slots,
 )
 from agw.guardrails._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_types
+from agw.guardrails._realtime import (
+    GUARDED_CLIENT_EVENTS,
+    INPUT_TRANSCRIPT,
+    OUTPUT_DELTAS,
+    OUTPUT_DONE,
+    OUTPUT_WHOLE,
+    client_event_slots,
+    encode,
+    enriched_instructions,
+    guardrail_error,
+    item_role,
+    rejection_text,
+    response_of,
+    stream_key,
+    transcript_slots,
+    whole_text_holders,
+)
 from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS, Recognizer, luhn_valid
 from agw.guardrails._window import TextStream, guard_text, mask_before
 
@@ -33,4 +50,8 @@ __all__ = [
     "SYSTEM_ROLES", "Slot", "TextStream", "add_prompts", "apply_fields", "apply_rule", "check_regex", "content_slots",
     "guard_request", "guard_slots", "guard_text", "item_slots", "mask_before", "resolve_alias", "luhn_valid", "text_slots",
     "GUARDED_TYPES", "unguarded_types",
+    # Realtime events.
+    "GUARDED_CLIENT_EVENTS", "INPUT_TRANSCRIPT", "OUTPUT_DELTAS", "OUTPUT_DONE", "OUTPUT_WHOLE", "client_event_slots", "encode",
+    "enriched_instructions", "guardrail_error", "item_role", "rejection_text", "response_of", "stream_key", "transcript_slots",
+    "whole_text_holders",
 ]

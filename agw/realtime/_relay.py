@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
@@ -22,7 +22,9 @@ from twisted.web.server import Request
 
 from agw._internals import use_reactor_timers
 from agw.config import Policies
+from agw.guardrails import resolve_alias
 from agw.metering import RealtimeSession, peer_address
+from agw.realtime._guarding import SessionGuard, session_guard
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
@@ -71,6 +73,15 @@ def handshake_headers(
             elif protocol.startswith(_PROJECT_PROTOCOL):
                 headers["openai-project"] = protocol[len(_PROJECT_PROTOCOL):]
     return headers
+
+
+def aliased_query(query: str, policies: Policies) -> str:
+    """The handshake's query with C{?model=} resolved through C{modelAliases} (as it came if none applies)."""
+    if not policies.model_aliases or "model=" not in query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    resolved = [(name, resolve_alias(value, policies.model_aliases) or value if name == "model" else value) for name, value in pairs]
+    return query if resolved == pairs else urlencode(resolved, quote_via=quote)
 
 
 def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
@@ -145,6 +156,10 @@ class RealtimeRelay:
             context.limits, request={"src.addr": peer_address(peer), "http.method": "GET", "http.path": request.path}, span=span,
         )
 
+    def new_guard(self, session: RealtimeSession) -> SessionGuard | None:
+        """C{session}'s guard (C{promptGuard}, C{prompts}), if the route has any."""
+        return session_guard(self._context, session)
+
     def recheck(self, session: RealtimeSession) -> Deferred[None]:
         """
         Fires when C{session}'s consumer may go on: at once, or, near the end
@@ -182,7 +197,7 @@ class RealtimeRelay:
         """
         split = urlsplit(request_uri)
         try:
-            url = self._context.target.url(split.path, split.query, websocket=True)
+            url = self._context.target.url(split.path, aliased_query(split.query, self._context.policies), websocket=True)
         except NoDeployment as e:
             return fail(e)
         peer = getattr(request_peer, "host", None)

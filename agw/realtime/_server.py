@@ -27,9 +27,11 @@ from agw.metering import (
     sole_event_type,
 )
 from agw.realtime._frames import BINARY, Frame
+from agw.realtime._guarding import SessionGuard
 from agw.realtime._leg import RelayLeg
 from agw.realtime._limit_events import limit_error_event
 from agw.realtime._options import RelayOptions, SessionSlots
+from agw.realtime._ordered import OrderedDelivery
 from agw.realtime._refusal import UpstreamRefused
 from agw.realtime._upstream import UpstreamProtocol
 from agw.routing import ConnectionTracker, KeyRefused, error_body
@@ -44,6 +46,8 @@ class SessionHost(Protocol):
     log: Logger
 
     def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession: ...
+
+    def new_guard(self, session: RealtimeSession) -> SessionGuard | None: ...
 
     def handshake_refused(self, status: int) -> None: ...
 
@@ -120,6 +124,8 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         self._upstream: UpstreamProtocol | None = None
         self._answer: HandshakeAnswer | None = None
         self.session: RealtimeSession | None = None
+        self.guard: SessionGuard | None = None
+        self._ordered: OrderedDelivery | None = None  # with a guard: client events in order past its checks
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
         relay = self.factory.relay
@@ -135,6 +141,9 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             )
             raise ConnectionDeny(503, "Service Unavailable")
         self.session = session
+        guard = self.guard = relay.new_guard(session)
+        if guard is not None:
+            self._ordered = OrderedDelivery(guard.check_client, self.relay_message)
         # Near the end of a budget the handshake waits for a fresh read of everyone's spend first.
         opening = self._opening = relay.recheck(session).addCallback(
             lambda _: relay.open_upstream(self.http_request_uri, request, session, self.transport.getPeer())
@@ -142,6 +151,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
 
         def opened(upstream: UpstreamProtocol) -> str | None:
             self._upstream = upstream
+            upstream.guard_with(guard)
             return REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in request.protocols else None
 
         def refused(failure: Failure) -> None:
@@ -171,11 +181,20 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             self.close(1011, "upstream went away")
             return
         upstream.link(self)
+        if self.guard is not None:
+            self.guard.attach(self.send_if_open, upstream.send_if_open)
         assert self.session is not None
         self.session.started()
         self.factory.relay.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._ordered is not None:
+            self._ordered.submit(payload, isBinary)  # through the guard, in order
+        else:
+            self.relay_message(payload, isBinary)
+
+    def relay_message(self, payload: bytes, isBinary: bool) -> None:
+        """A client message on its way to the provider (governed if it asks for a response)."""
         session = self.session
         # An event that names its type twice is governed as the response.create it may be to the provider.
         if isBinary or session is None or RESPONSE_CREATE not in client_event_types(payload):
@@ -201,10 +220,12 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
     def wants_whole(self, frame: Frame) -> bool:
         # Governance reads response.create; a text event whose head does not say its type, or that may
         # name a type again (a provider may act on either), is read whole too.
+        if self._ordered is not None and self._ordered.holding:
+            return True  # behind a check under way: everything waits, in order
         if frame.opcode == BINARY or self.session is None:
             return False
         kind = sole_event_type(frame.scratch_payload())
-        return kind is None or kind == RESPONSE_CREATE
+        return kind is None or kind == RESPONSE_CREATE or (self.guard is not None and self.guard.reads_client_type(kind))
 
     direction = CLIENT_TO_UPSTREAM
 

@@ -14,14 +14,19 @@ from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
 from agw._internals import handshake_bytes
-from agw.metering import UPSTREAM_TO_CLIENT, Denial, RealtimeSession, might_carry_usage
+from agw.metering import UPSTREAM_TO_CLIENT, Denial, RealtimeSession, might_carry_usage, sole_event_type
 from agw.realtime._frames import BINARY, Frame
+from agw.realtime._guarding import SessionGuard
 from agw.realtime._leg import RelayLeg
 from agw.realtime._limit_events import limit_error_event
+from agw.realtime._ordered import OrderedDelivery
 from agw.realtime._refusal import Incomplete, parse_refusal
 from agw.realtime._usage_mixin import DELTA_HEAD, RealtimeUsageMixin
 from agw.routing import ConnectionTracker
 
+
+# How far into a provider event its response_id is looked for (it comes before any delta).
+BLOCKED_HEAD = 256
 
 POLICY_VIOLATION = 1008  # RFC 6455: the session ends because a policy forbids what it would do next
 
@@ -47,6 +52,14 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         self._draining: tuple[int | None, str | None, int | None] | None = None
         self._drain_timer: Any = None
         self._cancelled: set[str] = set()  # response ids a drain has cancelled
+        self.guard: SessionGuard | None = None
+        self._ordered: OrderedDelivery | None = None
+
+    def guard_with(self, guard: SessionGuard | None) -> None:
+        """Relay the provider's events through C{guard} (in order past its checks)."""
+        self.guard = guard
+        if guard is not None:
+            self._ordered = OrderedDelivery(guard.check_server, self.relay_message)
 
     def processHandshake(self) -> Any:
         try:
@@ -106,12 +119,26 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         # Events that carry usage (or get agw's rate limits) are read whole; deltas and audio pass as they came.
         if self.partner is None or self._draining is not None:
             return True
+        guard = self.guard
+        if guard is not None and self._guard_reads(guard, frame):
+            return True
         if frame.opcode == BINARY:
             return False
         sink = self.usage_sink
         if sink is not None and sink.awaiting_first_delta and b'delta"' in frame.raw[frame.start:frame.start + DELTA_HEAD]:
             sink.first_delta()
         return might_carry_usage(frame.raw, frame.start)
+
+    def _guard_reads(self, guard: SessionGuard, frame: Frame) -> bool:
+        """Whether the guard must read this frame's message (text it guards, or anything while a check is under way)."""
+        assert self._ordered is not None
+        if self._ordered.holding:
+            return True
+        if frame.opcode == BINARY:
+            return False
+        if guard.blocked and guard.blocks_head(frame.raw[frame.start:frame.start + BLOCKED_HEAD]):
+            return True
+        return guard.reads_server_type(sole_event_type(frame.scratch_payload()))
 
     direction = UPSTREAM_TO_CLIENT
 
@@ -123,6 +150,13 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
         if self._draining is not None:
             self._drain_step()
             return
+        if self._ordered is not None:
+            self._ordered.submit(payload, isBinary)  # through the guard, in order
+        else:
+            self.relay_message(payload, isBinary)
+
+    def relay_message(self, payload: bytes, isBinary: bool) -> None:
+        """A provider message on its way to the client (and the session's end, if governance ends it after this one)."""
         self.message_relayed(len(payload), self.forward(payload, isBinary))
         if self.ending is not None:
             ending, self.ending = self.ending, None

@@ -12,13 +12,12 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
 from agw._internals import cancel_leftover_timers, use_reactor_timers
 from agw.config import MiB
 from agw.testing._http import azure_refusal
 from agw.testing._state import _HANG, Billed, FakeState, Handshake, Refusal, response_usage
+from agw.testing._stream import AudioStream
 
 
 class FakeRealtimeProtocol(WebSocketServerProtocol):
@@ -45,6 +44,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         self.session_id = f"sess_{next(fake.ids)}"
         # Responses under way: id -> (timer, number, audio, in the default conversation).
         self._pending: dict[str, tuple[Any, int, bool, bool]] = {}
+        self._outputs: dict[str, list[dict[str, Any]]] = {}  # response id -> its output items (fake.output_items)
         return None
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
@@ -146,7 +146,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
     def on_test_stream(self, event: dict[str, Any]) -> None:
         chunk = base64.b64encode(b"\0" * int(event.get("chunk", 4096))).decode()
         message = json.dumps({"type": "response.output_audio.delta", "delta": chunk}).encode()
-        _Stream(self, message, int(event["bytes"])).start()
+        AudioStream(self, message, int(event["bytes"])).start()
 
     def on_session_update(self, event: dict[str, Any]) -> None:
         self.send_event("session.updated", session=self.session())
@@ -159,16 +159,27 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
 
     def on_input_audio_buffer_commit(self, event: dict[str, Any]) -> None:
         fake = self.factory.fake
-        self.send_event("input_audio_buffer.committed", item_id=f"item_{next(fake.ids)}")
+        item_id = f"item_{next(fake.ids)}"
+        self.send_event("input_audio_buffer.committed", item_id=item_id)
+        if not fake.transcript_after_response:
+            self._transcribe(item_id)
+        if fake.server_vad:
+            # Server VAD: the end of speech starts a response nobody asked for.
+            self._start_response(["audio"], True)
+        if fake.transcript_after_response:
+            self._transcribe(item_id)
+
+    def _transcribe(self, item_id: str) -> None:
+        fake = self.factory.fake
         if fake.transcription_usage is not None:
             usage = dict(fake.transcription_usage)
             fake.ledger.append(Billed("transcription", fake.transcription_model, usage, self.session_id))
             self.send_event(
-                "conversation.item.input_audio_transcription.completed", item_id="item", transcript=fake.transcript, usage=usage
+                "conversation.item.input_audio_transcription.completed", item_id=item_id, transcript=fake.transcript, usage=usage
             )
-        if fake.server_vad:
-            # Server VAD: the end of speech starts a response nobody asked for.
-            self._start_response(["audio"], True)
+
+    def on_conversation_item_delete(self, event: dict[str, Any]) -> None:
+        self.send_event("conversation.item.deleted", item_id=event.get("item_id"))
 
     def start_response(self, modalities: tuple[str, ...] = ("text",)) -> None:
         """Start a response nobody asked for, now (as server VAD does at the end of speech)."""
@@ -201,16 +212,39 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
             {"name": "tokens", "limit": 400000, "remaining": 399000, "reset_seconds": 0.15},
         ])
-        for word in ("Hello", "!"):
-            self.send_event("response.output_text.delta", response_id=response_id, delta=word)
         audio = "audio" in modalities
-        if audio:
-            self.send_event("response.output_audio.delta", response_id=response_id, delta="AAAA")
+        self._send_output(response_id, audio)
         if fake.response_delay > 0:
             call = self.factory.reactor.callLater(fake.response_delay, self._finish_pending, response_id, "completed")
             self._pending[response_id] = (call, number, audio, default_conversation)
         else:
             self.finish_response(response_id, number, audio, "completed")
+
+    def _send_output(self, response_id: str, audio: bool) -> None:
+        """The response's text (fake.reply_deltas), as deltas; with fake.output_items, framed by its item and part events."""
+        fake = self.factory.fake
+        deltas = fake.replies.pop(0) if fake.replies else fake.reply_deltas
+        text = "".join(deltas)
+        kind = "output_audio_transcript" if audio and fake.output_items else "output_text"
+        item_id = f"item_{next(fake.ids)}"
+        where = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+        part = {"type": "audio", "transcript": text} if kind == "output_audio_transcript" else {"type": "text", "text": text}
+        empty_part = {key: "" if key in ("text", "transcript") else value for key, value in part.items()}
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+        if fake.output_items:
+            self.send_event("response.output_item.added", response_id=response_id, output_index=0, item={**item, "status": "in_progress", "content": []})
+            self.send_event("response.content_part.added", **where, part=empty_part)
+        for piece in deltas:
+            self.send_event(f"response.{kind}.delta", **where, delta=piece)
+            if audio and fake.output_items:
+                self.send_event("response.output_audio.delta", **where, delta="AAAA")
+        if audio and not fake.output_items:
+            self.send_event("response.output_audio.delta", response_id=response_id, delta="AAAA")
+        if fake.output_items:
+            self.send_event(f"response.{kind}.done", **where, **({"transcript": text} if audio else {"text": text}))
+            self.send_event("response.content_part.done", **where, part=part)
+            self.send_event("response.output_item.done", response_id=response_id, output_index=0, item=item)
+            self._outputs[response_id] = [item]
 
     def on_response_cancel(self, event: dict[str, Any]) -> None:
         # As OpenAI: a response_id names the response; without one, the
@@ -235,49 +269,14 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         fake = self.factory.fake
         usage = response_usage(number, audio)
         fake.ledger.append(Billed("chat", self.model, usage, self.session_id))
+        output = self._outputs.pop(response_id, None)
         self.send_event(
             "response.done",
-            response={"object": "realtime.response", "id": response_id, "status": status, "usage": usage},
+            response={
+                "object": "realtime.response", "id": response_id, "status": status, "usage": usage,
+                **({"output": output} if output is not None else {}),
+            },
         )
-
-
-@implementer(IPushProducer)
-class _Stream:
-    """
-    Sends one message over and over until C{total} bytes are out, as fast
-    as the connection takes them and no faster: the fake never buffers
-    what its peer does not read.
-    """
-
-    def __init__(self, protocol: FakeRealtimeProtocol, message: bytes, total: int) -> None:
-        self._protocol = protocol
-        self._message = message
-        self._remaining = total
-        self._paused = False
-
-    def start(self) -> None:
-        # twisted.web's HTTPChannel is still registered on a taken-over transport.
-        self._protocol.transport.unregisterProducer()
-        self._protocol.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        fake = self._protocol.factory.fake
-        while not self._paused and self._remaining > 0 and self._protocol.state == self._protocol.STATE_OPEN:
-            self._protocol.sendMessage(self._message)
-            self._remaining -= len(self._message)
-            fake.streamed += len(self._message)
-        if self._remaining <= 0:
-            self._protocol.transport.unregisterProducer()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def stopProducing(self) -> None:
-        self._remaining = 0
-
-
 
 
 class FakeRealtimeFactory(WebSocketServerFactory):

@@ -108,6 +108,13 @@ class FakeState:
         self.server_vad = False
         # The text of every answer (HTTP and Realtime), in the deltas it streams in.
         self.reply_deltas: tuple[str, ...] = ("Hello", "!")
+        # The text of the next Realtime responses, one entry each, before reply_deltas applies.
+        self.replies: list[tuple[str, ...]] = []
+        # Send each input transcript after the response server VAD starts (as OpenAI usually does), not before.
+        self.transcript_after_response = False
+        # Frame each Realtime response's deltas with its item and content part events and their
+        # done events (whole text), and give response.done its output, as OpenAI does.
+        self.output_items = False
         # The transcript of each committed input audio buffer (sent when transcription is on).
         self.transcript = "hi"
         # Write "type" last in every server event (OpenAI writes it first).

@@ -1,0 +1,322 @@
+"""
+promptGuard and prompts inside live Realtime sessions, both ways: client
+events masked or refused in-protocol (with the client's event_id), input
+transcripts checked, the provider's text deltas windowed per response (a
+block cancels that response by id, its usage still metered), instructions
+enriched, model aliases on ?model=; through the openai SDK and a raw
+WebSocket client, against the fake provider.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import yaml
+from openai import OpenAI
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from agw.metering import AccessLog
+from tests.support import BACKEND_KEY, listening_fake, open_client, recv_event, registry_samples, running_gateway
+
+ENV = {"OPENAI_API_KEY": BACKEND_KEY}
+CARD = "4111 1111 1111 1111"
+
+
+def realtime_config(upstream_port: int, ai: dict[str, Any]) -> str:
+    """One Realtime (and completions) route to the fake, with C{ai} merged into its policies.ai."""
+    return yaml.safe_dump({
+        "config": {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"},
+        "binds": [{"port": 0, "listeners": [{"routes": [{
+            "backends": [{"ai": {"name": "openai", "provider": {"openAI": {}}, "hostOverride": f"127.0.0.1:{upstream_port}"}}],
+            "policies": {
+                "ai": {"routes": {"/v1/realtime": "realtime", "/v1/chat/completions": "completions"}, **ai},
+                "backendAuth": {"key": "$OPENAI_API_KEY"},
+            },
+        }]}]}],
+    })
+
+
+MASKING = {"regex": {"action": "mask", "rules": [{"builtin": "email"}, {"builtin": "ssn"}, {"builtin": "creditCard"}]}}
+FORBIDDEN = {"regex": {"action": "reject", "rules": [{"pattern": "(?i)plutonium"}]}, "rejection": {"body": "Not that topic."}}
+VOICE_AGENT = {
+    "prompts": {"prepend": [{"role": "system", "content": "You are a support agent."}]},
+    "modelAliases": {"voice": "gpt-realtime"},
+    "promptGuard": {"streaming": "Enabled", "request": [MASKING, FORBIDDEN], "response": [MASKING]},
+}
+
+
+def user_text(text: str, event_id: str | None = None) -> dict[str, Any]:
+    event = {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}
+    return {**event, "event_id": event_id} if event_id else event
+
+
+class RealtimeGuardCase(TestCase):
+    ai: dict[str, Any] = VOICE_AGENT
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.fake, upstream_port = yield listening_fake(self)
+        self.fake.output_items = True
+        self.log = io.StringIO()
+        self.gateway, _, self.port = yield running_gateway(self, realtime_config(upstream_port, self.ai), ENV, access_log=AccessLog(self.log))
+        self.url = f"ws://127.0.0.1:{self.port}/v1/realtime?model=voice"
+
+    def received(self) -> list[dict[str, Any]]:
+        """Every event the provider got, decoded."""
+        return [json.loads(payload) for payload in self.fake.received]
+
+    def received_text(self) -> str:
+        return "\n".join(payload.decode("utf-8", "replace") for payload in self.fake.received)
+
+    def session(self, script: Any) -> Any:
+        """Run C{script(ws)} with a raw WebSocket client in a thread, after session.created."""
+        def run() -> Any:
+            ws = open_client(self.url)
+            try:
+                self.assertEqual(recv_event(ws)["type"], "session.created")
+                return script(ws)
+            finally:
+                ws.close()
+
+        return deferToThread(run)
+
+    def guard_checks(self) -> dict[tuple[str, str], float]:
+        return {
+            (dict(labels)["phase"], dict(labels)["action"]): value
+            for (name, labels), value in registry_samples(self.gateway.metrics.registry).items()
+            if name == "agentgateway_guardrail_checks_total"
+        }
+
+
+def until(ws: Any, kind: str, seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Read events up to the first of C{kind} (each one read goes to C{seen})."""
+    while True:
+        event = recv_event(ws)
+        if seen is not None:
+            seen.append(event)
+        if event["type"] == kind:
+            return event
+
+
+def delivered_text(events: list[dict[str, Any]]) -> str:
+    """Everything the client was shown of the responses' text: deltas, done texts, parts, items, response.done output."""
+    return json.dumps([e for e in events if e["type"].startswith(("response.", "conversation.item."))])
+
+
+class ClientEventTests(RealtimeGuardCase):
+    @inlineCallbacks
+    def test_the_sdk_session_is_masked_before_the_provider_sees_it(self) -> Any:
+        def run() -> list[Any]:
+            client = OpenAI(api_key="sk-client", websocket_base_url=f"ws://127.0.0.1:{self.port}/v1")
+            with client.realtime.connect(model="voice") as connection:
+                connection.session.update(session={"type": "realtime", "instructions": "Escalate to boss@example.com"})
+                connection.conversation.item.create(item={
+                    "type": "message", "role": "user", "content": [{"type": "input_text", "text": "I am jo@example.com, SSN 123-45-6789"}],
+                })
+                connection.response.create(response={"instructions": "Mail ops@example.org", "output_modalities": ["text"]})
+                return [next(event for event in connection if event.type == "response.done")]
+
+        (done,) = yield deferToThread(run)
+        self.assertEqual(done.response.status, "completed")
+        text = self.received_text()
+        for secret in ("boss@example.com", "jo@example.com", "123-45-6789", "ops@example.org"):
+            self.assertNotIn(secret, text)
+        update = next(e for e in self.received() if e["type"] == "session.update" and "Escalate" in e["session"].get("instructions", ""))
+        self.assertEqual(update["session"]["instructions"], "You are a support agent.\n\nEscalate to <EMAIL_ADDRESS>")
+        item = next(e for e in self.received() if e["type"] == "conversation.item.create")
+        self.assertEqual(item["item"]["content"][0]["text"], "I am <EMAIL_ADDRESS>, SSN <SSN>")
+        create = next(e for e in self.received() if e["type"] == "response.create")
+        self.assertEqual(create["response"]["instructions"], "Mail <EMAIL_ADDRESS>")
+        self.assertEqual(self.fake.handshakes[0].uri, "/v1/realtime?model=gpt-realtime")  # modelAliases
+        self.assertEqual(self.guard_checks()[("request", "mask")], 3.0)
+
+    @inlineCallbacks
+    def test_a_forbidden_word_is_refused_with_the_clients_event_id_and_the_session_goes_on(self) -> Any:
+        def script(ws: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+            ws.send(json.dumps(user_text("Where can I buy plutonium?", "evt_client_7")))
+            error = until(ws, "error")
+            ws.send(json.dumps(user_text("Hello there")))
+            ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            return error, until(ws, "response.done")
+
+        error, done = yield self.session(script)
+        self.assertEqual(error["error"], {
+            "type": "guardrail_blocked", "code": "guardrail_intervention", "message": "Not that topic.", "param": None,
+            "event_id": "evt_client_7",
+        })
+        self.assertEqual(done["response"]["status"], "completed")
+        self.assertNotIn("plutonium", self.received_text())
+        self.assertIn("Hello there", self.received_text())
+        self.assertEqual(self.guard_checks()[("request", "reject")], 1.0)
+        [line] = [json.loads(line) for line in self.log.getvalue().splitlines() if '"realtime.guardrail"' in line]
+        self.assertEqual(
+            (line["agw.guardrail.action"], line["agw.guardrail.guard"], line["realtime.event_id"]),
+            ("reject", "promptGuard.request[1]", "evt_client_7"),
+        )
+
+    @inlineCallbacks
+    def test_a_fragmented_event_is_read_whole_and_masked(self) -> Any:
+        payload = json.dumps(user_text("card " + CARD))
+        pieces = [payload[i:i + 7] for i in range(0, len(payload), 7)]
+
+        def script(ws: Any) -> dict[str, Any]:
+            ws.send(pieces)  # one message in many frames
+            return until(ws, "conversation.item.created")
+
+        created = yield self.session(script)
+        self.assertEqual(created["item"]["content"][0]["text"], "card <CREDIT_CARD>")
+        self.assertNotIn("4111", self.received_text())
+
+    @inlineCallbacks
+    def test_a_key_written_twice_reaches_the_provider_once_as_checked(self) -> Any:
+        # Decoders disagree on which of two "item" keys counts: the provider gets the one agw checked, alone.
+        first = json.dumps(user_text("SSN 123-45-6789")["item"])
+        raw = '{"type":"conversation.item.create","item":%s,"item":%s}' % (first, json.dumps(user_text("plain")["item"]))
+
+        def script(ws: Any) -> dict[str, Any]:
+            ws.send(raw)
+            return until(ws, "conversation.item.created")
+
+        yield self.session(script)
+        self.assertNotIn("123-45-6789", self.received_text())
+
+    @inlineCallbacks
+    def test_an_unparseable_event_is_refused(self) -> Any:
+        def script(ws: Any) -> dict[str, Any]:
+            ws.send('{"type": "conversation.item.create", "item": ')
+            return until(ws, "error")
+
+        error = yield self.session(script)
+        self.assertEqual(error["error"]["code"], "guardrail_unreadable")
+        # Only agw's own session.update (prompts) reached the provider.
+        self.assertEqual([e["event_id"][:10] for e in self.received()], ["event_agw_"])
+
+    @inlineCallbacks
+    def test_audio_appends_pass_as_they_came(self) -> Any:
+        append = json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 64})
+
+        def script(ws: Any) -> None:
+            ws.send(append)
+            ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+            until(ws, "session.updated")
+
+        yield self.session(script)
+        self.assertIn(append.encode(), self.fake.received)
+
+
+class PromptTests(RealtimeGuardCase):
+    ai = {"prompts": {"prepend": [{"role": "system", "content": "Be brief."}], "append": [{"role": "system", "content": "Never promise refunds."}]}}
+
+    @inlineCallbacks
+    def test_a_session_whose_client_sets_no_instructions_gets_them_once(self) -> Any:
+        def script(ws: Any) -> None:
+            until(ws, "session.updated")  # the answer to agw's own update
+            ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            until(ws, "response.done")
+
+        yield self.session(script)
+        updates = [e for e in self.received() if e["type"] == "session.update"]
+        self.assertEqual([u["session"] for u in updates], [{"instructions": "Be brief.\n\nNever promise refunds.", "type": "realtime"}])
+
+
+class OutputTests(RealtimeGuardCase):
+    ai = {"promptGuard": {"streaming": "Enabled", "response": [
+        {"regex": {"action": "reject", "rules": [{"builtin": "creditCard"}]}},
+        {"regex": {"action": "mask", "rules": [{"builtin": "email"}]}},
+    ]}}
+
+    @inlineCallbacks
+    def test_a_card_split_over_deltas_never_reaches_the_client_and_only_its_response_is_cancelled(self) -> Any:
+        self.fake.response_delay = 30.0  # each response stays open until its cancel (or the session's end)
+        self.fake.replies = [("All ", "good, write to ", "help@example.com", " anytime."), ("Your card: 4111 11", "11 1111 ", "1111, ok?")]
+
+        def script(ws: Any) -> list[dict[str, Any]]:
+            seen: list[dict[str, Any]] = []
+            for _ in range(2):  # two concurrent out-of-band responses
+                ws.send(json.dumps({"type": "response.create", "response": {"conversation": "none", "output_modalities": ["text"]}}))
+            until(ws, "error", seen)
+            until(ws, "response.done", seen)
+            before_leaving.extend(json.loads(p) for p in list(self.fake.received))  # the client's leave cancels resp_1 too
+            return seen
+
+        before_leaving: list[dict[str, Any]] = []
+        seen = yield self.session(script)
+        blocked = next(e for e in seen if e["type"] == "error")
+        self.assertEqual((blocked["error"]["type"], blocked["error"]["response_id"]), ("guardrail_blocked", "resp_2"))
+        cancels = [e for e in before_leaving if e["type"] == "response.cancel"]
+        self.assertEqual(cancels, [{"type": "response.cancel", "response_id": "resp_2"}])
+        done = next(e for e in seen if e["type"] == "response.done")
+        self.assertEqual((done["response"]["id"], done["response"]["status"]), ("resp_2", "cancelled"))
+        shown = delivered_text(seen)
+        for digits in ("4111", "1111"):
+            self.assertNotIn(digits, shown)
+        self.assertNotIn("help@example.com", shown)
+        self.assertIn("<EMAIL_ADDRESS>", shown)
+        # Still metered: the cancelled response's usage is in the metrics, as billed.
+        billed = sum(b.usage["output_tokens"] for b in self.fake.ledger if b.operation == "chat")
+        tokens = sum(
+            value for (name, labels), value in registry_samples(self.gateway.metrics.registry).items()
+            if name == "agentgateway_gen_ai_client_token_usage_sum" and dict(labels)["gen_ai_token_type"] == "output"
+        )
+        self.assertEqual(tokens, billed)
+        self.assertEqual(self.guard_checks()[("response", "reject")], 1.0)
+
+    @inlineCallbacks
+    def test_the_whole_text_events_agree_with_the_masked_deltas(self) -> Any:
+        self.fake.reply_deltas = ("Mail me at ", "jo@exa", "mple.com", ". Bye")
+
+        def script(ws: Any) -> list[dict[str, Any]]:
+            seen: list[dict[str, Any]] = []
+            ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            until(ws, "response.done", seen)
+            return seen
+
+        seen = yield self.session(script)
+        deltas = "".join(e["delta"] for e in seen if e["type"] == "response.output_text.delta")
+        self.assertEqual(deltas, "Mail me at <EMAIL_ADDRESS>. Bye")
+        done_text = next(e for e in seen if e["type"] == "response.output_text.done")["text"]
+        self.assertEqual(done_text, deltas)
+        output = next(e for e in seen if e["type"] == "response.done")["response"]["output"]
+        self.assertEqual(output[0]["content"][0]["text"], deltas)
+        self.assertNotIn("jo@", delivered_text(seen))
+
+
+class TranscriptTests(RealtimeGuardCase):
+    ai = {"promptGuard": {"request": [{"regex": {"action": "reject", "rules": [{"builtin": "ssn"}]}}]}}
+
+    @inlineCallbacks
+    def check_blocked_turn(self) -> Any:
+        self.fake.server_vad = True
+        self.fake.response_delay = 30.0
+        self.fake.transcription_usage = {"type": "tokens", "input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+        self.fake.transcript = "my social is 123-45-6789"
+
+        def script(ws: Any) -> list[dict[str, Any]]:
+            seen: list[dict[str, Any]] = []
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"}))
+            ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            until(ws, "response.done", seen)
+            return seen
+
+        seen = yield self.session(script)
+        self.assertNotIn("123-45-6789", json.dumps(seen))
+        item_id = next(e for e in seen if e["type"] == "input_audio_buffer.committed")["item_id"]
+        error = next(e for e in seen if e["type"] == "error")
+        self.assertEqual(error["error"]["code"], "guardrail_intervention")
+        self.assertEqual(error["error"]["item_id"], item_id)
+        sent = [e for e in self.received() if e["type"] in ("response.cancel", "conversation.item.delete")]
+        self.assertIn({"type": "conversation.item.delete", "item_id": item_id}, sent)
+        self.assertIn({"type": "response.cancel", "response_id": "resp_1"}, sent)
+        done = next(e for e in seen if e["type"] == "response.done")
+        self.assertEqual(done["response"]["status"], "cancelled")
+
+    def test_a_blocked_transcript_before_its_response_starts(self) -> Any:
+        return self.check_blocked_turn()
+
+    def test_a_blocked_transcript_after_its_response_started(self) -> Any:
+        self.fake.transcript_after_response = True
+        return self.check_blocked_turn()
