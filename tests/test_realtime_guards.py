@@ -201,8 +201,8 @@ class ClientEventTests(RealtimeGuardCase):
 
         def script(ws: Any) -> None:
             ws.send(append)
-            ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
-            until(ws, "session.updated")
+            ws.send(json.dumps(user_text("after the audio")))  # in order: the append is there once this is
+            until(ws, "conversation.item.created")
 
         yield self.session(script)
         self.assertIn(append.encode(), self.fake.received)
