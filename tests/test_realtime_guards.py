@@ -320,3 +320,42 @@ class TranscriptTests(RealtimeGuardCase):
     def test_a_blocked_transcript_after_its_response_started(self) -> Any:
         self.fake.transcript_after_response = True
         return self.check_blocked_turn()
+
+
+class TranscriptHoldTests(RealtimeGuardCase):
+    ai = {"promptGuard": {"holdForTranscript": "5s", "request": [{"regex": {"action": "reject", "rules": [{"builtin": "ssn"}]}}]}}
+
+    def turn(self, transcript: str) -> Any:
+        self.fake.server_vad = True
+        self.fake.transcript_after_response = True  # as OpenAI: the answer starts before the transcript is known
+        self.fake.transcription_usage = {"type": "tokens", "input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+        self.fake.transcript = transcript
+
+        def script(ws: Any) -> list[dict[str, Any]]:
+            seen: list[dict[str, Any]] = []
+            ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            until(ws, "conversation.item.input_audio_transcription.completed" if "123" not in transcript else "error", seen)
+            ws.send(json.dumps(user_text("marker")))
+            until(ws, "conversation.item.created", seen)
+            return seen
+
+        return self.session(script)
+
+    @inlineCallbacks
+    def test_the_answer_waits_for_a_transcript_that_passes(self) -> Any:
+        seen = yield self.turn("what time is it")
+        kinds = [e["type"] for e in seen]
+        # The transcript first, then the whole answer (held until then), audio included.
+        at = kinds.index("conversation.item.input_audio_transcription.completed")
+        self.assertEqual(kinds[at + 1], "response.created")
+        self.assertIn("response.output_audio.delta", kinds[at:])
+        self.assertIn("response.done", kinds[at:])
+
+    @inlineCallbacks
+    def test_an_answer_to_a_blocked_transcript_never_reaches_the_client(self) -> Any:
+        self.fake.response_delay = 30.0
+        seen = yield self.turn("my ssn is 123-45-6789")
+        kinds = [e["type"] for e in seen]
+        self.assertNotIn("response.created", kinds)
+        self.assertFalse([k for k in kinds if k.startswith("response.")])
+        self.assertIn({"type": "response.cancel", "response_id": "resp_1"}, self.received())

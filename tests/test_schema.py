@@ -74,6 +74,7 @@ binds:
           promptGuard:
             streaming: Enabled
             holdChars: 32
+            holdForTranscript: 3s
             request:
             - regex: {{action: mask, rules: [{{builtin: email}}, {{pattern: "secret-[0-9]+"}}]}}
               scope: [systemPrompt, messages, toolInput, toolOutput]

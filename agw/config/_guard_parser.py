@@ -58,6 +58,7 @@ class GuardParser(BaseParser):
             response=self.items(spec.get("response"), path + ("response",), self.response_guard),
             streaming=streaming == "Enabled",
             hold_chars=hold,
+            hold_for_transcript=self.guard_timeout(spec["holdForTranscript"], path + ("holdForTranscript",)) if "holdForTranscript" in spec else 0.0,
         )
 
     def request_guard(self, value: Any, path: Path, index: int) -> Guard:

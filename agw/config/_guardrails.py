@@ -190,6 +190,8 @@ class PromptGuard:
     response: tuple[Guard, ...] = ()
     streaming: bool = False
     hold_chars: int = 64
+    # agw's holdForTranscript: seconds a server-VAD response waits for its turn's transcript to pass (0: not held).
+    hold_for_transcript: float = 0.0
 
     def __bool__(self) -> bool:
         return bool(self.request or self.response)

@@ -133,6 +133,10 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
             "agw's own: characters of a streamed answer's newest text held back so a match split across deltas "
             "is caught (default 64)"
         )},
+        "holdForTranscript": text(
+            "agw's own: hold a server-VAD response until its turn's transcript passes the request guards, at most this "
+            "long (a duration such as 3s; default: not held)"
+        ),
     }, (), "Guards on requests and responses (streaming: Enabled guards streamed answers too)."),
     "requestGuard": ({
         "regex": ref("regexGuard"), "webhook": ref("webhook"), "openAIModeration": ref("openAIModeration"),

@@ -39,6 +39,7 @@ from agw.guardrails import (
 from agw.metering import RealtimeSession, decode_event
 from agw.realtime._ordered import Messages
 from agw.realtime._output_guard import OutputGuard, Recorder
+from agw.realtime._turn_hold import TurnHold
 from agw.routing import RouteContext
 
 # Runs guards over slots (masking them in place): regex at once, guard backends later.
@@ -61,7 +62,7 @@ def session_guard(context: RouteContext, session: RealtimeSession, runner: Guard
                 },
             )
 
-    return SessionGuard(policies, record, runner or regex_runner)
+    return SessionGuard(policies, record, runner or regex_runner, context.reactor)
 
 
 def regex_runner(guards: tuple[Guard, ...], slots: list[Slot], phase: str) -> GuardOutcome:
@@ -72,7 +73,7 @@ def regex_runner(guards: tuple[Guard, ...], slots: list[Slot], phase: str) -> Gu
 class SessionGuard:
     """The guards of one session; the legs call L{check_client} and L{check_server} for each message they relay."""
 
-    def __init__(self, policies: Policies, record: Recorder, runner: GuardRunner = regex_runner) -> None:
+    def __init__(self, policies: Policies, record: Recorder, runner: GuardRunner = regex_runner, clock: Any = None) -> None:
         guard = policies.prompt_guard
         self._request = guard.request
         # The provider's output is a stream: response guards read it when streaming is on (as agentgateway).
@@ -83,6 +84,7 @@ class SessionGuard:
         # An event agw cannot parse cannot be checked: refused unless every request guard fails open.
         self._refuse_unparseable = any(g.regex is not None or g.failure_mode is FailureMode.FAIL_CLOSED for g in self._request)
         self.output = OutputGuard(self._response, guard.hold_chars, record, self)
+        self.turns = TurnHold(guard.hold_for_transcript if self._request else 0.0, clock, self._hold_expired)
         self._turn_item: str | None = None  # the input audio item last committed
         self._turn_of: dict[str, str] = {}  # response id -> the input item whose turn started it
         self._blocked_turns: dict[str, Rejection] = {}  # input items blocked before their turn's response began
@@ -109,13 +111,13 @@ class SessionGuard:
         return bool(self._response) and (kind in OUTPUT_DELTAS or kind in OUTPUT_WHOLE)
 
     @property
-    def blocked(self) -> set[str]:
-        """The responses a guard stopped (their events are dropped, their usage still read)."""
-        return self.output.blocked
+    def blocked(self) -> bool:
+        """Whether some responses' events are to be found by id (blocked, or held for a transcript)."""
+        return bool(self.output.blocked or self.turns.held)
 
     def blocks_head(self, head: bytes) -> bool:
         """Whether a provider message whose first bytes are C{head} names a blocked response (its audio is dropped too)."""
-        return any(response_id.encode() in head for response_id in self.output.blocked)
+        return any(response_id.encode() in head for response_id in (*self.output.blocked, *self.turns.held))
 
     # Client to provider.
 
@@ -174,12 +176,17 @@ class SessionGuard:
         response_id = response_of(event)
         if response_id is not None and response_id in self.output.blocked:
             return self.output.blocked_event(kind, response_id, event, self._finish_response)
+        if self.turns.add(response_id, payload, is_binary):
+            return ()  # its turn's transcript is awaited
         if kind == "session.created":
             self._session_created(event)
         elif kind == "input_audio_buffer.committed":
             self._turn_item = event.get("item_id") if isinstance(event.get("item_id"), str) else None
+            if self._turn_item is not None:
+                self.turns.committed(self._turn_item)
         elif kind == "response.created" and response_id is not None and self._turn_item is not None:
-            self._turn_started(response_id)
+            if self._turn_started(response_id, payload):
+                return ()
         elif kind == INPUT_TRANSCRIPT and self._request:
             return self._check_transcript(event, payload)
         elif self._response and kind in OUTPUT_DELTAS:
@@ -190,14 +197,37 @@ class SessionGuard:
             self._finish_response(response_id)
         return [(payload, False)]
 
-    def _turn_started(self, response_id: str) -> None:
-        """The response server VAD started for the last committed audio: stopped at once if its transcript was blocked."""
+    def _turn_started(self, response_id: str, payload: bytes) -> bool:
+        """
+        The response server VAD started for the last committed audio: stopped
+        at once if its transcript was blocked, held (C{True}) if it is awaited.
+        """
         turn, self._turn_item = self._turn_item, None
         assert turn is not None
         if turn in self._blocked_turns:
             self.output.block(response_id, self._blocked_turns.pop(turn), notify=False)
-        else:
-            self._turn_of[response_id] = turn
+            return False
+        self._turn_of[response_id] = turn
+        if not self.turns.awaits(turn):
+            return False
+        self.turns.hold(response_id, payload)
+        return True
+
+    def _replay(self, messages: Messages) -> list[tuple[bytes, bool]]:
+        """Held messages of a response, through the output guards now."""
+        out: list[tuple[bytes, bool]] = []
+        for payload, is_binary in messages:
+            out.extend(self.check_server(payload, is_binary))  # type: ignore[arg-type]  # never a transcript: no Deferred
+        return out
+
+    def _hold_expired(self, response_id: str, messages: Messages) -> None:
+        """No transcript came in time (transcription off, or slow): the response goes to the client after all."""
+        for payload, _ in self._replay(messages):
+            self.to_client(payload)
+
+    def stop(self) -> None:
+        """The session ended: timers stop."""
+        self.turns.stop()
 
     def _session_created(self, event: dict[str, Any]) -> None:
         """C{prompts} reach a session whose client sets no instructions: agw sets them once, enriched."""
@@ -218,12 +248,18 @@ class SessionGuard:
 
         def decided(outcome: GuardOutcome) -> Messages:
             self._note(outcome, "request", {"realtime.event": INPUT_TRANSCRIPT, "realtime.item_id": item_id})
-            if outcome.rejection is None:
-                return [(encode(event) if outcome.masked else payload, False)]
-            # The provider heard it: stop what it says in answer, and take the item out of the conversation.
+            self.turns.checked(item_id)
             answered = [response_id for response_id, turn in self._turn_of.items() if turn == item_id]
+            if outcome.rejection is None:
+                out = [(encode(event) if outcome.masked else payload, False)]
+                for response_id in answered:
+                    out.extend(self._replay(self.turns.take(response_id)))
+                return out
+            # The provider heard it: stop what it says in answer, and take the item out of the conversation.
             for response_id in answered:
-                self.output.block(response_id, outcome.rejection, notify=False)
+                held = response_id in self.turns.held
+                self.turns.take(response_id)
+                self.output.block(response_id, outcome.rejection, notify=False, silent=held)
             if not answered and item_id is not None and item_id == self._turn_item:
                 self._blocked_turns[item_id] = outcome.rejection  # its response is not under way yet
             if item_id is not None:

@@ -48,6 +48,7 @@ class OutputGuard:
         self._legs = legs
         self._streams: dict[tuple[Any, ...], TextStream] = {}
         self.blocked: set[str] = set()
+        self.silent: set[str] = set()
 
     def forget(self, response_id: str) -> None:
         """C{response_id} is over: drop what its streams still held."""
@@ -110,11 +111,13 @@ class OutputGuard:
         if response_id is not None:
             self.block(response_id, stream.rejection)
 
-    def block(self, response_id: str, rejection: Rejection | None, notify: bool = True) -> None:
+    def block(self, response_id: str, rejection: Rejection | None, notify: bool = True, silent: bool = False) -> None:
         """Stop C{response_id}: the client is told, the provider cancels it (by id), the rest of it is dropped."""
         if response_id in self.blocked:
             return
         self.blocked.add(response_id)
+        if silent:  # the client never saw it begin: nothing of it, its response.done included
+            self.silent.add(response_id)
         self.forget(response_id)
         if notify:
             self._legs.to_client(guardrail_error(rejection_text(rejection), response_id=response_id))
@@ -123,6 +126,11 @@ class OutputGuard:
     def blocked_event(self, kind: Any, response_id: str, event: dict[str, Any], finished: Callable[[str], None]) -> Messages:
         """An event of a blocked response: dropped, but for its C{response.done} (usage; the client's end of it), emptied of text."""
         if kind != "response.done":
+            return ()
+        if response_id in self.silent:
+            self.silent.discard(response_id)
+            self.blocked.discard(response_id)
+            finished(response_id)
             return ()
         for holder, key in whole_text_holders(event):
             holder[key] = ""

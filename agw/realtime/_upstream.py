@@ -203,6 +203,8 @@ class UpstreamProtocol(RealtimeUsageMixin, RelayLeg, WebSocketClientProtocol):
             self.close(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         if self._draining is not None:
             self._stop_drain_timer()
             if self.usage_sink is not None:
