@@ -54,11 +54,15 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def start_fake(capture_output: bool = False) -> tuple[subprocess.Popen, int]:
-    """The fake upstream in its own process; with C{capture_output}, its standard output (its connection count at exit) is kept for C{communicate()}."""
+def start_fake(capture_output: bool = False, reply_words: int = 0) -> tuple[subprocess.Popen, int]:
+    """
+    The fake upstream in its own process; with C{capture_output}, its standard output (its connection count at exit) is
+    kept for C{communicate()}; with C{reply_words}, every answer is that many words, one delta each.
+    """
     port = free_port()
     output = {"stdout": subprocess.PIPE, "text": True} if capture_output else {}
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port)], cwd=REPO, **output)
+    words = [str(reply_words)] if reply_words else []
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "serve_fake.py"), str(port), *words], cwd=REPO, **output)
     wait_port(port)
     return proc, port
 

@@ -73,9 +73,9 @@ class Client(WebSocketClientProtocol):
         return d
 
 
-def connect(port: int) -> defer.Deferred[Client]:
+def connect(port: int, protocol: type[Client] = Client) -> defer.Deferred[Client]:
     factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/v1/realtime?model=bench", headers={"Authorization": "Bearer sk-client"})
-    factory.protocol = Client
+    factory.protocol = protocol
     factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
     factory.opened = defer.Deferred()
     TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory).addErrback(factory.opened.errback)
