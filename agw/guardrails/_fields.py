@@ -63,3 +63,13 @@ def unguarded_types(policies: Policies) -> list[str]:
         return []
     types = {route_type for _, route_type in policies.ai_routes} or {RouteType.COMPLETIONS}
     return sorted(route_type.value for route_type in types - GUARDED_TYPES)
+
+
+def unguarded_streams(policies: Policies) -> bool:
+    """
+    Whether a route's response guards leave its streamed answers alone
+    (C{promptGuard.streaming} Disabled, agentgateway's default), for a
+    warning: they then read JSON answers only.
+    """
+    guard = policies.prompt_guard
+    return bool(guard.response) and not guard.streaming

@@ -1,7 +1,8 @@
 """
 Response bodies on their way to the client: written as they arrive, with
 back pressure, watched for usage (L{agw.metering.Watcher}) without holding
-them whole, and cut off when they go silent.
+them whole, guarded when the route has response guards, and cut off when
+they go silent.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from twisted.web.server import Request
 
+from agw.http._response_guard import AnswerGuard
 from agw.metering import UsageChunkRemover, Watcher
 from agw.routing import client_gone
 
@@ -21,20 +24,23 @@ from agw.routing import client_gone
 class BodyRelay(Protocol):
     """
     Writes an upstream body to the client's request as it arrives (through
-    C{remover}, when there is one). The
+    C{remover}, then C{guard}, when there are). The
     upstream body is the producer of the client's connection, so a client
     that reads slowly slows the upstream down instead of growing memory.
     C{done} fires with the exception that ended the body (C{ResponseDone}
-    when it is complete).
+    when it is complete). A guard may end the client's answer early (a
+    blocked stream): the body is then read to its end for its usage.
     """
 
     def __init__(
         self, request: Request, watcher: Watcher | None, first_byte: Callable[[], None],
         remover: UsageChunkRemover | None = None, clock: IReactorTime | None = None, idle_timeout: float = 0.0,
+        guard: AnswerGuard | None = None,
     ) -> None:
         self._request = request
         self._watcher = watcher
         self._remover = remover
+        self._guard = guard
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._idle: IDelayedCall | None = None
@@ -64,7 +70,24 @@ class BodyRelay(Protocol):
             self._watcher.feed(data)
         if self._remover is not None:
             data = self._remover.feed(data)
+        if self._guard is not None:
+            data = self._guard.feed(data)
         self._write(data)
+        if self._guard is not None and self._guard.ended:
+            self._client_done()
+
+    def _client_done(self) -> None:
+        """
+        The client's answer is complete though the upstream body is not:
+        finish it, and stop pacing the upstream by a client that no longer
+        reads (or that leaves): the rest is read for its usage only.
+        """
+        request = self._request
+        if request.producer is not None and request.channel is not None:
+            request.unregisterProducer()
+            self.transport.resumeProducing()  # the client may have paused it
+        if not request.finished and not client_gone(request):
+            request.finish()
 
     def _write(self, data: bytes) -> None:
         if data and not self._request.finished and not client_gone(self._request):
@@ -78,7 +101,9 @@ class BodyRelay(Protocol):
             self._request.unregisterProducer()
         if self._watcher is not None:
             self._watcher.finish()
-        if self._remover is not None:
-            self._write(self._remover.finish())
+        tail = self._remover.finish() if self._remover is not None else b""
+        if self._guard is not None:
+            tail = self._guard.feed(tail) + self._guard.finish(isinstance(reason.value, ResponseDone))
+        self._write(tail)
         # A Failure passed to callback() would become an errback.
         self.done.callback(reason.value)

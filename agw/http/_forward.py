@@ -29,6 +29,7 @@ from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
 from agw.http._request_body import BytesBodyProducer, Refused
+from agw.http._response_guard import answer_guard
 from agw.metering import (
     HTTPExchange,
     JSONWatcher,
@@ -186,14 +187,17 @@ class HTTPForwarder(Resource):
         watcher = self._watcher(response, exchange.report)
         exchange.streamed = isinstance(watcher, SSEWatcher)
         remover = UsageChunkRemover() if exchange.streamed and exchange.hide_stream_usage else None
-        if isinstance(response.length, int) and remover is None:
+        guard = answer_guard(
+            self._type, self._context.policies.prompt_guard, request, response, exchange, self._client.options.max_json_body,
+        )
+        if isinstance(response.length, int) and remover is None and guard is None:
             request.setHeader(b"content-length", b"%d" % response.length)
 
         def first_byte() -> None:
             exchange.first_byte_at = self._reactor.seconds()
 
         relay = BodyRelay(
-            request, watcher, first_byte, remover, self._reactor, self._client.options.body_idle_timeout,
+            request, watcher, first_byte, remover, self._reactor, self._client.options.body_idle_timeout, guard,
         )
         response.deliverBody(relay)
         reason = await relay.done
@@ -203,7 +207,8 @@ class HTTPForwarder(Resource):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
             else:
                 request.finish()
-        self._record(method, response.code, exchange)
+        # A guard may have answered in the provider's place (a rejection): the client's status is recorded.
+        self._record(method, response.code if guard is None else request.code, exchange)
 
     def _exchange(self, request: Request) -> HTTPExchange:
         operation = self._parsed[1] if self._parsed else None

@@ -60,6 +60,8 @@ class HTTPExchange:
     reservation: Reservation = NO_RESERVATION
     # What each guard did, as (phase, index in promptGuard.<phase>, action): allow, mask, reject or failOpen.
     guard_checks: tuple[tuple[str, int, str], ...] = ()
+    # The provider's status when the client got another (a response guard replaced the answer): what it billed counts.
+    upstream_status: int | None = None
 
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
@@ -90,7 +92,8 @@ class HTTPExchange:
             for phase, _, action in self.guard_checks:
                 metrics.record_guardrail(route, phase, action, self.who)
             fields.update(guard_fields(self.guard_checks))
-        priced = models is not None and usage is not None and 200 <= status < 300
+        billed = status if self.upstream_status is None else self.upstream_status
+        priced = models is not None and usage is not None and 200 <= billed < 300
         cost = metrics.record_tokens(route, models, usage, self.who) if priced else None  # type: ignore[arg-type]
         log.emit("http", route, models, **fields, **cost_fields(cost))
         first = self.first_byte_at
@@ -103,7 +106,7 @@ class HTTPExchange:
         if usage is not None and priced:  # charged through what admission held (nothing without budgets)
             self.reservation.settle(cost, usage.input + usage.output)
         self.reservation.release()
-        if models is None or not 200 <= status < 300:
+        if models is None or not 200 <= billed < 300:
             return
         metrics.record_llm_timing(
             route, models, duration,

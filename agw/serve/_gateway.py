@@ -15,7 +15,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from agw.config import Bind, ClientKey, GatewayConfig, Listener, Route, RouteType, load_config
-from agw.guardrails import unguarded_types
+from agw.guardrails import unguarded_streams, unguarded_types
 from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
@@ -259,6 +259,12 @@ class Gateway:
             self.log.warn(
                 "route {route}: promptGuard checks completions, responses and Realtime only; its {types} traffic is not guarded",
                 route=route.name, types=", ".join(unguarded),
+            )
+        if unguarded_streams(route.policies):
+            self.log.warn(
+                "route {route}: promptGuard.response reads JSON answers only; streamed (SSE) answers are not guarded"
+                " unless promptGuard.streaming is Enabled",
+                route=route.name,
             )
         backend = route.backends[0]
         target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header)
