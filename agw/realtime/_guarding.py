@@ -21,18 +21,19 @@ from twisted.internet.defer import Deferred
 from agw.config import FailureMode, Guard, Policies, Rejection
 from agw.guardrails import (
     ALLOW,
-    GuardOutcome,
-    Slot,
-    guard_slots,
     GUARDED_CLIENT_EVENTS,
-    encode,
-    guardrail_error,
-    rejection_text,
     INPUT_TRANSCRIPT,
     OUTPUT_DELTAS,
     OUTPUT_WHOLE,
+    GuardOutcome,
+    Slot,
     client_event_slots,
+    encode,
     enriched_instructions,
+    guard_slots,
+    guardrail_error,
+    has_regex,
+    rejection_text,
     response_of,
     transcript_slots,
 )
@@ -76,8 +77,8 @@ class SessionGuard:
     def __init__(self, policies: Policies, record: Recorder, runner: GuardRunner = regex_runner, clock: Any = None) -> None:
         guard = policies.prompt_guard
         self._request = guard.request
-        # The provider's output is a stream: response guards read it when streaming is on (as agentgateway).
-        self._response = guard.response if guard.streaming else ()
+        # The provider's output is a stream: regex response guards read it when streaming is on (as agentgateway).
+        self._response = guard.response if guard.streaming and has_regex(guard.response) else ()
         self._prompts = policies.prompts
         self._record = record
         self._runner = runner
