@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agw.config import Policies, Secret
 from agw.routing import client_response_headers, upstream_headers
-from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, open_client, recv_event
+from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, open_client, raw_exchange, recv_event
 
 CHOSEN_BY_CLIENT = {
     "Authorization": f"Bearer {CLIENT_KEY}",
@@ -74,6 +74,21 @@ class ForwardedHeadersTests(GatewayTestCase):
         self.assertEqual(seen["authorization"], f"Bearer {BACKEND_KEY}")
         self.assertEqual(seen["x-forwarded-for"], "127.0.0.1")
         self.assertEqual(seen["x-request-id"], "req-1")
+
+    @inlineCallbacks
+    def test_an_answer_without_content_encoding_gets_none(self) -> Any:
+        # Twisted's ContentDecoderAgent sets an empty Content-Encoding on an answer that had none;
+        # passed on, it makes clients (treq among them) treat the body as encoded and hide its length.
+        raw = yield deferToThread(raw_exchange, self.port, (
+            b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 31\r\n'
+            b'Connection: close\r\n\r\n{"model": "m", "messages": []}\n'
+        ))
+        head = raw.split(b"\r\n\r\n", 1)[0].lower()
+        self.assertIn(b"200 ok", head.split(b"\r\n")[0])
+        self.assertNotIn(b"content-encoding", head)
+        # One Date and one Server: the gateway's, as nginx (the provider's are dropped).
+        self.assertEqual([line.split(b":")[0] for line in head.split(b"\r\n")].count(b"date"), 1)
+        self.assertEqual([line.split(b":")[0] for line in head.split(b"\r\n")].count(b"server"), 1)
 
     @inlineCallbacks
     def test_realtime_handshake(self) -> Any:

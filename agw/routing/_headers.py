@@ -69,11 +69,20 @@ def upstream_headers(
     return headers
 
 
+# The gateway writes its own Date and Server; the provider's are dropped (as nginx's proxy_hide_header).
+_GATEWAY_OWN = frozenset({"date", "server"})
+
+
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """
     The provider's response headers (lower-case names) the client gets:
-    all but hop-by-hop headers and those its C{Connection} lists.
+    all but hop-by-hop headers, those its C{Connection} lists, and its
+    C{Date} and C{Server} (the gateway sends its own).
     """
     upstream = list(upstream)
-    dropped = HOP_BY_HOP | connection_listed(upstream)
-    return [(name, value) for name, value in upstream if name not in dropped]
+    dropped = HOP_BY_HOP | connection_listed(upstream) | _GATEWAY_OWN
+    return [
+        (name, value) for name, value in upstream
+        # Twisted's gzip decoding leaves an empty Content-Encoding on an answer that had none.
+        if name not in dropped and not (name == "content-encoding" and not value.strip())
+    ]
