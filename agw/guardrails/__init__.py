@@ -2,7 +2,8 @@
 agw's content policies: C{policies.ai.overrides}, C{defaults},
 C{modelAliases}, C{prompts} and the guards of C{policies.ai.promptGuard}
 (request and response), applied to parsed bodies, Realtime events and
-streams of text. Pure code (no I/O): the HTTP forwarder and the Realtime
+streams of text, and what guard backends (webhook, OpenAI moderation) are
+sent and what their answers mean. Pure code (no I/O): the HTTP forwarder and the Realtime
 relay call it and answer what it decides.
 """
 
@@ -12,6 +13,7 @@ from agw.guardrails._apply import (
     MASK,
     REJECT,
     SYSTEM_ROLES,
+    UNAVAILABLE,
     GuardCheck,
     GuardOutcome,
     Slot,
@@ -24,6 +26,18 @@ from agw.guardrails._apply import (
     item_slots,
     text_slots,
 )
+from agw.guardrails._backends import (
+    REQUEST,
+    RESPONSE,
+    BadAnswer,
+    Verdict,
+    forwarded_headers,
+    in_scope,
+    moderation_payload,
+    moderation_verdict,
+    webhook_payload,
+    webhook_verdict,
+)
 from agw.guardrails._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_types
 from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS, Recognizer, luhn_valid
 from agw.guardrails._window import TextStream, guard_text, mask_before
@@ -32,5 +46,6 @@ __all__ = [
     "ALLOW", "FAIL_OPEN", "GuardCheck", "GuardOutcome", "MASK", "PATTERN_TOKEN", "RECOGNIZERS", "REJECT", "Recognizer",
     "SYSTEM_ROLES", "Slot", "TextStream", "add_prompts", "apply_fields", "apply_rule", "check_regex", "content_slots",
     "guard_request", "guard_slots", "guard_text", "item_slots", "mask_before", "resolve_alias", "luhn_valid", "text_slots",
-    "GUARDED_TYPES", "unguarded_types",
+    "GUARDED_TYPES", "unguarded_types", "UNAVAILABLE", "REQUEST", "RESPONSE", "BadAnswer", "Verdict", "forwarded_headers",
+    "in_scope", "moderation_payload", "moderation_verdict", "webhook_payload", "webhook_verdict",
 ]
