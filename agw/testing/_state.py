@@ -108,6 +108,8 @@ class FakeState:
         self.server_vad = False
         # The text of every answer (HTTP and Realtime), in the deltas it streams in.
         self.reply_deltas: tuple[str, ...] = ("Hello", "!")
+        # POST /v1/moderations flags a text that holds one of these (case-insensitive).
+        self.moderation_flag_words: set[str] = set()
         # The transcript of each committed input audio buffer (sent when transcription is on).
         self.transcript = "hi"
         # Write "type" last in every server event (OpenAI writes it first).
