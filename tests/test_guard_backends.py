@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import treq
+import yaml
 from openai import OpenAI, PermissionDeniedError
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
@@ -26,7 +27,7 @@ from agw.guardrails import BadAnswer, Slot, Verdict, forwarded_headers, moderati
 from agw.http import GuardCallFailed, GuardCalls, check_guards, check_response_texts
 from agw.metering import AccessLog
 from agw.testing import FakeGuardrailWebhook, TestCA
-from tests.support import BACKEND_KEY, free_port, listening_fake, registry_samples, running_gateway, wait_until
+from tests.support import BACKEND_KEY, CLIENT_KEY, free_port, listening_fake, registry_samples, running_gateway, wait_until
 from tests.test_guardrails import ENV, config_text
 
 
@@ -312,6 +313,21 @@ class WebhookGatewayTests(GatewayBackendCase):
         for call in (first, second):
             self.assertNotIn(BACKEND_KEY, json.dumps(call.headers))
         self.assertEqual(self.upstream()[0].headers["authorization"], f"Bearer {BACKEND_KEY}")
+
+    @inlineCallbacks
+    def test_a_client_key_of_agw_is_never_forwarded_even_when_named(self) -> Any:
+        # With an apiKey policy the client's Authorization is agw's credential (docs/security.md).
+        data = yaml.safe_load(config_text(self.upstream_port, {"promptGuard": {"request": [webhook_guard(self.host, forwardHeaderMatches=[
+            {"name": "authorization", "value": {"regex": ".*"}}, {"name": "x-tenant", "value": {"regex": ".*"}},
+        ])]}}))
+        data["binds"][0]["listeners"][0]["routes"][0]["policies"]["apiKey"] = {"mode": "strict", "keys": [{"key": CLIENT_KEY}]}
+        self.gateway, _, self.port = yield running_gateway(self, yaml.safe_dump(data), ENV, access_log=AccessLog(self.log))
+        response, _ = yield self.chat("hi", Authorization=f"Bearer {CLIENT_KEY}", **{"X-Tenant": "acme"})
+        self.assertEqual(response.code, 200)
+        [call] = self.webhook.calls
+        self.assertEqual(call.headers.get("x-tenant"), "acme")
+        self.assertNotIn("authorization", call.headers)
+        self.assertNotIn(CLIENT_KEY, json.dumps(call.headers))
 
     @inlineCallbacks
     def test_a_webhook_that_hangs_fails_closed_with_503(self) -> Any:

@@ -27,7 +27,7 @@ from agw.config import RouteType
 from agw.http._admission import admit
 from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
-from agw.http._prepare import GuardRejected, plain_headers, prepare_json, write_rejection
+from agw.http._prepare import GuardRejected, prepare_json, write_rejection
 from agw.http._request_body import BytesBodyProducer, Refused
 from agw.metering import (
     HTTPExchange,
@@ -51,6 +51,7 @@ from agw.routing import (
     client_gone,
     client_host,
     client_response_headers,
+    guard_headers,
     presented_key,
     render_error,
     upstream_headers,
@@ -66,6 +67,14 @@ _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
 
 def _header(request: Request, name: bytes) -> str | None:
     return value.decode("latin-1") if (value := request.getHeader(name)) is not None else None
+
+
+def _client_headers(request: Request) -> list[tuple[str, str]]:
+    return [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    ]
 
 
 def _tls_failed(error: Exception) -> str | None:
@@ -221,11 +230,7 @@ class HTTPForwarder(Resource):
         return HTTPExchange(request.path, now, operation, client=peer_address(request.getClientAddress()), span=span)
 
     async def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
-        """
-        The body to send upstream; notes the request model (and stream usage
-        injection) on C{exchange}. Waits for guards that call out; a client
-        that leaves meanwhile cancels them (CancelledError).
-        """
+        """The body to send upstream (after guards that call out: a client leaving cancels them); notes the model on C{exchange}."""
         content = request.content
         content.seek(0, 2)
         size = content.tell()
@@ -242,20 +247,15 @@ class HTTPForwarder(Resource):
         limit = self._client.options.max_json_body
         if size > limit:
             raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
-        headers = plain_headers(request) if self._calls_out else None
+        headers = guard_headers(_client_headers(request), self._context.policies) if self._calls_out else None
         data = prepare_json(content.read(), self._type, self._context, exchange, headers)
         if isinstance(data, Deferred):  # a guard calls out: wait for it, unless the client leaves first
-            preparing = data
-            request.notifyFinish().addErrback(lambda _: preparing.cancel())
-            data = await preparing
+            request.notifyFinish().addErrback(lambda _, preparing=data: preparing.cancel())
+            data = await data
         return BytesBodyProducer(data)
 
     def _headers(self, request: Request, traceparent: str | None = None) -> Headers:
-        client = [
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
+        client = _client_headers(request)
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
             client, self._context.policies, also_drop=("accept-encoding",), client_address=client_host(request),

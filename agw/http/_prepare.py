@@ -89,14 +89,6 @@ def _finish(body: dict[str, Any], route_type: RouteType, exchange: HTTPExchange,
     return json.dumps(body).encode() if changed else raw
 
 
-def plain_headers(request: Request) -> dict[str, str]:
-    """The client's headers as lower-case name -> value (a header sent more than once: its values joined with ", ")."""
-    return {
-        name.decode("latin-1").lower(): ", ".join(value.decode("latin-1") for value in values)
-        for name, values in request.requestHeaders.getAllRawHeaders()
-    }
-
-
 def write_rejection(request: Request, rejection: Rejection) -> None:
     """Answer C{request} with C{rejection}: its body as configured, else an OpenAI-shaped error with agentgateway's text."""
     request.setResponseCode(rejection.status)

@@ -20,6 +20,7 @@ from agw.routing._headers import (
     HOP_BY_HOP,
     client_response_headers,
     connection_listed,
+    guard_headers,
     upstream_headers,
 )
 from agw.routing._target import BadTarget, OriginTarget, normalise_path, parse_target
@@ -29,6 +30,6 @@ from agw.routing._tree import BindResource, RoutedRoute, route_type_for
 __all__ = [
     "CREDENTIALS", "FORWARDING", "HOP_BY_HOP", "OPENAI_HOST", "BackendTarget", "BadTarget", "BindResource",
     "ConnectionTracker", "ErrorResource", "GuardRunner", "KeyCheck", "KeyRefused", "NoDeployment", "OriginTarget", "RouteContext", "RoutedRoute", "TrustRootError",
-    "client_gone", "client_host", "client_response_headers", "connection_listed", "error_body", "model_matches", "normalise_path",
+    "client_gone", "client_host", "client_response_headers", "connection_listed", "error_body", "guard_headers", "model_matches", "normalise_path",
     "parse_target", "presented_key", "read_trust_root", "render_error", "route_type_for", "upstream_headers",
 ]
