@@ -22,10 +22,13 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 
-from agw.config import Builtin, FailureMode, Guard, HeaderMatch, Moderation, RegexGuard, RegexRule, Rejection, Scope, Webhook
+from agw import Gateway
+from agw.config import Builtin, ConfigError, FailureMode, Guard, HeaderMatch, Moderation, RegexGuard, RegexRule, Rejection, Scope, Webhook, parse_config
 from agw.guardrails import BadAnswer, Slot, Verdict, forwarded_headers, moderation_verdict, webhook_payload, webhook_verdict
 from agw.http import GuardCallFailed, GuardCalls, check_guards, check_response_texts
 from agw.metering import AccessLog
+from agw.routing import TrustRootError
+from agw.serve._options import check_files
 from agw.testing import FakeGuardrailWebhook, TestCA
 from tests.support import BACKEND_KEY, CLIENT_KEY, free_port, listening_fake, registry_samples, running_gateway, wait_until
 from tests.test_guardrails import ENV, config_text
@@ -120,6 +123,40 @@ class WebhookAnswerTests(SynchronousTestCase):
         outcome = self.successResultOf(checking)  # fired already: callers can stay synchronous
         self.assertEqual([(c.index, c.action, c.kind) for c in outcome.checks], [(0, "mask", "regex")])
         self.assertEqual(texts_of(sent), ["mail <EMAIL_ADDRESS>"])
+
+
+class BackendConfigTests(SynchronousTestCase):
+    def guard(self, spec: dict[str, Any]) -> Guard:
+        config = parse_config(config_text(1, {"promptGuard": {"request": [spec]}}), ENV)
+        return config.binds[0].listeners[0].routes[0].policies.prompt_guard.request[0]
+
+    def test_webhook_and_moderation_fields(self) -> None:
+        guard = self.guard(webhook_guard("127.0.0.1:9", timeout="250ms", failureMode="failOpen"))
+        self.assertEqual((guard.kind, guard.webhook.timeout, guard.failure_mode), ("webhook", 0.25, FailureMode.FAIL_OPEN))
+        self.assertEqual(self.guard(webhook_guard("127.0.0.1:9")).failure_mode, FailureMode.FAIL_CLOSED)
+        guard = self.guard({"openAIModeration": {"policies": {"backendAuth": {"key": "sk-m"}}}})
+        self.assertEqual((guard.moderation.url, guard.moderation.key.value), ("https://api.openai.com/v1/moderations", "sk-m"))
+        self.assertEqual(guard.failure_mode, FailureMode.FAIL_OPEN)
+
+    def test_what_the_moderation_call_cannot_honour_is_refused(self) -> None:
+        where = "promptGuard.request[0].openAIModeration.policies"
+        for policies, field in [
+            ({"backendTLS": {"hostname": "other.example"}}, "backendTLS.hostname"),
+            ({"backendAuth": {"key": {"value": "k", "location": {"header": {"name": "x-key"}}}}}, "backendAuth.key.location"),
+        ]:
+            with self.assertRaises(ConfigError) as raised:
+                self.guard({"openAIModeration": {"policies": policies}})
+            self.assertIn(f"{where}.{field}: supported by agentgateway but not by agw yet", str(raised.exception))
+
+    def test_an_unreadable_trust_root_stops_the_gateway(self) -> None:
+        config = parse_config(config_text(1, {"promptGuard": {"request": [
+            {"openAIModeration": {"policies": {"backendTLS": {"root": "/nonexistent/ca.pem"}}}},
+        ]}}), ENV)
+        with self.assertRaises(ConfigError) as raised:
+            check_files(config)
+        self.assertIn("promptGuard.request[0].openAIModeration.policies.backendTLS.root", str(raised.exception))
+        with self.assertRaises(TrustRootError):
+            Gateway(config)
 
 
 def webhook_guard(host: str, **webhook: Any) -> dict[str, Any]:
