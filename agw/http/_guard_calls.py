@@ -6,12 +6,10 @@ order over L{Slot}s, regex guards in place, the others through the calls,
 and stops at the first reject. What is sent and what an answer means is
 L{agw.guardrails}' (pure); this module only sends and receives.
 
-A call fails when it cannot connect, takes longer than the guard's
-C{timeout}, is answered with a status other than 2xx, or with something
-that is not JSON (or over L{MAX_ANSWER} bytes) or not an answer agw can
-act on. The guard's C{failureMode} decides: C{failClosed} refuses (agw
-answers 503 C{guardrail_unavailable}), C{failOpen} lets the text through
-and records the action C{failOpen}.
+A call that fails (no connection, over C{timeout}, not 2xx, not JSON or
+over L{MAX_ANSWER} bytes, no answer agw can act on) rejects
+(C{failClosed}: 503 C{guardrail_unavailable}) or lets the text through
+(C{failOpen}), as the guard's C{failureMode} says (docs/guardrails.md).
 """
 
 from __future__ import annotations
@@ -127,6 +125,7 @@ class GuardCalls:
         self.max_answer = max_answer
         # Trust root file (None: the system's roots) -> its PEM, client and pool.
         self._clients: dict[str | None, tuple[bytes | None, Agent, HTTPConnectionPool]] = {}
+        self._retired: list[HTTPConnectionPool] = []  # pools of roots a reload changed: closed at stop too
 
     def register(self, guards: tuple[Guard, ...]) -> None:
         """
@@ -145,6 +144,7 @@ class GuardCalls:
             if known[0] == pem:
                 return known[1]
             known[2].closeCachedConnections()
+            self._retired.append(known[2])
         pool = HTTPConnectionPool(self._reactor, persistent=True)
         pool.retryAutomatically = False
         trust = Certificate.loadPEM(pem) if pem is not None else None
@@ -171,8 +171,8 @@ class GuardCalls:
         except (TrustRootError, UnicodeEncodeError) as e:
             return fail(GuardCallFailed(str(e)))
         sent = Headers({b"content-type": [b"application/json"], b"accept": [b"application/json"]})
-        for name, value in headers.items():
-            sent.addRawHeader(name, value)
+        for name, value in headers.items():  # as the client sent them (latin-1)
+            sent.addRawHeader(name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
         calling = agent.request(b"POST", target, sent, BytesBodyProducer(json.dumps(payload).encode()))
         calling.addCallback(self._read)
 
@@ -237,7 +237,8 @@ class GuardCalls:
 
     def close(self) -> Deferred[Any]:
         """Close the idle persistent connections (on gateway stop)."""
-        return DeferredList([pool.closeCachedConnections() for _, _, pool in self._clients.values()])
+        pools = [pool for _, _, pool in self._clients.values()] + self._retired
+        return DeferredList([pool.closeCachedConnections() for pool in pools])
 
 
 def check_guards(
