@@ -62,7 +62,9 @@ def prepare_json(
         guards = policies.prompt_guard.request
         if guards:
             slots, calls = text_slots(body, route_type), context.guard_calls
-            if calls is not None and any(guard.regex is None for guard in guards):
+            if any(guard.regex is None for guard in guards):
+                if calls is None:
+                    raise ValueError("webhook and openAIModeration guards need RouteContext.guard_calls (a GuardCalls)")
                 checking = calls.check(guards, slots, REQUEST, headers or {})
                 return checking.addCallback(_guarded, body, route_type, exchange, raw, changed)
             return _guarded(guard_slots(slots, guards), body, route_type, exchange, raw, changed)
