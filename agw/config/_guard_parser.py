@@ -163,8 +163,12 @@ class GuardParser(BaseParser):
         policies = self.mapping(spec.get("policies"), path + ("policies",), "moderationPolicies")
         key = None
         if policies.get("backendAuth") is not None:
-            key, _ = self.backend_auth(policies["backendAuth"], path + ("policies", "backendAuth"))
+            key, location = self.backend_auth(policies["backendAuth"], path + ("policies", "backendAuth"))
+            if location is not None:  # the moderation call sends its key as Authorization: Bearer, as OpenAI wants
+                raise self.fail(path + ("policies", "backendAuth", "key", "location"), "supported by agentgateway but not by agw yet")
         tls = self.mapping(policies.get("backendTLS"), path + ("policies", "backendTLS"), "backendTLS")
+        if "hostname" in tls:  # verified for the url's host
+            raise self.fail(path + ("policies", "backendTLS", "hostname"), "supported by agentgateway but not by agw yet")
         url = self.string(spec.get("url", MODERATION_URL), path + ("url",))
         if not url.startswith(("http://", "https://")):
             raise self.fail(path + ("url",), f"expected an http:// or https:// URL, got {url!r}")

@@ -2,7 +2,8 @@
 agw's content policies: C{policies.ai.overrides}, C{defaults},
 C{modelAliases}, C{prompts} and the guards of C{policies.ai.promptGuard}
 (request and response), applied to parsed bodies, Realtime events and
-streams of text. Pure code (no I/O): the HTTP forwarder and the Realtime
+streams of text, and what guard backends (webhook, OpenAI moderation) are
+sent and what their answers mean. Pure code (no I/O): the HTTP forwarder and the Realtime
 relay call it and answer what it decides.
 """
 
@@ -12,6 +13,7 @@ from agw.guardrails._apply import (
     MASK,
     REJECT,
     SYSTEM_ROLES,
+    UNAVAILABLE,
     GuardCheck,
     GuardOutcome,
     Slot,
@@ -23,6 +25,18 @@ from agw.guardrails._apply import (
     guard_slots,
     item_slots,
     text_slots,
+)
+from agw.guardrails._backends import (
+    REQUEST,
+    RESPONSE,
+    BadAnswer,
+    Verdict,
+    forwarded_headers,
+    in_scope,
+    moderation_payload,
+    moderation_verdict,
+    webhook_payload,
+    webhook_verdict,
 )
 from agw.guardrails._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_streams, unguarded_types
 from agw.guardrails._realtime import (
@@ -56,4 +70,6 @@ __all__ = [
     "GUARDED_CLIENT_EVENTS", "INPUT_TRANSCRIPT", "OUTPUT_DELTAS", "OUTPUT_DONE", "OUTPUT_WHOLE", "client_event_slots", "encode",
     "enriched_instructions", "guardrail_error", "item_role", "rejection_text", "response_of", "stream_key", "transcript_slots",
     "whole_text_holders",
+    "UNAVAILABLE", "REQUEST", "RESPONSE", "BadAnswer", "Verdict", "forwarded_headers",
+    "in_scope", "moderation_payload", "moderation_verdict", "webhook_payload", "webhook_verdict",
 ]

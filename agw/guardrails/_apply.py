@@ -20,6 +20,9 @@ ALLOW, MASK, REJECT = "allow", "mask", "reject"
 # agentgateway's action for a guard backend that failed while failing open.
 FAIL_OPEN = "failOpen"
 
+#: The rejection of a guard whose backend failed while failing closed.
+UNAVAILABLE = Rejection(status=503)
+
 # Roles whose message is the system prompt (scope systemPrompt).
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
@@ -53,10 +56,16 @@ class GuardCheck:
 
 @frozen
 class GuardOutcome:
-    """Every guard that ran, in order; C{rejection} set if the last one rejected."""
+    """
+    Every guard that ran, in order; C{rejection} set if the last one
+    rejected. C{unavailable}: it rejected because its backend failed and
+    fails closed (C{rejection} is then L{UNAVAILABLE}; agw answers 503,
+    C{guardrail_unavailable}).
+    """
 
     checks: tuple[GuardCheck, ...] = ()
     rejection: Rejection | None = None
+    unavailable: bool = False
 
     @property
     def masked(self) -> bool:

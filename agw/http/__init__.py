@@ -1,11 +1,16 @@
 """
 HTTP forwarding: C{completions}, C{embeddings}, C{responses} (usage read on
 the way through) and C{passthrough}, over one persistent connection pool
-per gateway. Imports L{agw.routing}, L{agw.metering} and L{agw.config}.
+per gateway; the calls of guards that ask a webhook or OpenAI's
+moderation endpoint (L{GuardCalls}, L{check_guards}). Imports L{agw.routing}, L{agw.metering} and L{agw.config}.
 """
 
 from agw.http._body import BodyRelay
 from agw.http._client import HTTPOptions, TargetEndpoints, UpstreamClient
 from agw.http._forward import HTTPForwarder
+from agw.http._guard_calls import MAX_ANSWER, GuardCallFailed, GuardCalls, check_guards, check_response_texts
 
-__all__ = ["BodyRelay", "HTTPForwarder", "HTTPOptions", "TargetEndpoints", "UpstreamClient"]
+__all__ = [
+    "MAX_ANSWER", "BodyRelay", "GuardCallFailed", "GuardCalls", "HTTPForwarder", "HTTPOptions", "TargetEndpoints", "UpstreamClient",
+    "check_guards", "check_response_texts",
+]

@@ -7,7 +7,7 @@ they arrive, with usage read on the way.
 from __future__ import annotations
 
 from OpenSSL.SSL import Error as SSLError
-from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,6 +52,7 @@ from agw.routing import (
     client_gone,
     client_host,
     client_response_headers,
+    guard_headers,
     presented_key,
     render_error,
     upstream_headers,
@@ -67,6 +68,14 @@ _PARSED: dict[RouteType, tuple[UsageExtractor, str]] = {
 
 def _header(request: Request, name: bytes) -> str | None:
     return value.decode("latin-1") if (value := request.getHeader(name)) is not None else None
+
+
+def _client_headers(request: Request) -> list[tuple[str, str]]:
+    return [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    ]
 
 
 def _tls_failed(error: Exception) -> str | None:
@@ -94,6 +103,8 @@ class HTTPForwarder(Resource):
         self._context = context
         self._reactor = context.reactor
         self._in_flight = in_flight if in_flight is not None else ConnectionTracker()
+        # A request guard calls out (webhook, moderation): it may be sent the client's headers.
+        self._calls_out = any(guard.regex is None for guard in context.policies.prompt_guard.request)
 
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
@@ -124,7 +135,7 @@ class HTTPForwarder(Resource):
             if self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD")):
                 # Unread: no model to check, no tokens to count (listing models spends nothing).
                 KeyCheck.authorize_unread(key)
-            body = self._request_body(request, exchange)
+            body = await self._request_body(request, exchange)
             if self._parsed is not None:
                 # Only where agw reads the body does it know the model (passthrough: not checked).
                 KeyCheck.authorize(key, exchange.request_model)
@@ -137,10 +148,17 @@ class HTTPForwarder(Resource):
         except KeyRefused as refused:
             return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
         except GuardRejected as rejected:
+            if rejected.unavailable:
+                message = "a guardrail service did not answer; the request was not sent"
+                return self._answer(request, 503, message, "guardrail_unavailable", "server_error", exchange)
             if not client_gone(request):
                 write_rejection(request, rejected.rejection)
                 self._record(method, rejected.rejection.status, exchange)
             return None
+        except CancelledError:
+            if not client_gone(request):
+                raise
+            return self._record(method, 499, exchange)  # the client left while a guard backend was asked
 
         try:
             url = self._context.target.url(path, query, model=exchange.request_model)
@@ -216,8 +234,8 @@ class HTTPForwarder(Resource):
         span = self._context.spans.start(method, now, _header(request, b"traceparent"))
         return HTTPExchange(request.path, now, operation, client=peer_address(request.getClientAddress()), span=span)
 
-    def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
-        """The body to send upstream; notes the request model (and stream usage injection) on C{exchange}."""
+    async def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
+        """The body to send upstream (after guards that call out: a client leaving cancels them); notes the model on C{exchange}."""
         content = request.content
         content.seek(0, 2)
         size = content.tell()
@@ -234,15 +252,15 @@ class HTTPForwarder(Resource):
         limit = self._client.options.max_json_body
         if size > limit:
             raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
-        data = prepare_json(content.read(), self._type, self._context, exchange)
+        headers = guard_headers(_client_headers(request), self._context.policies) if self._calls_out else None
+        data = prepare_json(content.read(), self._type, self._context, exchange, headers)
+        if isinstance(data, Deferred):  # a guard calls out: wait for it, unless the client leaves first
+            request.notifyFinish().addErrback(lambda _, preparing=data: preparing.cancel())
+            data = await data
         return BytesBodyProducer(data)
 
     def _headers(self, request: Request, traceparent: str | None = None) -> Headers:
-        client = [
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
+        client = _client_headers(request)
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
             client, self._context.policies, also_drop=("accept-encoding",), client_address=client_host(request),

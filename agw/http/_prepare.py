@@ -2,34 +2,52 @@
 A parsed request body made ready for the provider, in agentgateway's
 order: C{overrides}, C{defaults} and C{modelAliases}, the backend's
 model, then C{prompts}, then the request guards
-(which may mask it, or refuse it with L{GuardRejected}); and, for a
-streamed completion, the usage agw needs.
+(which may mask it, or refuse it with L{GuardRejected}; those that call
+out make it wait, see L{agw.http._guard_calls}); and, for a streamed
+completion, the usage agw needs.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from agw.config import DEFAULT_REJECTION, Rejection, RouteType
-from agw.guardrails import add_prompts, apply_fields, guard_request
+from agw.guardrails import REQUEST, GuardOutcome, add_prompts, apply_fields, guard_slots, text_slots
 from agw.http._request_body import json_object
 from agw.metering import HTTPExchange
 from agw.routing import RouteContext, error_body
 
 
 class GuardRejected(Exception):
-    """A request guard rejected the request: answered with C{rejection}, nothing goes upstream."""
+    """
+    A request guard rejected the request: answered with C{rejection},
+    nothing goes upstream. C{unavailable}: a guard backend failed and
+    fails closed (answered 503 instead).
+    """
 
-    def __init__(self, rejection: Rejection) -> None:
+    def __init__(self, rejection: Rejection, unavailable: bool = False) -> None:
         super().__init__(rejection.status)
         self.rejection = rejection
+        self.unavailable = unavailable
 
 
-def prepare_json(raw: bytes, route_type: RouteType, context: RouteContext, exchange: HTTPExchange) -> bytes:
-    """The body to send upstream for C{raw}; notes the request model, stream usage and guard checks on C{exchange}."""
+def prepare_json(
+    raw: bytes, route_type: RouteType, context: RouteContext, exchange: HTTPExchange,
+    headers: Mapping[str, str] | None = None,
+) -> bytes | Deferred[bytes]:
+    """
+    The body to send upstream for C{raw}; notes the request model, stream
+    usage and guard checks on C{exchange}. Raises L{GuardRejected} or
+    L{agw.http._request_body.Refused}. When a guard calls out (webhook,
+    moderation; C{headers} are the client's, for a webhook's
+    C{forwardHeaderMatches}) a Deferred instead, which may fail with
+    L{GuardRejected}: without one, nothing waits, as before such guards.
+    """
     body: dict[str, Any] = json_object(raw)
     policies = context.policies
     changed = apply_fields(body, policies)
@@ -41,12 +59,28 @@ def prepare_json(raw: bytes, route_type: RouteType, context: RouteContext, excha
     exchange.request_model = model if isinstance(model, str) else None
     if route_type in (RouteType.COMPLETIONS, RouteType.RESPONSES):
         changed = add_prompts(body, route_type, policies.prompts) or changed
-        if policies.prompt_guard.request:
-            outcome = guard_request(body, route_type, policies.prompt_guard.request)
-            exchange.guard_checks = tuple(("request", check.index, check.action) for check in outcome.checks)
-            if outcome.rejection is not None:
-                raise GuardRejected(outcome.rejection)
-            changed = outcome.masked or changed
+        guards = policies.prompt_guard.request
+        if guards:
+            slots, calls = text_slots(body, route_type), context.guard_calls
+            if any(guard.regex is None for guard in guards):
+                if calls is None:
+                    raise ValueError("webhook and openAIModeration guards need RouteContext.guard_calls (a GuardCalls)")
+                checking = calls.check(guards, slots, REQUEST, headers or {})
+                return checking.addCallback(_guarded, body, route_type, exchange, raw, changed)
+            return _guarded(guard_slots(slots, guards), body, route_type, exchange, raw, changed)
+    return _finish(body, route_type, exchange, raw, changed)
+
+
+def _guarded(
+    outcome: GuardOutcome, body: dict[str, Any], route_type: RouteType, exchange: HTTPExchange, raw: bytes, changed: bool,
+) -> bytes:
+    exchange.guard_checks = tuple((REQUEST, check.index, check.action) for check in outcome.checks)
+    if outcome.rejection is not None:
+        raise GuardRejected(outcome.rejection, outcome.unavailable)
+    return _finish(body, route_type, exchange, raw, outcome.masked or changed)
+
+
+def _finish(body: dict[str, Any], route_type: RouteType, exchange: HTTPExchange, raw: bytes, changed: bool) -> bytes:
     if route_type is RouteType.COMPLETIONS and body.get("stream") is True:
         options = body.get("stream_options")
         if not isinstance(options, dict) or options.get("include_usage") is not True:

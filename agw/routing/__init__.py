@@ -6,13 +6,13 @@ picks a route (L{BindResource}), the backend a route sends to
 the header policy, the L{RouteContext} every forwarder and relay of a route
 shares, client keys (L{KeyCheck}), OpenAI-shaped errors, and what is
 still open (L{ConnectionTracker}).
-Imports L{agw.config} and L{agw.metering}.
+Imports L{agw.config}, L{agw.metering} and L{agw.guardrails}.
 """
 
 from agw.routing._apikey import KeyCheck, KeyRefused, model_matches, presented_key
 from agw.routing._azure import NoDeployment
 from agw.routing._backend import OPENAI_HOST, BackendTarget, TrustRootError, read_trust_root
-from agw.routing._context import RouteContext
+from agw.routing._context import GuardRunner, RouteContext
 from agw.routing._errors import ErrorResource, client_gone, client_host, error_body, render_error
 from agw.routing._headers import (
     CREDENTIALS,
@@ -20,6 +20,7 @@ from agw.routing._headers import (
     HOP_BY_HOP,
     client_response_headers,
     connection_listed,
+    guard_headers,
     upstream_headers,
 )
 from agw.routing._target import BadTarget, OriginTarget, normalise_path, parse_target
@@ -28,7 +29,7 @@ from agw.routing._tree import BindResource, RoutedRoute, route_type_for
 
 __all__ = [
     "CREDENTIALS", "FORWARDING", "HOP_BY_HOP", "OPENAI_HOST", "BackendTarget", "BadTarget", "BindResource",
-    "ConnectionTracker", "ErrorResource", "KeyCheck", "KeyRefused", "NoDeployment", "OriginTarget", "RouteContext", "RoutedRoute", "TrustRootError",
-    "client_gone", "client_host", "client_response_headers", "connection_listed", "error_body", "model_matches", "normalise_path",
+    "ConnectionTracker", "ErrorResource", "GuardRunner", "KeyCheck", "KeyRefused", "NoDeployment", "OriginTarget", "RouteContext", "RoutedRoute", "TrustRootError",
+    "client_gone", "client_host", "client_response_headers", "connection_listed", "error_body", "guard_headers", "model_matches", "normalise_path",
     "parse_target", "presented_key", "read_trust_root", "render_error", "route_type_for", "upstream_headers",
 ]

@@ -4,11 +4,14 @@ L{RouteContext}: what every forwarder and relay of one route shares.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
 
-from agw.config import ClientKey, Policies
+from agw.config import ClientKey, Guard, Policies
+from agw.guardrails import GuardOutcome, Slot
 from agw.metering import (
     NO_ACCESS_LOG,
     NO_SPANS,
@@ -23,6 +26,19 @@ from agw.metering import (
 )
 from agw.routing._apikey import KeyCheck
 from agw.routing._backend import BackendTarget
+
+
+class GuardRunner(Protocol):
+    """
+    Runs a guard list whose guards may call out (webhook, moderation):
+    L{agw.http.GuardCalls}, one per gateway. A relay or forwarder calls
+    C{check} without importing L{agw.http}.
+    """
+
+    def check(
+        self, guards: tuple[Guard, ...], slots: list[Slot], phase: str, headers: Mapping[str, str],
+    ) -> Deferred[GuardOutcome]:
+        """Run C{guards} in order over C{slots}, masking in place, until one rejects (see L{agw.http.check_guards})."""
 
 
 @frozen
@@ -52,6 +68,8 @@ class RouteContext:
     attributor: Attributor | None = None
     # Where spans go (config.tracing).
     spans: SpanSink = NO_SPANS
+    # Calls to guard backends (webhook, openAIModeration); the gateway's, if it has guards that call out.
+    guard_calls: GuardRunner | None = None
 
     def attribute(self, key: ClientKey | None) -> Attribution:
         """The L{Attribution} of a caller with C{key} (C{None}: anonymous)."""

@@ -69,6 +69,21 @@ def upstream_headers(
     return headers
 
 
+def guard_headers(client_headers: Iterable[tuple[str, str]], policies: Policies) -> dict[str, str]:
+    """
+    The client's headers (lower-case names) a guard webhook may be sent,
+    as name -> value (a repeated header's values joined with ", "); its
+    C{forwardHeaderMatches} choose among them. With an C{apiKey} policy
+    the client's C{Authorization} is agw's credential: never among them.
+    """
+    found: dict[str, str] = {}
+    for name, value in client_headers:
+        if name == "authorization" and policies.api_key is not None:
+            continue
+        found[name] = f"{found[name]}, {value}" if name in found else value
+    return found
+
+
 # The gateway writes its own Date and Server; the provider's are dropped (as nginx's proxy_hide_header).
 _GATEWAY_OWN = frozenset({"date", "server"})
 

@@ -16,7 +16,7 @@ from twisted.web.server import Request
 
 from agw.config import Bind, ClientKey, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.guardrails import unguarded_streams, unguarded_types
-from agw.http import HTTPForwarder, HTTPOptions, UpstreamClient
+from agw.http import GuardCalls, HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
     NO_SPANS,
@@ -151,6 +151,8 @@ class Gateway:
         self.relays: list[RealtimeRelay] = []
         self.http_options = http_options
         self.http_client = UpstreamClient(reactor, http_options)
+        # Webhook and openAIModeration guards' calls (its own pools: never the provider's connections).
+        self.guard_calls = GuardCalls(reactor, http_options.connect_timeout)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
         self.reserve = reserve  # what one response is assumed to cost before one is seen (budgets)
         self.charge_spool = charge_spool  # where charges the ledger could not take at stop are kept
@@ -200,7 +202,7 @@ class Gateway:
         connections; fires when all of them are gone.
         """
         closing = [relay.close_all(code, reason) for relay in self.relays]
-        return DeferredList([*closing, self.http_client.close()])
+        return DeferredList([*closing, self.http_client.close(), self.guard_calls.close()])
 
     def reload(self, config: GatewayConfig) -> Reloaded:
         """
@@ -266,6 +268,7 @@ class Gateway:
                 " unless promptGuard.streaming is Enabled",
                 route=route.name,
             )
+        self.guard_calls.register(route.policies.prompt_guard.request)
         backend = route.backends[0]
         target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header)
         if target.tls:
@@ -276,7 +279,7 @@ class Gateway:
             self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None, self.governor,
             RouteLimits(route.policies.rate_limits, self.reactor.seconds, self.rate_limit_share)
             if route.policies.rate_limits else None,
-            self.attributor, self.spans,
+            self.attributor, self.spans, self.guard_calls,
         )
         built: dict[RouteType, IResource] = {}
 

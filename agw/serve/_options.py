@@ -118,7 +118,7 @@ class Options(usage.Options):
 
 def check_files(config: GatewayConfig) -> None:
     """
-    Files the config names (C{backendTLS.root}, C{modelCatalog}) can be read
+    Files the config names (C{backendTLS.root}, a moderation guard's, C{modelCatalog}) can be read
     and used, and what C{config.database.url} needs is installed; raises L{ConfigError}.
     """
     from agw.metering import CatalogError, catalog_for
@@ -133,6 +133,13 @@ def check_files(config: GatewayConfig) -> None:
                         read_trust_root(tls.root)
                     except TrustRootError as e:
                         raise ConfigError(f"binds[{b}].listeners[{l}].routes[{r}].policies.backendTLS.root", str(e)) from None
+                for g, guard in enumerate(route.policies.prompt_guard.request):
+                    if guard.moderation is not None and guard.moderation.tls_root is not None:
+                        try:
+                            read_trust_root(guard.moderation.tls_root)
+                        except TrustRootError as e:
+                            where = f"binds[{b}].listeners[{l}].routes[{r}].policies.ai.promptGuard.request[{g}]"
+                            raise ConfigError(f"{where}.openAIModeration.policies.backendTLS.root", str(e)) from None
     try:
         catalog_for(config.model_catalog)
     except CatalogError as e:

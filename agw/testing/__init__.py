@@ -1,7 +1,9 @@
 """
 Test doubles for agw and for agw's users, in the spirit of C{treq.testing}:
 L{FakeOpenAI} is an in-process OpenAI upstream (Realtime over Autobahn) that
-keeps a ledger of every token it billed; L{PostgresServer} is a real
+keeps a ledger of every token it billed; L{FakeGuardrailWebhook} is a
+guardrail webhook (agentgateway's wire format) that rejects, masks or
+misbehaves as a test says; L{PostgresServer} is a real
 PostgreSQL on loopback for budgets shared through C{config.database}.
 """
 
@@ -10,7 +12,8 @@ from agw.testing._http import chat_usage
 from agw.testing._postgres import PostgresServer, PostgresUnavailable
 from agw.testing._state import REALTIME_MODEL, Billed, Handshake, HTTPRequest, Refusal, response_usage
 from agw.testing._tls import TestCA
+from agw.testing._webhook import FakeGuardrailWebhook, WebhookCall
 
 __all__ = [
-    "REALTIME_MODEL", "Billed", "FakeOpenAI", "HTTPRequest", "Handshake", "PostgresServer", "PostgresUnavailable", "Refusal", "TestCA", "chat_usage", "response_usage",
+    "REALTIME_MODEL", "Billed", "FakeGuardrailWebhook", "FakeOpenAI", "HTTPRequest", "Handshake", "PostgresServer", "PostgresUnavailable", "Refusal", "TestCA", "chat_usage", "response_usage", "WebhookCall",
 ]

@@ -55,6 +55,9 @@ class FakeOpenAI(FakeState):
     hash); L{fail_http} and L{hang_http} script the next answer; setting
     L{stream_gate} to a Deferred holds the next streamed completion after
     its first chunk until it fires. Every HTTP answer sets a cookie.
+    Moderations (C{POST /v1/moderations}) answer in OpenAI's shape and
+    flag an input that holds one of L{moderation_flag_words}; without a
+    bearer key they answer 401, as OpenAI does.
     Embeddings answer one vector per item of C{input}, each of
     C{dimensions} floats (3 by default), so a test can ask for a response
     body of any size (100 inputs of 3072 dimensions: about 6 MB).

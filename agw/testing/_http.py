@@ -1,6 +1,6 @@
 """
 The fake's HTTP API: chat completions (JSON and SSE), embeddings,
-responses, and an echo for every other path, with scripted failures.
+responses, moderations, and an echo for every other path, with scripted failures.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from agw.config import MiB
+from agw.testing._moderation import moderate
 from agw.testing._state import Billed, FakeState, HTTPRequest, Refusal
 
 
@@ -118,6 +119,8 @@ class FakeHTTPAPI(Resource):
             return json.dumps({"error": {"code": "401", "message": "Access denied due to missing subscription key."}}).encode()
         if isinstance(body, dict) and deployment is not None:
             body.setdefault("model", deployment)  # a deployment path needs no model in the body
+        if path == "/v1/moderations" and request.method == b"POST":
+            return moderate(fake, request, body)
         handler = {
             "/v1/chat/completions": self._chat,
             "/v1/embeddings": self._embeddings,

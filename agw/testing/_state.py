@@ -115,6 +115,8 @@ class FakeState:
         # Frame each Realtime response's deltas with its item and content part events and their
         # done events (whole text), and give response.done its output, as OpenAI does.
         self.output_items = False
+        # POST /v1/moderations flags a text that holds one of these (case-insensitive).
+        self.moderation_flag_words: set[str] = set()
         # The transcript of each committed input audio buffer (sent when transcription is on).
         self.transcript = "hi"
         # Write "type" last in every server event (OpenAI writes it first).
