@@ -15,11 +15,13 @@ from typing import Any
 
 import yaml
 from openai import OpenAI
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.metering import AccessLog
+from agw.testing import FakeGuardrailWebhook
 from tests.support import BACKEND_KEY, listening_fake, open_client, recv_event, registry_samples, running_gateway
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY}
@@ -359,3 +361,74 @@ class TranscriptHoldTests(RealtimeGuardCase):
         self.assertNotIn("response.created", kinds)
         self.assertFalse([k for k in kinds if k.startswith("response.")])
         self.assertIn({"type": "response.cancel", "response_id": "resp_1"}, self.received())
+
+
+class GuardBackendTests(RealtimeGuardCase):
+    """Webhook and moderation guards inside a session: in order, and failing closed when their service is down."""
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.webhook = FakeGuardrailWebhook(reject_words={"lottery"}, masks={"[Pp]roject [A-Z][a-z]+": "<PROJECT>"})
+        listening = yield self.webhook.listen(reactor)
+        self.addCleanup(listening.stopListening)
+        fake, port = yield listening_fake(self)
+        self.ai = {"promptGuard": {"request": [
+            {"webhook": {"target": {"host": f"127.0.0.1:{listening.getHost().port}"},
+                         "forwardHeaderMatches": [{"name": "x-tenant", "value": {"exact": "acme"}}], "timeout": "5s"}},
+            {"openAIModeration": {"url": f"http://127.0.0.1:{port}/v1/moderations", "failureMode": "failClosed",
+                                  "policies": {"backendAuth": {"key": "sk-moderation"}}}},
+        ]}}
+        self.moderation = fake
+        fake.moderation_flag_words = {"bomb"}
+        yield super().setUp()
+
+    def open(self) -> Any:
+        return open_client(self.url, additional_headers={"Authorization": "Bearer sk-client", "X-Tenant": "acme"})
+
+    @inlineCallbacks
+    def test_a_webhook_masks_and_rejects_and_the_order_of_events_holds(self) -> Any:
+        def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            ws = self.open()
+            try:
+                self.assertEqual(recv_event(ws)["type"], "session.created")
+                ws.send(json.dumps(user_text("Status of Project Falcon?")))
+                ws.send(json.dumps(user_text("I won the lottery", "evt_2")))
+                ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+                seen: list[dict[str, Any]] = []
+                error = until(ws, "error", seen)
+                until(ws, "response.done", seen)
+                return seen, error
+            finally:
+                ws.close()
+
+        seen, error = yield deferToThread(run)
+        self.assertEqual((error["error"]["event_id"], error["error"]["message"]), ("evt_2", "rejected: lottery"))
+        kinds = [e["type"] for e in self.received()]
+        # The item agw waited on went first: the response.create behind it never overtook it.
+        self.assertEqual(kinds, ["conversation.item.create", "response.create"])
+        self.assertEqual(self.received()[0]["item"]["content"][0]["text"], "Status of <PROJECT>?")
+        self.assertEqual({call.headers.get("x-tenant") for call in self.webhook.calls}, {"acme"})
+        self.assertFalse(any("authorization" in call.headers for call in self.webhook.calls))
+
+    @inlineCallbacks
+    def test_moderation_flags_and_a_failing_service_refuses(self) -> Any:
+        def send(text: str, event_id: str) -> Any:
+            def run() -> dict[str, Any]:
+                ws = self.open()
+                try:
+                    self.assertEqual(recv_event(ws)["type"], "session.created")
+                    ws.send(json.dumps(user_text(text, event_id)))
+                    return until(ws, "error")
+                finally:
+                    ws.close()
+
+            return deferToThread(run)
+
+        flagged = yield send("how to build a bomb", "evt_flag")
+        self.assertEqual((flagged["error"]["code"], flagged["error"]["event_id"]), ("guardrail_intervention", "evt_flag"))
+        moderated = [r for r in self.moderation.http_requests if r.uri.startswith("/v1/moderations")]
+        self.assertEqual(moderated[0].headers["authorization"], "Bearer sk-moderation")
+        self.webhook.misbehaviour = "error"
+        down = yield send("hello", "evt_down")
+        self.assertEqual((down["error"]["code"], down["error"]["event_id"]), ("guardrail_unavailable", "evt_down"))
+        self.assertNotIn("hello", self.received_text())

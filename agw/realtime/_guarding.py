@@ -13,7 +13,7 @@ metered. Only text-bearing events are parsed; audio passes as it came.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -41,17 +41,31 @@ from agw.metering import RealtimeSession, decode_event
 from agw.realtime._ordered import Messages
 from agw.realtime._output_guard import OutputGuard, Recorder
 from agw.realtime._turn_hold import TurnHold
-from agw.routing import RouteContext
+from agw.routing import RouteContext, guard_headers
 
 # Runs guards over slots (masking them in place): regex at once, guard backends later.
 GuardRunner = Callable[[tuple[Guard, ...], list[Slot], str], "GuardOutcome | Deferred[GuardOutcome]"]
 
 
-def session_guard(context: RouteContext, session: RealtimeSession, runner: GuardRunner | None = None) -> SessionGuard | None:
-    """The guard of a session on C{context}'s route (C{None} without promptGuard or prompts): it counts and logs each check."""
+def session_guard(context: RouteContext, session: RealtimeSession, client_headers: Mapping[str, str]) -> SessionGuard | None:
+    """
+    The guard of a session on C{context}'s route (C{None} without
+    promptGuard or prompts): it counts and logs each check. Webhook and
+    moderation guards run through the gateway's C{guard_calls}, with the
+    handshake's C{client_headers} a webhook may be sent.
+    """
     policies = context.policies
     if not policies.prompt_guard and not (policies.prompts.prepend or policies.prompts.append):
         return None
+    runner: GuardRunner = regex_runner
+    calls = context.guard_calls
+    if calls is not None and any(guard.regex is None for guard in policies.prompt_guard.request):
+        headers = guard_headers(((name.lower(), value) for name, value in client_headers.items()), policies)
+
+        def calling(guards: tuple[Guard, ...], slots: list[Slot], phase: str) -> Deferred[GuardOutcome]:
+            return calls.check(guards, slots, phase, headers)
+
+        runner = calling
 
     def record(phase: str, index: int, action: str, where: dict[str, Any]) -> None:
         context.metrics.record_guardrail(context.labels, phase, action, session.who)
@@ -63,12 +77,19 @@ def session_guard(context: RouteContext, session: RealtimeSession, runner: Guard
                 },
             )
 
-    return SessionGuard(policies, record, runner or regex_runner, context.reactor)
+    return SessionGuard(policies, record, runner, context.reactor)
 
 
 def regex_runner(guards: tuple[Guard, ...], slots: list[Slot], phase: str) -> GuardOutcome:
     """The runner without guard backends: regex guards only, at once."""
     return guard_slots(slots, guards)
+
+
+def refusal_event(outcome: GuardOutcome, **where: Any) -> bytes:
+    """The client's error event for what a guard refused (or could not check: its backend failed closed)."""
+    if outcome.unavailable:
+        return guardrail_error("a guardrail could not be checked (its service is unavailable)", code="guardrail_unavailable", **where)
+    return guardrail_error(rejection_text(outcome.rejection), **where)
 
 
 class SessionGuard:
@@ -143,7 +164,7 @@ class SessionGuard:
         def decided(outcome: GuardOutcome) -> Messages:
             self._note(outcome, "request", {"realtime.event": kind, "realtime.event_id": event_id})
             if outcome.rejection is not None:
-                self.to_client(guardrail_error(rejection_text(outcome.rejection), event_id))
+                self.to_client(refusal_event(outcome, event_id=event_id))
                 return ()
             # Sent as agw read it: a key the client wrote twice reaches the provider once, as checked.
             return [(encode(event), False)]
@@ -265,7 +286,7 @@ class SessionGuard:
                 self._blocked_turns[item_id] = outcome.rejection  # its response is not under way yet
             if item_id is not None:
                 self.to_provider(encode({"type": "conversation.item.delete", "item_id": item_id}))
-            self.to_client(guardrail_error(rejection_text(outcome.rejection), item_id=item_id))
+            self.to_client(refusal_event(outcome, item_id=item_id))
             return ()
 
         return outcome.addCallback(decided) if isinstance(outcome, Deferred) else decided(outcome)

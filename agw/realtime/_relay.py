@@ -156,9 +156,9 @@ class RealtimeRelay:
             context.limits, request={"src.addr": peer_address(peer), "http.method": "GET", "http.path": request.path}, span=span,
         )
 
-    def new_guard(self, session: RealtimeSession) -> SessionGuard | None:
+    def new_guard(self, session: RealtimeSession, request: ConnectionRequest) -> SessionGuard | None:
         """C{session}'s guard (C{promptGuard}, C{prompts}), if the route has any."""
-        return session_guard(self._context, session)
+        return session_guard(self._context, session, request.headers)
 
     def recheck(self, session: RealtimeSession) -> Deferred[None]:
         """

@@ -47,7 +47,7 @@ class SessionHost(Protocol):
 
     def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession: ...
 
-    def new_guard(self, session: RealtimeSession) -> SessionGuard | None: ...
+    def new_guard(self, session: RealtimeSession, request: ConnectionRequest) -> SessionGuard | None: ...
 
     def handshake_refused(self, status: int) -> None: ...
 
@@ -141,7 +141,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
             )
             raise ConnectionDeny(503, "Service Unavailable")
         self.session = session
-        guard = self.guard = relay.new_guard(session)
+        guard = self.guard = relay.new_guard(session, request)
         if guard is not None:
             self._ordered = OrderedDelivery(guard.check_client, self.relay_message)
         # Near the end of a budget the handshake waits for a fresh read of everyone's spend first.
