@@ -259,8 +259,8 @@ class GatewayBackendCase(TestCase):
         self.log = io.StringIO()
 
     @inlineCallbacks
-    def start(self, guards: list[dict[str, Any]]) -> Any:
-        text = config_text(self.upstream_port, {"promptGuard": {"request": guards}})
+    def start(self, guards: list[dict[str, Any]], response: list[dict[str, Any]] | None = None) -> Any:
+        text = config_text(self.upstream_port, {"promptGuard": {"request": guards, "response": response or []}})
         self.gateway, _, self.port = yield running_gateway(self, text, ENV, access_log=AccessLog(self.log))
 
     @inlineCallbacks
@@ -509,3 +509,39 @@ class ModerationTLSTests(TestCase):
         status = yield self.ask(TestCA.make())
         self.assertEqual(status, 200)  # failOpen: the moderation call never got through TLS
         self.assertEqual(self.moderator.http_requests, [])
+
+
+class WebhookAnswerGatewayTests(GatewayBackendCase):
+    """A webhook in promptGuard.response reads whole (JSON) answers: POST /response, mask or reject, metered either way."""
+
+    @inlineCallbacks
+    def test_a_webhook_masks_the_answer(self) -> Any:
+        self.fake.reply_deltas = ("Your code is ", "ALPHA-7")
+        self.webhook.masks = {r"ALPHA-\d": "<code>"}
+        yield self.start([], [{"regex": {"rules": [{"pattern": "Your"}]}}, webhook_guard(self.host)])
+        completion = yield self.sdk(lambda c: c.chat.completions.create(model="m", messages=[{"role": "user", "content": "code?"}]))
+        self.assertEqual(completion.choices[0].message.content, "<masked> code is <code>")
+        [call] = self.webhook.calls
+        # In order: the regex guard ran first, and the webhook saw what it left.
+        self.assertEqual(call.json, {"body": {"choices": [{"message": {"role": "assistant", "content": "<masked> code is ALPHA-7"}}]}})
+        self.assertEqual(call.path, "/response")
+        self.assertEqual(self.guard_checks(), {("response", "mask"): 2.0})
+
+    @inlineCallbacks
+    def test_a_webhook_rejects_the_answer_and_it_is_still_metered(self) -> Any:
+        self.fake.reply_deltas = ("The launch codes are 0000",)
+        self.webhook.reject_words, self.webhook.reject_status = {"launch"}, 451
+        yield self.start([], [webhook_guard(self.host)])
+        response, content = yield self.chat("codes?")
+        self.assertEqual((response.code, content), (451, b"rejected: launch"))
+        [line] = self.log_lines()
+        billed = self.fake.ledger[-1]
+        self.assertEqual(line["gen_ai.usage.output_tokens"], billed.usage["output_tokens"])
+
+    @inlineCallbacks
+    def test_a_webhook_down_fails_closed_with_503(self) -> Any:
+        self.webhook.misbehaviour = "error"
+        yield self.start([], [webhook_guard(self.host)])
+        response, content = yield self.chat("hi")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json.loads(content)["error"]["code"], "guardrail_unavailable")

@@ -57,7 +57,7 @@ from agw.guardrails._realtime import (
     whole_text_holders,
 )
 from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS, Recognizer, luhn_valid
-from agw.guardrails._response import answer_slots, guard_answer, has_regex
+from agw.guardrails._response import answer_slots, drop_logprobs, guard_answer, has_regex
 from agw.guardrails._stream import StreamedAnswer, blocked_event
 from agw.guardrails._window import TextStream, guard_text, mask_before
 
@@ -65,7 +65,7 @@ __all__ = [
     "ALLOW", "FAIL_OPEN", "GuardCheck", "GuardOutcome", "MASK", "PATTERN_TOKEN", "RECOGNIZERS", "REJECT", "Recognizer",
     "SYSTEM_ROLES", "Slot", "TextStream", "add_prompts", "apply_fields", "apply_rule", "check_regex", "content_slots",
     "guard_request", "guard_slots", "guard_text", "item_slots", "mask_before", "resolve_alias", "luhn_valid", "text_slots",
-    "GUARDED_TYPES", "unguarded_streams", "unguarded_types", "StreamedAnswer", "answer_slots", "blocked_event", "guard_answer", "has_regex",
+    "GUARDED_TYPES", "unguarded_streams", "unguarded_types", "StreamedAnswer", "answer_slots", "drop_logprobs", "blocked_event", "guard_answer", "has_regex",
     # Realtime events.
     "GUARDED_CLIENT_EVENTS", "INPUT_TRANSCRIPT", "OUTPUT_DELTAS", "OUTPUT_DONE", "OUTPUT_WHOLE", "client_event_slots", "encode",
     "enriched_instructions", "guardrail_error", "item_role", "rejection_text", "response_of", "stream_key", "transcript_slots",

@@ -103,7 +103,15 @@ class BodyRelay(Protocol):
             self._watcher.finish()
         tail = self._remover.finish() if self._remover is not None else b""
         if self._guard is not None:
-            tail = self._guard.feed(tail) + self._guard.finish(isinstance(reason.value, ResponseDone))
+            tail = self._guard.feed(tail)
+            last = self._guard.finish(isinstance(reason.value, ResponseDone))
+            if isinstance(last, Deferred):  # a guard calls out (a webhook): the answer ends when it has answered
+                last.addCallback(lambda data: self._ended(tail + data, reason.value))
+                return
+            tail += last
+        self._ended(tail, reason.value)
+
+    def _ended(self, tail: bytes, reason: BaseException) -> None:
         self._write(tail)
         # A Failure passed to callback() would become an errback.
-        self.done.callback(reason.value)
+        self.done.callback(reason)

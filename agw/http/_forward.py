@@ -105,6 +105,7 @@ class HTTPForwarder(Resource):
         self._in_flight = in_flight if in_flight is not None else ConnectionTracker()
         # A request guard calls out (webhook, moderation): it may be sent the client's headers.
         self._calls_out = any(guard.regex is None for guard in context.policies.prompt_guard.request)
+        self._answers_call_out = any(guard.webhook is not None for guard in context.policies.prompt_guard.response)
 
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
@@ -207,6 +208,8 @@ class HTTPForwarder(Resource):
         remover = UsageChunkRemover() if exchange.streamed and exchange.hide_stream_usage else None
         guard = answer_guard(
             self._type, self._context.policies.prompt_guard, request, response, exchange, self._client.options.max_json_body,
+            self._context.guard_calls,  # type: ignore[arg-type]
+            guard_headers(_client_headers(request), self._context.policies) if self._answers_call_out else None,
         )
         if isinstance(response.length, int) and remover is None and guard is None:
             request.setHeader(b"content-length", b"%d" % response.length)

@@ -12,13 +12,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from agw.config import Guard, PromptGuard, Rejection, RouteType
-from agw.guardrails import GuardCheck, StreamedAnswer, blocked_event, guard_answer, has_regex
+from agw.guardrails import (
+    GuardCheck,
+    GuardOutcome,
+    StreamedAnswer,
+    answer_slots,
+    blocked_event,
+    drop_logprobs,
+    guard_answer,
+    has_regex,
+)
+from agw.http._guard_calls import GuardCalls, check_guards
 from agw.http._prepare import write_rejection
 from agw.metering import HTTPExchange
 from agw.routing import client_gone, render_error
@@ -38,8 +50,8 @@ class AnswerGuard(Protocol):
     def feed(self, data: bytes) -> bytes:
         """The bytes to send the client now for C{data} of the provider's body."""
 
-    def finish(self, complete: bool) -> bytes:
-        """The provider's body ended (C{complete}: whole): the last bytes to send."""
+    def finish(self, complete: bool) -> bytes | Deferred[bytes]:
+        """The provider's body ended (C{complete}: whole): the last bytes to send (later, if a guard calls out)."""
 
 
 def _record(exchange: HTTPExchange, checks: tuple[GuardCheck, ...]) -> None:
@@ -59,10 +71,13 @@ class GuardedJSON:
 
     def __init__(
         self, request: Request, route_type: RouteType, guards: tuple[Guard, ...], exchange: HTTPExchange, limit: int,
-        provided: tuple[bytes, ...] = (),
+        provided: tuple[bytes, ...] = (), calls: GuardCalls | None = None, headers: Mapping[str, str] | None = None,
     ) -> None:
         self._request, self._type, self._guards = request, route_type, guards
         self._exchange, self._limit, self._provided = exchange, limit, provided
+        # Webhook response guards call out: the answer waits for them (with the client's headers they may be sent).
+        self._calls = calls if any(guard.webhook is not None for guard in guards) else None
+        self._headers = headers or {}
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -74,7 +89,7 @@ class GuardedJSON:
             self._chunks = []  # past the limit: nothing of it will be sent
         return b""
 
-    def finish(self, complete: bool) -> bytes:
+    def finish(self, complete: bool) -> bytes | Deferred[bytes]:
         if not complete or client_gone(self._request):
             return b""  # a broken answer is not sent (the forwarder drops the connection)
         raw = b"".join(self._chunks)
@@ -85,10 +100,25 @@ class GuardedJSON:
             body = None
         if not isinstance(body, dict):
             return self._unreadable()
-        outcome = guard_answer(body, self._type, self._guards)
+        if self._calls is None:
+            return self._decided(body, raw, guard_answer(body, self._type, self._guards))
+        checking = check_guards(self._guards, answer_slots(body, self._type), "response", self._calls, self._headers)
+        return checking.addCallback(lambda outcome: self._decided(body, raw, outcome))
+
+    def _decided(self, body: dict[str, Any], raw: bytes, outcome: GuardOutcome) -> bytes:
         _record(self._exchange, outcome.checks)
+        if client_gone(self._request):
+            return b""
+        if outcome.unavailable:
+            self._replaced()
+            message = "a response guard could not be checked (its service is unavailable)"
+            data = render_error(self._request, 503, message, "guardrail_unavailable", "server_error")
+            self._request.setHeader(b"content-length", b"%d" % len(data))
+            return data
         if outcome.rejection is not None:
             return self._reject(outcome.rejection)
+        if outcome.masked:
+            drop_logprobs(body, self._type)
         data = json.dumps(body).encode() if outcome.masked else raw
         self._request.setHeader(b"content-length", b"%d" % len(data))
         return data
@@ -209,23 +239,25 @@ class GuardedSSE:
 
 def answer_guard(
     route_type: RouteType, prompt_guard: PromptGuard, request: Request, response: IResponse, exchange: HTTPExchange,
-    limit: int,
+    limit: int, calls: GuardCalls | None = None, headers: Mapping[str, str] | None = None,
 ) -> AnswerGuard | None:
     """
     The guard of a provider's answer, or C{None} when it passes as it is:
-    no regex response guards, not a completions or responses route, not a
+    no response guards it can run (regex; webhook on JSON answers, through
+    C{calls}, sent C{headers}), not a completions or responses route, not a
     2xx answer with a body, or a stream while C{streaming} is Disabled (as
     agentgateway: streams are guarded only when enabled).
     """
     guards = prompt_guard.response
-    if route_type not in (RouteType.COMPLETIONS, RouteType.RESPONSES) or not has_regex(guards):
+    webhooks = calls is not None and any(guard.webhook is not None for guard in guards)
+    if route_type not in (RouteType.COMPLETIONS, RouteType.RESPONSES) or not (has_regex(guards) or webhooks):
         return None
     if not 200 <= response.code < 300 or response.code == 204 or request.method == b"HEAD":
         return None
     content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
     if content_type.startswith(b"text/event-stream"):
-        if not prompt_guard.streaming:
-            return None
+        if not prompt_guard.streaming or not has_regex(guards):
+            return None  # webhook guards read whole answers only
         return GuardedSSE(StreamedAnswer(route_type, guards, prompt_guard.hold_chars), exchange, limit)
     provided = tuple(name for name, _ in response.headers.getAllRawHeaders())
-    return GuardedJSON(request, route_type, guards, exchange, limit, provided)
+    return GuardedJSON(request, route_type, guards, exchange, limit, provided, calls, headers)
