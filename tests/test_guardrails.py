@@ -92,6 +92,18 @@ class RecognizerTests(SynchronousTestCase):
                 recognizer.mask(text)
                 self.assertLess(time.perf_counter() - started, 2.0, (builtin, text[:8]))
 
+    def test_agws_own_builtins(self) -> None:
+        self.assertEqual(mask(Builtin.IPV4, "from 10.0.0.1 and 192.168.1.255."), "from <IP_ADDRESS> and <IP_ADDRESS>.")
+        for not_one in ("version 1.2.3.4.5", "256.1.1.1", "1.2.3"):
+            self.assertEqual(mask(Builtin.IPV4, not_one), not_one)
+        self.assertEqual(mask(Builtin.AWS_ACCESS_KEY, "key AKIAIOSFODNN7EXAMPLE."), "key <AWS_ACCESS_KEY>.")
+        self.assertEqual(mask(Builtin.AWS_ACCESS_KEY, "AKIAIOSFODNN7EXAMPLEX"), "AKIAIOSFODNN7EXAMPLEX")  # one too long
+        token = "ghp_" + "a1B2" * 9
+        self.assertEqual(mask(Builtin.GITHUB_TOKEN, f"token {token} here"), "token <GITHUB_TOKEN> here")
+        self.assertEqual(mask(Builtin.GITHUB_TOKEN, "ghp_short"), "ghp_short")
+        self.assertEqual(mask(Builtin.API_KEY, "use sk-proj-" + "x" * 40 + " now"), "use <API_KEY> now")
+        self.assertEqual(mask(Builtin.API_KEY, "a sk-abc or task-" + "x" * 30), "a sk-abc or task-" + "x" * 30)
+
     def test_canadian_sin(self) -> None:
         self.assertEqual(mask(Builtin.CA_SIN, "SIN 130 692 544"), "SIN <CA_SIN>")
         self.assertEqual(mask(Builtin.CA_SIN, "SIN 130-692-545 or 130 692-544"), "SIN 130-692-545 or 130 692-544")
