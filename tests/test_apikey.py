@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw import parse_config
 from agw.config import APIKeyMode, ConfigError
+from agw.decisions import KeyCheck, KeyRefused, model_matches, presented_key
 from agw.metering import AccessLog
-from agw.routing import KeyCheck, KeyRefused, model_matches, presented_key
 from tests.support import (
     BACKEND_KEY,
     handshake_status,

@@ -19,15 +19,17 @@ from tests.support import REPO
 LAYERS = {
     "agw.config": 0,
     "agw._internals": 0,
-    "agw.metering": 1,
-    "agw.guardrails": 1,  # pure: request bodies in, masked or refused; imports only agw.config
-    "agw.routing": 2,
-    "agw.http": 3,
-    "agw.realtime": 3,
-    "agw.testing": 3,
-    "agw.tracing": 3,  # the fake provider needs only agw.config; agw.serve's --demo runs it
-    "agw.serve": 4,
-    "agw": 5,
+    # What may happen (keys, rate limits, budget states, guards, enrichment): pure, imports only agw.config.
+    "agw.decisions": 1,
+    # What happened (usage, metrics, the access log, spend and its ledger); asks agw.decisions.
+    "agw.metering": 2,
+    "agw.routing": 3,
+    "agw.http": 4,
+    "agw.realtime": 4,
+    "agw.testing": 4,
+    "agw.tracing": 4,  # the fake provider needs only agw.config; agw.serve's --demo runs it
+    "agw.serve": 5,
+    "agw": 6,
 }
 MAX_LINES = 310
 

@@ -24,7 +24,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from agw import Gateway
 from agw.config import Builtin, ConfigError, FailureMode, Guard, HeaderMatch, Moderation, RegexGuard, RegexRule, Rejection, Scope, Webhook, parse_config
-from agw.guardrails import BadAnswer, Slot, Verdict, forwarded_headers, moderation_verdict, webhook_payload, webhook_verdict
+from agw.decisions import BadAnswer, Slot, Verdict, forwarded_headers, moderation_verdict, webhook_payload, webhook_verdict
 from agw.http import GuardCallFailed, GuardCalls, check_guards, check_response_texts
 from agw.metering import AccessLog
 from agw.routing import TrustRootError

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw import Gateway
 from agw.config import Builtin, ConfigError, Guard, GuardAction, Policies, RegexGuard, RegexRule, RouteType, Scope, parse_config
-from agw.guardrails import RECOGNIZERS, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias, unguarded_types
+from agw.decisions import RECOGNIZERS, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias, unguarded_types
 from agw.metering import AccessLog
 from tests.support import BACKEND_KEY, listening_fake, registry_samples, running_gateway, seed_config_text
 

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw import parse_config
 from agw.config import ConfigError, LocalRateLimit
-from agw.metering import RouteLimits, TokenBucket
+from agw.decisions import RouteLimits, TokenBucket
 from tests.support import (
     listening_fake,
     open_client,

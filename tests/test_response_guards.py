@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw import Gateway
 from agw.config import Builtin, Guard, GuardAction, RegexGuard, RegexRule, Rejection, RouteType, Webhook, parse_config
-from agw.guardrails import StreamedAnswer, blocked_event, guard_answer, unguarded_streams
+from agw.decisions import StreamedAnswer, blocked_event, guard_answer, unguarded_streams
 from agw.http._response_guard import GuardedSSE
 from agw.metering import AccessLog, HTTPExchange
 from tests.support import listening_fake, raw_exchange, registry_samples, running_gateway, token_sums

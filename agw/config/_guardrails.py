@@ -2,7 +2,7 @@
 C{policies.ai.promptGuard} and C{policies.ai.prompts} as data: guards on
 requests and responses (regex, webhook, OpenAI moderation) and the
 messages added around a request's own. What they do is
-L{agw.guardrails}'s business.
+L{agw.decisions}'s business.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ import math
 
 from twisted.web.server import Request
 
-from agw.metering import Denial, HTTPExchange
-from agw.routing import KeyRefused, RouteContext
+from agw.decisions import Denial, KeyRefused
+from agw.metering import HTTPExchange
+from agw.routing import RouteContext
 
 
 def admit(request: Request, exchange: HTTPExchange, context: RouteContext, reads_body: bool) -> None:

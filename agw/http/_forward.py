@@ -24,6 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from agw.config import RouteType
+from agw.decisions import KeyCheck, KeyRefused, presented_key
 from agw.http._admission import admit
 from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
@@ -45,15 +46,12 @@ from agw.metering import (
 )
 from agw.routing import (
     ConnectionTracker,
-    KeyCheck,
-    KeyRefused,
     NoDeployment,
     RouteContext,
     client_gone,
     client_host,
     client_response_headers,
     guard_headers,
-    presented_key,
     render_error,
     upstream_headers,
 )

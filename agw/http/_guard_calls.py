@@ -4,7 +4,7 @@ moderation endpoint, asked without blocking the reactor. L{GuardCalls}
 (one per gateway) makes the calls; L{check_guards} runs a guard list in
 order over L{Slot}s, regex guards in place, the others through the calls,
 and stops at the first reject. What is sent and what an answer means is
-L{agw.guardrails}' (pure); this module only sends and receives.
+L{agw.decisions}' (pure); this module only sends and receives.
 
 A call that fails (no connection, over C{timeout}, not 2xx, not JSON or
 over L{MAX_ANSWER} bytes, no answer agw can act on) rejects
@@ -29,7 +29,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from agw.config import FailureMode, Guard, MiB, Moderation, Scope, Webhook
-from agw.guardrails import (
+from agw.decisions import (
     ALLOW,
     FAIL_OPEN,
     REJECT,

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from agw.config import DEFAULT_REJECTION, Rejection, RouteType
-from agw.guardrails import REQUEST, GuardOutcome, add_prompts, apply_fields, guard_slots, text_slots
+from agw.decisions import REQUEST, GuardOutcome, add_prompts, apply_fields, guard_slots, text_slots
 from agw.http._request_body import json_object
 from agw.metering import HTTPExchange
 from agw.routing import RouteContext, error_body

@@ -4,7 +4,7 @@ through the gateway: a JSON answer is held whole, guarded and written once
 (L{GuardedJSON}); a streamed one (C{promptGuard.streaming: Enabled}) is cut
 into its server-sent events, each rewritten to carry only the text the
 guards release (L{GuardedSSE}). What to mask or reject is
-L{agw.guardrails}'s decision; the usage watcher still reads the provider's
+L{agw.decisions}'s decision; the usage watcher still reads the provider's
 own bytes before either, so a guarded answer is metered and charged as any.
 """
 
@@ -20,7 +20,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from agw.config import Guard, PromptGuard, Rejection, RouteType
-from agw.guardrails import (
+from agw.decisions import (
     GuardCheck,
     GuardOutcome,
     StreamedAnswer,

@@ -17,10 +17,8 @@ from agw.metering._accesslog import (
 )
 from agw.metering._attribution import Attribution, Attributor
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
-from agw.metering._budget_state import BudgetState
 from agw.metering._budgets import Governor
 from agw.metering._client_events import client_event_id, client_event_type, client_event_types, sole_event_type
-from agw.metering._denial import Denial
 from agw.metering._reservation import NO_RESERVATION, Reservation, ReserveOptions
 from agw.metering._catalog import (
     EXACT,
@@ -41,7 +39,6 @@ from agw.metering._http import HTTPExchange
 from agw.metering._ledger import BudgetLedger, LedgerURLError, check_ledger_url
 from agw.metering._metrics import OTHER_MODEL, UNKNOWN_MODEL, GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._pricing import price_audio, price_tokens, split_cached
-from agw.metering._ratelimit import RouteLimits, TokenBucket
 from agw.metering._realtime import CLIENT_TO_UPSTREAM, TRANSCRIPTION, UPSTREAM_TO_CLIENT, RealtimeSession
 from agw.metering._spans import NO_SPAN, NO_SPANS, Span, SpanSink, span_name
 from agw.metering._spool import ChargeSpool, ledger_identity
@@ -65,8 +62,8 @@ from agw.metering._usage import (
 )
 
 __all__ = [
-    "Attribution", "Attributor", "BudgetLedger", "BudgetState", "Denial", "Governor", "LedgerURLError", "NO_RESERVATION",
-    "Reservation", "ReserveOptions", "check_ledger_url", "ChargeSpool", "ledger_identity", "RouteLimits", "TokenBucket",
+    "Attribution", "Attributor", "BudgetLedger", "Governor", "LedgerURLError", "NO_RESERVATION",
+    "Reservation", "ReserveOptions", "check_ledger_url", "ChargeSpool", "ledger_identity",
     "EXACT", "FALLBACK_MODEL", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs", "split_cached",
     "ACCESS_LOG_FORMATS", "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "NO_SPAN", "NO_SPANS", "Span", "SpanSink", "span_name", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from agw.metering._budget_state import BudgetState
+from agw.decisions import BudgetState
 from agw.metering._children import MetricChildren
 
 _LABELS = ("consumer", "budget", "unit")

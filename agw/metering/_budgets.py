@@ -24,9 +24,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from agw.config import Budget, BudgetUnit, ClientKey
-from agw.metering._budget_state import BudgetState, amount_of, units_of
+from agw.decisions import BudgetState, amount_of, units_of
 from agw.metering._catalog import Cost
-from agw.metering._denial import Denial
+from agw.decisions import Denial
 from agw.metering._ledger import BudgetLedger, WindowKey
 from agw.metering._ledger_reading import NEAR_END, LedgerReading
 from agw.metering._reservation import Reservation, ReserveOptions

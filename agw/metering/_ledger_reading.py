@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.config import Budget
-from agw.metering._budget_state import units_of
+from agw.decisions import units_of
 from agw.metering._ledger import BudgetLedger, Reading, WindowKey
 from agw.metering._spendbook import SpendBook
 from agw.metering._spool import ChargeSpool

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agw.metering._attribution import Attribution
 from agw.metering._budget_metrics import BudgetMetrics
-from agw.metering._budget_state import BudgetState
+from agw.decisions import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog
 from agw.metering._children import MetricChildren
 from agw.metering._pricing import price_audio, price_tokens

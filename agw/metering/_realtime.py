@@ -13,9 +13,9 @@ from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, durat
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
-from agw.metering._denial import Denial
+from agw.decisions import Denial
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
-from agw.metering._ratelimit import RouteLimits
+from agw.decisions import RouteLimits
 from agw.metering._reservation import NO_RESERVATION, Reservation
 from agw.metering._responses import ResponseQueue
 from agw.metering._realtime_metrics import MessageCounts, close_code_label

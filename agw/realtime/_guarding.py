@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from agw.config import FailureMode, Guard, Policies, Rejection
-from agw.guardrails import (
+from agw.decisions import (
     ALLOW,
     GUARDED_CLIENT_EVENTS,
     INPUT_TRANSCRIPT,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from agw.metering import Denial
+from agw.decisions import Denial
 
 
 def limit_error_event(refusal: Denial, client_event_id: str | None = None) -> bytes:

@@ -1,7 +1,7 @@
 """
 L{OutputGuard}: the response guards over a Realtime session's output. The
 provider's text and audio transcript deltas are windowed per response,
-item and content part (L{agw.guardrails.TextStream}); the events that
+item and content part (L{agw.decisions.TextStream}); the events that
 repeat a text whole are masked to agree with them. A block stops that
 response alone: the client is told, the provider gets C{response.cancel}
 with its id, the rest of it is dropped, and its C{response.done} (usage)
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agw.config import Guard, Rejection
-from agw.guardrails import (
+from agw.decisions import (
     TextStream,
     guard_text,
     OUTPUT_DONE,

@@ -22,22 +22,14 @@ from twisted.web.server import Request
 
 from agw._internals import use_reactor_timers
 from agw.config import Policies
-from agw.guardrails import resolve_alias
+from agw.decisions import resolve_alias
+from agw.decisions import KeyCheck, KeyRefused, presented_key
 from agw.metering import RealtimeSession, peer_address
 from agw.realtime._guarding import SessionGuard, session_guard
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
-from agw.routing import (
-    NoDeployment,
-    ConnectionTracker,
-    KeyCheck,
-    KeyRefused,
-    RouteContext,
-    presented_key,
-    render_error,
-    upstream_headers,
-)
+from agw.routing import NoDeployment, ConnectionTracker, RouteContext, render_error, upstream_headers
 
 # The client's WebSocket handshake headers: the upstream leg makes its own.
 _HANDSHAKE_HEADERS = frozenset({

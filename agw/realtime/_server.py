@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from agw.decisions import KeyRefused
 from agw.metering import (
     CLIENT_TO_UPSTREAM,
     RealtimeSession,
@@ -34,7 +35,7 @@ from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._ordered import OrderedDelivery
 from agw.realtime._refusal import UpstreamRefused
 from agw.realtime._upstream import UpstreamProtocol
-from agw.routing import ConnectionTracker, KeyRefused, error_body
+from agw.routing import ConnectionTracker, error_body
 
 
 class SessionHost(Protocol):

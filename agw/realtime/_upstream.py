@@ -14,7 +14,8 @@ from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
 from agw._internals import handshake_bytes
-from agw.metering import UPSTREAM_TO_CLIENT, Denial, RealtimeSession, might_carry_usage, sole_event_type
+from agw.decisions import Denial
+from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession, might_carry_usage, sole_event_type
 from agw.realtime._frames import BINARY, Frame
 from agw.realtime._guarding import SessionGuard
 from agw.realtime._leg import RelayLeg

@@ -4,12 +4,11 @@ and normalised once (L{parse_target}), the resource tree of a bind that
 picks a route (L{BindResource}), the backend a route sends to
 (L{BackendTarget}: its URL built from parts, never from the request-target),
 the header policy, the L{RouteContext} every forwarder and relay of a route
-shares, client keys (L{KeyCheck}), OpenAI-shaped errors, and what is
-still open (L{ConnectionTracker}).
-Imports L{agw.config}, L{agw.metering} and L{agw.guardrails}.
+shares, OpenAI-shaped errors, and what is still open
+(L{ConnectionTracker}). Client keys are L{agw.decisions}'.
+Imports L{agw.config}, L{agw.metering} and L{agw.decisions}.
 """
 
-from agw.routing._apikey import KeyCheck, KeyRefused, model_matches, presented_key
 from agw.routing._azure import NoDeployment
 from agw.routing._backend import OPENAI_HOST, BackendTarget, TrustRootError, read_trust_root
 from agw.routing._context import GuardRunner, RouteContext
@@ -29,7 +28,7 @@ from agw.routing._tree import BindResource, RoutedRoute, route_type_for
 
 __all__ = [
     "CREDENTIALS", "FORWARDING", "HOP_BY_HOP", "OPENAI_HOST", "BackendTarget", "BadTarget", "BindResource",
-    "ConnectionTracker", "ErrorResource", "GuardRunner", "KeyCheck", "KeyRefused", "NoDeployment", "OriginTarget", "RouteContext", "RoutedRoute", "TrustRootError",
-    "client_gone", "client_host", "client_response_headers", "connection_listed", "error_body", "guard_headers", "model_matches", "normalise_path",
-    "parse_target", "presented_key", "read_trust_root", "render_error", "route_type_for", "upstream_headers",
+    "ConnectionTracker", "ErrorResource", "GuardRunner", "NoDeployment", "OriginTarget", "RouteContext", "RoutedRoute", "TrustRootError",
+    "client_gone", "client_host", "client_response_headers", "connection_listed", "error_body", "guard_headers", "normalise_path",
+    "parse_target", "read_trust_root", "render_error", "route_type_for", "upstream_headers",
 ]

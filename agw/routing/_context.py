@@ -11,7 +11,8 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from agw.config import ClientKey, Guard, Policies
-from agw.guardrails import GuardOutcome, Slot
+from agw.decisions import GuardOutcome, Slot
+from agw.decisions import RouteLimits
 from agw.metering import (
     NO_ACCESS_LOG,
     NO_SPANS,
@@ -21,10 +22,9 @@ from agw.metering import (
     GatewayMetrics,
     Governor,
     RouteLabels,
-    RouteLimits,
     SpanSink,
 )
-from agw.routing._apikey import KeyCheck
+from agw.decisions import KeyCheck
 from agw.routing._backend import BackendTarget
 
 

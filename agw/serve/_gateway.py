@@ -15,7 +15,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from agw.config import Bind, ClientKey, GatewayConfig, Listener, Route, RouteType, load_config
-from agw.guardrails import unguarded_streams, unguarded_types
+from agw.decisions import unguarded_streams, unguarded_types
+from agw.decisions import KeyCheck, RouteLimits
 from agw.http import GuardCalls, HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
@@ -28,21 +29,12 @@ from agw.metering import (
     Governor,
     RouteLabels,
     ReserveOptions,
-    RouteLimits,
     SpanSink,
     catalog_for,
     ledger_identity,
 )
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
-from agw.routing import (
-    BackendTarget,
-    BindResource,
-    ConnectionTracker,
-    ErrorResource,
-    KeyCheck,
-    RouteContext,
-    RoutedRoute,
-)
+from agw.routing import BackendTarget, BindResource, ConnectionTracker, ErrorResource, RouteContext, RoutedRoute
 from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, restart_only_changes
 
 

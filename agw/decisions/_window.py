@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 
 from agw.config import Guard, GuardAction, RegexRule, Rejection
-from agw.guardrails._apply import ALLOW, MASK, REJECT
-from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS
+from agw.decisions._apply import ALLOW, MASK, REJECT
+from agw.decisions._recognizers import PATTERN_TOKEN, RECOGNIZERS
 
 _RANK = {ALLOW: 0, MASK: 1, REJECT: 2}
 

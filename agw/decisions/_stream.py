@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from agw.config import DEFAULT_REJECTION, Guard, Rejection, RouteType, Scope
-from agw.guardrails._apply import ALLOW, GuardCheck, Slot
-from agw.guardrails._response import output_slots
-from agw.guardrails._window import _RANK, TextStream, guard_text
+from agw.decisions._apply import ALLOW, GuardCheck, Slot
+from agw.decisions._response import output_slots
+from agw.decisions._window import _RANK, TextStream, guard_text
 
 # The chat chunk fields a chunk added by the guard copies from the chunks around it.
 _CHUNK_FIELDS = ("id", "object", "created", "model", "system_fingerprint", "service_tier")

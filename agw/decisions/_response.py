@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from agw.config import Guard, RouteType, Scope
-from agw.guardrails._apply import ALLOW, REJECT, GuardCheck, GuardOutcome, Slot, check_regex, content_slots
+from agw.decisions._apply import ALLOW, REJECT, GuardCheck, GuardOutcome, Slot, check_regex, content_slots
 
 
 def output_slots(response: dict[str, Any]) -> Iterator[Slot]:

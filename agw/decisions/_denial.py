@@ -10,7 +10,7 @@ from __future__ import annotations
 from attrs import frozen
 
 from agw.config import BudgetUnit
-from agw.metering._budget_state import BudgetState
+from agw.decisions._budget_state import BudgetState
 
 RATE_LIMITED = "rate_limit_exceeded"
 

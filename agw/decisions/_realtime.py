@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from agw.config import DEFAULT_REJECTION, Prompts, Rejection, Scope
-from agw.guardrails._apply import Slot, item_slots
+from agw.decisions._apply import Slot, item_slots
 
 # Client events whose text the request guards read.
 GUARDED_CLIENT_EVENTS = frozenset({"conversation.item.create", "session.update", "response.create"})

@@ -7,7 +7,7 @@ sent and what their answers mean. Pure code (no I/O): the HTTP forwarder and the
 relay call it and answer what it decides.
 """
 
-from agw.guardrails._apply import (
+from agw.decisions._apply import (
     ALLOW,
     FAIL_OPEN,
     MASK,
@@ -26,7 +26,7 @@ from agw.guardrails._apply import (
     item_slots,
     text_slots,
 )
-from agw.guardrails._backends import (
+from agw.decisions._backends import (
     REQUEST,
     RESPONSE,
     BadAnswer,
@@ -38,8 +38,12 @@ from agw.guardrails._backends import (
     webhook_payload,
     webhook_verdict,
 )
-from agw.guardrails._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_streams, unguarded_types
-from agw.guardrails._realtime import (
+from agw.decisions._budget_state import BudgetState, amount_of, units_of
+from agw.decisions._denial import Denial
+from agw.decisions._keys import REALTIME_KEY_PROTOCOL, KeyCheck, KeyRefused, model_matches, presented_key
+from agw.decisions._ratelimit import RouteLimits, TokenBucket
+from agw.decisions._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_streams, unguarded_types
+from agw.decisions._realtime import (
     GUARDED_CLIENT_EVENTS,
     INPUT_TRANSCRIPT,
     OUTPUT_DELTAS,
@@ -56,12 +60,16 @@ from agw.guardrails._realtime import (
     transcript_slots,
     whole_text_holders,
 )
-from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS, Recognizer, luhn_valid
-from agw.guardrails._response import answer_slots, drop_logprobs, guard_answer, has_regex
-from agw.guardrails._stream import StreamedAnswer, blocked_event
-from agw.guardrails._window import TextStream, guard_text, mask_before
+from agw.decisions._recognizers import PATTERN_TOKEN, RECOGNIZERS, Recognizer, luhn_valid
+from agw.decisions._response import answer_slots, drop_logprobs, guard_answer, has_regex
+from agw.decisions._stream import StreamedAnswer, blocked_event
+from agw.decisions._window import TextStream, guard_text, mask_before
 
 __all__ = [
+    # Keys, rate limits, budgets.
+    "BudgetState", "Denial", "KeyCheck", "KeyRefused", "REALTIME_KEY_PROTOCOL", "RouteLimits", "TokenBucket", "amount_of",
+    "model_matches", "presented_key", "units_of",
+    # Content.
     "ALLOW", "FAIL_OPEN", "GuardCheck", "GuardOutcome", "MASK", "PATTERN_TOKEN", "RECOGNIZERS", "REJECT", "Recognizer",
     "SYSTEM_ROLES", "Slot", "TextStream", "add_prompts", "apply_fields", "apply_rule", "check_regex", "content_slots",
     "guard_request", "guard_slots", "guard_text", "item_slots", "mask_before", "resolve_alias", "luhn_valid", "text_slots",

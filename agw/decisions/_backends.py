@@ -15,7 +15,7 @@ from typing import Any
 from attrs import frozen
 
 from agw.config import Guard, HeaderMatch, Rejection
-from agw.guardrails._apply import ALLOW, MASK, REJECT, Slot
+from agw.decisions._apply import ALLOW, MASK, REJECT, Slot
 
 REQUEST, RESPONSE = "request", "response"
 

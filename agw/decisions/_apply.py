@@ -14,7 +14,7 @@ from typing import Any
 from attrs import define, frozen
 
 from agw.config import Guard, GuardAction, Prompts, RegexRule, Rejection, RouteType, Scope
-from agw.guardrails._recognizers import PATTERN_TOKEN, RECOGNIZERS
+from agw.decisions._recognizers import PATTERN_TOKEN, RECOGNIZERS
 
 ALLOW, MASK, REJECT = "allow", "mask", "reject"
 # agentgateway's action for a guard backend that failed while failing open.
