@@ -120,10 +120,16 @@ class ClientEventTests(RealtimeGuardCase):
                     "type": "message", "role": "user", "content": [{"type": "input_text", "text": "I am jo@example.com, SSN 123-45-6789"}],
                 })
                 connection.response.create(response={"instructions": "Mail ops@example.org", "output_modalities": ["text"]})
-                return [next(event for event in connection if event.type == "response.done")]
+                done = next(event for event in connection if event.type == "response.done")
+                connection.input_audio_buffer.commit()  # the user spoke: its transcript comes back masked
+                transcript = next(e for e in connection if e.type == "conversation.item.input_audio_transcription.completed")
+                return [done, transcript]
 
-        (done,) = yield deferToThread(run)
+        self.fake.transcription_usage = {"type": "tokens", "input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+        self.fake.transcript = "reach me at sam@example.net, SSN 123-45-6789"
+        done, transcript = yield deferToThread(run)
         self.assertEqual(done.response.status, "completed")
+        self.assertEqual(transcript.transcript, "reach me at <EMAIL_ADDRESS>, SSN <SSN>")
         text = self.received_text()
         for secret in ("boss@example.com", "jo@example.com", "123-45-6789", "ops@example.org"):
             self.assertNotIn(secret, text)
@@ -134,7 +140,7 @@ class ClientEventTests(RealtimeGuardCase):
         create = next(e for e in self.received() if e["type"] == "response.create")
         self.assertEqual(create["response"]["instructions"], "Mail <EMAIL_ADDRESS>")
         self.assertEqual(self.fake.handshakes[0].uri, "/v1/realtime?model=gpt-realtime")  # modelAliases
-        self.assertEqual(self.guard_checks()[("request", "mask")], 3.0)
+        self.assertEqual(self.guard_checks()[("request", "mask")], 4.0)  # instructions twice, the item, the transcript
 
     @inlineCallbacks
     def test_a_forbidden_word_is_refused_with_the_clients_event_id_and_the_session_goes_on(self) -> Any:
