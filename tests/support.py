@@ -405,3 +405,36 @@ def running_gateway(case: TestCase, config_text: str, environ: dict[str, str] | 
     case.addCleanup(service.stopService)
     yield wait_until(service.is_ready)
     return built, service, service.port_of(config.binds[0].port)
+
+
+class LoopbackClient:
+    """
+    Mixin for test cases with agw on C{self.port}: the openai SDK (in a
+    thread) and JSON posts through treq, against its HTTP routes.
+    """
+
+    port: int
+
+    def sdk(self, call: Any) -> Deferred[Any]:
+        """C{call(client)} with an C{openai.OpenAI} client for agw, run in a thread."""
+        def run() -> Any:
+            with OpenAI(api_key="sk-client", base_url=f"http://127.0.0.1:{self.port}/v1", max_retries=0) as client:
+                return call(client)
+
+        return deferToThread(run)
+
+    @inlineCallbacks
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST C{body} as JSON; fires with (response, its body)."""
+        response = yield treq.post(f"http://127.0.0.1:{self.port}{path}", json=body, persistent=False)
+        content = yield response.content()
+        return response, content
+
+
+def guard_check_counts(gateway: Any, *labels: str) -> dict[tuple[str, ...], float]:
+    """agentgateway_guardrail_checks_total of C{gateway} by the values of C{labels}."""
+    return {
+        tuple(dict(found)[name] for name in labels): value
+        for (metric, found), value in registry_samples(gateway.metrics.registry).items()
+        if metric == "agentgateway_guardrail_checks_total"
+    }

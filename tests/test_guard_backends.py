@@ -18,7 +18,6 @@ import yaml
 from openai import OpenAI, PermissionDeniedError
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 
@@ -30,7 +29,16 @@ from agw.metering import AccessLog
 from agw.routing import TrustRootError
 from agw.serve._options import check_files
 from agw.testing import FakeGuardrailWebhook, TestCA
-from tests.support import BACKEND_KEY, CLIENT_KEY, free_port, listening_fake, registry_samples, running_gateway, wait_until
+from tests.support import (
+    BACKEND_KEY,
+    CLIENT_KEY,
+    free_port,
+    guard_check_counts,
+    listening_fake,
+    LoopbackClient,
+    running_gateway,
+    wait_until,
+)
 from tests.test_guardrails import ENV, config_text
 
 
@@ -245,7 +253,7 @@ class GuardCallsTests(TestCase):
         yield wait_until(lambda: self.webhook.abandoned == 1)
 
 
-class GatewayBackendCase(TestCase):
+class GatewayBackendCase(LoopbackClient, TestCase):
     """A gateway whose route's request guards are set by each test, in front of the fake and a fake webhook."""
 
     @inlineCallbacks
@@ -272,25 +280,14 @@ class GatewayBackendCase(TestCase):
         content_bytes = yield response.content()
         return response, content_bytes
 
-    def sdk(self, call: Any) -> Any:
-        def run() -> Any:
-            with OpenAI(api_key="sk-client", base_url=f"http://127.0.0.1:{self.port}/v1", max_retries=0) as client:
-                return call(client)
-
-        return deferToThread(run)
-
     def upstream(self, path: str = "/v1/chat/completions") -> list[Any]:
         return [r for r in self.fake.http_requests if r.uri == path]
 
     def log_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.getvalue().splitlines()]
 
-    def guard_checks(self) -> dict[tuple[str, str], float]:
-        return {
-            (dict(labels)["phase"], dict(labels)["action"]): value
-            for (name, labels), value in registry_samples(self.gateway.metrics.registry).items()
-            if name == "agentgateway_guardrail_checks_total"
-        }
+    def guard_checks(self) -> dict[tuple[str, ...], float]:
+        return guard_check_counts(self.gateway, "phase", "action")
 
 
 class WebhookGatewayTests(GatewayBackendCase):

@@ -11,11 +11,9 @@ import io
 import json
 from typing import Any
 
-import treq
 import yaml
 from openai import OpenAI, PermissionDeniedError
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -23,7 +21,15 @@ from agw import Gateway
 from agw.config import Builtin, ConfigError, Guard, GuardAction, Policies, RegexGuard, RegexRule, RouteType, Scope, parse_config
 from agw.decisions import RECOGNIZERS, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias, unguarded_types
 from agw.metering import AccessLog
-from tests.support import BACKEND_KEY, listening_fake, registry_samples, running_gateway, seed_config_text
+from tests.support import (
+    BACKEND_KEY,
+    guard_check_counts,
+    listening_fake,
+    LoopbackClient,
+    registry_samples,
+    running_gateway,
+    seed_config_text,
+)
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY}
 
@@ -283,7 +289,7 @@ GUARDS = {
 }
 
 
-class GatewayCase(TestCase):
+class GatewayCase(LoopbackClient, TestCase):
     ai: dict[str, Any] = GUARDS
 
     @inlineCallbacks
@@ -292,28 +298,11 @@ class GatewayCase(TestCase):
         self.log = io.StringIO()
         self.gateway, _, self.port = yield running_gateway(self, config_text(upstream_port, self.ai), ENV, access_log=AccessLog(self.log))
 
-    def sdk(self, call: Any) -> Any:
-        def run() -> Any:
-            with OpenAI(api_key="sk-client", base_url=f"http://127.0.0.1:{self.port}/v1", max_retries=0) as client:
-                return call(client)
-
-        return deferToThread(run)
-
-    @inlineCallbacks
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = yield treq.post(f"http://127.0.0.1:{self.port}{path}", json=body, persistent=False)
-        content = yield response.content()
-        return response, content
-
     def log_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.getvalue().splitlines()]
 
-    def guard_checks(self) -> dict[tuple[str, str], float]:
-        return {
-            (dict(labels)["action"], dict(labels)["route"]): value
-            for (name, labels), value in registry_samples(self.gateway.metrics.registry).items()
-            if name == "agentgateway_guardrail_checks_total"
-        }
+    def guard_checks(self) -> dict[tuple[str, ...], float]:
+        return guard_check_counts(self.gateway, "action", "route")
 
 
 

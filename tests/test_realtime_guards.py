@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from agw.metering import AccessLog
 from agw.testing import FakeGuardrailWebhook
-from tests.support import BACKEND_KEY, listening_fake, open_client, recv_event, registry_samples, running_gateway
+from tests.support import guard_check_counts, BACKEND_KEY, listening_fake, open_client, recv_event, registry_samples, running_gateway
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY}
 CARD = "4111 1111 1111 1111"
@@ -86,12 +86,8 @@ class RealtimeGuardCase(TestCase):
 
         return deferToThread(run)
 
-    def guard_checks(self) -> dict[tuple[str, str], float]:
-        return {
-            (dict(labels)["phase"], dict(labels)["action"]): value
-            for (name, labels), value in registry_samples(self.gateway.metrics.registry).items()
-            if name == "agentgateway_guardrail_checks_total"
-        }
+    def guard_checks(self) -> dict[tuple[str, ...], float]:
+        return guard_check_counts(self.gateway, "phase", "action")
 
 
 def until(ws: Any, kind: str, seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:

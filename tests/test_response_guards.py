@@ -25,7 +25,7 @@ from agw.config import Builtin, Guard, GuardAction, RegexGuard, RegexRule, Rejec
 from agw.decisions import StreamedAnswer, blocked_event, guard_answer, unguarded_streams
 from agw.http._response_guard import GuardedSSE
 from agw.metering import AccessLog, HTTPExchange
-from tests.support import listening_fake, raw_exchange, registry_samples, running_gateway, token_sums
+from tests.support import listening_fake, LoopbackClient, raw_exchange, registry_samples, running_gateway, token_sums
 from tests.test_guardrails import ENV, config_text
 
 CARD = Guard(regex=RegexGuard(rules=(RegexRule(builtin=Builtin.CREDIT_CARD),)))
@@ -272,7 +272,7 @@ REGEX_GUARDS = [
 ]
 
 
-class ResponseGuardCase(TestCase):
+class ResponseGuardCase(LoopbackClient, TestCase):
     ai: dict[str, Any] = {"promptGuard": {"streaming": "Enabled", "response": REGEX_GUARDS}}
 
     @inlineCallbacks
@@ -281,19 +281,6 @@ class ResponseGuardCase(TestCase):
         self.fake.reply_deltas = CARD_TEXT
         self.log = LogLines()
         self.gateway, _, self.port = yield running_gateway(self, config_text(self.upstream_port, self.ai), ENV, access_log=AccessLog(self.log))
-
-    def sdk(self, call: Any) -> Any:
-        def run() -> Any:
-            with OpenAI(api_key="sk-client", base_url=f"http://127.0.0.1:{self.port}/v1", max_retries=0) as client:
-                return call(client)
-
-        return deferToThread(run)
-
-    @inlineCallbacks
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = yield treq.post(f"http://127.0.0.1:{self.port}{path}", json=body, persistent=False)
-        content = yield response.content()
-        return response, content
 
     @inlineCallbacks
     def raw_post(self, path: str, body: dict[str, Any]) -> Any:
