@@ -120,14 +120,20 @@ def start_nginx(upstream: int, websocket: bool = False) -> tuple[subprocess.Pope
     return proc, port
 
 
-def start_agw(upstream_port: int, *args: str) -> tuple[subprocess.Popen, int, int]:
-    """twistd -n agw with the repo's config.yaml pointed at the fake; (process, port, stats port)."""
+def repo_config(upstream_port: int) -> dict[str, Any]:
+    """The repo's config.yaml, its bind on a free port and its backends pointed at the fake."""
     with open(os.path.join(REPO, "config.yaml")) as f:
         data = yaml.safe_load(f)
     data["binds"][0]["port"] = free_port()
     for route in data["binds"][0]["listeners"][0]["routes"]:
         for backend in route["backends"]:
             backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
+    return data
+
+
+def start_agw(upstream_port: int, *args: str) -> tuple[subprocess.Popen, int, int]:
+    """twistd -n agw with the repo's config.yaml pointed at the fake; (process, port, stats port)."""
+    data = repo_config(upstream_port)
     stats = free_port()
     data["config"] = {"statsAddr": f"127.0.0.1:{stats}"}
     proc, port = start_agw_with(data, *args)

@@ -27,12 +27,11 @@ import sys
 import time
 from typing import Any
 
-import yaml
 from twisted.internet import defer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, free_port, machine, result_path, run_on_reactor, start_agw_with, start_fake  # noqa: E402
-from realtime_bench import Client, audio_rate, connect  # noqa: E402
+from common import machine, repo_config, result_path, run_on_reactor, start_agw_with, start_fake  # noqa: E402
+from realtime_bench import Client, audio_rate, connect, message_rate  # noqa: E402
 
 GUARDS = {
     "streaming": "Enabled",
@@ -78,35 +77,12 @@ class GuardClient(Client):
 
 
 def config(upstream_port: int, guarded: bool) -> dict[str, Any]:
-    with open(os.path.join(REPO, "config.yaml")) as f:
-        data = yaml.safe_load(f)
-    data["binds"][0]["port"] = free_port()
+    """The repo's config.yaml in front of the fake; with the guards on every route if C{guarded}."""
+    data = repo_config(upstream_port)
     for route in data["binds"][0]["listeners"][0]["routes"]:
-        for backend in route["backends"]:
-            backend["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
         if guarded:
             route["policies"]["ai"]["promptGuard"] = copy.deepcopy(GUARDS)
     return data
-
-
-@defer.inlineCallbacks
-def item_rate(port: int, sessions: int = 8, in_flight: int = 16, seconds: float = 5.0) -> Any:
-    clients = yield defer.gatherResults([connect(port, GuardClient) for _ in range(sessions)])
-    done = {"n": 0}
-    deadline = time.perf_counter() + seconds
-
-    @defer.inlineCallbacks
-    def pump(client: GuardClient) -> Any:
-        while time.perf_counter() < deadline:
-            yield client.item()
-            done["n"] += 1
-
-    start = time.perf_counter()
-    yield defer.gatherResults([pump(c) for c in clients for _ in range(in_flight)])
-    elapsed = time.perf_counter() - start
-    for c in clients:
-        c.sendClose()
-    return {"messages_per_s": 2 * done["n"] / elapsed}
 
 
 @defer.inlineCallbacks
@@ -133,10 +109,10 @@ def run(args: argparse.Namespace) -> Any:
     try:
         for _ in range(args.rounds):
             for name, (_, port) in servers.items():
-                items = yield item_rate(port)
+                items = yield message_rate(port, protocol=GuardClient, round_trip=GuardClient.item)
                 audio = yield audio_rate(port)
                 delta = yield first_delta(port)
-                rounds[name].append({**items, "audio_mb_per_s": audio["mb_per_s"], **delta})
+                rounds[name].append({"messages_per_s": items["messages_per_s"], "audio_mb_per_s": audio["mb_per_s"], **delta})
     finally:
         for process in [fake, *(p for p, _ in servers.values())]:
             process.terminate()

@@ -96,15 +96,19 @@ def round_trips(port: int, count: int = 2000) -> Any:
 
 
 @defer.inlineCallbacks
-def message_rate(port: int, sessions: int = 8, in_flight: int = 16, seconds: float = 5.0) -> Any:
-    clients = yield defer.gatherResults([connect(port) for _ in range(sessions)])
+def message_rate(
+    port: int, sessions: int = 8, in_flight: int = 16, seconds: float = 5.0, protocol: type[Client] = Client,
+    round_trip: Any = Client.echo,
+) -> Any:
+    """Messages/s over C{sessions} x C{in_flight} round trips (C{round_trip(client)}: an event and its answer)."""
+    clients = yield defer.gatherResults([connect(port, protocol) for _ in range(sessions)])
     done = {"n": 0}
     deadline = time.perf_counter() + seconds
 
     @defer.inlineCallbacks
     def pump(client: Client) -> Any:
         while time.perf_counter() < deadline:
-            yield client.echo()
+            yield round_trip(client)
             done["n"] += 1
 
     start = time.perf_counter()
