@@ -85,6 +85,17 @@ def regex_runner(guards: tuple[Guard, ...], slots: list[Slot], phase: str) -> Gu
     return guard_slots(slots, guards)
 
 
+class CheckedEvent(bytes):
+    """A client event as agw encoded it once checked: its C{kind} is its only type (no need to look again)."""
+
+    kind: str
+
+    def __new__(cls, payload: bytes, kind: str) -> CheckedEvent:
+        event = super().__new__(cls, payload)
+        event.kind = kind
+        return event
+
+
 def refusal_event(outcome: GuardOutcome, **where: Any) -> bytes:
     """The client's error event for what a guard refused (or could not check: its backend failed closed)."""
     if outcome.unavailable:
@@ -167,7 +178,7 @@ class SessionGuard:
                 self.to_client(refusal_event(outcome, event_id=event_id))
                 return ()
             # Sent as agw read it: a key the client wrote twice reaches the provider once, as checked.
-            return [(encode(event), False)]
+            return [(CheckedEvent(encode(event), kind), False)]
 
         return outcome.addCallback(decided) if isinstance(outcome, Deferred) else decided(outcome)
 
@@ -212,9 +223,9 @@ class SessionGuard:
         elif kind == INPUT_TRANSCRIPT and self._request:
             return self._check_transcript(event, payload)
         elif self._response and kind in OUTPUT_DELTAS:
-            return self.output.delta(event, response_id)
+            return self.output.delta(payload, event, response_id)
         elif self._response and kind in OUTPUT_WHOLE:
-            return self.output.whole(event, kind, response_id, self._finish_response)
+            return self.output.whole(payload, event, kind, response_id, self._finish_response)
         elif kind == "response.done" and response_id is not None:
             self._finish_response(response_id)
         return [(payload, False)]

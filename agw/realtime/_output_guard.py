@@ -55,11 +55,11 @@ class OutputGuard:
         for key in [key for key in self._streams if key[0] == response_id]:
             del self._streams[key]
 
-    def delta(self, event: dict[str, Any], response_id: str | None) -> Messages:
+    def delta(self, payload: bytes, event: dict[str, Any], response_id: str | None) -> Messages:
         """A text delta: released (masked) as far as the window allows, held, or the response blocked."""
         delta = event.get("delta")
         if not isinstance(delta, str):
-            return [(encode(event), False)]
+            return [(payload, False)]
         key = stream_key(event)
         stream = self._streams.get(key)
         if stream is None:
@@ -70,10 +70,14 @@ class OutputGuard:
             return ()
         if not released:
             return ()  # held: part of a match may be in it
+        if released == delta:
+            return [(payload, False)]  # as it came: nothing of it held back, nothing masked
         event["delta"] = released
         return [(encode(event), False)]
 
-    def whole(self, event: dict[str, Any], kind: str, response_id: str | None, finished: Callable[[str], None]) -> Messages:
+    def whole(
+        self, payload: bytes, event: dict[str, Any], kind: str, response_id: str | None, finished: Callable[[str], None],
+    ) -> Messages:
         """An event with a whole text (a stream's end, a part, an item, response.done): masked as the deltas were."""
         out: list[tuple[bytes, bool]] = []
         if kind in OUTPUT_DONE:
@@ -90,16 +94,19 @@ class OutputGuard:
                     delta = {k: v for k, v in event.items() if k not in ("text", "transcript", "event_id")}
                     out.append((encode({**delta, "type": kind[:-len("done")] + "delta", "delta": rest}), False))
         if kind.startswith("conversation.item.") and item_role(event) != "assistant":
-            return [*out, (encode(event), False)]  # the client's own items: checked on their way in
+            return [*out, (payload, False)]  # the client's own items: checked on their way in
+        changed = False
         for holder, key in whole_text_holders(event):
             masked, rejection, _ = guard_text(self._guards, holder[key])
             if rejection is not None and response_id is not None and kind != "response.done":
                 self.block(response_id, rejection)
                 return tuple(out)
-            holder[key] = masked if rejection is None else ""
+            masked = masked if rejection is None else ""
+            changed = changed or masked != holder[key]
+            holder[key] = masked
         if kind == "response.done" and response_id is not None:
             finished(response_id)
-        return [*out, (encode(event), False)]
+        return [*out, (encode(event) if changed else payload, False)]
 
     def _note_stream(self, stream: TextStream, response_id: str | None) -> None:
         for index, action in stream.actions.items():

@@ -28,7 +28,7 @@ from agw.metering import (
     sole_event_type,
 )
 from agw.realtime._frames import BINARY, Frame
-from agw.realtime._guarding import SessionGuard
+from agw.realtime._guarding import CheckedEvent, SessionGuard
 from agw.realtime._leg import RelayLeg
 from agw.realtime._limit_events import limit_error_event
 from agw.realtime._options import RelayOptions, SessionSlots
@@ -114,6 +114,13 @@ def answer_for(failure: Failure) -> HandshakeAnswer:
     return HandshakeAnswer.error(502, "Bad Gateway", "upstream closed the connection during the handshake", "upstream_closed")
 
 
+def _asks_response(payload: bytes) -> bool:
+    """Whether a client event is (or may be, to the provider) a response.create."""
+    if isinstance(payload, CheckedEvent):
+        return payload.kind == RESPONSE_CREATE
+    return RESPONSE_CREATE in client_event_types(payload)
+
+
 class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
     """The server half of the relay; its partner is an L{UpstreamProtocol}."""
 
@@ -197,8 +204,9 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
     def relay_message(self, payload: bytes, isBinary: bool) -> None:
         """A client message on its way to the provider (governed if it asks for a response)."""
         session = self.session
-        # An event that names its type twice is governed as the response.create it may be to the provider.
-        if isBinary or session is None or RESPONSE_CREATE not in client_event_types(payload):
+        # An event that names its type twice is governed as the response.create it may be to the provider
+        # (one the guard encoded names its type once).
+        if isBinary or session is None or not _asks_response(payload):
             self.message_relayed(len(payload), self.forward(payload, isBinary))
             return
         event_id = client_event_id(payload)
