@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import yaml
@@ -19,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw import Gateway
 from agw.config import Builtin, ConfigError, Guard, GuardAction, Policies, RegexGuard, RegexRule, RouteType, Scope, parse_config
-from agw.decisions import RECOGNIZERS, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias, unguarded_types
+from agw.decisions import RECOGNIZERS, TextStream, add_prompts, apply_fields, guard_request, luhn_valid, resolve_alias, unguarded_types
 from agw.metering import AccessLog
 from tests.support import (
     BACKEND_KEY,
@@ -179,6 +180,27 @@ class GuardRunnerTests(SynchronousTestCase):
         odd = {"messages": "hi"}
         self.assertFalse(add_prompts(odd, RouteType.COMPLETIONS, prompts))
         self.assertEqual(odd, {"messages": "hi"})
+
+
+class TextStreamTests(SynchronousTestCase):
+    """The window over a stream's deltas: only what may be the start of a match waits."""
+
+    guards = (Guard(regex=RegexGuard(rules=(RegexRule(builtin=Builtin.CREDIT_CARD), RegexRule(builtin=Builtin.EMAIL)))),)
+
+    def test_only_text_that_may_start_a_match_is_held(self) -> None:
+        stream = TextStream(self.guards, 64)
+        released = [stream.feed(delta) for delta in ("Hello there, ", "your card 4111 11", "11 1111 1111 is", " saved; mail jo@exa", "mple.com now")]
+        self.assertEqual(released, ["Hello there, ", "your card ", "<CREDIT_CARD> ", "is saved; mail ", "<EMAIL_ADDRESS> "])
+        self.assertEqual(stream.finish(), "now")
+        self.assertEqual(stream.actions, {0: "mask"})
+
+    def test_a_custom_pattern_the_regex_module_cannot_read_holds_hold_chars(self) -> None:
+        rule = RegexRule(pattern=re.compile("secret"), partial=None)
+        stream = TextStream((Guard(regex=RegexGuard(rules=(rule,))),), 4)
+        self.assertEqual(stream.feed("a b c d e f"), "a b c d")  # all but the newest 4 characters
+        self.assertEqual(stream.feed(" top secr"), " e f top ")
+        self.assertEqual(stream.feed("et"), "")  # a whole match that may still grow waits
+        self.assertEqual(stream.finish(), "<masked>")
 
 
 class BodyFieldTests(SynchronousTestCase):

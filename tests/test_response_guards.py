@@ -33,6 +33,9 @@ FORBIDDEN = Guard(regex=RegexGuard(rules=(RegexRule(pattern=re.compile(r"(?i)\bf
 WEBHOOK = Guard(webhook=Webhook(host="127.0.0.1:9"))  # another helper's business: skipped here, its index kept
 CARD_TEXT = ("My card is 4111 1111 ", "1111 1111, bye")
 MASKED = "My card is <CREDIT_CARD>, bye"
+# An answer that ends in the card: its digits are still held when the text ends.
+CARD_LAST = ("My card is 4111 1111 ", "1111 1111")
+MASKED_LAST = "My card is <CREDIT_CARD>"
 
 
 def chat_chunk(content: str | None = None, finish: str | None = None, index: int = 0, **fields: Any) -> dict[str, Any]:
@@ -98,14 +101,25 @@ class StreamedAnswerTests(SynchronousTestCase):
         answer = StreamedAnswer(RouteType.COMPLETIONS, (CARD,), 64)
         usage = {"id": "c1", "choices": [], "usage": {"prompt_tokens": 1}}
         out = through(answer, [chat_chunk(CARD_TEXT[0]), chat_chunk(CARD_TEXT[1]), chat_chunk(finish="stop"), usage])
-        self.assertEqual([contents([event]) for event in out], ["", "", MASKED, ""])
+        # The text before the card goes at once; the card's digits wait until it is whole.
+        self.assertEqual([contents([event]) for event in out], ["My card is ", "<CREDIT_CARD>, bye", "", ""])
         self.assertEqual(out[-1], usage)  # passed as it came
         self.assertEqual([(c.index, c.action) for c in answer.checks], [(0, "mask")])
 
-    def test_text_past_the_hold_is_released_as_it_comes(self) -> None:
+    def test_text_that_cannot_start_a_match_goes_at_once(self) -> None:
         answer = StreamedAnswer(RouteType.COMPLETIONS, (CARD,), 8)
         out = through(answer, [chat_chunk("Once upon a time there "), chat_chunk("was a card"), chat_chunk(finish="stop")])
-        self.assertEqual([contents([event]) for event in out], ["Once upon a tim", "e there wa", "s a card"])  # all but the last 8 characters
+        self.assertEqual([contents([event]) for event in out], ["Once upon a time there ", "was a card", ""])
+
+    def test_at_most_the_hold_is_held(self) -> None:
+        # Ten digits may be the start of a card number, but no more than holdChars (8) of them wait...
+        answer = StreamedAnswer(RouteType.COMPLETIONS, (CARD,), 8)
+        out = through(answer, [chat_chunk("n 1234 5678 90"), chat_chunk(finish="stop")])
+        self.assertEqual([contents([event]) for event in out], ["n 1234", " 5678 90"])
+        # ...while a whole match that may still grow is never released in part, however long.
+        answer = StreamedAnswer(RouteType.COMPLETIONS, (CARD,), 8)
+        out = through(answer, [chat_chunk("n 1234 5678 9012 3"), chat_chunk(finish="stop")])
+        self.assertEqual([contents([event]) for event in out], ["n ", "1234 5678 9012 3"])
 
     def test_choices_have_a_text_each(self) -> None:
         answer = StreamedAnswer(RouteType.COMPLETIONS, (CARD,), 64)
@@ -116,7 +130,7 @@ class StreamedAnswerTests(SynchronousTestCase):
         # No finish_reason: what each choice holds comes at the end, in a chunk of its own like the others.
         self.assertEqual(out[-2:], [
             {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"content": "4111 1111 9999"}, "logprobs": None, "finish_reason": None}]},
-            {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 1, "delta": {"content": "pay <CREDIT_CARD>"}, "logprobs": None, "finish_reason": None}]},
+            {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 1, "delta": {"content": "<CREDIT_CARD>"}, "logprobs": None, "finish_reason": None}]},
         ])
 
     def test_logprobs_are_dropped(self) -> None:
@@ -139,34 +153,34 @@ class StreamedAnswerTests(SynchronousTestCase):
 
     def test_responses_deltas_and_the_texts_that_end_them(self) -> None:
         answer = StreamedAnswer(RouteType.RESPONSES, (CARD,), 64)
-        final = {"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "".join(CARD_TEXT), "logprobs": [{"token": "4"}]}]}
+        final = {"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "".join(CARD_LAST), "logprobs": [{"token": "4"}]}]}
         out = through(answer, [
             {"type": "response.created", "sequence_number": 0, "response": {"output": []}},
-            text_delta(CARD_TEXT[0], 1), text_delta(CARD_TEXT[1], 2),
-            {"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": "".join(CARD_TEXT), "sequence_number": 3},
+            text_delta(CARD_LAST[0], 1), text_delta(CARD_LAST[1], 2),
+            {"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": "".join(CARD_LAST), "sequence_number": 3},
             {"type": "response.content_part.done", "item_id": "msg_1", "part": final["content"][0], "sequence_number": 4},
             {"type": "response.output_item.done", "output_index": 0, "item": final, "sequence_number": 5},
             {"type": "response.completed", "sequence_number": 6, "response": {"output": [final]}},
         ])
         self.assertEqual(out[0], {"type": "response.created", "sequence_number": 0, "response": {"output": []}})
-        self.assertEqual(contents(out), MASKED)
+        self.assertEqual(contents(out), MASKED_LAST)
         # The held text comes in a delta added before the done event; later events move up by one.
-        self.assertEqual(out[3], {**text_delta(MASKED, 3), "logprobs": []})
+        self.assertEqual(out[3], {**text_delta("<CREDIT_CARD>", 3), "logprobs": []})
         self.assertEqual([event["sequence_number"] for event in out], list(range(8)))
-        self.assertEqual(out[4]["text"], MASKED)
-        self.assertEqual(out[5]["part"]["text"], MASKED)
-        self.assertEqual(out[6]["item"]["content"][0], {"type": "output_text", "text": MASKED, "logprobs": []})
-        self.assertEqual(out[7]["response"]["output"][0]["content"][0]["text"], MASKED)
+        self.assertEqual(out[4]["text"], MASKED_LAST)
+        self.assertEqual(out[5]["part"]["text"], MASKED_LAST)
+        self.assertEqual(out[6]["item"]["content"][0], {"type": "output_text", "text": MASKED_LAST, "logprobs": []})
+        self.assertEqual(out[7]["response"]["output"][0]["content"][0]["text"], MASKED_LAST)
         self.assertNotIn("4111", json.dumps(out))
 
     def test_responses_completed_alone_ends_the_texts(self) -> None:
         # The fake's stream: deltas without item ids, then response.completed.
         answer = StreamedAnswer(RouteType.RESPONSES, (CARD,), 64)
-        deltas = [{"type": "response.output_text.delta", "delta": piece} for piece in CARD_TEXT]
-        completed = {"type": "response.completed", "response": {"output": [{"content": [{"type": "output_text", "text": "".join(CARD_TEXT)}]}]}}
+        deltas = [{"type": "response.output_text.delta", "delta": piece} for piece in CARD_LAST]
+        completed = {"type": "response.completed", "response": {"output": [{"content": [{"type": "output_text", "text": "".join(CARD_LAST)}]}]}}
         out = through(answer, [*deltas, completed])
-        self.assertEqual(out[2], {"type": "response.output_text.delta", "delta": MASKED, "logprobs": []})
-        self.assertEqual(out[3]["response"]["output"][0]["content"][0]["text"], MASKED)
+        self.assertEqual(out[2], {"type": "response.output_text.delta", "delta": "<CREDIT_CARD>", "logprobs": []})
+        self.assertEqual(out[3]["response"]["output"][0]["content"][0]["text"], MASKED_LAST)
 
     def test_a_final_text_that_rejects_blocks(self) -> None:
         # A match longer than the hold can slip through the deltas: the whole text is checked again.
@@ -218,8 +232,8 @@ class GuardedSSETests(SynchronousTestCase):
         self.assertEqual(decoded(crlf), decoded(whole))
 
     def test_half_a_surrogate_pair_in_a_delta_is_sent_escaped(self) -> None:
-        out, _, _ = self.run_stream([b'data: {"choices": [{"index": 0, "delta": {"content": "\\ud83d"}}]}\n\n'])
-        self.assertIn(b'"content":"\\ud83d"', out)
+        out, _, _ = self.run_stream([b'data: {"choices": [{"index": 0, "delta": {"content": "4111 1111 1111 1111 \\ud83d"}}]}\n\n'])
+        self.assertIn(b'"content":"<CREDIT_CARD> \\ud83d"', out)  # rewritten (masked): the half pair escaped
 
     def test_a_block_ends_the_stream_with_the_error_event(self) -> None:
         stream = sse(chat_chunk("x " * 40), chat_chunk("forbidden " + "y" * 80), chat_chunk("z"), b"[DONE]")
@@ -234,7 +248,7 @@ class GuardedSSETests(SynchronousTestCase):
         exchange = HTTPExchange(b"/", 0.0)
         guarded = GuardedSSE(StreamedAnswer(RouteType.COMPLETIONS, (CARD,), 64), exchange, 1 << 20)
         out = guarded.feed(sse(chat_chunk(CARD_TEXT[0])))
-        self.assertEqual(contents(decoded(out + guarded.finish(False))), "")
+        self.assertEqual(contents(decoded(out + guarded.finish(False))), "My card is ")  # the digits it held: never
         self.assertEqual(exchange.guard_checks, (("response", 0, "allow"),))
 
 
@@ -391,12 +405,14 @@ class StreamTests(ResponseGuardCase):
 
     @inlineCallbacks
     def test_a_responses_stream_is_masked_on_the_wire(self) -> Any:
+        self.fake.reply_deltas = CARD_LAST
         response, content = yield self.post("/v1/responses", {"model": "m", "stream": True, "input": "hi"})
         self.assertIsNone(re.search(rb"4111|1111", content))
         events = decoded(content)
-        self.assertEqual(contents(events), MASKED)
-        # The added delta is named like the provider's events.
-        self.assertIn(b"event: response.output_text.delta\ndata: " + json.dumps({"type": "response.output_text.delta", "delta": MASKED, "logprobs": []}, separators=(",", ":")).encode(), content)
+        self.assertEqual(contents(events), MASKED_LAST)
+        # The added delta (the card, held to the end) is named like the provider's events.
+        added = {"type": "response.output_text.delta", "delta": "<CREDIT_CARD>", "logprobs": []}
+        self.assertIn(b"event: response.output_text.delta\ndata: " + json.dumps(added, separators=(",", ":")).encode(), content)
         yield self.assert_metered()
 
     @inlineCallbacks

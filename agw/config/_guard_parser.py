@@ -10,6 +10,8 @@ import json
 import re
 from typing import Any
 
+import regex
+
 from agw.config._guardrails import (
     DEFAULT_SCOPE,
     MODERATION_URL,
@@ -194,9 +196,14 @@ class GuardParser(BaseParser):
                 raise self.fail(path + ("builtin",), f"unknown builtin {name!r} (one of {choices})") from None
         text = self.string(spec["pattern"], path + ("pattern",))
         try:
-            return RegexRule(pattern=re.compile(text))
+            pattern = re.compile(text)
         except re.error as e:
             raise self.fail(path + ("pattern",), f"not a valid regular expression: {e}") from None
+        try:
+            partial = regex.compile(text)
+        except regex.error:
+            partial = None  # the regex module reads a few patterns otherwise: such a rule holds holdChars in streams
+        return RegexRule(pattern=pattern, partial=partial)
 
     def rejection(self, value: Any, path: Path) -> Rejection:
         spec = self.mapping(value, path, "rejection")

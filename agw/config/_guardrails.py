@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import Any
 
 from attrs import field, frozen
 
@@ -43,10 +44,16 @@ DEFAULT_REJECTION = "The request was rejected due to inappropriate content"
 
 @frozen
 class RegexRule:
-    """One C{rules[]} entry: a built-in recognizer or a compiled pattern, exactly one."""
+    """
+    One C{rules[]} entry: a built-in recognizer or a compiled pattern,
+    exactly one. C{partial}: the pattern compiled by the C{regex} module,
+    which finds a match that may be starting at the end of a stream's text
+    (C{None}: it would not compile there; a stream then holds C{holdChars}).
+    """
 
     builtin: Builtin | None = None
     pattern: re.Pattern[str] | None = None
+    partial: Any = field(default=None, eq=False, repr=False)
 
 
 @frozen
@@ -181,8 +188,8 @@ class PromptGuard:
     C{policies.ai.promptGuard}. C{streaming} (agentgateway's C{Enabled}) turns
     response guards on for streamed answers (SSE and Realtime output);
     request guards read Realtime client events whatever it says (agw's
-    choice: a session's input is a request). C{hold_chars} is agw's: how
-    much of a stream's newest text is held back so that a match split
+    choice: a session's input is a request). C{hold_chars} is agw's: the
+    most of a stream's newest text held back so that a match split
     across deltas is caught before any of it is sent.
     """
 

@@ -130,8 +130,8 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
         "request": array(ref("requestGuard")), "response": array(ref("responseGuard")),
         "streaming": one_of("Disabled", "Enabled"),
         "holdChars": {"type": "integer", "minimum": 0, "maximum": 4096, "description": (
-            "agw's own: characters of a streamed answer's newest text held back so a match split across deltas "
-            "is caught (default 64)"
+            "agw's own: the most characters of a streamed answer's newest text held back while they may be "
+            "the start of a match, so one split across deltas is caught (default 64)"
         )},
         "holdForTranscript": text(
             "agw's own: hold a server-VAD response until its turn's transcript passes the request guards, at most this "

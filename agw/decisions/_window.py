@@ -1,11 +1,13 @@
 """
 Regex response guards over a stream of text deltas (an SSE answer, a
-Realtime response's text or audio transcript). The newest C{hold}
-characters are held back: a match may still be growing there, or be split
-across deltas, so nothing of it is released until it is whole. Matches
-before that are masked (or block the stream) and the text up to them is
-released. agentgateway evaluates windows of 1 KiB with a 256-byte overlap
-and cannot mask; this releases text sooner and masks what it finds.
+Realtime response's text or audio transcript). Text at the end that may
+be the start of a match (a partial match, or a whole one that may still
+grow: the C{regex} module finds them) is held back, at most the newest
+C{hold} characters, so a match split across deltas is never released in
+part. Matches before that are masked (or block the stream) and the text up
+to them is released at once. agentgateway evaluates windows of 1 KiB with
+a 256-byte overlap and cannot mask; this releases text sooner and masks
+what it finds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ def _rule_parts(rule: RegexRule) -> tuple[re.Pattern[str], str, Callable[[str], 
         return recognizer.pattern, recognizer.token, recognizer.check
     assert rule.pattern is not None
     return rule.pattern, PATTERN_TOKEN, None
+
+
+def growing_from(rule: RegexRule, text: str) -> int | None:
+    """
+    Where a match of C{rule} that the next text may extend begins (a
+    partial match at the end, or a whole one that reaches it); C{None} if
+    none may; C{-1} if the pattern has no partial form (hold all one may).
+    """
+    partial = RECOGNIZERS[rule.builtin].partial if rule.builtin is not None else rule.partial
+    if partial is None:
+        return -1
+    end = len(text)
+    for match in partial.finditer(text, partial=True):
+        if match.partial or (match.end() == end and match.end() > match.start()):
+            return match.start()  # type: ignore[no-any-return]
+    return None
 
 
 def mask_before(rule: RegexRule, text: str, limit: int) -> tuple[str, int, int]:
@@ -91,9 +109,20 @@ class TextStream:
         if _RANK[action] > _RANK[self.actions[index]]:
             self.actions[index] = action
 
+    def _held_from(self, text: str) -> int:
+        """Where the text that may be part of a match still growing begins (at most C{hold} from the end)."""
+        limit = len(text)
+        for _, guard in self._guards:
+            assert guard.regex is not None
+            for rule in guard.regex.rules:
+                start = growing_from(rule, text)
+                if start is not None:
+                    limit = min(limit, start if start >= 0 else 0)
+        return max(limit, len(text) - self._hold)
+
     def _release(self, final: bool) -> str:
         text = self._pending
-        limit = len(text) if final else max(0, len(text) - self._hold)
+        limit = len(text) if final else self._held_from(text)
         for index, guard in self._guards:
             regex = guard.regex
             assert regex is not None
