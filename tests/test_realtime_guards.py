@@ -22,7 +22,16 @@ from twisted.trial.unittest import TestCase
 
 from agw.metering import AccessLog
 from agw.testing import FakeGuardrailWebhook
-from tests.support import guard_check_counts, BACKEND_KEY, listening_fake, open_client, recv_event, registry_samples, running_gateway
+from tests.support import (
+    BACKEND_KEY,
+    guard_check_counts,
+    listening_fake,
+    open_client,
+    recv_event,
+    registry_samples,
+    running_gateway,
+    wait_until,
+)
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY}
 CARD = "4111 1111 1111 1111"
@@ -161,6 +170,9 @@ class ClientEventTests(RealtimeGuardCase):
             (line["agw.guardrail.action"], line["agw.guardrail.guard"], line["realtime.event_id"]),
             ("reject", "promptGuard.request[1]", "evt_client_7"),
         )
+        yield wait_until(lambda: '"realtime.session"' in self.log.getvalue())
+        [ended] = [json.loads(line) for line in self.log.getvalue().splitlines() if '"realtime.session"' in line]
+        self.assertEqual((ended["agw.guardrail.action"], ended["agw.guardrail.guard"]), ("reject", "promptGuard.request[1]"))
 
     @inlineCallbacks
     def test_a_fragmented_event_is_read_whole_and_masked(self) -> Any:

@@ -35,7 +35,7 @@ from agw.metering._catalog import (
     parse_catalog,
     read_catalogs,
 )
-from agw.metering._http import HTTPExchange
+from agw.metering._http import HTTPExchange, guard_fields
 from agw.metering._ledger import BudgetLedger, LedgerURLError, check_ledger_url
 from agw.metering._metrics import OTHER_MODEL, UNKNOWN_MODEL, GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._pricing import price_audio, price_tokens, split_cached
@@ -67,7 +67,7 @@ __all__ = [
     "EXACT", "FALLBACK_MODEL", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",
     "default_catalog", "parse_catalog", "price_audio", "price_tokens", "read_catalogs", "split_cached",
     "ACCESS_LOG_FORMATS", "CLIENT_TO_UPSTREAM", "NO_ACCESS_LOG", "NO_SPAN", "NO_SPANS", "Span", "SpanSink", "span_name", "OTHER_MODEL", "TRANSCRIPTION", "UNKNOWN_MODEL", "UPSTREAM_TO_CLIENT",
-    "AccessLog", "AudioDuration", "CombinedAccessLog", "GatewayMetrics", "HTTPExchange", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
+    "AccessLog", "AudioDuration", "CombinedAccessLog", "GatewayMetrics", "HTTPExchange", "guard_fields", "JSONWatcher", "ModelLabels", "RealtimeSession", "RouteLabels",
     "SSEWatcher", "TokenUsage", "UsageChunkRemover", "UsageExtractor", "UsageReport", "Watcher",
     "chat_completion_usage", "client_event_id", "client_event_type", "client_event_types", "decode_event", "embeddings_usage",
     "error_event_id", "EVENT_HEAD", "leading_event_type", "might_carry_usage", "peer_address", "realtime_response_usage", "realtime_transcription_usage", "response_id",

@@ -75,6 +75,8 @@ class RealtimeSession:
         self._ttft_from: float | None = None
         self.totals = {"input": 0, "output": 0, "input_cache_read": 0}
         self.cost = Decimal(0)  # USD, every priced report of the session
+        # Which guard acted on the session and how (agw.guardrail.*: see guard_fields), for its record and span.
+        self.guard_fields: dict[str, Any] = {}
         counts = MessageCounts(metrics.realtime, route.values(), (CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT))
         # Called per relayed message: the counter's own bound methods, not a call through the session.
         self.relayed, self.dropped, self.flush = counts.relayed, counts.dropped, counts.flush
@@ -101,6 +103,7 @@ class RealtimeSession:
             "agw.responses_in_progress": self.responses_in_progress, "agw.responses_unacknowledged": self.responses_requested,
             **{f"agw.session.{k}_tokens": v for k, v in self.totals.items()},
             "agw.session.cost_usd": float(self.cost), "agw.responses_refused": self.responses_refused, **self._who,
+            **self.guard_fields,
         }
         self._log.emit("realtime.session", self._route, self._models(CHAT), **fields)
         self._span.end(f"realtime {self.request_model or ''}".strip(), self._clock(), {**model_fields(self._models(CHAT)), **fields})

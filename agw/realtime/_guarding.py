@@ -13,14 +13,13 @@ metered. Only text-bearing events are parsed; audio passes as it came.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from agw.config import FailureMode, Guard, Policies, Rejection
 from agw.decisions import (
-    ALLOW,
     GUARDED_CLIENT_EVENTS,
     INPUT_TRANSCRIPT,
     OUTPUT_DELTAS,
@@ -37,47 +36,13 @@ from agw.decisions import (
     response_of,
     transcript_slots,
 )
-from agw.metering import RealtimeSession, decode_event
+from agw.metering import decode_event
 from agw.realtime._ordered import Messages
 from agw.realtime._output_guard import OutputGuard, Recorder
 from agw.realtime._turn_hold import TurnHold
-from agw.routing import RouteContext, guard_headers
 
 # Runs guards over slots (masking them in place): regex at once, guard backends later.
 GuardRunner = Callable[[tuple[Guard, ...], list[Slot], str], "GuardOutcome | Deferred[GuardOutcome]"]
-
-
-def session_guard(context: RouteContext, session: RealtimeSession, client_headers: Mapping[str, str]) -> SessionGuard | None:
-    """
-    The guard of a session on C{context}'s route (C{None} without
-    promptGuard or prompts): it counts and logs each check. Webhook and
-    moderation guards run through the gateway's C{guard_calls}, with the
-    handshake's C{client_headers} a webhook may be sent.
-    """
-    policies = context.policies
-    if not policies.prompt_guard and not (policies.prompts.prepend or policies.prompts.append):
-        return None
-    runner: GuardRunner = regex_runner
-    calls = context.guard_calls
-    if calls is not None and any(guard.regex is None for guard in policies.prompt_guard.request):
-        headers = guard_headers(((name.lower(), value) for name, value in client_headers.items()), policies)
-
-        def calling(guards: tuple[Guard, ...], slots: list[Slot], phase: str) -> Deferred[GuardOutcome]:
-            return calls.check(guards, slots, phase, headers)
-
-        runner = calling
-
-    def record(phase: str, index: int, action: str, where: dict[str, Any]) -> None:
-        context.metrics.record_guardrail(context.labels, phase, action, session.who)
-        if action != ALLOW:
-            context.access_log.emit(
-                "realtime.guardrail", context.labels, None, **{
-                    "agw.guardrail.action": action, "agw.guardrail.guard": f"promptGuard.{phase}[{index}]", **where,
-                    **session.who.log_fields,
-                },
-            )
-
-    return SessionGuard(policies, record, runner, context.reactor)
 
 
 def regex_runner(guards: tuple[Guard, ...], slots: list[Slot], phase: str) -> GuardOutcome:

@@ -25,7 +25,8 @@ from agw.config import Policies
 from agw.decisions import resolve_alias
 from agw.decisions import KeyCheck, KeyRefused, presented_key
 from agw.metering import RealtimeSession, peer_address
-from agw.realtime._guarding import SessionGuard, session_guard
+from agw.realtime._guarding import SessionGuard
+from agw.realtime._session_guards import session_guard
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
 from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
