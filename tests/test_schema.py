@@ -111,6 +111,7 @@ binds:
               window: {{rolling: 24h}}
               onBudgetExceeded: Audit
           - keyHash: "{HASH}"
+          location: {{queryParameter: {{name: api-key}}}}
         localRateLimit: [{{maxTokens: 10, tokensPerFill: 1, fillInterval: 1s, type: tokens}}]
     - name: azure
       backends:
@@ -119,6 +120,7 @@ binds:
           provider: {{azure: {{resourceName: r, resourceType: foundry, apiVersion: v1, projectName: p, model: gpt-4o}}}}
       policies:
         backendAuth: {{key: {{value: "$OPENAI_API_KEY", location: {{header: {{name: api-key, prefix: ""}}}}}}}}
+        apiKey: {{keys: [{{key: sk-azure}}], location: {{header: {{name: x-api-key, prefix: ""}}}}}}
     - name: azure-openai
       backends: [{{ai: {{name: aoai, provider: {{azureOpenAI: {{host: r.openai.azure.com, apiVersion: "2024-10-21", model: d}}}}}}}}]
 - port: "3001"

@@ -148,11 +148,28 @@ class ClientKey:
 
 
 @frozen
+class KeyLocation:
+    """
+    C{apiKey.location}: where a client key is read, a C{header} (lower-case
+    name) after C{prefix} (matched in any case), or a C{query} parameter.
+    """
+
+    header: str | None = None
+    prefix: str = ""
+    query: str | None = None
+
+
+@frozen
 class APIKeyPolicy:
-    """A route's C{policies.apiKey}: the client keys agw accepts (the client's own, not the backend's)."""
+    """
+    A route's C{policies.apiKey}: the client keys agw accepts (the client's
+    own, not the backend's); C{location} C{None} is agentgateway's default,
+    C{Authorization: Bearer <key>}.
+    """
 
     keys: tuple[ClientKey, ...] = ()
     mode: APIKeyMode = APIKeyMode.OPTIONAL
+    location: KeyLocation | None = None
 
 
 @frozen

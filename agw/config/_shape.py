@@ -57,6 +57,7 @@ FIELDS_ADD = map_of(text("apiKey.<metadata field>"), "extra field name to apiKey
 # What a kind needs beyond its fields.
 EXTRA: dict[str, Fragment] = {
     "path": {"minProperties": 1, "maxProperties": 1},
+    "apiKeyLocation": {"minProperties": 1, "maxProperties": 1},
     "provider": {"minProperties": 1, "maxProperties": 1},
     "apiKeyEntry": {"oneOf": [{"required": ["key"]}, {"required": ["keyHash"]}]},
     "regexRule": {"oneOf": [{"required": ["builtin"]}, {"required": ["pattern"]}]},
@@ -189,7 +190,12 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
     "backendTLS": ({"root": text("a PEM file of trusted CAs"), "hostname": text()}, (), "TLS to the backend."),
     "apiKey": ({
         "keys": array(ref("apiKeyEntry")), "mode": caseless("strict", "optional", "permissive"),
+        "location": ref("apiKeyLocation"),
     }, ("keys",), "Client keys."),
+    "apiKeyLocation": ({
+        "header": ref("authHeader"), "queryParameter": ref("queryParameter"),
+    }, (), "Where a client key is read (default: the authorization header after 'Bearer ')."),
+    "queryParameter": ({"name": text("e.g. api-key")}, ("name",), "A query parameter carrying the key."),
     "apiKeyEntry": ({
         "key": text(), "keyHash": {"type": "string", "pattern": "^sha256:[0-9a-fA-F]{64}$"},
         "metadata": {"type": "object", "description": "anything; metadata.name is the consumer"},

@@ -36,7 +36,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "webhook": frozenset({"headers"}),
     "webhookTarget": frozenset({"service", "backend"}),
     "backendAuth": frozenset({"passthrough", "gcp", "aws", "azure"}),
-    "apiKey": frozenset({"location"}),
+    "apiKeyLocation": frozenset({"cookie", "expression"}),
     "authLocation": frozenset({"queryParameter", "cookie"}),
     "metrics": frozenset({"remove"}),
     "logging": frozenset({"filter", "level", "format"}),

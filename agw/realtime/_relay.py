@@ -34,7 +34,6 @@ from agw.routing import (
     KeyCheck,
     KeyRefused,
     RouteContext,
-    presented_key,
     render_error,
     upstream_headers,
 )
@@ -136,17 +135,19 @@ class RealtimeRelay:
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
         self.resource = RealtimeResource(WebSocketResource(self._factory))
 
-    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession:
+    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None, query: str = "") -> RealtimeSession:
         """
-        Accounting for a client that is shaking hands (from C{peer}), once its
-        key (if the route has an C{apiKey} policy) may use the model it asks
-        for; raises L{agw.routing.KeyRefused} otherwise.
+        Accounting for a client that is shaking hands (from C{peer}, with
+        the raw C{query} of its request-target), once its key (if the route
+        has an C{apiKey} policy) may use the model it asks for; raises
+        L{agw.routing.KeyRefused} otherwise.
         """
         model = request.params.get("model", [None])[0]
         context = self._context
         who = context.metrics.anonymous
         if context.keys is not None:
-            key = context.keys.authenticate(presented_key(request.headers.get("authorization"), tuple(request.protocols)))
+            presented = context.presented_key(request.headers.get, query, tuple(request.protocols))
+            key = context.keys.authenticate(presented)
             KeyCheck.authorize(key, model)
             who = context.attribute(key)
         self._check_budgets(who.name, model)
@@ -191,13 +192,15 @@ class RealtimeRelay:
     ) -> Deferred[UpstreamProtocol]:
         """
         Open the upstream leg for a client handshake to C{request_uri} (raw
-        path and query, forwarded as they came). Fires with the open upstream
+        path and query; the query forwarded as it came but for the client's
+        credentials when they are agw's). Fires with the open upstream
         protocol, or fails (refusal, unreachable, timeout). C{request_peer}
         is the client's TCP address (for C{X-Forwarded-For}).
         """
         split = urlsplit(request_uri)
         try:
-            url = self._context.target.url(split.path, aliased_query(split.query, self._context.policies), websocket=True)
+            query = aliased_query(self._context.upstream_query(split.query), self._context.policies)
+            url = self._context.target.url(split.path, query, websocket=True)
         except NoDeployment as e:
             return fail(e)
         peer = getattr(request_peer, "host", None)
