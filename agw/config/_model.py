@@ -15,6 +15,7 @@ from attrs import field, frozen
 from agw.config._azure import AzureProvider
 from agw.config._guardrails import PromptGuard, Prompts
 from agw.config._secret import Secret
+from agw.config._tls import ServerTLS
 
 # Sizes in options and limits are in bytes.
 MiB = 1024 * 1024
@@ -223,12 +224,16 @@ class Route:
 
 @frozen
 class Listener:
-    """A C{listeners[]} entry. C{name} is the metric label (default C{listenerN})."""
+    """
+    A C{listeners[]} entry. C{name} is the metric label (default
+    C{listenerN}); C{protocol} C{HTTP}, or C{HTTPS} with its C{tls}.
+    """
 
     name: str
     routes: tuple[Route, ...]
     hostname: str | None = None
     protocol: str = "HTTP"
+    tls: ServerTLS | None = None
 
 
 @frozen
