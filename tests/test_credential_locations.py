@@ -9,6 +9,7 @@ either, the client's credential is the provider's and passes as it came.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import treq
@@ -19,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from agw import parse_config
 from agw.config import APIKeyPolicy, ConfigError, KeyLocation, Policies
+from agw.metering import AccessLog
 from agw.routing import forwarded_query, guard_headers, presented_key
 from tests.support import (
     BACKEND_KEY,
@@ -115,7 +117,10 @@ class CredentialGatewayTests(TestCase):
                 del route["policies"]["backendAuth"]
             if self.api_key is not None:
                 route["policies"]["apiKey"] = self.api_key
-        _, _, self.port = yield running_gateway(self, yaml.safe_dump(data), {"OPENAI_API_KEY": BACKEND_KEY})
+        self.log = io.StringIO()
+        _, _, self.port = yield running_gateway(
+            self, yaml.safe_dump(data), {"OPENAI_API_KEY": BACKEND_KEY}, access_log=AccessLog(self.log),
+        )
 
     @inlineCallbacks
     def http(self, path: str, query: str, headers: dict[str, str], method: str = "POST") -> Any:
@@ -141,6 +146,8 @@ class CredentialGatewayTests(TestCase):
             self.assertNotIn(name, headers)
         self.assertNotIn(CLIENT_KEY, repr(headers))
         self.assertNotIn(AGW_KEY, repr(headers))
+        for key in (CLIENT_KEY, AGW_KEY):  # nor logged: the access log has the path, never the query
+            self.assertNotIn(key, self.log.getvalue())
 
 
 class BackendAuthTests(CredentialGatewayTests):
