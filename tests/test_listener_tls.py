@@ -171,6 +171,20 @@ class ReloadedCertificateTests(TestCase):
         yield wait_until(lambda: counted(gateway) == fake.billed())
 
 
+    @inlineCallbacks
+    def test_a_reload_turns_a_bind_https_and_back(self) -> Any:
+        _, upstream_port = yield listening_fake(self)
+        ca, environ = TestCA.make(), {"OPENAI_API_KEY": BACKEND_KEY}
+        plain = seed_config_text(upstream_port)
+        _, service, port = yield running_gateway(self, plain)
+        service.reload(parse_config(https_config(upstream_port, ca.listener_tls(directory(self))), environ))
+        completion = yield deferToThread(sdk_completion, f"https://127.0.0.1:{port}/v1", ca)
+        self.assertGreater(completion.usage.total_tokens, 0)
+        service.reload(parse_config(plain, environ))
+        answer = yield deferToThread(raw_exchange, port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:40])
+
+
 class ServerNameTests(TestCase):
     """Several HTTPS listeners on one bind: the server name (SNI) picks the certificate, as agentgateway."""
 
