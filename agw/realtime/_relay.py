@@ -137,17 +137,15 @@ class RealtimeRelay:
 
     def new_session(self, request: ConnectionRequest, peer: IAddress | None = None, query: str = "") -> RealtimeSession:
         """
-        Accounting for a client that is shaking hands (from C{peer}, with
-        the raw C{query} of its request-target), once its key (if the route
-        has an C{apiKey} policy) may use the model it asks for; raises
-        L{agw.routing.KeyRefused} otherwise.
+        Accounting for a client shaking hands (from C{peer}; C{query}: its raw
+        query), once its key (if the route has an C{apiKey} policy) may use the
+        model it asks for; raises L{agw.routing.KeyRefused} otherwise.
         """
         model = request.params.get("model", [None])[0]
         context = self._context
         who = context.metrics.anonymous
         if context.keys is not None:
-            presented = context.presented_key(request.headers.get, query, tuple(request.protocols))
-            key = context.keys.authenticate(presented)
+            key = context.keys.authenticate(context.presented_key(request.headers.get, query, tuple(request.protocols)))
             KeyCheck.authorize(key, model)
             who = context.attribute(key)
         self._check_budgets(who.name, model)
@@ -192,10 +190,9 @@ class RealtimeRelay:
     ) -> Deferred[UpstreamProtocol]:
         """
         Open the upstream leg for a client handshake to C{request_uri} (raw
-        path and query; the query forwarded as it came but for the client's
-        credentials when they are agw's). Fires with the open upstream
-        protocol, or fails (refusal, unreachable, timeout). C{request_peer}
-        is the client's TCP address (for C{X-Forwarded-For}).
+        path and query; the query goes as it came, less agw's credentials).
+        Fires with the open upstream protocol, or fails (refusal, unreachable,
+        timeout). C{request_peer} is the client's address (X-Forwarded-For).
         """
         split = urlsplit(request_uri)
         try:
