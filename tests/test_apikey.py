@@ -110,7 +110,7 @@ class APIKeyConfigTests(SynchronousTestCase):
                 {"keys": [{"key": "a", "metadata": {"name": "a"}, "budgets": [{**DAILY_USD, "window": {"rolling": "soon"}}]}]},
             "budgets[0].limit.unit: expected USD or Tokens":
                 {"keys": [{"key": "a", "metadata": {"name": "a"}, "budgets": [{**DAILY_USD, "limit": {"unit": "EUR", "amount": 1}}]}]},
-            "apiKey.location: supported by agentgateway but not by agw yet": {"keys": [{"key": "a"}], "location": {}},
+            "apiKey.location.cookie: supported by agentgateway but not by agw yet": {"keys": [{"key": "a"}], "location": {"cookie": {"name": "k"}}},
             "keys[0].allowPassthrough: expected true or false, got a string": {"keys": [{"key": "a", "allowPassthrough": "yes"}]},
         }
         for expected, spec in cases.items():
@@ -175,12 +175,15 @@ class SharedConsumerConfigTests(SynchronousTestCase):
 
 class KeyCheckTests(SynchronousTestCase):
     def test_presented_key(self) -> None:
-        self.assertEqual(presented_key("Bearer  abc "), "abc")
-        self.assertEqual(presented_key("bearer abc"), "abc")
-        self.assertIsNone(presented_key("Basic abc"))
-        self.assertIsNone(presented_key("Bearer "))
-        self.assertEqual(presented_key(None, ("realtime", "openai-insecure-api-key.k1")), "k1")
-        self.assertIsNone(presented_key(None, ("openai-insecure-api-key.",)))
+        def authorization(value: str | None) -> Any:
+            return {"authorization": value}.get
+
+        self.assertEqual(presented_key(None, authorization("Bearer  abc ")), "abc")
+        self.assertEqual(presented_key(None, authorization("bearer abc")), "abc")
+        self.assertIsNone(presented_key(None, authorization("Basic abc")))
+        self.assertIsNone(presented_key(None, authorization("Bearer ")))
+        self.assertEqual(presented_key(None, authorization(None), "", ("realtime", "openai-insecure-api-key.k1")), "k1")
+        self.assertIsNone(presented_key(None, authorization(None), "", ("openai-insecure-api-key.",)))
 
     def test_model_patterns(self) -> None:
         self.assertTrue(model_matches("gpt-realtime*", "gpt-realtime-2025-08-28"))

@@ -111,7 +111,7 @@ class BufferedBodiesLimitTests(GatewayTestCase):
         self.assertEqual(status_and_json(answer)[0], 200)
 
     def service_site(self) -> Any:
-        return self.service.binds[0].factory
+        return self.service.binds[0].factory.site  # the BindFactory serves this site (inside TLS on HTTPS binds)
 
 
 class StalledStreamTests(GatewayTestCase):

@@ -111,6 +111,7 @@ binds:
               window: {{rolling: 24h}}
               onBudgetExceeded: Audit
           - keyHash: "{HASH}"
+          location: {{queryParameter: {{name: api-key}}}}
         localRateLimit: [{{maxTokens: 10, tokensPerFill: 1, fillInterval: 1s, type: tokens}}]
     - name: azure
       backends:
@@ -119,9 +120,26 @@ binds:
           provider: {{azure: {{resourceName: r, resourceType: foundry, apiVersion: v1, projectName: p, model: gpt-4o}}}}
       policies:
         backendAuth: {{key: {{value: "$OPENAI_API_KEY", location: {{header: {{name: api-key, prefix: ""}}}}}}}}
+        apiKey: {{keys: [{{key: sk-azure}}], location: {{header: {{name: x-api-key, prefix: ""}}}}}}
     - name: azure-openai
       backends: [{{ai: {{name: aoai, provider: {{azureOpenAI: {{host: r.openai.azure.com, apiVersion: "2024-10-21", model: d}}}}}}}}]
 - port: "3001"
+- port: 3443
+  listeners:
+  - name: secure
+    hostname: api.example.com
+    protocol: HTTPS
+    tls:
+      cert: cert.pem
+      key: key.pem
+      mode: static
+      minTLSVersion: TLS_V1_2
+      maxTlsVersion: TLS_V1_3
+      cipherSuites: [TLS_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, ECDHE-RSA-AES128-GCM-SHA256]
+- port: 3444
+  listeners:
+  - protocol: HTTPS
+    tls: {{cert: cert.pem, key: key.pem, minTlsVersion: TLS_V1_3, maxTLSVersion: TLS_V1_3}}
 """)
 
 

@@ -36,6 +36,7 @@ from agw.config._model import (
     ClientKey,
     GatewayConfig,
     HeaderTransform,
+    KeyLocation,
     Listener,
     LocalRateLimit,
     MiB,
@@ -47,11 +48,12 @@ from agw.config._model import (
     Secret,
     TracingConfig,
 )
+from agw.config._tls import ServerTLS, TLSVersion
 
 __all__ = [
     "DEFAULT_REJECTION", "DEFAULT_SCOPE", "MODERATION_URL", "Builtin", "FailureMode", "Guard", "GuardAction", "HeaderMatch",
     "Moderation", "PromptGuard", "PromptMessage", "Prompts", "RegexGuard", "RegexRule", "Rejection", "Scope", "Webhook",
     "AIBackend", "APIKeyMode", "AzureProvider", "AzureResourceType", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",
-    "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "Listener", "LocalRateLimit", "MiB", "PathMatch", "Policies",
-    "Route", "RouteMatch", "RouteType", "Secret", "TracingConfig", "load_config", "parse_config",
+    "ClientKey", "ConfigError", "GatewayConfig", "HeaderTransform", "KeyLocation", "Listener", "LocalRateLimit", "MiB", "PathMatch", "Policies",
+    "Route", "RouteMatch", "RouteType", "Secret", "ServerTLS", "TLSVersion", "TracingConfig", "load_config", "parse_config",
 ]

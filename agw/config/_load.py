@@ -17,7 +17,6 @@ from agw.config._model import (
     Budget,
     ClientKey,
     GatewayConfig,
-    Listener,
     PathMatch,
     Route,
     RouteMatch,
@@ -25,7 +24,8 @@ from agw.config._model import (
     TracingConfig,
 )
 from agw.config._parsing import ConfigError, format_path, kind_of
-from agw.config._policies import PolicyParser, key_digest
+from agw.config._listener_parser import ListenerParser
+from agw.config._policies import key_digest
 from agw.config._providers import ProviderParser
 from agw.config._yamlsource import Path, SourceError, load_yaml
 
@@ -72,8 +72,8 @@ def api_keys(binds: tuple[Bind, ...]) -> Iterator[tuple[Path, ClientKey]]:
                     yield ("binds", b, "listeners", l, "routes", r, "policies", "apiKey", "keys", k), key
 
 
-class _Parser(PolicyParser, ProviderParser):
-    """The whole file, part by part (policies in L{PolicyParser})."""
+class _Parser(ListenerParser, ProviderParser):
+    """The whole file, part by part (listeners in L{ListenerParser}, policies in L{PolicyParser})."""
 
     def gateway(self, data: Any) -> GatewayConfig:
         top = self.mapping(data, (), "top")
@@ -216,19 +216,9 @@ class _Parser(PolicyParser, ProviderParser):
             port = int(port)  # e.g. port: $PORT
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise self.fail(path + ("port",), f"expected a port number 0-65535, got {port!r}")
-        return Bind(port=port, listeners=self.items(bind.get("listeners"), path + ("listeners",), self.listener))
-
-    def listener(self, value: Any, path: Path, index: int) -> Listener:
-        listener = self.mapping(value, path, "listener")
-        protocol = self.string(listener.get("protocol", "HTTP"), path + ("protocol",))
-        if protocol != "HTTP":
-            raise self.fail(path + ("protocol",), f"protocol {protocol} is not supported by agw yet (only HTTP)")
-        return Listener(
-            name=self.string(listener.get("name", f"listener{index}"), path + ("name",)),
-            hostname=self.string(listener.get("hostname"), path + ("hostname",), optional=True),
-            protocol=protocol,
-            routes=self.items(listener.get("routes"), path + ("routes",), self.route),
-        )
+        listeners = self.items(bind.get("listeners"), path + ("listeners",), self.listener)
+        self.bind_listeners(listeners, path + ("listeners",))
+        return Bind(port=port, listeners=listeners)
 
     def route(self, value: Any, path: Path, index: int) -> Route:
         route = self.mapping(value, path, "route")

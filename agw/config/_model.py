@@ -15,6 +15,7 @@ from attrs import field, frozen
 from agw.config._azure import AzureProvider
 from agw.config._guardrails import PromptGuard, Prompts
 from agw.config._secret import Secret
+from agw.config._tls import ServerTLS
 
 # Sizes in options and limits are in bytes.
 MiB = 1024 * 1024
@@ -148,11 +149,28 @@ class ClientKey:
 
 
 @frozen
+class KeyLocation:
+    """
+    C{apiKey.location}: where a client key is read, a C{header} (lower-case
+    name) after C{prefix} (matched in any case), or a C{query} parameter.
+    """
+
+    header: str | None = None
+    prefix: str = ""
+    query: str | None = None
+
+
+@frozen
 class APIKeyPolicy:
-    """A route's C{policies.apiKey}: the client keys agw accepts (the client's own, not the backend's)."""
+    """
+    A route's C{policies.apiKey}: the client keys agw accepts (the client's
+    own, not the backend's); C{location} C{None} is agentgateway's default,
+    C{Authorization: Bearer <key>}.
+    """
 
     keys: tuple[ClientKey, ...] = ()
     mode: APIKeyMode = APIKeyMode.OPTIONAL
+    location: KeyLocation | None = None
 
 
 @frozen
@@ -206,12 +224,16 @@ class Route:
 
 @frozen
 class Listener:
-    """A C{listeners[]} entry. C{name} is the metric label (default C{listenerN})."""
+    """
+    A C{listeners[]} entry. C{name} is the metric label (default
+    C{listenerN}); C{protocol} C{HTTP}, or C{HTTPS} with its C{tls}.
+    """
 
     name: str
     routes: tuple[Route, ...]
     hostname: str | None = None
     protocol: str = "HTTP"
+    tls: ServerTLS | None = None
 
 
 @frozen

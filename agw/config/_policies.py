@@ -19,6 +19,7 @@ from agw.config._model import (
     Budget,
     BudgetUnit,
     ClientKey,
+    KeyLocation,
     LocalRateLimit,
     Policies,
     RouteType,
@@ -28,6 +29,10 @@ from agw.config._guard_parser import GuardParser
 from agw.config._guardrails import PromptGuard
 from agw.config._parsing import kind_of
 from agw.config._yamlsource import Path
+
+
+# An HTTP header name (RFC 9110 token).
+HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 
 
 def key_digest(key: str) -> str:
@@ -110,7 +115,7 @@ class PolicyParser(GuardParser):
         location = self.mapping(spec["location"], path + ("location",), "authLocation")
         header = self.mapping(location.get("header"), path + ("location", "header"), "authHeader")
         name = self.string(header.get("name"), path + ("location", "header", "name"))
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+        if not re.fullmatch(HEADER_NAME, name):
             raise self.fail(path + ("location", "header", "name"), f"not a header name: {name!r}")
         prefix = self.string(header.get("prefix", ""), path + ("location", "header", "prefix"))
         return key, (name.lower(), prefix)
@@ -128,7 +133,25 @@ class PolicyParser(GuardParser):
             if key.digest in seen:
                 raise self.fail(path + ("keys", index), f"the same key as keys[{seen[key.digest]}]")
             seen[key.digest] = index
-        return APIKeyPolicy(keys=keys, mode=mode)
+        location = self.key_location(spec["location"], path + ("location",)) if spec.get("location") is not None else None
+        return APIKeyPolicy(keys=keys, mode=mode, location=location)
+
+    def key_location(self, value: Any, path: Path) -> KeyLocation:
+        """C{apiKey.location}: agentgateway's C{header} or C{queryParameter} (C{cookie}, C{expression}: not yet)."""
+        spec = self.mapping(value, path, "apiKeyLocation")
+        if len(spec) != 1:
+            raise self.fail(path, "expected exactly one of header, queryParameter")
+        if "queryParameter" in spec:
+            parameter = self.mapping(spec["queryParameter"], path + ("queryParameter",), "queryParameter")
+            name = self.string(parameter.get("name"), path + ("queryParameter", "name"))
+            if not name or any(c in name for c in "&;=#?") or name != name.strip():
+                raise self.fail(path + ("queryParameter", "name"), f"expected a parameter name, got {name!r}")
+            return KeyLocation(query=name)
+        header = self.mapping(spec["header"], path + ("header",), "authHeader")
+        name = self.string(header.get("name"), path + ("header", "name"))
+        if not re.fullmatch(HEADER_NAME, name):
+            raise self.fail(path + ("header", "name"), f"not a header name: {name!r}")
+        return KeyLocation(header=name.lower(), prefix=self.string(header.get("prefix", ""), path + ("header", "prefix")))
 
     def client_key(self, value: Any, path: Path, index: int) -> ClientKey:
         entry = self.mapping(value, path, "apiKeyEntry")

@@ -13,6 +13,7 @@ from typing import Any
 
 from agw.config._guardrails import Builtin, Scope
 from agw.config._model import UNSERVED_ROUTE_TYPES, RouteType
+from agw.config._tls import SUITE_ALIASES, TLS12_SUITES, TLS13_SUITES, TLSVersion
 
 SCHEMA_ID = "https://agw.dev/schema/config.json"
 
@@ -57,6 +58,11 @@ FIELDS_ADD = map_of(text("apiKey.<metadata field>"), "extra field name to apiKey
 # What a kind needs beyond its fields.
 EXTRA: dict[str, Fragment] = {
     "path": {"minProperties": 1, "maxProperties": 1},
+    "apiKeyLocation": {"minProperties": 1, "maxProperties": 1},
+    "listener": {"if": {"properties": {"protocol": {"const": "HTTPS"}}, "required": ["protocol"]}, "then": {"required": ["tls"]}},
+    "serverTLS": {"allOf": [
+        {"not": {"required": ["minTLSVersion", "minTlsVersion"]}}, {"not": {"required": ["maxTLSVersion", "maxTlsVersion"]}},
+    ]},
     "provider": {"minProperties": 1, "maxProperties": 1},
     "apiKeyEntry": {"oneOf": [{"required": ["key"]}, {"required": ["keyHash"]}]},
     "regexRule": {"oneOf": [{"required": ["builtin"]}, {"required": ["pattern"]}]},
@@ -87,8 +93,15 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
         "listeners": array(ref("listener")),
     }, ("port",), "A port agw listens on."),
     "listener": ({
-        "name": text(), "hostname": text(), "protocol": one_of("HTTP"), "routes": array(ref("route")),
-    }, (), "Routes served on a bind."),
+        "name": text(), "hostname": text(), "protocol": one_of("HTTP", "HTTPS"), "tls": ref("serverTLS"),
+        "routes": array(ref("route")),
+    }, (), "Routes served on a bind (HTTPS: with tls; a bind's listeners are all HTTP or all HTTPS)."),
+    "serverTLS": ({
+        "cert": text("the certificate chain, a PEM file (leaf first)"), "key": text("its private key, an unencrypted PEM file"),
+        "mode": one_of("static"),
+        **{name: one_of(*(v.value for v in TLSVersion)) for name in ("minTLSVersion", "minTlsVersion", "maxTLSVersion", "maxTlsVersion")},
+        "cipherSuites": array(one_of(*TLS13_SUITES, *TLS12_SUITES, *SUITE_ALIASES), 1),
+    }, ("cert", "key"), "The listener's certificate (HTTPS): TLS 1.2 and 1.3, modern cipher suites."),
     "route": ({
         "name": text(), "matches": array(ref("match")), "backends": {**array(ref("backend")), "maxItems": 1},
         "policies": ref("policies"),
@@ -189,7 +202,12 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
     "backendTLS": ({"root": text("a PEM file of trusted CAs"), "hostname": text()}, (), "TLS to the backend."),
     "apiKey": ({
         "keys": array(ref("apiKeyEntry")), "mode": caseless("strict", "optional", "permissive"),
+        "location": ref("apiKeyLocation"),
     }, ("keys",), "Client keys."),
+    "apiKeyLocation": ({
+        "header": ref("authHeader"), "queryParameter": ref("queryParameter"),
+    }, (), "Where a client key is read (default: the authorization header after 'Bearer ')."),
+    "queryParameter": ({"name": text("e.g. api-key")}, ("name",), "A query parameter carrying the key."),
     "apiKeyEntry": ({
         "key": text(), "keyHash": {"type": "string", "pattern": "^sha256:[0-9a-fA-F]{64}$"},
         "metadata": {"type": "object", "description": "anything; metadata.name is the consumer"},

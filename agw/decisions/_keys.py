@@ -7,10 +7,12 @@ never forwarded (it is agw's, not the provider's).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from urllib.parse import parse_qsl
 
 from attrs import frozen
 
-from agw.config import APIKeyMode, APIKeyPolicy, ClientKey
+from agw.config import APIKeyMode, APIKeyPolicy, ClientKey, KeyLocation
 
 REALTIME_KEY_PROTOCOL = "openai-insecure-api-key."
 
@@ -29,15 +31,31 @@ class KeyRefused(Exception):
         return {429: "requests", 503: "server_error"}.get(self.status, "invalid_request_error")
 
 
-def presented_key(authorization: str | None, protocols: tuple[str, ...] = ()) -> str | None:
+def presented_key(
+    location: KeyLocation | None, header: Callable[[str], str | None], query: str = "", protocols: tuple[str, ...] = (),
+) -> str | None:
     """
-    The key a client presents: C{Authorization: Bearer <key>}, or (browser
-    Realtime clients) the subprotocol C{openai-insecure-api-key.<key>}.
+    The key a client presents where the route's C{apiKey.location} says
+    (C{None}: agentgateway's default, C{Authorization: Bearer <key>}):
+    C{header} gives a request header's value by lower-case name; in
+    C{query}, the first parameter of that exact name, decoded, as
+    agentgateway reads it. Browser Realtime clients, which can set no
+    header, present it as the subprotocol C{openai-insecure-api-key.<key>}
+    (in C{protocols}), wherever the location is.
     """
-    if authorization is not None:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+    found: str | None = None
+    if location is None:
+        scheme, _, token = (header("authorization") or "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            found = token
+    elif location.header is not None:
+        value = (header(location.header) or "").strip()
+        if value[:len(location.prefix)].lower() == location.prefix.lower():
+            found = value[len(location.prefix):]
+    elif location.query is not None:
+        found = next((value for name, value in parse_qsl(query, keep_blank_values=True) if name == location.query), None)
+    if found is not None and found.strip():
+        return found.strip()
     for protocol in protocols:
         if protocol.startswith(REALTIME_KEY_PROTOCOL) and len(protocol) > len(REALTIME_KEY_PROTOCOL):
             return protocol[len(REALTIME_KEY_PROTOCOL):]
@@ -62,6 +80,7 @@ class KeyCheck:
 
     def __init__(self, policy: APIKeyPolicy) -> None:
         self.mode = policy.mode
+        self.location = policy.location  # where the key is read (None: Authorization: Bearer)
         self._by_digest = {key.digest: key for key in policy.keys}
 
     def authenticate(self, presented: str | None) -> ClientKey | None:

@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from agw.config import RouteType
-from agw.decisions import KeyCheck, KeyRefused, presented_key
+from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
 from agw.http._body import BodyRelay
 from agw.http._client import UpstreamClient
@@ -129,7 +129,8 @@ class HTTPForwarder(Resource):
         path, _, query = request.uri.decode("latin-1").partition("?")
         keys = self._context.keys
         try:
-            key = keys.authenticate(presented_key(_header(request, b"authorization"))) if keys is not None else None
+            presented = self._context.presented_key(lambda name: _header(request, name.encode("latin-1")), query)
+            key = keys.authenticate(presented) if keys is not None else None
             exchange.who = self._context.attribute(key) if keys is not None else None
             if self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD")):
                 # Unread: no model to check, no tokens to count (listing models spends nothing).
@@ -160,7 +161,7 @@ class HTTPForwarder(Resource):
             return self._record(method, 499, exchange)  # the client left while a guard backend was asked
 
         try:
-            url = self._context.target.url(path, query, model=exchange.request_model)
+            url = self._context.target.url(path, self._context.upstream_query(query), model=exchange.request_model)
         except NoDeployment as e:
             return self._answer(request, 400, str(e), "model_required", "invalid_request_error", exchange)
         pending = self._client.request(method, url, self._headers(request, exchange.span.traceparent), body)

@@ -121,7 +121,12 @@ class RelayLeg(PassThrough, LeanMessages):
             # How much may wait for this peer before reading from the other
             # one pauses (see link); Twisted's 64 KiB is barely one audio
             # message, so flow control would pause and resume on every one.
-            self.transport.bufferSize = size
+            # Over TLS (an HTTPS listener, a backendTLS provider) the bytes
+            # wait in the TCP transport under the TLS wrapper: its size counts.
+            transport = self.transport
+            while getattr(transport, "wrappedProtocol", None) is not None:
+                transport = transport.transport
+            transport.bufferSize = size
         if self.tracker is not None:
             self.tracker.add(self)
 

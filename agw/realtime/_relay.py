@@ -23,7 +23,7 @@ from twisted.web.server import Request
 from agw._internals import use_reactor_timers
 from agw.config import Policies
 from agw.decisions import resolve_alias
-from agw.decisions import KeyCheck, KeyRefused, presented_key
+from agw.decisions import KeyCheck, KeyRefused
 from agw.metering import RealtimeSession, peer_address
 from agw.realtime._guarding import SessionGuard
 from agw.realtime._session_guards import session_guard
@@ -129,17 +129,17 @@ class RealtimeRelay:
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
         self.resource = RealtimeResource(WebSocketResource(self._factory))
 
-    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession:
+    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None, query: str = "") -> RealtimeSession:
         """
-        Accounting for a client that is shaking hands (from C{peer}), once its
-        key (if the route has an C{apiKey} policy) may use the model it asks
-        for; raises L{agw.routing.KeyRefused} otherwise.
+        Accounting for a client shaking hands (from C{peer}; C{query}: its raw
+        query), once its key (if the route has an C{apiKey} policy) may use the
+        model it asks for; raises L{agw.routing.KeyRefused} otherwise.
         """
         model = request.params.get("model", [None])[0]
         context = self._context
         who = context.metrics.anonymous
         if context.keys is not None:
-            key = context.keys.authenticate(presented_key(request.headers.get("authorization"), tuple(request.protocols)))
+            key = context.keys.authenticate(context.presented_key(request.headers.get, query, tuple(request.protocols)))
             KeyCheck.authorize(key, model)
             who = context.attribute(key)
         self._check_budgets(who.name, model)
@@ -184,13 +184,14 @@ class RealtimeRelay:
     ) -> Deferred[UpstreamProtocol]:
         """
         Open the upstream leg for a client handshake to C{request_uri} (raw
-        path and query, forwarded as they came). Fires with the open upstream
-        protocol, or fails (refusal, unreachable, timeout). C{request_peer}
-        is the client's TCP address (for C{X-Forwarded-For}).
+        path and query; the query goes as it came, less agw's credentials).
+        Fires with the open upstream protocol, or fails (refusal, unreachable,
+        timeout). C{request_peer} is the client's address (X-Forwarded-For).
         """
         split = urlsplit(request_uri)
         try:
-            url = self._context.target.url(split.path, aliased_query(split.query, self._context.policies), websocket=True)
+            query = aliased_query(self._context.upstream_query(split.query), self._context.policies)
+            url = self._context.target.url(split.path, query, websocket=True)
         except NoDeployment as e:
             return fail(e)
         peer = getattr(request_peer, "host", None)

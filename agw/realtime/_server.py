@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -46,7 +47,7 @@ class SessionHost(Protocol):
     connections: ConnectionTracker
     log: Logger
 
-    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None) -> RealtimeSession: ...
+    def new_session(self, request: ConnectionRequest, peer: IAddress | None = None, query: str = "") -> RealtimeSession: ...
 
     def new_guard(self, session: RealtimeSession, request: ConnectionRequest) -> SessionGuard | None: ...
 
@@ -138,7 +139,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
         relay = self.factory.relay
         try:
-            session = relay.new_session(request, self.transport.getPeer())
+            session = relay.new_session(request, self.transport.getPeer(), urlsplit(self.http_request_uri).query)
         except KeyRefused as refused:
             self._answer = HandshakeAnswer.refused(refused)
             raise ConnectionDeny(refused.status, self._answer.reason) from None

@@ -17,8 +17,12 @@ from agw.routing._headers import (
     CREDENTIALS,
     FORWARDING,
     HOP_BY_HOP,
+    KEY_HEADERS,
+    KEY_PARAMETERS,
+    agw_credentials,
     client_response_headers,
     connection_listed,
+    forwarded_query,
     guard_headers,
     upstream_headers,
 )
@@ -27,8 +31,9 @@ from agw.routing._tracker import ConnectionTracker
 from agw.routing._tree import BindResource, RoutedRoute, route_type_for
 
 __all__ = [
-    "CREDENTIALS", "FORWARDING", "HOP_BY_HOP", "OPENAI_HOST", "BackendTarget", "BadTarget", "BindResource",
-    "ConnectionTracker", "ErrorResource", "GuardRunner", "NoDeployment", "OriginTarget", "RouteContext", "RoutedRoute", "TrustRootError",
-    "client_gone", "client_host", "client_response_headers", "connection_listed", "error_body", "guard_headers", "normalise_path",
-    "parse_target", "read_trust_root", "render_error", "route_type_for", "upstream_headers",
+    "CREDENTIALS", "FORWARDING", "HOP_BY_HOP", "KEY_HEADERS", "KEY_PARAMETERS", "OPENAI_HOST", "BackendTarget", "BadTarget",
+    "BindResource", "ConnectionTracker", "ErrorResource", "GuardRunner", "NoDeployment", "OriginTarget", "RouteContext",
+    "RoutedRoute", "TrustRootError", "agw_credentials", "client_gone", "client_host", "client_response_headers",
+    "connection_listed", "error_body", "forwarded_query", "guard_headers", "normalise_path", "parse_target",
+    "read_trust_root", "render_error", "route_type_for", "upstream_headers",
 ]

@@ -4,7 +4,7 @@ L{RouteContext}: what every forwarder and relay of one route shares.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from attrs import frozen
@@ -24,8 +24,9 @@ from agw.metering import (
     RouteLabels,
     SpanSink,
 )
-from agw.decisions import KeyCheck
+from agw.decisions import KeyCheck, presented_key
 from agw.routing._backend import BackendTarget
+from agw.routing._headers import agw_credentials, forwarded_query
 
 
 class GuardRunner(Protocol):
@@ -76,3 +77,16 @@ class RouteContext:
         if self.attributor is None:
             return self.metrics.anonymous
         return self.attributor(key.name, key.metadata) if key is not None else self.attributor.anonymous
+
+    def upstream_query(self, query: str) -> str:
+        """
+        The client's C{query} as it goes upstream: without the client's
+        credentials (C{api-key}, C{key}, C{apiKey.location}'s parameter)
+        when they are agw's (L{agw.routing.forwarded_query}).
+        """
+        location = self.policies.api_key.location if self.policies.api_key is not None else None
+        return forwarded_query(query, agw_credentials(self.policies), location.query if location is not None else None)
+
+    def presented_key(self, header: Callable[[str], str | None], query: str, protocols: tuple[str, ...] = ()) -> str | None:
+        """The client key a request presents where this route's C{apiKey.location} says (see L{presented_key})."""
+        return presented_key(self.keys.location if self.keys is not None else None, header, query, protocols)

@@ -9,7 +9,9 @@ docs/security.md lists all of it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from urllib.parse import unquote_plus
 
 from agw.config import Policies
 
@@ -18,11 +20,48 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
     "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })
+# Where clients put an OpenAI or Azure key: agw's when the route has an
+# apiKey policy or a backend key (see agw_credentials), never forwarded then.
+KEY_HEADERS = frozenset({"authorization", "api-key", "x-api-key"})
+KEY_PARAMETERS = frozenset({"api-key", "key"})
 # What a client could use to spend as someone else, or to choose who pays,
 # when the gateway's key is the one that pays: never forwarded with it.
-CREDENTIALS = frozenset({
-    "authorization", "api-key", "x-api-key", "openai-organization", "openai-project", "cookie",
-})
+CREDENTIALS = KEY_HEADERS | frozenset({"openai-organization", "openai-project", "cookie"})
+# Query separators: "&", and ";" which some servers also split on.
+_QUERY_SEPARATOR = re.compile(r"([&;])")
+
+
+def agw_credentials(policies: Policies) -> bool:
+    """Whether a client's credentials are agw's on this route (an apiKey policy or a backend key), not the provider's."""
+    return policies.api_key is not None or policies.backend_key is not None
+
+
+def key_header_names(policies: Policies) -> frozenset[str]:
+    """The headers a client key can come in on this route: L{KEY_HEADERS} and the C{apiKey.location} header."""
+    location = policies.api_key.location if policies.api_key is not None else None
+    return KEY_HEADERS | ({location.header} if location is not None and location.header else set())
+
+
+def forwarded_query(query: str, agws: bool, parameter: str | None = None) -> str:
+    """
+    C{query} as it goes upstream: as it came, unless the credentials are
+    agw's (C{agws}, see L{agw_credentials}); then without a C{api-key} or
+    C{key} parameter (nor C{parameter}, C{apiKey.location}'s), whatever the
+    case of its name or how it is percent-encoded. Separators and the other
+    parameters stay byte for byte.
+    """
+    if not agws or not query:
+        return query
+    dropped = KEY_PARAMETERS | ({parameter.lower()} if parameter else set())
+    parts = _QUERY_SEPARATOR.split(query)  # part, separator, part, ...
+    kept: list[str] = []
+    for index in range(0, len(parts), 2):
+        if unquote_plus(parts[index].partition("=")[0]).strip().lower() in dropped:
+            continue
+        if kept:
+            kept.append(parts[index - 1])  # the separator that came before this part
+        kept.append(parts[index])
+    return "".join(kept)
 # Client claims about the path to the gateway: not trusted, X-Forwarded-For is set anew.
 FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"})
 
@@ -54,8 +93,8 @@ def upstream_headers(
     dropped = HOP_BY_HOP | FORWARDING | connection_listed(client_headers) | set(also_drop) | set(transform.remove)
     if policies.backend_key is not None:
         dropped |= CREDENTIALS
-    if policies.api_key is not None:
-        dropped |= {"authorization"}  # the client's key is agw's, not the provider's
+    if agw_credentials(policies):
+        dropped |= key_header_names(policies)  # the client's key is agw's, not the provider's
     headers = [(name, value) for name, value in client_headers if name not in dropped]
     for name, value in transform.set:
         headers = [(n, v) for n, v in headers if n != name] + [(name, value)]
@@ -74,11 +113,12 @@ def guard_headers(client_headers: Iterable[tuple[str, str]], policies: Policies)
     The client's headers (lower-case names) a guard webhook may be sent,
     as name -> value (a repeated header's values joined with ", "); its
     C{forwardHeaderMatches} choose among them. With an C{apiKey} policy
-    the client's C{Authorization} is agw's credential: never among them.
+    the client's key headers are agw's credential: never among them.
     """
     found: dict[str, str] = {}
+    agws = key_header_names(policies) if policies.api_key is not None else frozenset()
     for name, value in client_headers:
-        if name == "authorization" and policies.api_key is not None:
+        if name in agws:
             continue
         found[name] = f"{found[name]}, {value}" if name in found else value
     return found

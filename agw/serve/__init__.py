@@ -14,8 +14,9 @@ from agw.serve._reloaded import Reloaded, ReloadRefused
 from agw.serve._service import GatewayService
 from agw.serve._site import GatewayRequest, GatewaySite
 from agw.serve._tap import makeService
+from agw.serve._tls import BindTLS, ListenerTLSError
 
 __all__ = [
-    "ConfigReloader", "Gateway", "GatewayRequest", "GatewayService", "GatewaySite", "ListeningService", "MetricsResource", "Options",
+    "BindTLS", "ConfigReloader", "Gateway", "GatewayRequest", "GatewayService", "GatewaySite", "ListenerTLSError", "ListeningService", "MetricsResource", "Options",
     "ReadinessResource", "Reloaded", "ReloadRefused", "gateway_from_options", "makeService", "readiness_root", "stats_root",
 ]

@@ -88,7 +88,8 @@ class DemoProvider(Service):
 
 def demo_instructions(config: GatewayConfig, provider_port: int, interface: str) -> str:
     """What to try against a demo gateway, as shell commands."""
-    base = f"http://{Address(_reachable(interface), config.binds[0].port).authority}/v1"
+    scheme = "https" if any(listener.tls for listener in config.binds[0].listeners) else "http"
+    base = f"{scheme}://{Address(_reachable(interface), config.binds[0].port).authority}/v1"
     stats = Address(_reachable(config.stats_addr.host), config.stats_addr.port).authority
     body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}'
     return (

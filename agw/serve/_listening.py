@@ -1,7 +1,7 @@
 """
 The gateway's listeners: L{ListeningService} (one address, bound before
-privileges are shed), the sites they serve, and the stats, readiness and
-admin listeners.
+privileges are shed), the sites they serve (a bind's inside TLS when it is
+HTTPS: L{BindFactory}), and the stats, readiness and admin listeners.
 """
 
 from __future__ import annotations
@@ -14,11 +14,20 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
@@ -26,6 +35,7 @@ from agw.metering import Governor
 from agw.serve._admin import admin_root, readiness_root, stats_root
 from agw.serve._reuseport import ReusePortServerEndpoint
 from agw.serve._site import GatewaySite
+from agw.serve._tls import BindTLS
 
 # Idle HTTP connections are dropped after this long (twisted.web's default
 # is 12 hours, an invitation to slowloris).
@@ -125,6 +135,42 @@ class ListeningService(Service):
     @property
     def listening(self) -> bool:
         return self.port is not None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class BindFactory(Factory):
+    """
+    One bind's connections: its C{site}'s HTTP, inside TLS while C{tls} (the
+    bind's L{BindTLS}, replaced by a reload) says HTTPS. Each new connection
+    is served as the config in force says when it arrives; an open one keeps
+    its protocol and certificate.
+    """
+
+    noisy = False
+
+    def __init__(self, site: Site, tls: BindTLS | None = None) -> None:
+        self.site = site
+        self.tls = tls
+        self._tls_factory = TLSMemoryBIOFactory(self, False, site)
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        if self.tls is None:
+            return self.site.buildProtocol(addr)
+        return self._tls_factory.buildProtocol(addr)
+
+    def serverConnectionForTLS(self, protocol: Any) -> Any:
+        """The TLS of a new connection: the certificates in force now (L{IOpenSSLServerConnectionCreator})."""
+        assert self.tls is not None, "a TLS connection on a bind without tls"
+        return self.tls.serverConnectionForTLS(protocol)
+
+    def logPrefix(self) -> str:
+        return self.site.logPrefix()  # the port's "... starting on" line names the site, as without TLS
+
+    def startFactory(self) -> None:
+        self.site.doStart()
+
+    def stopFactory(self) -> None:
+        self.site.doStop()
 
 
 def make_site(resource: IResource, reactor: object, options: HTTPOptions | None = None) -> Site:

@@ -118,12 +118,19 @@ class Options(usage.Options):
 
 def check_files(config: GatewayConfig) -> None:
     """
-    Files the config names (C{backendTLS.root}, a moderation guard's, C{modelCatalog}) can be read
-    and used, and what C{config.database.url} needs is installed; raises L{ConfigError}.
+    Files the config names (listeners' C{tls} certificates and keys, C{backendTLS.root}, a
+    moderation guard's, C{modelCatalog}) can be read and used, and what C{config.database.url}
+    needs is installed; raises L{ConfigError}.
     """
     from agw.metering import CatalogError, catalog_for
     from agw.routing import TrustRootError, read_trust_root
 
+    from agw.serve._tls import ListenerTLSError, tls_by_port
+
+    try:
+        tls_by_port(config)  # each HTTPS listener's certificate and key: readable, PEM, matching
+    except ListenerTLSError as e:
+        raise ConfigError(e.path, e.message) from None
     for b, bind in enumerate(config.binds):
         for l, listener in enumerate(bind.listeners):
             for r, route in enumerate(listener.routes):

@@ -18,8 +18,9 @@ from twisted.web.resource import IResource, Resource
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
 from agw.metering import GatewayMetrics, Governor
-from agw.serve._listening import ListeningService, admin_listeners, budgets_listener, ledger_notes, make_site
+from agw.serve._listening import BindFactory, ListeningService, admin_listeners, budgets_listener, ledger_notes, make_site
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes
+from agw.serve._tls import BindTLS, ListenerTLSError, tls_by_port
 
 
 class Servable(Protocol):
@@ -44,7 +45,9 @@ class GatewayService(MultiService):
     """
     Every listener of a L{Gateway}; stopping it drains first (see
     L{stopService}). Binds listen on C{interface} (all interfaces, IPv4 and
-    IPv6, by default).
+    IPv6, by default); an HTTPS bind serves its listeners' certificates,
+    read when the service is made and again on each reload (a certificate
+    that cannot be served raises L{agw.serve.ListenerTLSError}).
 
     A worker process (L{agw.serve._workerpool}) passes C{reuse_ports}: each bind's
     port (config port to actual port) is shared with the other workers
@@ -67,8 +70,10 @@ class GatewayService(MultiService):
         self.interface = interface
         self._reuse_ports = reuse_ports
         self.binds: dict[int, ListeningService] = {}
+        self._factories: dict[int, BindFactory] = {}  # each bind's: its site, and its certificates if HTTPS
+        tls = tls_by_port(config)  # raises ListenerTLSError: a certificate that cannot be served
         for bind in config.binds:
-            listener = self._bind_listener(bind.port, gateway.resource(bind.port))
+            listener = self._bind_listener(bind.port, gateway.resource(bind.port), tls[bind.port])
             listener.setServiceParent(self)
             self.binds[bind.port] = listener
         self.stats: ListeningService | None = None
@@ -82,13 +87,13 @@ class GatewayService(MultiService):
             # adminAddr serves the budgets' read-out (only when there are budgets to show).
             self.admin = budgets_listener(self, reactor, None, gateway.governor, config.admin_addr)
 
-    def _bind_listener(self, config_port: int, resource: IResource) -> ListeningService:
+    def _bind_listener(self, config_port: int, resource: IResource, tls: BindTLS | None) -> ListeningService:
         reuse = self._reuse_ports
         # A worker shares each bind's port with the others; a bind added by a reload uses its config port.
         port = config_port if reuse is None else reuse.get(config_port, config_port)
         gateway = self.gateway
-        site = make_site(resource, gateway.reactor, gateway.http_options)
-        return ListeningService(gateway.reactor, Address(self.interface, port), site, f"bind/{config_port}", reuse_port=reuse is not None)
+        factory = self._factories[config_port] = BindFactory(make_site(resource, gateway.reactor, gateway.http_options), tls)
+        return ListeningService(gateway.reactor, Address(self.interface, port), factory, f"bind/{config_port}", reuse_port=reuse is not None)
 
     def startService(self) -> None:
         super().startService()
@@ -108,28 +113,36 @@ class GatewayService(MultiService):
         """
         if self.draining:
             raise ReloadRefused("the gateway is stopping")
+        try:
+            tls = tls_by_port(config)  # the certificates read again: renewed files are served from now on
+        except ListenerTLSError as e:
+            raise ReloadRefused(str(e)) from None
         opened: dict[int, ListeningService] = {}
         try:
             for port in bind_changes(self.gateway.config, config)[0]:
                 if self._reuse_ports is not None and port == 0:
                     raise ReloadRefused("a new bind on port 0 needs a restart with --workers")
                 # Served once the gateway has the new config (below, before the reactor runs again).
-                opened[port] = listener = self._bind_listener(port, Resource())
+                opened[port] = listener = self._bind_listener(port, Resource(), tls[port])
                 try:
                     listener.privilegedStartService()  # listens now, or raises SystemExit with the reason
                 except SystemExit as e:
                     raise ReloadRefused(str(e).removeprefix("agw: ")) from None
             reloaded = self.gateway.reload(config)
         except ReloadRefused:
-            for listener in opened.values():
+            for port, listener in opened.items():
                 listener.stopService()
+                del self._factories[port]
             raise
         for port, listener in opened.items():
-            listener.factory.resource = self.gateway.resource(port)  # type: ignore[attr-defined]
+            self._factories[port].site.resource = self.gateway.resource(port)
             listener.setServiceParent(self)
             self.binds[port] = listener
         for port in reloaded.removed_ports:
             self.binds.pop(port).disownServiceParent()
+            del self._factories[port]
+        for port, factory in self._factories.items():
+            factory.tls = tls[port]  # new connections: HTTP or HTTPS, and which certificates, as the new config says
         if reloaded.new_governor is not None:
             self._start_governor(reloaded.new_governor)
             if self.stats is not None:  # the process that serves adminAddr

@@ -12,7 +12,9 @@ def describe(config: GatewayConfig, path: str, interface: str) -> str:
     """Lines naming C{path} valid, then its binds, routes and side ports."""
     lines = [f"{path}: valid"]
     for bind in config.binds:
-        lines.append(f"bind/{bind.port}: {Address(interface, bind.port).authority}")
+        https = [listener.tls.cert for listener in bind.listeners if listener.tls is not None]
+        served = f" (HTTPS: {', '.join(https)})" if https else ""
+        lines.append(f"bind/{bind.port}: {Address(interface, bind.port).authority}{served}")
         for listener in bind.listeners:
             for route in listener.routes:
                 backends = ", ".join(
