@@ -130,7 +130,11 @@ class UnpricedModelTests(TestCase):
 
     @inlineCallbacks
     def test_unpriced_model_refused_on_http(self) -> Any:
-        yield self.start()
+        config = yaml.safe_load(budget_config(self.upstream_port, self.database))
+        for route in config["binds"][0]["listeners"][0]["routes"]:
+            for backend in route["backends"]:
+                backend["ai"]["provider"]["openAI"].pop("model", None)  # the seed pins gpt-4, which is priced
+        yield self.start(yaml.safe_dump(config))
         url = f"http://127.0.0.1:{self.agw.port}/v1/chat/completions"
         response = yield treq.post(
             url, json={"model": "no-such-model", "messages": []}, headers={"Authorization": f"Bearer {TEAM_B}"}, persistent=False,

@@ -312,7 +312,26 @@ class FallbackPriceTests(SynchronousTestCase):
             with self.subTest(provider=provider, model=model):
                 cost = price_tokens(self.catalog, provider, model, AUDIO_USAGE)
                 self.assertEqual((cost.status, cost.fallback, cost.total), (MISSING, False, 0))
-        self.assertFalse(price_tokens(default_catalog(), "openai", "gpt-4", AUDIO_USAGE).fallback)
+        self.assertFalse(price_tokens(default_catalog(), "openai", "no-such-model", AUDIO_USAGE).fallback)
+
+    def test_the_default_catalog_prices_what_the_routes_serve(self) -> None:
+        catalog = default_catalog()
+        usage = TokenUsage(input=1_000_000, output=1_000_000)
+        # Per 1M input + 1M output tokens, OpenAI's list prices (docs/governance.md has the table and its sources).
+        for model, total in (("gpt-4", "90"), ("gpt-4o", "12.5"), ("gpt-4o-mini", "0.75"), ("gpt-4.1", "10"), ("gpt-5", "11.25"), ("o3", "10")):
+            with self.subTest(model=model):
+                cost = price_tokens(catalog, "openai", model, usage)
+                self.assertEqual((cost.status, cost.total), (EXACT, usd(total)))
+        self.assertEqual(price_tokens(catalog, "openai", "text-embedding-3-small", TokenUsage(input=1_000_000)).total, usd("0.02"))
+
+    def test_a_dated_snapshot_has_its_models_price_unless_listed(self) -> None:
+        catalog = default_catalog()
+        usage = TokenUsage(input=1_000_000, output=1_000_000)
+        self.assertEqual(price_tokens(catalog, "openai", "gpt-4o-2024-08-06", usage).total, usd("12.5"))
+        self.assertEqual(price_tokens(catalog, "openai", "gpt-4-0613", usage).total, usd("90"))
+        self.assertEqual(price_tokens(catalog, "openai", "gpt-4o-2024-05-13", usage).total, usd("20"))  # its own, older price
+        for unknown in ("no-such-model-2024-08-06", "gpt-4o-2024-08", "gpt-4o-preview"):
+            self.assertEqual(price_tokens(catalog, "openai", unknown, usage).status, MISSING, unknown)
 
     def test_has_price(self) -> None:
         for provider, model in (("openai", "listed"), ("openai", "unlisted"), ("other", "m")):
@@ -320,7 +339,7 @@ class FallbackPriceTests(SynchronousTestCase):
         for provider, model in (("other", "unlisted"), ("nobody", "m"), ("openai", None)):
             self.assertFalse(self.catalog.has_price(provider, model), (provider, model))
         self.assertTrue(default_catalog().has_price("openai", "gpt-realtime"))
-        self.assertFalse(default_catalog().has_price("openai", "gpt-4"))
+        self.assertFalse(default_catalog().has_price("openai", "no-such-model"))
 
     def test_metrics_charge_the_fallback_and_count_the_lookup_missing(self) -> None:
         metrics = GatewayMetrics(catalog=self.catalog)

@@ -217,5 +217,11 @@ class DemoTests(TestCase):
             if name == "agentgateway_gen_ai_client_token_usage_sum" and dict(labels)["gen_ai_token_type"] == "input"
         }
         self.assertEqual(usage, {"route1": completion.usage.prompt_tokens, "route0": done[0]["response"]["usage"]["input_tokens"]})
+        # Both are priced: the seed's gpt-4 (answered as a dated gpt-4-...) and gpt-realtime are in the default catalog.
+        lookups = {
+            (dict(labels)["gen_ai_request_model"], dict(labels)["status"]) for (name, labels), value in found.items()
+            if name == "agentgateway_cost_catalog_lookups_total" and value
+        }
+        self.assertEqual(lookups, {("gpt-4", "Exact"), ("gpt-realtime", "Exact")})
         code = yield agw.stop()
         self.assertEqual(code, 0)

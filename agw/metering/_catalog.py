@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -97,10 +98,21 @@ class Catalog:
         return Catalog(merged)
 
     def resolve(self, provider: str, model: str | None) -> ModelPrices | None:
-        """C{model}'s own entry (never the C{"*"} fallback, even for a model named C{"*"}), if it has one."""
+        """
+        C{model}'s own entry (never the C{"*"} fallback, even for a model
+        named C{"*"}), if it has one; a dated snapshot without one (OpenAI's
+        C{gpt-4o-2024-08-06}, C{gpt-4-0613}) has its model's: snapshots
+        priced otherwise are listed under their own name.
+        """
         if model is None or model == FALLBACK_MODEL:
             return None
-        return self.providers.get(provider, {}).get(model)
+        models = self.providers.get(provider, {})
+        found = models.get(model)
+        if found is None:
+            dated = _SNAPSHOT.fullmatch(model)
+            if dated is not None:
+                found = models.get(dated.group(1))
+        return found
 
     def fallback(self, provider: str) -> ModelPrices | None:
         """The operator's price for C{provider}'s models without an entry: its C{"*"} entry, if any."""
@@ -127,6 +139,10 @@ class Cost:
     def total(self) -> Decimal:
         """The USD of every component, the fallback's included."""
         return sum(self.components.values(), Decimal(0))
+
+
+# A dated snapshot's name: the model's, then -YYYY-MM-DD or -MMDD.
+_SNAPSHOT = re.compile(r"(.+?)-(?:\d{4}-\d{2}-\d{2}|\d{4})")
 
 
 def parse_catalog(text: str, source: str = "catalog") -> Catalog:
