@@ -95,6 +95,17 @@ class _Answer(Protocol):
             self.done.errback(reason)
 
 
+def read_answer(response: IResponse, limit: int = MAX_ANSWER) -> Deferred[bytes]:
+    """
+    C{response}'s body, up to C{limit} bytes (a larger one fails with
+    L{GuardCallFailed} and its connection is closed); cancelling the
+    Deferred stops reading.
+    """
+    answer = _Answer(limit)
+    response.deliverBody(answer)
+    return answer.done
+
+
 def _cancelled(failure: Failure) -> bool:
     """Whether a call failed because it was cancelled (twisted.web may wrap the CancelledError)."""
     return bool(failure.check(CancelledError)) or any(_cancelled(inner) for inner in getattr(failure.value, "reasons", ()) or ())
@@ -191,9 +202,6 @@ class GuardCalls:
         return calling.addErrback(failed)
 
     def _read(self, response: IResponse) -> Deferred[Any]:
-        answer = _Answer(self.max_answer)
-        response.deliverBody(answer)
-
         def parse(data: bytes) -> Any:
             if not 200 <= response.code < 300:
                 raise GuardCallFailed(f"answered {response.code}")
@@ -202,7 +210,7 @@ class GuardCalls:
             except (ValueError, RecursionError):
                 raise GuardCallFailed("answer is not JSON") from None
 
-        return answer.done.addCallback(parse)
+        return read_answer(response, self.max_answer).addCallback(parse)
 
     def webhook(self, webhook: Webhook, slots: list[Slot], phase: str, headers: Mapping[str, str]) -> Deferred[Verdict]:
         """Ask C{webhook} about C{slots} (C{POST /request} or C{/response}); a mask is applied to them."""
