@@ -46,6 +46,7 @@ class RealtimeSession:
         limits: RouteLimits | None = None,
         request: Mapping[str, Any] | None = None,
         span: Span = NO_SPAN,
+        transport: str = "websocket",  # or webrtc (a call's sideband), sip: in every record of the session
     ) -> None:
         self._metrics = metrics
         self._span = span  # the session's (config.tracing); each response is a child
@@ -57,8 +58,8 @@ class RealtimeSession:
         self._limits = limits
         self.who = who if who is not None else metrics.anonymous
         self._consumer = self.who.name
-        # Who the session is for (the apiKey's metadata.name), in every record of it.
-        self._who = dict(self.who.log_fields)
+        # Who the session is for (the apiKey's metadata.name) and how it reached the provider, in every record of it.
+        self._who = {**self.who.log_fields, "agw.transport": transport}
         self._route = route
         self._clock = clock
         self._log = access_log
