@@ -133,14 +133,21 @@ class WebRTCResource(SecretsEndpoint, OffersEndpoint, Resource):
         return self.error(request, answer.status, f"the provider answered {answer.status}", "upstream_error", "server_error")
 
     async def admit(self, consumer: str | None, model: str) -> None:
-        """Raise L{KeyRefused} if C{consumer}'s budgets let nothing of C{model} start now (decided on fresh spend near a budget's end)."""
-        governor = self.context.governor
-        if governor is None:
-            return
-        await governor.fresh(consumer)
-        denial = governor.blocking(consumer, self.context.metrics.prices(model), model)
-        if denial is not None:
-            raise KeyRefused(denial.status, denial.message, denial.code)
+        """
+        Raise L{KeyRefused} if C{consumer}'s budgets let nothing of C{model}
+        start now (decided on fresh spend near a budget's end), or the
+        route's C{localRateLimit} has no request left (each request here
+        spends one, as every HTTP request does).
+        """
+        context = self.context
+        if context.governor is not None:
+            await context.governor.fresh(consumer)
+            denial = context.governor.blocking(consumer, context.metrics.prices(model), model)
+            if denial is not None:
+                raise KeyRefused(denial.status, denial.message, denial.code)
+        empty = context.limits.admit() if context.limits is not None else None
+        if empty is not None:
+            raise KeyRefused(429, f"rate limit reached for {empty.kind} on this route", "rate_limit_exceeded")
 
 
 def _header(request: Request, name: str) -> str | None:

@@ -179,10 +179,10 @@ class CallSupervisor:
         """
         End the call (C{end}: why): cancel the responses in flight and wait
         (up to the grace) for their usage, then hang up — at once for a
-        client's hang-up — and close the sideband once what the provider
-        still reports has come (up to the grace again). Returns the
-        provider's answer to the hang-up (C{None}: none; 404: the call was
-        over already).
+        client's hang-up — and, once the provider's answer is back, close
+        the sideband when what it still reports has come (up to the grace
+        again). Returns the provider's answer to the hang-up (C{None}: none;
+        404: the call was over already).
         """
         if self.end is not None:
             return await self._hang_up_result()
@@ -198,14 +198,18 @@ class CallSupervisor:
                     leg.cancel(response_id)
             await self._usage_settled()
         status = await self._hang_up_result()
+        ensureDeferred(self._close_after_usage())
+        return status
+
+    async def _close_after_usage(self) -> None:
+        """After the hang-up: what the provider still reports (up to the grace), then the sideband closes."""
         await self._usage_settled()
         leg = self.leg
         if leg is None:
-            self._finish(end)
+            self._finish(self.end)  # type: ignore[arg-type]
         else:
             self._closing = True
             leg.close(NORMAL_CLOSURE, "call ended")
-        return status
 
     async def shut_down(self, end: str) -> None:
         """
