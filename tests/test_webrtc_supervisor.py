@@ -122,3 +122,28 @@ class FailOpenTests(WebRTCCase):
         yield wait_until(lambda: self.metric("agw_realtime_calls_ended_total", end="sideband_lost") == 1)
         self.assertEqual(self.fake.hangups, [])  # the call goes on without agw
         self.assertEqual(self.metric("agw_realtime_calls_unmetered_total", consumer="voice-app"), 1)
+
+
+class TranscriptionAndStopTests(WebRTCCase):
+    @inlineCallbacks
+    def test_transcription_on_a_call_is_metered(self) -> Any:
+        _, call_id, _ = yield self.browser_call()
+        # The browser turns transcription on: the sideband hears session.updated, as every connection of the session does.
+        self.fake.call(call_id).update_session({"audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}})
+        self.fake.transcription_usage = {"type": "tokens", "input_tokens": 12, "output_tokens": 3, "total_tokens": 15,
+                                         "input_token_details": {"text_tokens": 0, "audio_tokens": 12}}
+        yield self.fake.drive_call(call_id)
+        yield wait_until(lambda: self.metric(
+            "agentgateway_gen_ai_client_token_usage_sum", gen_ai_operation_name="transcription", gen_ai_token_type="input",
+        ) == 12)
+        self.assertEqual(self.metric(
+            "agw_gen_ai_tokens_total", gen_ai_operation_name="transcription", consumer="voice-app", gen_ai_request_model="gpt-4o-transcribe",
+        ), 15)
+
+    @inlineCallbacks
+    def test_stopping_the_gateway_hangs_calls_up(self) -> Any:
+        _, call_id, _ = yield self.browser_call()
+        yield self.service.stopService()
+        self.assertEqual(self.fake.hangups, [call_id])
+        self.assertEqual(self.metric("agw_realtime_calls_ended_total", end="shutdown"), 1)
+        self.assertEqual(self.fake.call(call_id).sideband, None)
