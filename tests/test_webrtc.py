@@ -145,6 +145,22 @@ class BrowserCallTests(WebRTCCase):
         self.assertEqual(status, 401)
 
     @inlineCallbacks
+    def test_provider_refusals_are_passed_on_without_its_secret(self) -> Any:
+        status, secret = yield self.client_secret()
+        (provider_secret,) = self.fake.client_secrets
+        self.fake.fail_http(401, json.dumps({"error": {
+            "message": f"Incorrect API key provided: {provider_secret}", "type": "invalid_request_error", "code": "invalid_api_key",
+        }}).encode())
+        status, headers, body = yield self.open_call(secret["value"])
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (401, "invalid_api_key"))
+        self.assertEqual(json.loads(body)["error"]["message"], "Incorrect API key provided: ek_<redacted>")
+        self.fake.fail_http(500, b"<html>oops</html>")
+        status, _, body = yield self.open_call(secret["value"])
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (500, "upstream_error"))
+        self.assertEqual(self.exposed(provider_secret), [])
+        self.assertEqual(len(self.gateway.calls), 0)
+
+    @inlineCallbacks
     def test_only_its_consumer_hangs_a_call_up(self) -> Any:
         token, call_id, location = yield self.browser_call()
         path = location.removeprefix("/v1/realtime") + "/hangup"

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from agw.calls import BadForm, CallSupervisor, call_form, call_id_of, parse_call_form, secret_seconds
-from agw.calls._forms import scrubbed_session
+from agw.calls._forms import scrubbed_session, without_provider_secrets
 from agw.config import ConfigError, FailureMode, RealtimeCalls, RouteType, Secret, parse_config
 from agw.decisions import CallTokens, Grant, KeyRefused, is_token
 from agw.metering import SIDEBAND_LOST, CallRecord, GatewayMetrics, RealtimeSession, RouteLabels
@@ -94,6 +94,10 @@ class FormTests(SynchronousTestCase):
             self.assertIsNone(call_id_of(bad))
         self.assertEqual(scrubbed_session({"model": "m", "client_secret": {"value": "ek_1"}}, "ek_1"), {"model": "m"})
         self.assertIsNone(scrubbed_session({"model": "m", "note": "ek_1"}, "ek_1"))
+        self.assertEqual(
+            without_provider_secrets({"message": "Invalid key: ek_68af3***a1b2.", "code": "invalid_api_key", "n": [1, "ek_x"]}),
+            {"message": "Invalid key: ek_<redacted>", "code": "invalid_api_key", "n": [1, "ek_<redacted>"]},
+        )
 
 
 class RouteTypeTests(SynchronousTestCase):

@@ -17,6 +17,8 @@ from typing import Any
 
 from agw.config import MAX_SECRET_SECONDS, MIN_SECRET_SECONDS
 
+# A provider's client secret as it may appear in the provider's own error messages (masked or not).
+PROVIDER_SECRET = re.compile(r"ek_[A-Za-z0-9_\-*.]*")
 # A provider's call id as agw passes it on (a URL path segment and a query value): OpenAI's are rtc_<hex>.
 CALL_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
@@ -119,3 +121,14 @@ def scrubbed_session(session: Any, secret: str) -> dict[str, Any] | None:
         return None
     kept = {name: value for name, value in session.items() if name != "client_secret"}
     return None if secret and secret in json.dumps(kept) else kept
+
+
+def without_provider_secrets(value: Any) -> Any:
+    """C{value} (a provider's JSON error) with anything that looks like a provider client secret replaced."""
+    if isinstance(value, str):
+        return PROVIDER_SECRET.sub("ek_<redacted>", value)
+    if isinstance(value, dict):
+        return {name: without_provider_secrets(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [without_provider_secrets(item) for item in value]
+    return value

@@ -24,7 +24,7 @@ from agw.http import Refused, UpstreamClient
 from agw.metering import HTTPExchange, peer_address
 from agw.realtime import RelayOptions
 from agw.routing import RouteContext, WebRTCEndpoint, client_gone, render_error, webrtc_endpoint
-from agw.calls._forms import BadForm
+from agw.calls._forms import BadForm, without_provider_secrets
 from agw.calls._offers import OffersEndpoint
 from agw.calls._provider import Provider, ProviderAnswer, ProviderUnavailable
 from agw.calls._registry import CallRegistry
@@ -123,13 +123,17 @@ class WebRTCResource(SecretsEndpoint, OffersEndpoint, Resource):
         return status
 
     def relay_refusal(self, request: Request, answer: ProviderAnswer) -> int:
-        """The provider refused: its status, and its JSON error if it sent one (nothing else of its answer)."""
+        """
+        The provider refused: its status, and its JSON error if it sent one
+        (nothing else of its answer; a client secret it names, even masked,
+        is not passed on).
+        """
         try:
             error = json.loads(answer.body) if len(answer.body) <= MAX_RELAYED_ERROR else None
         except ValueError:
             error = None
         if isinstance(error, dict) and isinstance(error.get("error"), dict):
-            return self.answer_json(request, answer.status, {"error": error["error"]})
+            return self.answer_json(request, answer.status, {"error": without_provider_secrets(error["error"])})
         return self.error(request, answer.status, f"the provider answered {answer.status}", "upstream_error", "server_error")
 
     async def admit(self, consumer: str | None, model: str) -> None:
