@@ -14,13 +14,12 @@ from typing import Any
 
 import treq
 import yaml
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from agw.calls import call_form
 from agw.metering import AccessLog
-from tests.support import BACKEND_KEY, catalog_price, listening_fake, registry_samples, running_gateway, seed_config_text
+from tests.support import catalog_price, listening_fake, registry_samples, running_gateway, seed_config_text
 
 VOICE_KEY = "sk-agw-voice-app-0123456789"
 OTHER_KEY = "sk-agw-other-team-9876543210"
@@ -137,5 +136,3 @@ def backend_key_used(fake: Any, path: str) -> list[str]:
     """The Authorization headers of the fake's HTTP requests to C{path}."""
     return [request.headers.get("authorization", "") for request in fake.http_requests if request.uri.split("?")[0] == path]
 
-
-__all__ = ["BACKEND_KEY", "reactor"]
