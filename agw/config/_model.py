@@ -211,8 +211,7 @@ class Policies:
     overrides: tuple[tuple[str, str], ...] = ()
     # policies.ai.modelAliases: (requested model or pattern with '*', model sent), in file order.
     model_aliases: tuple[tuple[str, str], ...] = ()
-    # policies.realtimeCalls (agw's own): client secrets and call supervision on a Realtime route.
-    realtime_calls: RealtimeCalls = RealtimeCalls()
+    realtime_calls: RealtimeCalls = RealtimeCalls()  # policies.realtimeCalls (agw's own): WebRTC calls
 
 
 @frozen

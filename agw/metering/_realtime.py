@@ -32,7 +32,7 @@ MAX_UNACKNOWLEDGED = 256
 
 
 class RealtimeSession:
-    """The L{UsageSink} of one relayed session, and its session metrics."""
+    """The L{UsageSink} of one session (C{transport}: C{websocket} relayed, C{webrtc} a call's sideband), and its metrics."""
 
     def __init__(
         self,
@@ -45,8 +45,7 @@ class RealtimeSession:
         governor: Governor | None = None,
         limits: RouteLimits | None = None,
         request: Mapping[str, Any] | None = None,
-        span: Span = NO_SPAN,
-        transport: str = "websocket",  # or webrtc (a call's sideband), sip: in every record of the session
+        span: Span = NO_SPAN, transport: str = "websocket",
     ) -> None:
         self._metrics = metrics
         self._span = span  # the session's (config.tracing); each response is a child
