@@ -28,8 +28,10 @@ LAYERS = {
     "agw.realtime": 4,
     "agw.testing": 4,
     "agw.tracing": 4,  # the fake provider needs only agw.config; agw.serve's --demo runs it
-    "agw.serve": 5,
-    "agw": 6,
+    # Calls that do not pass through agw (WebRTC): the provider's HTTP endpoints (agw.http) and the sideband (agw.realtime).
+    "agw.calls": 5,
+    "agw.serve": 6,
+    "agw": 7,
 }
 MAX_LINES = 310
 

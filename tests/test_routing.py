@@ -58,4 +58,6 @@ class RouteTypeTests(SynchronousTestCase):
         self.assertEqual(route_type_for("/anything", ()), RouteType.COMPLETIONS)
 
     def test_map_without_star_falls_back_to_passthrough(self) -> None:
-        self.assertEqual(route_type_for("/v1/realtime/client_secrets", (("/v1/realtime", RouteType.REALTIME),)), RouteType.PASSTHROUGH)
+        self.assertEqual(route_type_for("/v1/realtime/sessions", (("/v1/realtime", RouteType.REALTIME),)), RouteType.PASSTHROUGH)
+        # The WebRTC endpoints under it are the Realtime route type's own (docs/webrtc.md), never forwarded unread.
+        self.assertEqual(route_type_for("/v1/realtime/client_secrets", (("/v1/realtime", RouteType.REALTIME),)), RouteType.REALTIME)

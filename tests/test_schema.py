@@ -113,6 +113,9 @@ binds:
           - keyHash: "{HASH}"
           location: {{queryParameter: {{name: api-key}}}}
         localRateLimit: [{{maxTokens: 10, tokensPerFill: 1, fillInterval: 1s, type: tokens}}]
+        realtimeCalls:
+          maxSecretLifetime: 5m
+          sideband: {{reconnectAttempts: 5, reconnectDelay: 100ms, maxReconnectDelay: 2s, failureMode: failOpen}}
     - name: azure
       backends:
       - ai:
@@ -251,6 +254,8 @@ class SchemaTests(SynchronousTestCase):
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "localRateLimit", 0)).update(fillInterval="soon"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 1)).update(keyHash="md5:0123"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 0)).update(allowPassthrough="yes"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "realtimeCalls", "sideband")).update(failureMode="close"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "realtimeCalls", "sideband")).update(reconnectAttempts=-1),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex")).update(action="block"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex", "rules", 0)).update(builtin="iban"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex", "rules", 0)).update(pattern="x"),

@@ -13,6 +13,7 @@ from typing import Any
 from attrs import field, frozen
 
 from agw.config._azure import AzureProvider
+from agw.config._calls import RealtimeCalls
 from agw.config._guardrails import PromptGuard, Prompts
 from agw.config._secret import Secret
 from agw.config._tls import ServerTLS
@@ -210,6 +211,7 @@ class Policies:
     overrides: tuple[tuple[str, str], ...] = ()
     # policies.ai.modelAliases: (requested model or pattern with '*', model sent), in file order.
     model_aliases: tuple[tuple[str, str], ...] = ()
+    realtime_calls: RealtimeCalls = RealtimeCalls()  # policies.realtimeCalls (agw's own): WebRTC calls
 
 
 @frozen

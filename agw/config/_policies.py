@@ -25,6 +25,7 @@ from agw.config._model import (
     RouteType,
     Secret,
 )
+from agw.config._calls_parser import CallsParser
 from agw.config._guard_parser import GuardParser
 from agw.config._guardrails import PromptGuard
 from agw.config._parsing import kind_of
@@ -54,7 +55,7 @@ def parse_duration(text: str) -> int | None:
     return int(sum(int(number) * _SECONDS[unit] for number, unit in parts))
 
 
-class PolicyParser(GuardParser):
+class PolicyParser(GuardParser, CallsParser):
     """Parses C{policies} (mixed into the config parser)."""
 
     def policies(self, value: Any, path: Path) -> Policies:
@@ -99,6 +100,7 @@ class PolicyParser(GuardParser):
             defaults=self.body_fields(ai.get("defaults"), path + ("ai", "defaults")),
             overrides=self.body_fields(ai.get("overrides"), path + ("ai", "overrides")),
             model_aliases=self.model_aliases(ai.get("modelAliases"), path + ("ai", "modelAliases")),
+            realtime_calls=self.realtime_calls(policies.get("realtimeCalls"), path + ("realtimeCalls",)),
         )
 
     def backend_auth(self, value: Any, path: Path) -> tuple[Secret, tuple[str, str] | None]:

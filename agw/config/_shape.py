@@ -131,7 +131,22 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
     "policies": ({
         "ai": ref("aiPolicy"), "backendAuth": ref("backendAuth"), "transformations": ref("transformations"),
         "backendTLS": ref("backendTLS"), "apiKey": ref("apiKey"), "localRateLimit": array(ref("localRateLimit")),
+        "realtimeCalls": ref("realtimeCalls"),
     }, (), "What agw does to a route's requests."),
+    "realtimeCalls": ({
+        "maxSecretLifetime": {**DURATION, "description": (
+            "the longest expires_after a client secret gets (10s to 2h, whole seconds; default 10m)"
+        )},
+        "sideband": ref("sideband"),
+    }, (), "agw's own: WebRTC client secrets and calls on a Realtime route (docs/webrtc.md)."),
+    "sideband": ({
+        "reconnectAttempts": {"type": "integer", "minimum": 0, "maximum": 100, "description": "default 3"},
+        "reconnectDelay": {**DURATION, "description": "the first wait before connecting again, doubling (default 250ms)"},
+        "maxReconnectDelay": {**DURATION, "description": "the longest wait (default 5s)"},
+        "failureMode": {**one_of("failClosed", "failOpen"), "description": (
+            "a sideband that cannot come back: hang the call up (failClosed, default) or let it go on unmetered"
+        )},
+    }, (), "What a call supervisor does when its sideband drops."),
     "aiPolicy": ({
         "routes": map_of(one_of(*(t.value for t in RouteType if t not in UNSERVED_ROUTE_TYPES)), "path suffix to route type"),
         "promptGuard": ref("promptGuard"), "prompts": ref("prompts"),

@@ -94,6 +94,10 @@ class KeyCheck:
             raise KeyRefused(401, "invalid credentials", "invalid_api_key")
         return key
 
+    def known(self, digest: str) -> ClientKey | None:
+        """The key with SHA-256 C{digest} (hex), if this policy has it (the key that minted an agw token)."""
+        return self._by_digest.get(digest)
+
     @staticmethod
     def authorize(key: ClientKey | None, model: str | None) -> None:
         """Raise L{KeyRefused} (403) if C{key} may not use C{model} (exact names, or one C{*})."""

@@ -19,12 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred, fail, succeed
-from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -48,6 +46,7 @@ from agw.decisions import (
     webhook_payload,
     webhook_verdict,
 )
+from agw.http._answer import read_answer
 from agw.http._request_body import BytesBodyProducer
 from agw.routing import TrustRootError, read_trust_root
 
@@ -57,42 +56,6 @@ MAX_ANSWER = 1 * MiB
 
 class GuardCallFailed(Exception):
     """A guard backend could not be asked, or did not answer in time, with 2xx and JSON."""
-
-
-class _Answer(Protocol):
-    """
-    Collects a response body of up to C{limit} bytes into C{done}; more
-    closes the connection. C{done} fires when the body ends (after
-    twisted.web has put a reusable connection back in its pool).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit, self._parts, self._size = limit, [], 0
-        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
-
-    def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._size > self._limit:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self._parts = []
-            self._stop()
-            return
-        self._parts.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        if self.done.called:
-            return
-        if self._size > self._limit:
-            self.done.errback(GuardCallFailed(f"answer larger than {self._limit} bytes"))
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._parts))
-        else:
-            self.done.errback(reason)
 
 
 def _cancelled(failure: Failure) -> bool:
@@ -191,9 +154,6 @@ class GuardCalls:
         return calling.addErrback(failed)
 
     def _read(self, response: IResponse) -> Deferred[Any]:
-        answer = _Answer(self.max_answer)
-        response.deliverBody(answer)
-
         def parse(data: bytes) -> Any:
             if not 200 <= response.code < 300:
                 raise GuardCallFailed(f"answered {response.code}")
@@ -202,7 +162,7 @@ class GuardCalls:
             except (ValueError, RecursionError):
                 raise GuardCallFailed("answer is not JSON") from None
 
-        return answer.done.addCallback(parse)
+        return read_answer(response, self.max_answer).addCallback(parse)
 
     def webhook(self, webhook: Webhook, slots: list[Slot], phase: str, headers: Mapping[str, str]) -> Deferred[Verdict]:
         """Ask C{webhook} about C{slots} (C{POST /request} or C{/response}); a mask is applied to them."""

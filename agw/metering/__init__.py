@@ -18,6 +18,10 @@ from agw.metering._accesslog import (
 from agw.metering._attribution import Attribution, Attributor
 from agw.metering._bodies import JSONWatcher, SSEWatcher, UsageChunkRemover, UsageExtractor, UsageReport, Watcher
 from agw.metering._budgets import Governor
+from agw.metering._call_metrics import (
+    ATTACHED, ATTACHING, BUDGET, CLIENT, ENDING, PROVIDER, RECONNECTING, SHUTDOWN, SIDEBAND_LOST, UNSUPERVISED, CallMetrics,
+)
+from agw.metering._call_record import CallRecord
 from agw.metering._client_events import client_event_id, client_event_type, client_event_types, sole_event_type
 from agw.metering._reservation import NO_RESERVATION, Reservation, ReserveOptions
 from agw.metering._catalog import (
@@ -62,6 +66,8 @@ from agw.metering._usage import (
 )
 
 __all__ = [
+    "ATTACHED", "ATTACHING", "BUDGET", "CLIENT", "ENDING", "PROVIDER", "RECONNECTING", "SHUTDOWN", "SIDEBAND_LOST",
+    "UNSUPERVISED", "CallMetrics", "CallRecord",
     "Attribution", "Attributor", "BudgetLedger", "Governor", "LedgerURLError", "NO_RESERVATION",
     "Reservation", "ReserveOptions", "check_ledger_url", "ChargeSpool", "ledger_identity",
     "EXACT", "FALLBACK_MODEL", "MISSING", "NO_CATALOG", "UNPRICED", "Catalog", "CatalogError", "Cost", "Rates", "catalog_for",

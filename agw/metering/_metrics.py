@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agw.metering._attribution import Attribution
 from agw.metering._budget_metrics import BudgetMetrics
+from agw.metering._call_metrics import CallMetrics
 from agw.decisions import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog
 from agw.metering._children import MetricChildren
@@ -172,6 +173,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.realtime = RealtimeMetrics.declare(self.registry, _ROUTE_LABELS, who)
+        self.calls = CallMetrics.declare(self.registry, _ROUTE_LABELS, who)
         self.guardrail_checks = Counter(
             "agentgateway_guardrail_checks",
             "Guardrail checks by phase (request, response) and action: allow, mask, reject, failOpen (agentgateway's, with route labels and consumer).",

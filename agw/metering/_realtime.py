@@ -32,7 +32,7 @@ MAX_UNACKNOWLEDGED = 256
 
 
 class RealtimeSession:
-    """The L{UsageSink} of one relayed session, and its session metrics."""
+    """The L{UsageSink} of one session (C{transport}: C{websocket} relayed, C{webrtc} a call's sideband), and its metrics."""
 
     def __init__(
         self,
@@ -45,7 +45,7 @@ class RealtimeSession:
         governor: Governor | None = None,
         limits: RouteLimits | None = None,
         request: Mapping[str, Any] | None = None,
-        span: Span = NO_SPAN,
+        span: Span = NO_SPAN, transport: str = "websocket",
     ) -> None:
         self._metrics = metrics
         self._span = span  # the session's (config.tracing); each response is a child
@@ -57,8 +57,8 @@ class RealtimeSession:
         self._limits = limits
         self.who = who if who is not None else metrics.anonymous
         self._consumer = self.who.name
-        # Who the session is for (the apiKey's metadata.name), in every record of it.
-        self._who = dict(self.who.log_fields)
+        # Who the session is for (the apiKey's metadata.name) and how it reached the provider, in every record of it.
+        self._who = {**self.who.log_fields, "agw.transport": transport}
         self._route = route
         self._clock = clock
         self._log = access_log

@@ -23,14 +23,14 @@ from twisted.web.server import Request
 from agw._internals import use_reactor_timers
 from agw.config import Policies
 from agw.decisions import resolve_alias
-from agw.decisions import KeyCheck, KeyRefused
+from agw.decisions import KeyRefused
 from agw.metering import RealtimeSession, peer_address
 from agw.realtime._guarding import SessionGuard
 from agw.realtime._session_guards import session_guard
 from agw.realtime._options import RelayOptions, SessionSlots
 from agw.realtime._server import RealtimeServerFactory, RealtimeServerProtocol
-from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol
-from agw.routing import NoDeployment, ConnectionTracker, RouteContext, render_error, upstream_headers
+from agw.realtime._upstream import UpstreamFactory, UpstreamProtocol, connect_upstream
+from agw.routing import NoDeployment, ConnectionTracker, RouteContext, render_error, upstream_headers, webrtc_endpoint
 
 # The client's WebSocket handshake headers: the upstream leg makes its own.
 _HANDSHAKE_HEADERS = frozenset({
@@ -139,8 +139,7 @@ class RealtimeRelay:
         context = self._context
         who = context.metrics.anonymous
         if context.keys is not None:
-            key = context.keys.authenticate(context.presented_key(request.headers.get, query, tuple(request.protocols)))
-            KeyCheck.authorize(key, model)
+            key, _ = context.caller(context.presented_key(request.headers.get, query, tuple(request.protocols)), model)
             who = context.attribute(key)
         self._check_budgets(who.name, model)
         span = context.spans.start("realtime", self._reactor.seconds(), request.headers.get("traceparent"))
@@ -200,40 +199,7 @@ class RealtimeRelay:
         if session.traceparent is not None:  # the session's span is the provider's parent
             headers = {**headers, "traceparent": session.traceparent}
         factory = UpstreamFactory(url, headers=headers, useragent=None)
-        factory.setProtocolOptions(
-            maxMessagePayloadSize=self.options.max_message_size,
-            maxFramePayloadSize=self.options.max_message_size,
-            openHandshakeTimeout=self.options.handshake_timeout,
-            closeHandshakeTimeout=self.options.close_timeout,
-            autoPingInterval=self.options.ping_interval,
-            autoPingTimeout=self.options.ping_timeout,
-            perMessageCompressionOffers=[],
-            failByDrop=False,
-            # The provider's text is not validated as UTF-8 here: the client
-            # validates what it receives (and closes with 1007, which the
-            # relay passes on). What clients send is validated.
-            utf8validateIncoming=False,
-            echoCloseCodeReason=True,
-        )
-        use_reactor_timers(factory, self._reactor)  # type: ignore[arg-type]
-        factory.tracker = self.connections
-        factory.clock = self._reactor
-        factory.write_buffer_size = self.options.write_buffer_size
-        factory.max_fragments = self.options.max_fragments
-        connecting = self._context.target.endpoint(self._reactor, self.options.handshake_timeout).connect(factory)
-
-        def cancel(opened: Deferred[UpstreamProtocol]) -> None:
-            # Timed out, or the client left: abandon the attempt at any stage.
-            if not connecting.called:
-                connecting.cancel()
-            elif isinstance(connecting.result, UpstreamProtocol):
-                connecting.result.transport.abortConnection()
-
-        # The factory's guards (fire once; drop a protocol nobody wants)
-        # apply to this cancellable Deferred.
-        factory.opened = opened = Deferred(cancel)
-        connecting.addErrback(lambda failure: factory.failed(failure.value))
-        opened.addTimeout(self.options.handshake_timeout, self._reactor)  # type: ignore[arg-type]
+        opened = connect_upstream(factory, self._context.target, self._reactor, self.options, self.connections)
 
         def attach(upstream: UpstreamProtocol) -> UpstreamProtocol:
             upstream.usage_sink = session
@@ -274,10 +240,14 @@ class RealtimeRelay:
 class RealtimeResource(Resource):
     """
     The realtime route type's resource: WebSocket upgrades go to the relay;
-    anything else gets a JSON 426 instead of Autobahn's HTML status page.
+    OpenAI's WebRTC endpoints under the Realtime path (C{client_secrets},
+    C{calls}: see L{agw.routing.webrtc_endpoint}) to C{webrtc}, when the
+    gateway serves them; anything else gets a JSON 426 instead of
+    Autobahn's HTML status page.
     """
 
     isLeaf = True
+    webrtc: Resource | None = None
 
     def __init__(self, websocket: WebSocketResource) -> None:
         super().__init__()
@@ -285,6 +255,8 @@ class RealtimeResource(Resource):
 
     def render(self, request: Request) -> bytes | int:
         upgrade = request.getHeader(b"upgrade") or b""
+        if self.webrtc is not None and webrtc_endpoint(request.path.decode("ascii")) is not None:
+            return self.webrtc.render(request)
         if upgrade.lower() != b"websocket":
             request.setHeader(b"upgrade", b"websocket")
             return render_error(

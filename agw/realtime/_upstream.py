@@ -13,17 +13,18 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.types import ConnectionResponse
 from twisted.internet.defer import Deferred
 
-from agw._internals import handshake_bytes
+from agw._internals import handshake_bytes, use_reactor_timers
 from agw.decisions import Denial
 from agw.metering import UPSTREAM_TO_CLIENT, RealtimeSession, might_carry_usage, sole_event_type
 from agw.realtime._frames import BINARY, Frame
 from agw.realtime._guarding import SessionGuard
 from agw.realtime._leg import RelayLeg
 from agw.realtime._limit_events import limit_error_event
+from agw.realtime._options import RelayOptions
 from agw.realtime._ordered import OrderedDelivery
 from agw.realtime._refusal import Incomplete, parse_refusal
 from agw.realtime._usage_mixin import DELTA_HEAD, RealtimeUsageMixin
-from agw.routing import ConnectionTracker
+from agw.routing import BackendTarget, ConnectionTracker
 
 
 # How far into a provider event its response_id is looked for (it comes before any delta).
@@ -243,3 +244,49 @@ class UpstreamFactory(WebSocketClientFactory):
     def failed(self, reason: Exception) -> None:
         if not self.opened.called:
             self.opened.errback(reason)
+
+
+def connect_upstream(
+    factory: UpstreamFactory, target: BackendTarget, reactor: Any, options: RelayOptions, tracker: ConnectionTracker,
+) -> Deferred[UpstreamProtocol]:
+    """
+    Open C{factory}'s leg to C{target} with the relay's C{options}: fires
+    with the open protocol, or fails (refusal, unreachable, timeout).
+    Cancelling it abandons the attempt at any stage. Its connection is
+    counted in C{tracker}.
+    """
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=options.max_message_size,
+        maxFramePayloadSize=options.max_message_size,
+        openHandshakeTimeout=options.handshake_timeout,
+        closeHandshakeTimeout=options.close_timeout,
+        autoPingInterval=options.ping_interval,
+        autoPingTimeout=options.ping_timeout,
+        perMessageCompressionOffers=[],
+        failByDrop=False,
+        # The provider's text is not validated as UTF-8 here: the client
+        # validates what it receives (and closes with 1007, which the
+        # relay passes on). What clients send is validated.
+        utf8validateIncoming=False,
+        echoCloseCodeReason=True,
+    )
+    use_reactor_timers(factory, reactor)
+    factory.tracker = tracker
+    factory.clock = reactor
+    factory.write_buffer_size = options.write_buffer_size
+    factory.max_fragments = options.max_fragments
+    connecting = target.endpoint(reactor, options.handshake_timeout).connect(factory)
+
+    def cancel(opened: Deferred[UpstreamProtocol]) -> None:
+        # Timed out, or the client left: abandon the attempt at any stage.
+        if not connecting.called:
+            connecting.cancel()
+        elif isinstance(connecting.result, UpstreamProtocol):
+            connecting.result.transport.abortConnection()
+
+    # The factory's guards (fire once; drop a protocol nobody wants)
+    # apply to this cancellable Deferred.
+    factory.opened = opened = Deferred(cancel)
+    connecting.addErrback(lambda failure: factory.failed(failure.value))
+    opened.addTimeout(options.handshake_timeout, reactor)
+    return opened

@@ -28,12 +28,12 @@ from agw.routing._headers import (
 )
 from agw.routing._target import BadTarget, OriginTarget, normalise_path, parse_target
 from agw.routing._tracker import ConnectionTracker
-from agw.routing._tree import BindResource, RoutedRoute, route_type_for
+from agw.routing._tree import BindResource, RoutedRoute, WebRTCEndpoint, route_type_for, webrtc_endpoint
 
 __all__ = [
     "CREDENTIALS", "FORWARDING", "HOP_BY_HOP", "KEY_HEADERS", "KEY_PARAMETERS", "OPENAI_HOST", "BackendTarget", "BadTarget",
     "BindResource", "ConnectionTracker", "ErrorResource", "GuardRunner", "NoDeployment", "OriginTarget", "RouteContext",
     "RoutedRoute", "TrustRootError", "agw_credentials", "client_gone", "client_host", "client_response_headers",
     "connection_listed", "error_body", "forwarded_query", "guard_headers", "normalise_path", "parse_target",
-    "read_trust_root", "render_error", "route_type_for", "upstream_headers",
+    "read_trust_root", "render_error", "route_type_for", "upstream_headers", "WebRTCEndpoint", "webrtc_endpoint",
 ]

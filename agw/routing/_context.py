@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
-from agw.config import ClientKey, Guard, Policies
+from agw.config import APIKeyMode, ClientKey, Guard, Policies
 from agw.decisions import GuardOutcome, Slot
 from agw.decisions import RouteLimits
 from agw.metering import (
@@ -24,7 +24,7 @@ from agw.metering import (
     RouteLabels,
     SpanSink,
 )
-from agw.decisions import KeyCheck, presented_key
+from agw.decisions import CallTokens, Grant, KeyCheck, KeyRefused, is_token, presented_key
 from agw.routing._backend import BackendTarget
 from agw.routing._headers import agw_credentials, forwarded_query
 
@@ -71,6 +71,8 @@ class RouteContext:
     spans: SpanSink = NO_SPANS
     # Calls to guard backends (webhook, openAIModeration); the gateway's, if it has guards that call out.
     guard_calls: GuardRunner | None = None
+    # agw's client secrets (minted on Realtime routes, see docs/webrtc.md); the gateway's.
+    tokens: CallTokens | None = None
 
     def attribute(self, key: ClientKey | None) -> Attribution:
         """The L{Attribution} of a caller with C{key} (C{None}: anonymous)."""
@@ -90,3 +92,31 @@ class RouteContext:
     def presented_key(self, header: Callable[[str], str | None], query: str, protocols: tuple[str, ...] = ()) -> str | None:
         """The client key a request presents where this route's C{apiKey.location} says (see L{presented_key})."""
         return presented_key(self.keys.location if self.keys is not None else None, header, query, protocols)
+
+    def identify(self, presented: str | None) -> tuple[ClientKey | None, Grant | None]:
+        """
+        Who presents C{presented}: a client key of the route's C{apiKey}
+        policy, or an agw client secret minted on this route (with its
+        L{Grant}: then the key that minted it, which must still be
+        configured); raises L{KeyRefused} (401).
+        """
+        keys = self.keys
+        if self.tokens is None or not is_token(presented):
+            return (keys.authenticate(presented) if keys is not None else None), None
+        grant = self.tokens.redeem(presented, self.labels.values())  # type: ignore[arg-type]
+        key = keys.known(grant.key_digest) if keys is not None and grant.key_digest is not None else None
+        if key is None and (grant.key_digest is not None or (keys is not None and keys.mode is APIKeyMode.STRICT)):
+            raise KeyRefused(401, "the API key this client secret was minted with is no longer accepted", "invalid_api_key")
+        return key, grant
+
+    def caller(self, presented: str | None, model: str | None) -> tuple[ClientKey | None, Grant | None]:
+        """
+        L{identify}, and whether the caller may use C{model}: its key's
+        C{allowedModels}, and for a client secret the model it pinned;
+        raises L{KeyRefused} (401, 403).
+        """
+        key, grant = self.identify(presented)
+        if grant is not None and model != grant.model:
+            raise KeyRefused(403, f"this client secret is for model {grant.model!r} (ask for it by name)", "model_not_allowed")
+        KeyCheck.authorize(key, model)
+        return key, grant

@@ -44,20 +44,55 @@ def _matcher(match: RouteMatch) -> _Matcher:
     return _Matcher(_REGEX, len(value), lambda p: pattern.fullmatch(p) is not None)
 
 
+# OpenAI's WebRTC endpoints under a Realtime path: client secrets, calls, a call's hang-up.
+_WEBRTC = re.compile(r"(?P<base>.*)/(?:(?P<secrets>client_secrets)|calls(?:/(?P<call>[^/]+)/hangup)?)")
+
+
+@frozen
+class WebRTCEndpoint:
+    """
+    One of OpenAI's WebRTC endpoints (C{client_secrets}, C{calls},
+    C{hangup}) under the Realtime path C{realtime_path} (C{/v1/realtime});
+    C{call_id} is the call a hang-up names.
+    """
+
+    name: str
+    realtime_path: str
+    call_id: str | None = None
+
+
+def webrtc_endpoint(path: str) -> WebRTCEndpoint | None:
+    """The WebRTC endpoint C{path} names (C{/v1/realtime/calls}, ...), if it names one."""
+    match = _WEBRTC.fullmatch(path)
+    if match is None:
+        return None
+    if match["secrets"]:
+        return WebRTCEndpoint("client_secrets", match["base"])
+    return WebRTCEndpoint("hangup", match["base"], match["call"]) if match["call"] else WebRTCEndpoint("calls", match["base"])
+
+
 def route_type_for(path: str, ai_routes: Sequence[tuple[str, RouteType]]) -> RouteType:
     """
     The route type of C{path}: the longest C{ai.routes} key that C{path}
     ends with; C{"*"} otherwise. No map at all means C{completions}; a map
-    that matches nothing (and has no C{"*"}) means C{passthrough}.
+    that matches nothing (and has no C{"*"}) means C{passthrough}. The
+    WebRTC endpoints under a C{realtime} key's path (C{/v1/realtime/calls}
+    under C{/v1/realtime}) are that key's: the Realtime route type serves
+    them (an explicit key for the longer path still wins).
     """
     if not ai_routes:
         return RouteType.COMPLETIONS
     fallback = RouteType.PASSTHROUGH
     best: tuple[int, RouteType] | None = None
+    webrtc = webrtc_endpoint(path)
     for suffix, kind in ai_routes:
         if suffix == "*":
             fallback = kind
-        elif path.endswith(suffix) and (best is None or len(suffix) > best[0]):
+            continue
+        matched = path.endswith(suffix) or (
+            kind is RouteType.REALTIME and webrtc is not None and webrtc.realtime_path.endswith(suffix)
+        )
+        if matched and (best is None or len(suffix) > best[0]):
             best = (len(suffix), kind)
     return best[1] if best else fallback
 

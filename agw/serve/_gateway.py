@@ -14,9 +14,10 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from agw.calls import CallRegistry, WebRTCResource
 from agw.config import Bind, ClientKey, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.decisions import unguarded_streams, unguarded_types
-from agw.decisions import KeyCheck, RouteLimits
+from agw.decisions import CallTokens, KeyCheck, RouteLimits
 from agw.http import GuardCalls, HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
@@ -146,6 +147,7 @@ class Gateway:
         # Webhook and openAIModeration guards' calls (its own pools: never the provider's connections).
         self.guard_calls = GuardCalls(reactor, http_options.connect_timeout)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
+        self.tokens, self.calls = CallTokens(reactor.seconds), CallRegistry()  # agw's client secrets, supervised calls
         self.reserve = reserve  # what one response is assumed to cost before one is seen (budgets)
         self.charge_spool = charge_spool  # where charges the ledger could not take at stop are kept
         self.governor = governor_for(config, reactor, self.metrics, reserve=reserve, charge_spool=charge_spool)
@@ -194,7 +196,8 @@ class Gateway:
         connections; fires when all of them are gone.
         """
         closing = [relay.close_all(code, reason) for relay in self.relays]
-        return DeferredList([*closing, self.http_client.close(), self.guard_calls.close()])
+        calls = self.calls.stop_all(self.reactor, max(self.relay_options.close_timeout, self.relay_options.cancel_grace) + 1)
+        return DeferredList([*closing, calls.addCallback(lambda _: self.http_client.close()), self.guard_calls.close()])
 
     def reload(self, config: GatewayConfig) -> Reloaded:
         """
@@ -271,7 +274,7 @@ class Gateway:
             self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None, self.governor,
             RouteLimits(route.policies.rate_limits, self.reactor.seconds, self.rate_limit_share)
             if route.policies.rate_limits else None,
-            self.attributor, self.spans, self.guard_calls,
+            self.attributor, self.spans, self.guard_calls, self.tokens,
         )
         built: dict[RouteType, IResource] = {}
 
@@ -287,6 +290,7 @@ class Gateway:
         if route_type is RouteType.REALTIME:
             relay = RealtimeRelay(context, self.relay_options, slots)
             self.relays.append(relay)
+            relay.resource.webrtc = WebRTCResource(context, self.http_client, self.calls, self.relay_options)
             return relay.resource
         # models is forwarded like passthrough (HTTPForwarder reads no body of it); the
         # config refuses the types agw does not serve.

@@ -7,6 +7,7 @@ misbehaves as a test says; L{PostgresServer} is a real
 PostgreSQL on loopback for budgets shared through C{config.database}.
 """
 
+from agw.testing._calls import SDP_ANSWER, FakeCall, FakeWebRTC
 from agw.testing._fake import FakeOpenAI
 from agw.testing._http import chat_usage
 from agw.testing._postgres import PostgresServer, PostgresUnavailable
@@ -15,5 +16,6 @@ from agw.testing._tls import TestCA
 from agw.testing._webhook import FakeGuardrailWebhook, WebhookCall
 
 __all__ = [
+    "SDP_ANSWER", "FakeCall", "FakeWebRTC",
     "REALTIME_MODEL", "Billed", "FakeGuardrailWebhook", "FakeOpenAI", "HTTPRequest", "Handshake", "PostgresServer", "PostgresUnavailable", "Refusal", "TestCA", "chat_usage", "response_usage", "WebhookCall",
 ]

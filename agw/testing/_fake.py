@@ -14,6 +14,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from agw.testing._calls import FakeWebRTC
 from agw.testing._http import FakeAzure, FakeHTTPAPI, FakeV1
 from agw.testing._realtime import FakeRealtimeFactory
 from agw.testing._state import FakeState
@@ -36,7 +37,7 @@ class _FakeSite(Site):
         """Nothing: what the fake received is in its records; a line per request would bury the gateway's log."""
 
 
-class FakeOpenAI(FakeState):
+class FakeOpenAI(FakeWebRTC, FakeState):
     """
     A fake OpenAI API for tests, in-process on Twisted: serve L{resource}
     in a L{Site}, or L{listen} on loopback and point agw's C{hostOverride}
@@ -61,6 +62,12 @@ class FakeOpenAI(FakeState):
     Embeddings answer one vector per item of C{input}, each of
     C{dimensions} floats (3 by default), so a test can ask for a response
     body of any size (100 inputs of 3072 dimensions: about 6 MB).
+
+    WebRTC (L{agw.testing.FakeWebRTC}): C{POST /v1/realtime/client_secrets}
+    mints C{ek_…} secrets, C{POST /v1/realtime/calls} answers SDP offers
+    with a call in L{calls} (C{rtc_…}), C{/v1/realtime?call_id=} is its
+    sideband, C{…/hangup} ends it (L{hangups}); L{drive_call} has a call's
+    caller speak, so that responses nobody relays are billed.
     """
 
     def resource(self, reactor: Any = None) -> Resource:
@@ -72,6 +79,7 @@ class FakeOpenAI(FakeState):
         """
         if reactor is None:
             from twisted.internet import reactor
+        self.reactor = reactor  # client secrets expire, calls' responses take time
         root = Resource()
         realtime = WebSocketResource(FakeRealtimeFactory(self, reactor))
         http = FakeHTTPAPI(self)

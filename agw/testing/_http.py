@@ -119,6 +119,8 @@ class FakeHTTPAPI(Resource):
             return json.dumps({"error": {"code": "401", "message": "Access denied due to missing subscription key."}}).encode()
         if isinstance(body, dict) and deployment is not None:
             body.setdefault("model", deployment)  # a deployment path needs no model in the body
+        if path.startswith("/v1/realtime/") and request.method == b"POST" and hasattr(fake, "webrtc_answer"):
+            return fake.webrtc_answer(request, path)  # type: ignore[no-any-return]
         if path == "/v1/moderations" and request.method == b"POST":
             return moderate(fake, request, body)
         handler = {

@@ -27,6 +27,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
     not UTF-8); binary messages are echoed."""
 
     factory: FakeRealtimeFactory
+    call: Any = None  # the call this connection is the sideband of (see agw.testing._calls)
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         fake = self.factory.fake
@@ -38,6 +39,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             self._refusal = azure_refusal(request.path, request.params, request.headers)
         if self._refusal == _HANG:
             return Deferred()  # accept TCP, never answer
+        if self._refusal is None and "call_id" in request.params:
+            self.call, self._refusal = fake.sideband_for(request.params, request.headers)  # type: ignore[attr-defined]
         if self._refusal is not None:
             raise ConnectionDeny(self._refusal.status, "Refused")
         self.model = fake.realtime_model
@@ -68,6 +71,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         super().dataReceived(data)
 
     def onOpen(self) -> None:
+        if self.call is not None:
+            return self.call.attached(self)  # type: ignore[no-any-return]  # no session.created on a sideband
         self.factory.fake.sessions.append(self)
         self.send_event("session.created", session=self.session())
 
@@ -90,6 +95,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         cancel_leftover_timers(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        getattr(self.call, "detached", lambda *_: None)(self, code)  # a sideband: its call hears of it
         for call, *_ in getattr(self, "_pending", {}).values():
             if call.active():
                 call.cancel()
@@ -131,6 +137,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         except (ValueError, KeyError, TypeError):
             self.send_event("error", error={"type": "invalid_request_error", "code": "invalid_json", "message": "bad event"})
             return
+        if self.call is not None:
+            return self.call.on_event(self, kind, event)  # type: ignore[no-any-return]
         handler = getattr(self, "on_" + kind.replace(".", "_"), None)
         if handler is None:
             self.send_event("error", error={"type": "invalid_request_error", "code": "unknown_event", "message": kind})
