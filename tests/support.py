@@ -315,12 +315,13 @@ class TwistdAgw:
         """Start it; C{upstream_port} C{None}: the seed config's backends as they are; C{key} C{None}: no C{OPENAI_API_KEY}."""
         with open(SEED_CONFIG) as f:
             config = yaml.safe_load(f)
-        port, stats, ready = free_port(), free_port(), free_port()
+        port, stats, ready, admin = free_port(), free_port(), free_port(), free_port()
         config["binds"][0]["port"] = port
         for route in config["binds"][0]["listeners"][0]["routes"]:
             if upstream_port is not None:
                 route["backends"][0]["ai"]["hostOverride"] = f"127.0.0.1:{upstream_port}"
-        config["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}"}
+        # Every listener on a port of its own: agentgateway's default adminAddr (15000) may be taken on this machine.
+        config["config"] = {"statsAddr": f"127.0.0.1:{stats}", "readinessAddr": f"127.0.0.1:{ready}", "adminAddr": f"127.0.0.1:{admin}"}
         if edit is not None:
             edit(config)  # the test's own changes to the seed config
         path = case.mktemp() + ".yaml"
