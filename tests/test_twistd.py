@@ -126,9 +126,9 @@ class ProcessRobustnessTests(TestCase):
 class ValidateOnlyTests(TestCase):
     """C{twistd agw --validate-only}: check a config without starting anything (agentgateway's flag)."""
 
-    def run_validate(self, path: str, env: dict[str, str] | None = None) -> Any:
+    def run_validate(self, path: str, env: dict[str, str] | None = None, *args: str) -> Any:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        command = [twistd, "-n", "--pidfile=", "agw", "-f", path, "-i", "127.0.0.1", "--validate-only"]
+        command = [twistd, "-n", "--pidfile=", "agw", "-f", path, "-i", "127.0.0.1", *(args or ("--validate-only",))]
         environ = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
         return deferToThread(subprocess.run, command, env=environ, capture_output=True, timeout=50, text=True)
 
@@ -165,6 +165,11 @@ class ValidateOnlyTests(TestCase):
         done = yield self.run_validate(path)
         self.assertEqual(done.returncode, 1)
         self.assertEqual(done.stdout, "")
+        self.assertEqual(done.stderr.strip().splitlines(),
+                         [f"binds[0].listeners[0].routes[0].policies.bogus: unknown field ({path}, line 6)"])
+        # Started for real, the same: one line on standard error, no usage text.
+        done = yield self.run_validate(path, None, "--access-log", "json")
+        self.assertEqual((done.returncode, done.stdout), (1, ""))
         self.assertEqual(done.stderr.strip().splitlines(),
                          [f"binds[0].listeners[0].routes[0].policies.bogus: unknown field ({path}, line 6)"])
 

@@ -73,9 +73,9 @@ class Options(usage.Options):
         try:
             self.config_object = self.load()
         except ConfigError as e:
-            if self["validate-only"]:
-                raise SystemExit(str(e)) from None  # the one line, on stderr; exit 1
-            raise usage.UsageError(str(e)) from None
+            # The one line (where in the config, the file and line, why), on stderr; exit 1. Not twistd's
+            # usage text as well: forty lines of flags hide it, and the flags were not the problem.
+            raise SystemExit(str(e)) from None
         if self["reserve-tokens"] < 1:
             raise usage.UsageError("--reserve-tokens: expected 1 or more")
         try:
