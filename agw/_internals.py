@@ -73,6 +73,7 @@ REACHES = (
     Reach(*_SERVER, "http_request_uri", "the raw request-target of the client's handshake"),
     Reach(*_PROTOCOL, "_batched_timer", "use_reactor_timers: every timeout is scheduled on factory._batched_timer"),
     Reach("twisted.web.http", "Request", "_disconnected", "request_disconnected: the client's connection is gone"),
+    Reach("twisted.web.client", "HTTPConnectionPool", "_factory", "quiet_pool: no 'Starting factory' line per upstream connection"),
     Reach(*_PROTOCOL, "current_frame", "at_frame_boundary: the pass-through takes over between frames only"),
     Reach(*_PROTOCOL, "inside_message", "at_frame_boundary: ... and between messages"),
     Reach(*_PROTOCOL, "_dataReceived", "feed_autobahn: control frames go to Autobahn's own handling (ping, pong, close)"),
@@ -276,3 +277,14 @@ def use_utf8_validator(protocol: Any, validator: Any) -> None:
 def request_disconnected(request: Any) -> bool:
     """Whether a twisted.web request's client connection is gone (see C{Request.connectionLost})."""
     return bool(getattr(request, "_disconnected", False))
+
+
+def quiet_pool(pool: Any) -> Any:
+    """
+    C{pool} (an C{HTTPConnectionPool}), its connections' factories quiet:
+    Twisted logs "Starting factory"/"Stopping factory" for each new
+    connection otherwise, two lines per upstream request at info level.
+    """
+    chatty = pool._factory
+    pool._factory = type("Quiet" + chatty.__name__, (chatty,), {"noisy": False})
+    return pool

@@ -88,3 +88,24 @@ class DefaultOptionTests(SynchronousTestCase):
         for name in ("upstream-timeout", "drain-period", "handshake-timeout", "cancel-grace"):
             self.assertIsInstance(options[name], float, name)
         self.assertIsInstance(options["max-message-size"], int)
+
+
+class SIGTERMTests(SynchronousTestCase):
+    def test_a_second_sigterm_while_stopping_is_no_error(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        from agw.serve._sigterm import CleanExitOnSIGTERM
+
+        class Stopping:
+            stops = 0
+
+            def stop(self) -> None:
+                self.stops += 1
+                if self.stops > 1:
+                    raise ReactorNotRunning("Can't stop reactor that isn't running.")
+
+        reactor = Stopping()
+        handler = CleanExitOnSIGTERM()
+        handler._stop(reactor)
+        handler._stop(reactor)  # would raise (logged as critical by Twisted's handler) without the guard
+        self.assertEqual(reactor.stops, 2)

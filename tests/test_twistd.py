@@ -6,6 +6,7 @@ chat completion through it, the metric on /metrics, SIGTERM, exit 0.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -230,3 +231,31 @@ class DemoTests(TestCase):
         self.assertEqual(lookups, {("gpt-4", "Exact"), ("gpt-realtime", "Exact")})
         code = yield agw.stop()
         self.assertEqual(code, 0)
+
+
+class JSONLogTests(TestCase):
+    """--log-format json: standard output holds JSON lines only, the process's events and the access log alike."""
+
+    @inlineCallbacks
+    def test_only_json_lines_and_no_connection_chatter(self) -> Any:
+        agw = yield TwistdAgw.start(self, None, "--demo", "--log-format", "json", access_log="json", key=None)
+        self.addCleanup(agw.stop)
+
+        def chat() -> Any:
+            with OpenAI(api_key="demo", base_url=f"http://127.0.0.1:{agw.port}/v1", max_retries=0) as client:
+                return client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+        yield deferToThread(chat)
+        yield deferToThread(run_session, f"ws://127.0.0.1:{agw.port}/v1", 1)
+        code = yield agw.stop()
+        self.assertEqual(code, 0)
+        with open(agw.stdout) as f:
+            lines = f.read().splitlines()
+        records = [json.loads(line) for line in lines]  # each line is one JSON object
+        events = {record["event"] for record in records}
+        self.assertTrue({"log", "http", "realtime.response", "realtime.session"} <= events, events)
+        messages = [record["message"] for record in records if record["event"] == "log"]
+        self.assertTrue(any("listening on" in message for message in messages))
+        self.assertTrue(any("curl -s" in message for message in messages))  # the demo's instructions, as a log event
+        self.assertFalse([m for m in messages if "Starting factory" in m or "Stopping factory" in m])
+        self.assertEqual({record["level"] for record in records if record["event"] == "log"} - {"info", "warn", "error", "critical"}, set())

@@ -25,6 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from agw._internals import quiet_pool
 from agw.config import MiB
 from agw.routing import BackendTarget
 
@@ -102,7 +103,7 @@ class UpstreamClient:
 
     def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions()) -> None:
         self.options = options
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
         self.pool.maxPersistentPerHost = options.max_persistent_per_host
         # A POST that failed on a reused connection must not be sent twice.
         self.pool.retryAutomatically = False

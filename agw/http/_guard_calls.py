@@ -26,6 +26,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from agw._internals import quiet_pool
 from agw.config import FailureMode, Guard, MiB, Moderation, Scope, Webhook
 from agw.decisions import (
     ALLOW,
@@ -108,7 +109,7 @@ class GuardCalls:
                 return known[1]
             known[2].closeCachedConnections()
             self._retired.append(known[2])
-        pool = HTTPConnectionPool(self._reactor, persistent=True)
+        pool = quiet_pool(HTTPConnectionPool(self._reactor, persistent=True))
         pool.retryAutomatically = False
         trust = Certificate.loadPEM(pem) if pem is not None else None
         agent = Agent(self._reactor, BrowserLikePolicyForHTTPS(trust), connectTimeout=self._connect_timeout, pool=pool)

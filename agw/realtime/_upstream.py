@@ -227,6 +227,7 @@ class UpstreamFactory(WebSocketClientFactory):
     """
 
     protocol = UpstreamProtocol
+    noisy = False  # no "Starting factory"/"Stopping factory" pair per session
 
     tracker: ConnectionTracker | None = None
     clock: Any = None  # the reactor, for the drain timer

@@ -13,6 +13,7 @@ from typing import Any
 from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 
 from agw.config import Address, GatewayConfig, Route, Secret
 from agw.testing import FakeOpenAI
@@ -72,13 +73,19 @@ def listen_fake(reactor: Any) -> IListeningPort:
 class DemoProvider(Service):
     """The fake provider's port as a service: says what to try when started, closes when stopped."""
 
-    def __init__(self, port: IListeningPort, config: GatewayConfig, interface: str) -> None:
-        self.port, self._config, self._interface = port, config, interface
+    log = Logger()
+
+    def __init__(self, port: IListeningPort, config: GatewayConfig, interface: str, as_log: bool = False) -> None:
+        self.port, self._config, self._interface, self._as_log = port, config, interface, as_log
 
     def startService(self) -> None:
         super().startService()
+        instructions = demo_instructions(self._config, self.port.getHost().port, self._interface)
+        if self._as_log:  # --log-format json: standard output holds JSON lines only
+            self.log.info("{instructions}", instructions=instructions.rstrip())
+            return
         # To the terminal as they are (twistd's log would prefix each line), to copy.
-        sys.__stdout__.write(demo_instructions(self._config, self.port.getHost().port, self._interface))
+        sys.__stdout__.write(instructions)
         sys.__stdout__.flush()
 
     def stopService(self) -> Any:

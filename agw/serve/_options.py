@@ -33,6 +33,7 @@ class Options(usage.Options):
         ["upstream-timeout", None, 300.0, "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
         ["access-log", None, "json", "Access log format: json (agentgateway's field names), combined (NCSA), or off."],
         ["access-log-file", None, "-", "Where access log lines go: '-' for standard output, or a file to append to."],
+        ["log-format", None, "text", "The process's own log: text (twistd's), or json (one object per line on standard output, as the access log)."],
         ["drain-period", None, 5.0, "On stop, seconds sessions and HTTP requests get to finish before sessions are closed with 1001.", float],
         ["max-message-size", None, 16 * MiB, "Largest Realtime message in bytes (bigger: close 1009).", int],
         ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
@@ -65,6 +66,8 @@ class Options(usage.Options):
 
         if self["access-log"] not in (*ACCESS_LOG_FORMATS, "off"):
             raise usage.UsageError(f"--access-log: expected one of json, combined, off; got {self['access-log']!r}")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format: expected text or json; got {self['log-format']!r}")
         self._environ: Mapping[str, str] = os.environ
         if self["demo"]:
             from agw.serve._demo import DemoEnvironment

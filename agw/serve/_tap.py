@@ -4,14 +4,13 @@ twistd's entry point: C{twistd -n agw -f config.yaml} (see L{Options}).
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Any
 
-from twisted.application.service import IService, Service
-from twisted.internet.error import ReactorNotRunning
+from twisted.application.service import IService
 
 from agw.serve._options import Options, gateway_from_options
+from agw.serve._sigterm import CleanExitOnSIGTERM
 
 
 def makeService(options: Options) -> IService:
@@ -38,7 +37,7 @@ def makeService(options: Options) -> IService:
         options.config_object = demo_config(options.config_object, fake)
         gateway = gateway_from_options(options)
         service = gateway.service(options["interface"], drain_period=options["drain-period"])
-        DemoProvider(port, options.config_object, options["interface"]).setServiceParent(service)
+        DemoProvider(port, options.config_object, options["interface"], options["log-format"] == "json").setServiceParent(service)
         registry = gateway.metrics.registry
 
         def load() -> Any:  # a reloaded demo config is sent to the fake too
@@ -49,29 +48,8 @@ def makeService(options: Options) -> IService:
         registry = gateway.metrics.registry
     ConfigReloader(reactor, options["config"], load, service.reload, registry, watch=not options["no-watch"]).setServiceParent(service)
     CleanExitOnSIGTERM().setServiceParent(service)
+    if options["log-format"] == "json":
+        from agw.serve._logs import JSONLogged
+
+        return JSONLogged(service, sys.stdout)
     return service
-
-
-class CleanExitOnSIGTERM(Service):
-    """
-    twistd stops on SIGTERM, then kills itself with the same signal to
-    report how it died (exit 143). A gateway that drained and stopped
-    cleanly exits 0 instead: SIGTERM simply stops the reactor.
-    """
-
-    def startService(self) -> None:
-        super().startService()
-        from twisted.internet import reactor
-
-        reactor.callWhenRunning(self._install, reactor)  # after twistd installed its own handlers
-
-    def _install(self, reactor: Any) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(self._stop, reactor))
-
-    def _stop(self, reactor: Any) -> None:
-        try:
-            reactor.stop()
-        except ReactorNotRunning:
-            pass  # a second SIGTERM while stopping: the first one is being carried out
-
-

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from agw.serve._reload import ConfigReloader
     from agw.serve._service import GatewayService
+    from agw.serve._sigterm import CleanExitOnSIGTERM
 
     log = Logger(namespace="agw.worker")
     # Twisted's JSON log records (eventAsJSON), info and above, to the pool.
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # The pool watches the file and counts reloads; it sends each worker SIGHUP.
     ConfigReloader(reactor, options["config"], options.load, service.reload, watch=False).setServiceParent(service)
+    CleanExitOnSIGTERM().setServiceParent(service)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # SIGTERM: drain, then exit
     outcome = {"code": 1}
