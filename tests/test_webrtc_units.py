@@ -112,7 +112,10 @@ class FormTests(SynchronousTestCase):
 class RouteTypeTests(SynchronousTestCase):
     def test_webrtc_endpoints_belong_to_the_realtime_type(self) -> None:
         routes = (("/v1/realtime", RouteType.REALTIME), ("*", RouteType.PASSTHROUGH))
-        for path in ("/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/realtime/calls/rtc_1/hangup"):
+        for path in (
+            "/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/realtime/calls/rtc_1/hangup", "/v1/realtime/webhook",
+            "/v1/realtime/calls/rtc_1/accept", "/v1/realtime/calls/rtc_1/reject", "/v1/realtime/calls/rtc_1/refer",
+        ):
             self.assertIs(route_type_for(path, routes), RouteType.REALTIME, path)
         self.assertIs(route_type_for("/v1/realtime/sessions", routes), RouteType.PASSTHROUGH)
         self.assertIs(route_type_for("/v1/chat/calls", routes), RouteType.PASSTHROUGH)
@@ -120,6 +123,9 @@ class RouteTypeTests(SynchronousTestCase):
         self.assertIs(route_type_for("/v1/realtime/calls", explicit), RouteType.PASSTHROUGH)
         endpoint = webrtc_endpoint("/v1/realtime/calls/rtc_1/hangup")
         self.assertEqual((endpoint.name, endpoint.realtime_path, endpoint.call_id), ("hangup", "/v1/realtime", "rtc_1"))
+        endpoint = webrtc_endpoint("/v1/realtime/webhook")
+        self.assertEqual((endpoint.name, endpoint.realtime_path, endpoint.call_id), ("webhook", "/v1/realtime", None))
+        self.assertIsNone(webrtc_endpoint("/v1/realtime/calls/rtc_1/transfer"))
 
 
 class ConfigTests(SynchronousTestCase):

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
 from agw.metering import Governor
-from agw.serve._gateway import governor_for
+from agw.serve._setup import governor_for
 from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener, ledger_notes
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
