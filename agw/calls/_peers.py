@@ -41,7 +41,7 @@ class CallInfo:
         return (self.route, self.owner_name)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "route": list(self.route)}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> CallInfo:

@@ -81,9 +81,9 @@ class CallRegistry:
                 self._claimed.discard(call_id)
             return first
 
-        def failed(_: Any) -> bool:
+        def failed(failure: Any) -> Any:
             self._claimed.discard(call_id)
-            return False
+            return failure  # unknown whether another took it: not answered, so that the provider retries
 
         return self.peers.claim(call_id).addCallbacks(taken, failed)
 
@@ -114,7 +114,8 @@ class CallRegistry:
         try:
             self.adopter(info)
         except Exception:
-            self.log.failure("call {call}: adopting it failed", call=info.call_id)
+            self.log.failure("call {call}: adopting it failed (its route is gone?): it goes on unsupervised", call=info.call_id)
+            self.peers.ended(info.call_id)
 
     def stop_all(self, reactor: Any, patience: float) -> Deferred[Any]:
         """
