@@ -23,6 +23,7 @@ from agw.config import SIPLine
 # A webhook id is kept while its delivery could be replayed: bound what one may cost.
 MAX_WEBHOOK_ID = 256
 MAX_DELIVERIES = 100_000
+SWEEP_INTERVAL = 60.0  # ids past their window are dropped at the next delivery this long after the last sweep
 INCOMING_CALL = "realtime.call.incoming"
 # The URI in a SIP address header: "Name" <sip:+1800...@host;params>;tag=..., sip:user@host, tel:+1800...
 _URI_USER = re.compile(r"(?:sips?|tel):([^@;>?\s]+)", re.IGNORECASE)
@@ -90,6 +91,7 @@ class Deliveries:
     def __init__(self, limit: int = MAX_DELIVERIES) -> None:
         self._limit = limit
         self._seen: dict[str, tuple[str, float]] = {}  # id -> (state, until when it is kept)
+        self._swept_at = 0.0
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -103,10 +105,11 @@ class Deliveries:
         seen = self._seen.get(delivery.webhook_id)
         if seen is not None:
             return seen[0]
-        if len(self._seen) >= self._limit:
+        if len(self._seen) >= self._limit or now - self._swept_at >= SWEEP_INTERVAL:
+            self._swept_at = now
             self._seen = {key: kept for key, kept in self._seen.items() if kept[1] >= now}
-            if len(self._seen) >= self._limit:
-                raise WebhookRefused(503, "too many webhook deliveries at once; retry", "too_many_deliveries")
+        if len(self._seen) >= self._limit:
+            raise WebhookRefused(503, "too many webhook deliveries at once; retry", "too_many_deliveries")
         self._seen[delivery.webhook_id] = (PENDING, delivery.timestamp + tolerance)
         return NEW
 
