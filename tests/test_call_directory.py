@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agw.calls import CallInfo, CallRegistry
 from agw.serve._calldirectory import CallDirectory
-from agw.serve._control import CONTROL_IN_FD, PoolChannel, encode
+from agw.serve._control import CONTROL_IN_FD, MAX_LINE, PoolChannel, encode
 
 ROUTE = ("3000", "bind/3000", "listener0", "route0", "")
 
@@ -96,6 +96,17 @@ class CallDirectoryTests(SynchronousTestCase):
         self.assertEqual(self.two.take(), [{"op": "adopt", "calls": [info("rtc_1")]}])
         self.say(self.two, op="ended", call_id="rtc_1")
         self.assertEqual(self.directory.calls, {})
+
+    def test_many_calls_are_adopted_in_lines_a_worker_reads_whole(self) -> None:
+        for number in range(2500):
+            self.say(self.one, op="call", call=info(f"rtc_{number}"))
+        self.one.running = self.one.ready = False
+        self.directory.worker_ended(self.one)
+        lines = self.two.take()
+        self.assertEqual([len(line["calls"]) for line in lines], [1000, 1000, 500])
+        self.assertTrue(all(len(encode(line)) < MAX_LINE for line in lines))
+        self.say(self.one, op="nonsense")  # logged, ignored
+        self.flushLoggedErrors()
 
     def test_nothing_is_adopted_while_the_pool_stops(self) -> None:
         self.say(self.one, op="call", call=info("rtc_1"))

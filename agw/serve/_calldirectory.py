@@ -22,6 +22,9 @@ from twisted.logger import Logger
 
 from agw.serve._control import CONTROL_IN_FD, encode
 
+# Calls named in one adoption line: a worker reads lines of up to a MiB (a call is about 300 bytes).
+ADOPT_BATCH = 1000
+
 
 class Worker(Protocol):
     """What the directory needs of a worker process (L{agw.serve._workerprocess.WorkerProcess})."""
@@ -55,10 +58,11 @@ class CallDirectory:
         """A line from C{worker}'s control pipe."""
         try:
             message = json.loads(line)
-            op = message["op"]
-        except (ValueError, KeyError, TypeError):
+            self._dispatch(worker, message["op"], message)
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.log.error("worker {index} sent a line that is not a message", index=worker.index)
-            return
+
+    def _dispatch(self, worker: Worker, op: str, message: dict[str, Any]) -> None:
         call_id = message.get("call_id")
         if op == "claim":
             first = call_id not in self.calls and call_id not in self.claims
@@ -132,7 +136,8 @@ class CallDirectory:
         adopter = min(serving, key=lambda worker: load[worker.index])
         for info in orphans:
             self.calls[info["call_id"]] = (adopter.index, info)  # hang-ups go there from now on
-        self._send(adopter, {"op": "adopt", "calls": orphans})
+        for start in range(0, len(orphans), ADOPT_BATCH):  # lines a worker reads whole stay small
+            self._send(adopter, {"op": "adopt", "calls": orphans[start:start + ADOPT_BATCH]})
 
     def _worker(self, index: int) -> Any:
         return next((worker for worker in self._workers if worker.index == index and worker.running), None)
