@@ -174,8 +174,8 @@ def check_files(config: GatewayConfig) -> None:
             raise ConfigError("config.tracing", "needs the OpenTelemetry SDK: pip install 'agw[tracing]'")
 
 
-def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:
-    """The L{Gateway} these options describe."""
+def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None, token_key: bytes | None = None) -> Gateway:
+    """The L{Gateway} these options describe (C{token_key}: a worker pool's, for its client secrets)."""
     from agw.http import HTTPOptions
     from agw.metering import GatewayMetrics, ReserveOptions, catalog_for
     from agw.realtime import RelayOptions
@@ -207,6 +207,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         rate_limit_share=1.0 / max(1, options.get("worker-count", 1)),
         reserve=ReserveOptions(tokens=options["reserve-tokens"], usd=Decimal(options["reserve-usd"])),
         charge_spool=options["charge-spool"],
+        token_key=token_key,
     )
 
 

@@ -19,6 +19,7 @@ shape (restart with doubling delays, kill after a grace) in a few lines.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -28,20 +29,21 @@ from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
+from agw.decisions import new_token_key
 from agw.metering import Governor
-from agw.serve._gateway import governor_for
+from agw.serve._calldirectory import CallDirectory
+from agw.serve._control import CONTROL_FD, CONTROL_IN_FD, TOKEN_KEY_ENV
+from agw.serve._setup import governor_for
 from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener, ledger_notes
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
-from agw.serve._worker import CONTROL_FD, READY
+from agw.serve._workerprocess import CRASH_LOOP, WorkerProcess
 from agw.serve._workermetrics import (
     METRICS_DIR_PREFIX,
     WorkerMetrics,
@@ -51,83 +53,7 @@ from agw.serve._workermetrics import (
 
 RESTART_DELAY = 0.5  # doubled after each crash in a row, up to:
 MAX_RESTART_DELAY = 30.0
-STABLE_AFTER = 10.0  # a worker ready this long resets the doubling
 STOP_GRACE = 10.0  # after the drain period, before SIGKILL
-CRASH_LOOP = 5  # crashes in a row that make a worker (and the pool) unready
-
-
-class WorkerProcess(ProcessProtocol):
-    """The pool's side of one worker process (all its lives: restarts reuse it)."""
-
-    def __init__(self, pool: WorkerPool, index: int) -> None:
-        self.pool = pool
-        self.index = index
-        self.pid: int | None = None
-        self.ready_at: float | None = None
-        self.crashes = 0
-        self.restart: IDelayedCall | None = None
-        self._ended: list[Deferred[None]] = []
-        self._partial: dict[int, bytes] = {}
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
-
-    @property
-    def ready(self) -> bool:
-        return self.ready_at is not None
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
-        self.pool.log.info("worker {index} started (pid {pid})", index=self.index, pid=self.pid)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial.pop(childFD, b"") + data).split(b"\n")
-        if lines[-1]:
-            self._partial[childFD] = lines[-1]
-        for line in lines[:-1]:
-            if childFD == CONTROL_FD and line + b"\n" == READY:
-                self.ready_at = self.pool.reactor.seconds()
-                self.pool.log.info("worker {index} ready", index=self.index)
-            elif childFD == 1:
-                self.pool.stdout.write(line + b"\n")  # access log lines, passed on whole
-                self.pool.stdout.flush()
-            elif childFD == 2:
-                self._relay_log(line)
-
-    def _relay_log(self, line: bytes) -> None:
-        # jsonFileLogObserver writes a record separator, the event as JSON, a newline.
-        try:
-            event = eventFromJSON(line.lstrip(b"\x1e").decode("utf-8"))
-            level = event.get("log_level", LogLevel.info)
-            text = formatEvent(event)
-            failure = event.get("log_failure")
-            if failure is not None:
-                text = f"{text}\n{failure.getTraceback()}"
-        except (ValueError, KeyError, TypeError, AttributeError):
-            level, text = LogLevel.warn, line.decode("utf-8", "replace")  # say, a crash before logging began
-        # Only the formatted text is re-logged, never the worker's raw event fields.
-        self.pool.log.emit(level, "{text}", text=text, log_system=f"worker {self.index}")
-
-    def when_ended(self) -> Deferred[None]:
-        """Fires when the running process has ended."""
-        d: Deferred[None] = Deferred()
-        if self.running:
-            self._ended.append(d)
-        else:
-            d.callback(None)
-        return d
-
-    def processEnded(self, reason: Failure) -> None:
-        pid, self.pid = self.pid, None
-        ready_at, self.ready_at = self.ready_at, None
-        self._partial.clear()
-        if ready_at is not None and self.pool.reactor.seconds() - ready_at >= STABLE_AFTER:
-            self.crashes = 0
-        ended, self._ended = self._ended, []
-        for d in ended:
-            d.callback(None)
-        self.pool.ended(self, pid, reason)
 
 
 class WorkerPool(MultiService):
@@ -154,6 +80,9 @@ class WorkerPool(MultiService):
         self._arguments = gateway_arguments
         self._python = python
         self.workers = [WorkerProcess(self, index) for index in range(1, count + 1)]
+        # One key for every worker's client secrets (a token minted on one is good on all), kept across their restarts.
+        self._token_key = new_token_key()
+        self.directory = CallDirectory(self.workers)  # which worker supervises each call
         self.held = HeldPorts(bind_host(interface))
         self.metrics_dir: str | None = None
         self.stopping = False
@@ -249,13 +178,17 @@ class WorkerPool(MultiService):
             self._python, "-m", "agw.serve._worker", f"--index={worker.index}", f"--ports={ports}",
             f"--worker-count={len(self.workers)}", *self._arguments,
         ]
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
-        self.reactor.spawnProcess(worker, self._python, argv, env=env, childFDs={1: "r", 2: "r", CONTROL_FD: "r"})
+        # The token key in the environment, not in the arguments: ps shows those to everyone.
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or "", TOKEN_KEY_ENV: base64.b64encode(self._token_key).decode()}
+        self.reactor.spawnProcess(
+            worker, self._python, argv, env=env, childFDs={1: "r", 2: "r", CONTROL_FD: "r", CONTROL_IN_FD: "w"},
+        )
 
     def ended(self, worker: WorkerProcess, pid: int | None, reason: Failure) -> None:
-        """A worker process ended: forget its live gauges; restart it unless stopping."""
+        """A worker process ended: forget its live gauges; its calls are adopted; restart it unless stopping."""
         if pid is not None and self.metrics_dir is not None:
             fold_dead_worker_metrics(pid, self.metrics_dir)
+        self.directory.worker_ended(worker)
         if self.stopping or not self.running:
             return
         delay = min(RESTART_DELAY * 2**worker.crashes, MAX_RESTART_DELAY)
@@ -268,7 +201,7 @@ class WorkerPool(MultiService):
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         """SIGTERM every worker (each drains), wait (SIGKILL after the drain period and a grace), then stop."""
-        self.stopping = True
+        self.stopping = self.directory.stopping = True  # the workers hang their calls up: none is adopted
         for worker in self.workers:
             if worker.restart is not None and worker.restart.active():
                 worker.restart.cancel()
@@ -285,7 +218,7 @@ class WorkerPool(MultiService):
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self.metrics_dir = None
-        self.stopping = False
+        self.stopping = self.directory.stopping = False
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
