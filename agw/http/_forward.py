@@ -164,7 +164,9 @@ class HTTPForwarder(Resource):
             url = self._context.target.url(path, self._context.upstream_query(query), model=exchange.request_model)
         except NoDeployment as e:
             return self._answer(request, 400, str(e), "model_required", "invalid_request_error", exchange)
-        pending = self._client.request(method, url, self._headers(request, exchange.span.traceparent), body)
+        pending = self._client.request(
+            method, url, self._headers(request, exchange.span.traceparent), body, self._context.target,
+        )
         gone = request.notifyFinish()
         gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
         timed_out: list[bool] = []

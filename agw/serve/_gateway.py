@@ -266,8 +266,6 @@ class Gateway:
         self.guard_calls.register(route.policies.prompt_guard.request)
         backend = route.backends[0]
         target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header)
-        if target.tls:
-            self.http_client.endpoints.register(target)
         api_key = route.policies.api_key
         context = RouteContext(
             self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
