@@ -1,6 +1,8 @@
 """
 The upstream client's connections: each route's TLS settings are its own
-(two routes to one host and port do not share connections or trust).
+(two routes to one host and port do not share connections or trust), and
+a pooled connection the upstream closed is retried once for a request
+that is safe to send again, never for one with a body.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import treq
 import yaml
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.testing import FakeOpenAI, TestCA
 from tests.support import running_gateway, seed_config_text
+from tests.wire_support import RawRequest, answer, gateway_to, raw_request
 
 
 class TLSPerRouteTests(TestCase):
@@ -58,3 +62,40 @@ class TLSPerRouteTests(TestCase):
         code, body = yield self.post("/v1/embeddings")
         self.assertEqual((code, body["error"]["code"]), (502, "upstream_tls_error"))
         self.assertEqual([r.uri for r in self.fake.http_requests], ["/v1/chat/completions"])
+
+
+def one_answer_per_connection(request: RawRequest) -> tuple[bytes, bool]:
+    """Answers the first request of a connection; closes on the next one without a byte (an idle timeout's race)."""
+    if request.index > 0:
+        return b"", True
+    return answer(b"200 OK", [(b"Content-Type", b"application/json"), (b"Content-Length", b"2")], b"{}")
+
+
+class StalePooledConnectionTests(TestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.upstream, self.port, _ = yield gateway_to(self, one_answer_per_connection)
+
+    def send(self, method: bytes, body: bytes = b"") -> Any:
+        head = b"%s /v1/models HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n" % method
+        if body:
+            head += b"Content-Length: %d\r\n" % len(body)
+        return deferToThread(raw_request, self.port, head + b"\r\n" + body, method == b"HEAD")
+
+    @inlineCallbacks
+    def test_a_get_is_retried_on_a_fresh_connection(self) -> Any:
+        for _ in range(3):
+            head, body, _ = yield self.send(b"GET")
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            self.assertEqual(body, b"{}")
+        self.assertGreaterEqual(self.upstream.connections, 2)
+
+    @inlineCallbacks
+    def test_a_request_with_a_body_is_not_sent_twice(self) -> Any:
+        head, _, _ = yield self.send(b"POST", b"upload")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        head, body, _ = yield self.send(b"POST", b"upload")
+        self.assertTrue(head.startswith(b"HTTP/1.1 502"), head)
+        self.assertIn(b"upstream_closed", body)
+        self.assertEqual([r.method for r in self.upstream.requests], [b"POST", b"POST"])  # not a third
+

@@ -136,8 +136,12 @@ class UpstreamClient:
                 self._lanes.pop(key)[1].closeCachedConnections()
         pool = quiet_pool(HTTPConnectionPool(self._reactor, persistent=True))
         pool.maxPersistentPerHost = self.options.max_persistent_per_host
-        # A POST that failed on a reused connection must not be sent twice.
-        pool.retryAutomatically = False
+        # Twisted retries, once and on a new connection, a request that
+        # failed on a pooled connection before any response byte came back
+        # (the upstream closed it as it was reused), and only a request that
+        # is safe to send twice: an idempotent method without a body, not
+        # one it cancelled. Anything else becomes 502 upstream_closed.
+        pool.retryAutomatically = True
         endpoints = TargetEndpoints(self._reactor, self.options.connect_timeout, tls)
         agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=pool)
         lane = self._lanes[tls] = (ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)]), pool)
