@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from agw._internals import quiet_pool
+from agw._internals import keep_connection_headers, quiet_pool
 from agw.config import MiB
 from agw.routing import BackendTarget
 
@@ -134,7 +134,7 @@ class UpstreamClient:
         if len(self._lanes) >= self.max_lanes:
             for key in [key for key in self._lanes if key is not None]:
                 self._lanes.pop(key)[1].closeCachedConnections()
-        pool = quiet_pool(HTTPConnectionPool(self._reactor, persistent=True))
+        pool = keep_connection_headers(quiet_pool(HTTPConnectionPool(self._reactor, persistent=True)))
         pool.maxPersistentPerHost = self.options.max_persistent_per_host
         # Twisted retries, once and on a new connection, a request that
         # failed on a pooled connection before any response byte came back

@@ -18,6 +18,7 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
@@ -26,7 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from agw.config import RouteType
 from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
-from agw.http._body import BodyRelay
+from agw.http._body import BodyRelay, answer_head
 from agw.http._client import UpstreamClient
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
 from agw.http._request_body import BytesBodyProducer, Refused
@@ -50,7 +51,6 @@ from agw.routing import (
     RouteContext,
     client_gone,
     client_host,
-    client_response_headers,
     guard_headers,
     render_error,
     upstream_headers,
@@ -196,14 +196,6 @@ class HTTPForwarder(Resource):
             if timer.active():
                 timer.cancel()
 
-        request.setResponseCode(response.code, response.phrase)
-        provided = [
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, values in response.headers.getAllRawHeaders()
-            for value in values
-        ]
-        for name, value in client_response_headers(provided):
-            request.responseHeaders.addRawHeader(name, value)
         watcher = self._watcher(response, exchange.report)
         exchange.streamed = isinstance(watcher, SSEWatcher)
         remover = UsageChunkRemover() if exchange.streamed and exchange.hide_stream_usage else None
@@ -212,8 +204,7 @@ class HTTPForwarder(Resource):
             self._context.guard_calls,  # type: ignore[arg-type]
             guard_headers(_client_headers(request), self._context.policies) if self._answers_call_out else None,
         )
-        if isinstance(response.length, int) and remover is None and guard is None:
-            request.setHeader(b"content-length", b"%d" % response.length)
+        ends_at_close = answer_head(request, response, same_length=remover is None and guard is None)
 
         def first_byte() -> None:
             exchange.first_byte_at = self._reactor.seconds()
@@ -225,7 +216,7 @@ class HTTPForwarder(Resource):
         reason = await relay.done
         exchange.body_timed_out = relay.timed_out
         if not request.finished and not client_gone(request):
-            if not isinstance(reason, ResponseDone):
+            if not isinstance(reason, ResponseDone) and not (ends_at_close and isinstance(reason, PotentialDataLoss)):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
             else:
                 request.finish()
@@ -267,7 +258,8 @@ class HTTPForwarder(Resource):
         client = _client_headers(request)
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
-            client, self._context.policies, also_drop=("accept-encoding",), client_address=client_host(request),
+            # Expect: twisted.web answered the client's 100-continue; the whole body goes upstream.
+            client, self._context.policies, also_drop=("accept-encoding", "expect"), client_address=client_host(request),
             key_header=self._context.target.key_header,
         )
         result = Headers()

@@ -119,6 +119,19 @@ class GatewayRequest(Request):
         transport.write(head % (_STATUS_LINES[status], len(body)) + b"\r\n" + body)
         transport.loseConnection()
 
+    def delimit_by_close(self) -> None:
+        """
+        Answer with a body that ends where the connection does (no length,
+        not chunked), as an upstream's did: agw cannot tell whether such a
+        body is whole either, and a chunked body would have to say it (a
+        last chunk) or deny it (none). twisted.web chunks every HTTP/1.1
+        answer without a length, so this one is an HTTP/1.0 answer (RFC 9110
+        2.5), and the connection closes after it.
+        """
+        self.clientproto = b"HTTP/1.0"
+        self.setHeader(b"connection", b"close")
+        self.channel.persistent = False
+
     def process(self) -> None:
         if self.path == b"*":
             body = render_error(self, 400, "the request-target must be a path starting with '/' (origin-form)",
