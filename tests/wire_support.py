@@ -8,6 +8,7 @@ the bytes it was sent.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -187,3 +188,27 @@ def header_value(head: bytes, name: bytes) -> bytes | None:
         if found.strip().lower() == name:
             return value.strip()
     return None
+
+
+def decoded(head: bytes, body: bytes) -> bytes:
+    """C{body} (as L{read_response} returns it) without its chunk framing, if it had one."""
+    if header_value(head, b"transfer-encoding") != b"chunked":
+        return body
+    data, rest = b"", body
+    while rest:
+        line, _, rest = rest.partition(b"\r\n")
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            break
+        data, rest = data + rest[:size], rest[size + 2:]
+    return data
+
+
+def status_and_error(response: tuple[bytes, bytes, bool]) -> tuple[int, str | None]:
+    """The status of a L{read_response} answer and its OpenAI error code (C{None} if not one)."""
+    head, body, _ = response
+    try:
+        code = json.loads(decoded(head, body))["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = None
+    return int(head.split(b" ", 2)[1]), code

@@ -108,7 +108,7 @@ class HTTPForwarder(Resource):
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
         exchange = self._exchange(request)
-        forwarding = ensureDeferred(self._forward(request, exchange)).addErrback(self._unexpected, request)
+        forwarding = ensureDeferred(self._forward(request, exchange)).addErrback(self._unexpected, request, exchange)
 
         def done(_: object) -> None:
             exchange.reservation.release()  # settled by record() when it ran; whatever happened, it holds nothing now
@@ -117,12 +117,15 @@ class HTTPForwarder(Resource):
         forwarding.addBoth(done)
         return NOT_DONE_YET
 
-    def _unexpected(self, failure: Failure, request: Request) -> None:
+    def _unexpected(self, failure: Failure, request: Request, exchange: HTTPExchange) -> None:
         self.log.failure("forwarding {uri} failed", failure, uri=request.path)
-        if not request.startedWriting and not request.finished:
+        if request.finished:
+            return  # answered (and recorded) before it failed
+        if not request.startedWriting:
             request.write(render_error(request, 502, "gateway error", "gateway_error"))
-        if not request.finished and not client_gone(request):
+        if not client_gone(request):
             request.finish()
+        self._record(request.method, 502, exchange)
 
     async def _forward(self, request: Request, exchange: HTTPExchange) -> None:
         method = request.method
@@ -144,13 +147,13 @@ class HTTPForwarder(Resource):
                 await self._context.governor.fresh(exchange.who.name)
             admit(request, exchange, self._context, reads_body=self._parsed is not None)
         except Refused as refused:
-            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
+            return self._answer(request, exchange, refused.status, refused.message, refused.code, refused.error_type)
         except KeyRefused as refused:
-            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
+            return self._answer(request, exchange, refused.status, refused.message, refused.code, refused.error_type)
         except GuardRejected as rejected:
             if rejected.unavailable:
                 message = "a guardrail service did not answer; the request was not sent"
-                return self._answer(request, 503, message, "guardrail_unavailable", "server_error", exchange)
+                return self._answer(request, exchange, 503, message, "guardrail_unavailable", "server_error")
             if not client_gone(request):
                 write_rejection(request, rejected.rejection)
                 self._record(method, rejected.rejection.status, exchange)
@@ -163,7 +166,7 @@ class HTTPForwarder(Resource):
         try:
             url = self._context.target.url(path, self._context.upstream_query(query), model=exchange.request_model)
         except NoDeployment as e:
-            return self._answer(request, 400, str(e), "model_required", "invalid_request_error", exchange)
+            return self._answer(request, exchange, 400, str(e), "model_required", "invalid_request_error")
         pending = self._client.request(
             method, url, self._headers(request, exchange.span.traceparent), body, self._context.target,
         )
@@ -183,15 +186,15 @@ class HTTPForwarder(Resource):
             RequestTransmissionFailed, ResponseNeverReceived,
         ) as e:
             if timed_out:
-                return self._answer(request, 504, "upstream did not answer in time", "upstream_timeout")
+                return self._answer(request, exchange, 504, "upstream did not answer in time", "upstream_timeout")
             if client_gone(request):
                 return self._record(method, 499, exchange)
             if _tls_failed(e):
                 self.log.warn("TLS to the upstream of {path} failed: {reason}", path=exchange.path, reason=_tls_failed(e))
-                return self._answer(request, 502, "upstream TLS verification failed", "upstream_tls_error")
+                return self._answer(request, exchange, 502, "upstream TLS verification failed", "upstream_tls_error")
             if isinstance(e, ResponseFailed):
-                return self._answer(request, 502, "upstream closed the connection", "upstream_closed")
-            return self._answer(request, 502, "upstream unreachable", "upstream_unreachable")
+                return self._answer(request, exchange, 502, "upstream closed the connection", "upstream_closed")
+            return self._answer(request, exchange, 502, "upstream unreachable", "upstream_unreachable")
         finally:
             if timer.active():
                 timer.cancel()
@@ -280,14 +283,14 @@ class HTTPForwarder(Resource):
         return JSONWatcher(extract, report, self._client.options.max_json_body)
 
     def _answer(
-        self, request: Request, status: int, message: str, code: str, error_type: str = "gateway_error",
-        exchange: HTTPExchange | None = None,
+        self, request: Request, exchange: HTTPExchange, status: int, message: str, code: str, error_type: str = "gateway_error",
     ) -> None:
+        """agw's own answer in the upstream's place, recorded as the request's own (its start, its consumer, its span)."""
         if client_gone(request):
-            return
+            return self._record(request.method, 499, exchange)
         request.write(render_error(request, status, message, code, error_type))
         request.finish()
-        self._record(request.method, status, exchange if exchange is not None else self._exchange(request))
+        self._record(request.method, status, exchange)
 
     def _record(self, method: bytes, status: int, exchange: HTTPExchange) -> None:
         context = self._context
