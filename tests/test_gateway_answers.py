@@ -47,7 +47,7 @@ class UpstreamFailureRecordTests(TestCase):
             return b"", True
 
         self.log = io.StringIO()
-        self.upstream, self.port, _ = yield gateway_to(
+        self.upstream, self.port, _, _ = yield gateway_to(
             self, script, with_a_consumer, http_options=HTTPOptions(response_timeout=TIMEOUT), access_log=AccessLog(self.log),
         )
 
@@ -75,7 +75,7 @@ class UpstreamFailureRecordTests(TestCase):
 class NestedBodyTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.upstream, self.port, _ = yield gateway_to(self, lambda request: (b"", True), with_a_consumer)
+        self.upstream, self.port, _, _ = yield gateway_to(self, lambda request: (b"", True), with_a_consumer)
 
     @inlineCallbacks
     def test_a_body_nested_too_deep_is_the_clients_400(self) -> Any:

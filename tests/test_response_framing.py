@@ -27,7 +27,7 @@ class ResponseFramingTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.upstream, self.port, _ = yield gateway_to(self, lambda request: self.reply)
+        self.upstream, self.port, _, _ = yield gateway_to(self, lambda request: self.reply)
 
     def exchange(self, data: bytes = GET, head_only: bool = False) -> Any:
         return deferToThread(raw_request, self.port, data, head_only)

@@ -74,7 +74,7 @@ def one_answer_per_connection(request: RawRequest) -> tuple[bytes, bool]:
 class StalePooledConnectionTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.upstream, self.port, _ = yield gateway_to(self, one_answer_per_connection)
+        self.upstream, self.port, _, _ = yield gateway_to(self, one_answer_per_connection)
 
     def send(self, method: bytes, body: bytes = b"") -> Any:
         head = b"%s /v1/models HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n" % method

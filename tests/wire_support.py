@@ -97,7 +97,7 @@ def gateway_to(case: TestCase, script: Script, edit: Callable[[dict], None] | No
     """
     agw (the seed config; C{edit} may change its parsed YAML) in front of a
     L{ScriptedUpstream} running C{script}; fires with (upstream, gateway
-    port, the Gateway).
+    port, the Gateway, its service).
     """
     import yaml
 
@@ -107,8 +107,8 @@ def gateway_to(case: TestCase, script: Script, edit: Callable[[dict], None] | No
     config = yaml.safe_load(seed_config_text(listening.getHost().port))
     if edit is not None:
         edit(config)
-    built, _, port = yield running_gateway(case, yaml.safe_dump(config), {"OPENAI_API_KEY": BACKEND_KEY}, **gateway)
-    return upstream, port, built
+    built, service, port = yield running_gateway(case, yaml.safe_dump(config), {"OPENAI_API_KEY": BACKEND_KEY}, **gateway)
+    return upstream, port, built, service
 
 
 def read_response(sock: socket.socket, head_only: bool = False) -> tuple[bytes, bytes, bool]:

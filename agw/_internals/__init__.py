@@ -34,7 +34,14 @@ from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from agw._internals._reach import CHECKED_WITH, Reach
-from agw._internals._web import WEB_REACHES, keep_connection_headers, quiet_pool, request_disconnected
+from agw._internals._web import (
+    WEB_REACHES,
+    OwnBadRequests,
+    keep_connection_headers,
+    quiet_pool,
+    request_disconnected,
+    request_method,
+)
 
 _PROTOCOL = ("autobahn.websocket.protocol", "WebSocketProtocol")
 _CLIENT = ("autobahn.websocket.protocol", "WebSocketClientProtocol")
@@ -263,7 +270,7 @@ def use_utf8_validator(protocol: Any, validator: Any) -> None:
 
 
 __all__ = [
-    "CHECKED_WITH", "REACHES", "LeanMessages", "Reach", "at_frame_boundary", "cancel_leftover_timers", "feed_autobahn",
+    "CHECKED_WITH", "REACHES", "LeanMessages", "OwnBadRequests", "Reach", "at_frame_boundary", "cancel_leftover_timers", "feed_autobahn",
     "frame_header", "handshake_bytes", "keep_connection_headers", "mask_payload", "masked_copy", "quiet_pool",
-    "request_disconnected", "use_reactor_timers", "use_utf8_validator",
+    "request_disconnected", "request_method", "use_reactor_timers", "use_utf8_validator",
 ]

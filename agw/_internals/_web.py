@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.http import HTTPChannel
 
 from agw._internals._reach import Reach
 
@@ -18,12 +19,34 @@ WEB_REACHES = (
     Reach("twisted.web.client", "_HTTP11ClientFactory", "_quiescentCallback", "keep_connection_headers: its protocols"),
     Reach("twisted.web._newclient", "HTTP11ClientProtocol", "_parser", "keep_connection_headers: a response's framing"),
     Reach("twisted.web._newclient", "HTTPClientParser", "connHeaders", "keep_connection_headers"),
+    Reach("twisted.web.http", "HTTPChannel", "_command", "request_method: a request's method while its head is read"),
+    Reach("twisted.web.http", "HTTPChannel", "_respondToBadRequestAndDisconnect", "OwnBadRequests: twisted.web's 400s"),
 )
 
 
 def request_disconnected(request: Any) -> bool:
     """Whether a twisted.web request's client connection is gone (see C{Request.connectionLost})."""
     return bool(getattr(request, "_disconnected", False))
+
+
+def request_method(request: Any) -> bytes:
+    """The method of a twisted.web request, also before its body is in (C{request.method} is set after)."""
+    return getattr(request.channel, "_command", None) or b""
+
+
+class OwnBadRequests(HTTPChannel):
+    """
+    An C{HTTPChannel} whose answers to requests it cannot parse (a bad
+    request line, header or length: a bare C{400 Bad Request} line, then
+    the close) go through L{bad_request}, for a subclass to make its own.
+    """
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.bad_request(getattr(self, "_command", None) or b"")
+
+    def bad_request(self, method: bytes) -> None:
+        """Answer a request (C{method}, if its line was read) this channel cannot parse, and close (Twisted's own answer)."""
+        super()._respondToBadRequestAndDisconnect()
 
 
 def quiet_pool(pool: Any) -> Any:

@@ -128,9 +128,16 @@ class BindResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: Sequence[RoutedRoute]) -> None:
+    def __init__(self, routes: Sequence[RoutedRoute], refused: Callable[[bytes, int], None] | None = None) -> None:
         super().__init__()
         self._routes = list(routes)
+        # Told of each request refused here (method, status): no route's forwarder will count it.
+        self._refused = refused
+
+    def _refuse(self, request: Request, status: int, message: str, code: str) -> bytes:
+        if self._refused is not None:
+            self._refused(request.method, status)
+        return render_error(request, status, message, code, "invalid_request_error")
 
     def select(self, host: str, path: str) -> RoutedRoute | None:
         """The most specific route for C{host} and C{path}; file order breaks ties."""
@@ -154,7 +161,7 @@ class BindResource(Resource):
         try:
             target = parse_target(raw_path + question + query)
         except BadTarget as bad:
-            return render_error(request, 400, bad.message, "invalid_request_target", "invalid_request_error")
+            return self._refuse(request, 400, bad.message, "invalid_request_target")
         # What a route is chosen by is what goes upstream: forwarders and the
         # WebSocket handshake read these.
         request.uri = target.uri
@@ -162,6 +169,6 @@ class BindResource(Resource):
         host = (request.getRequestHostname() or b"").decode("ascii", "replace").lower()
         routed = self.select(host, target.path)
         if routed is None:
-            return render_error(request, 404, f"no route for {target.path}", "route_not_found", "invalid_request_error")
+            return self._refuse(request, 404, f"no route for {target.path}", "route_not_found")
         request.agw_route = routed  # type: ignore[attr-defined]
         return routed.resource(target.path).render(request)

@@ -5,7 +5,7 @@ and a service. This is agw's embedding API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -244,8 +244,14 @@ class Gateway:
                 RoutedRoute(listener, route, self._route_resources(bind, listener, route, slots))
                 for listener in bind.listeners
                 for route in listener.routes
-            ]
+            ],
+            self.refusals(bind.port),
         )
+
+    def refusals(self, port: int) -> Callable[[bytes, int], None]:
+        """Counts what bind C{port} refuses before a route's forwarder (no route: C{route=""}) by method and status."""
+        labels = RouteLabels.of(port, "", "")
+        return lambda method, status: self.metrics.record_refusal(labels, method, status)
 
     def _route_resources(self, bind: Bind, listener: Listener, route: Route, slots: SessionSlots) -> Any:
         if not route.backends:

@@ -173,15 +173,18 @@ class BindFactory(Factory):
         self.site.doStop()
 
 
-def make_site(resource: IResource, reactor: object, options: HTTPOptions | None = None) -> Site:
+def make_site(
+    resource: IResource, reactor: object, options: HTTPOptions | None = None, refused: Callable[[bytes, int], None] | None = None,
+) -> GatewaySite:
     """
     A site for one of the gateway's listeners: idle connections time out,
-    no tracebacks are shown; request bodies within C{options}' limits.
+    no tracebacks are shown; request bodies within C{options}' limits; the
+    requests it refuses itself told to C{refused}.
     """
     if options is None:
-        site = GatewaySite(resource, reactor)
+        site = GatewaySite(resource, reactor, refused=refused)
     else:
-        site = GatewaySite(resource, reactor, options.max_request_body, options.max_buffered_bodies)
+        site = GatewaySite(resource, reactor, options.max_request_body, options.max_buffered_bodies, refused)
     site.timeOut = HTTP_IDLE_TIMEOUT
     site.displayTracebacks = False
     site.noisy = False

@@ -1,20 +1,44 @@
 """
-The twisted.web site of each of the gateway's listeners, and its request
-class: what is refused before a request reaches any resource (an
-asterisk-form target, a body over the size limit, bodies beyond what one
-listener may hold at once).
+The twisted.web site of each of the gateway's listeners, its channel and
+its request class: what is refused before a request reaches any resource
+(a request twisted.web cannot parse, an asterisk-form target, a body over
+the size limit, bodies beyond what one listener may hold at once), each
+answered in OpenAI's shape and told to the site's C{refused}.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from agw._internals import OwnBadRequests, request_method
 from agw.routing import error_body, render_error
 
-_STATUS_LINES = {413: b"413 Payload Too Large", 503: b"503 Service Unavailable"}
+_STATUS_LINES = {400: b"400 Bad Request", 413: b"413 Payload Too Large", 503: b"503 Service Unavailable"}
+
+
+def refusal_bytes(status: int, message: str, code: str) -> bytes:
+    """A whole answer (head and OpenAI-shaped body) that ends the connection."""
+    body = error_body(message, "invalid_request_error" if status < 500 else "gateway_error", code)
+    head = b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n"
+    if status == 503:
+        head += b"Retry-After: 1\r\n"
+    return head % (_STATUS_LINES[status], len(body)) + b"\r\n" + body
+
+
+class GatewayChannel(OwnBadRequests):
+    """The HTTP/1.1 channel of a L{GatewaySite}: its answer to what it cannot parse is an OpenAI error, counted."""
+
+    site: GatewaySite
+
+    def bad_request(self, method: bytes) -> None:
+        self.transport.write(refusal_bytes(400, "the request could not be read as HTTP/1.1", "invalid_request"))
+        self.loseConnection()
+        if self.site.refused is not None:
+            self.site.refused(method, 400)
 
 
 class BodyBudget:
@@ -111,13 +135,15 @@ class GatewayRequest(Request):
         self._body_refused = True
         # No "100 Continue" after this answer (twisted.web sends it after gotLength).
         self.requestHeaders.removeHeader(b"expect")
-        body = error_body(message, "invalid_request_error" if status == 413 else "gateway_error", code)
-        head = b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n"
-        if status == 503:
-            head += b"Retry-After: 1\r\n"
         transport = self.channel.transport
-        transport.write(head % (_STATUS_LINES[status], len(body)) + b"\r\n" + body)
+        transport.write(refusal_bytes(status, message, code))
         transport.loseConnection()
+        self._count_refusal(status)
+
+    def _count_refusal(self, status: int) -> None:
+        site = self._gateway_site
+        if site is not None and site.refused is not None:
+            site.refused(request_method(self), status)
 
     def delimit_by_close(self) -> None:
         """
@@ -137,6 +163,7 @@ class GatewayRequest(Request):
             body = render_error(self, 400, "the request-target must be a path starting with '/' (origin-form)",
                                 "invalid_request_target", "invalid_request_error")
             self.setHeader(b"content-length", b"%d" % len(body))
+            self._count_refusal(400)
             self.write(body)
             self.finish()
             return
@@ -145,23 +172,26 @@ class GatewayRequest(Request):
 
 class GatewaySite(Site):
     """
-    A twisted.web site of L{GatewayRequest}s: C{max_request_body} bytes at
-    most per request body (C{None}: no limit), C{max_buffered_bodies} bytes
-    of bodies held at once. Bodies are bytes to forward: a form is not
-    parsed into C{request.args}.
+    A twisted.web site of L{GatewayRequest}s on L{GatewayChannel}s:
+    C{max_request_body} bytes at most per request body (C{None}: no limit),
+    C{max_buffered_bodies} bytes of bodies held at once. Bodies are bytes to
+    forward: a form is not parsed into C{request.args}.
     """
 
     requestFactory = GatewayRequest
+    protocol = GatewayChannel
 
     def __init__(
         self, resource: IResource, reactor: object, max_request_body: int | None = None,
-        max_buffered_bodies: int = 2**62,
+        max_buffered_bodies: int = 2**62, refused: Callable[[bytes, int], None] | None = None,
     ) -> None:
         # No parsing of form uploads into request.args: a second, parsed copy
         # of every multipart body (a /v1/files upload), which nothing reads.
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)  # type: ignore[arg-type]
         self.max_request_body = max_request_body
         self.body_budget = BodyBudget(max_buffered_bodies)
+        # Told of each request the site refuses itself (its method, status): a bind's counts them.
+        self.refused = refused
 
     def log(self, request: Request) -> None:
         """
