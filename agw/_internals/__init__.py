@@ -41,6 +41,7 @@ from agw._internals._web import (
     quiet_pool,
     request_disconnected,
     request_method,
+    request_target,
 )
 
 _PROTOCOL = ("autobahn.websocket.protocol", "WebSocketProtocol")
@@ -272,5 +273,5 @@ def use_utf8_validator(protocol: Any, validator: Any) -> None:
 __all__ = [
     "CHECKED_WITH", "REACHES", "LeanMessages", "OwnBadRequests", "Reach", "at_frame_boundary", "cancel_leftover_timers", "feed_autobahn",
     "frame_header", "handshake_bytes", "keep_connection_headers", "mask_payload", "masked_copy", "quiet_pool",
-    "request_disconnected", "request_method", "use_reactor_timers", "use_utf8_validator",
+    "request_disconnected", "request_method", "request_target", "use_reactor_timers", "use_utf8_validator",
 ]

@@ -20,6 +20,7 @@ WEB_REACHES = (
     Reach("twisted.web._newclient", "HTTP11ClientProtocol", "_parser", "keep_connection_headers: a response's framing"),
     Reach("twisted.web._newclient", "HTTPClientParser", "connHeaders", "keep_connection_headers"),
     Reach("twisted.web.http", "HTTPChannel", "_command", "request_method: a request's method while its head is read"),
+    Reach("twisted.web.http", "HTTPChannel", "_path", "request_target: its target, asked before 100 Continue"),
     Reach("twisted.web.http", "HTTPChannel", "_respondToBadRequestAndDisconnect", "OwnBadRequests: twisted.web's 400s"),
 )
 
@@ -32,6 +33,11 @@ def request_disconnected(request: Any) -> bool:
 def request_method(request: Any) -> bytes:
     """The method of a twisted.web request, also before its body is in (C{request.method} is set after)."""
     return getattr(request.channel, "_command", None) or b""
+
+
+def request_target(request: Any) -> bytes:
+    """The raw request-target of a twisted.web request, also before its body is in (C{request.uri} is set after)."""
+    return getattr(request.channel, "_path", None) or b""
 
 
 class OwnBadRequests(HTTPChannel):

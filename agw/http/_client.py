@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import frozen
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -47,6 +48,12 @@ class HTTPOptions:
     # A response body (an SSE stream, say) silent this long is cut off.
     body_idle_timeout: float = 300.0
     max_persistent_per_host: int = 32
+    # An upload must keep arriving: after upload_grace seconds, each second
+    # needs upload_min_rate more bytes (as Apache's mod_reqtimeout MinRate),
+    # else 408. A body holds a bind's budget while it arrives; a client
+    # sending a byte now and then would hold it for ever. 0: no minimum.
+    upload_min_rate: int = 1024
+    upload_grace: float = 20.0
 
 
 # A lane's TLS: (the name to verify, the PEM trust root); None stands for
@@ -105,6 +112,14 @@ class TargetEndpoints:
         name, root = self._tls if self._tls is not None else (None, None)
         trust = Certificate.loadPEM(root) if root is not None else None
         return wrapClientTLS(optionsForClientTLS(name or host, trustRoot=trust), endpoint)
+
+
+def tls_failure(error: Exception) -> str | None:
+    """The TLS error behind a failed request (twisted.web wraps them in lists of Failures), if that is what it was."""
+    for failure in getattr(error, "reasons", ()):
+        if failure.check(SSLError):
+            return str(failure.value)
+    return None
 
 
 class UpstreamClient:

@@ -6,7 +6,8 @@ they arrive, with usage read on the way.
 
 from __future__ import annotations
 
-from OpenSSL.SSL import Error as SSLError
+from collections.abc import Callable
+
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.logger import Logger
@@ -28,7 +29,7 @@ from agw.config import RouteType
 from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
 from agw.http._body import BodyRelay, answer_head
-from agw.http._client import UpstreamClient
+from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
 from agw.http._request_body import BytesBodyProducer, Refused
 from agw.http._response_guard import answer_guard
@@ -76,14 +77,6 @@ def _client_headers(request: Request) -> list[tuple[str, str]]:
     ]
 
 
-def _tls_failed(error: Exception) -> str | None:
-    """The TLS error behind a failed request (twisted.web wraps them in lists of Failures), if that is what it was."""
-    for failure in getattr(error, "reasons", ()):
-        if failure.check(SSLError):
-            return str(failure.value)
-    return None
-
-
 class HTTPForwarder(Resource):
     """Forwards one route type of one route (C{passthrough} and C{models}: bodies unread)."""
 
@@ -127,6 +120,21 @@ class HTTPForwarder(Resource):
             request.finish()
         self._record(request.method, 502, exchange)
 
+    def _unread(self, method: bytes) -> bool:
+        """Whether the body goes unread: no model to check, no tokens to count (listing models spends nothing)."""
+        return self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD"))
+
+    def refusal_before_body(self, method: bytes, query: str, header: Callable[[str], str | None]) -> KeyRefused | None:
+        """What the request's client key would be refused with, if anything: asked before a client is told to upload."""
+        keys = self._context.keys
+        try:
+            key = keys.authenticate(self._context.presented_key(header, query)) if keys is not None else None
+            if self._unread(method):
+                KeyCheck.authorize_unread(key)
+        except KeyRefused as refused:
+            return refused
+        return None
+
     async def _forward(self, request: Request, exchange: HTTPExchange) -> None:
         method = request.method
         path, _, query = request.uri.decode("latin-1").partition("?")
@@ -135,8 +143,7 @@ class HTTPForwarder(Resource):
             presented = self._context.presented_key(lambda name: _header(request, name.encode("latin-1")), query)
             key = keys.authenticate(presented) if keys is not None else None
             exchange.who = self._context.attribute(key) if keys is not None else None
-            if self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD")):
-                # Unread: no model to check, no tokens to count (listing models spends nothing).
+            if self._unread(method):
                 KeyCheck.authorize_unread(key)
             body = await self._request_body(request, exchange)
             if self._parsed is not None:
@@ -189,8 +196,8 @@ class HTTPForwarder(Resource):
                 return self._answer(request, exchange, 504, "upstream did not answer in time", "upstream_timeout")
             if client_gone(request):
                 return self._record(method, 499, exchange)
-            if _tls_failed(e):
-                self.log.warn("TLS to the upstream of {path} failed: {reason}", path=exchange.path, reason=_tls_failed(e))
+            if tls_failure(e):
+                self.log.warn("TLS to the upstream of {path} failed: {reason}", path=exchange.path, reason=tls_failure(e))
                 return self._answer(request, exchange, 502, "upstream TLS verification failed", "upstream_tls_error")
             if isinstance(e, ResponseFailed):
                 return self._answer(request, exchange, 502, "upstream closed the connection", "upstream_closed")

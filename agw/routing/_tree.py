@@ -14,6 +14,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from agw.config import Listener, Route, RouteMatch, RouteType
+from agw.decisions import KeyRefused
 from agw.routing._errors import render_error
 from agw.routing._target import BadTarget, parse_target
 
@@ -149,6 +150,24 @@ class BindResource(Resource):
             if score is not None and (best is None or (*score, order) < best[0]):
                 best = ((*score, order), routed)
         return best[1] if best else None
+
+    def refusal_before_body(
+        self, method: bytes, target: bytes, host: str, header: Callable[[str], str | None],
+    ) -> KeyRefused | None:
+        """
+        What the route of a request whose body has not arrived would refuse
+        it with before reading that body (its client key), if anything:
+        asked before a client that waits for C{100 Continue} is told to
+        upload. Targets refused anyway and unrouted requests: C{None}
+        (L{render} answers them).
+        """
+        try:
+            parsed = parse_target(target)
+        except BadTarget:
+            return None
+        routed = self.select(host.lower(), parsed.path)
+        check = getattr(routed.resource(parsed.path), "refusal_before_body", None) if routed is not None else None
+        return check(method, parsed.query, header) if check is not None else None
 
     def render(self, request: Request) -> bytes | int:
         # Relative to where this resource is mounted: the whole target when

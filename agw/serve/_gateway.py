@@ -95,6 +95,10 @@ class CurrentBind(Resource):
     def render(self, request: Request) -> bytes | int:
         return self.routes.render(request)
 
+    def refusal_before_body(self, method: bytes, target: bytes, host: str, header: Callable[[str], str | None]) -> Any:
+        """See L{BindResource.refusal_before_body}."""
+        return self.routes.refusal_before_body(method, target, host, header)
+
 
 class Gateway:
     """

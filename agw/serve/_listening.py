@@ -184,7 +184,10 @@ def make_site(
     if options is None:
         site = GatewaySite(resource, reactor, refused=refused)
     else:
-        site = GatewaySite(resource, reactor, options.max_request_body, options.max_buffered_bodies, refused)
+        site = GatewaySite(
+            resource, reactor, options.max_request_body, options.max_buffered_bodies, refused,
+            options.upload_min_rate, options.upload_grace,
+        )
     site.timeOut = HTTP_IDLE_TIMEOUT
     site.displayTracebacks = False
     site.noisy = False
