@@ -86,3 +86,28 @@ class RefusalTests(TestCase):
             answer = yield deferToThread(twisted_refused, self.port, data)
             self.assertEqual(status_and_error(answer), (400, "invalid_request"), answer)
         self.assertEqual(self.refused(), {"400": 3})
+
+
+class ProbeListenerBodyTests(TestCase):
+    """The stats and readiness listeners (on every interface by default) take no request body."""
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        _, _, _, service = yield gateway_to(self, lambda request: (b"", True))
+        self.ports = {"stats": service.stats.port.getHost().port, "readiness": service.readiness.port.getHost().port}
+
+    @inlineCallbacks
+    def test_a_body_is_refused_before_it_is_read(self) -> Any:
+        for name, path in (("stats", b"/metrics"), ("readiness", b"/healthz/ready")):
+            announced = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n" % path
+            answer = yield deferToThread(raw_request, self.ports[name], announced)
+            self.assertEqual(status_and_error(answer), (413, "request_too_large"), name)
+            chunked = b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n" % path
+            answer = yield deferToThread(raw_request, self.ports[name], chunked)
+            self.assertEqual(status_and_error(answer), (413, "request_too_large"), name)
+
+    @inlineCallbacks
+    def test_their_answers_stand(self) -> Any:
+        for name, path in (("stats", b"/metrics"), ("readiness", b"/healthz/ready")):
+            head, _, _ = yield deferToThread(raw_request, self.ports[name], b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), (name, head))

@@ -178,11 +178,13 @@ def make_site(
 ) -> GatewaySite:
     """
     A site for one of the gateway's listeners: idle connections time out,
-    no tracebacks are shown; request bodies within C{options}' limits; the
-    requests it refuses itself told to C{refused}.
+    no tracebacks are shown; request bodies within C{options}' limits (no
+    body at all without C{options}: the stats, readiness and admin
+    listeners read none, and the first two listen on every interface by
+    default); the requests it refuses itself told to C{refused}.
     """
     if options is None:
-        site = GatewaySite(resource, reactor, refused=refused)
+        site = GatewaySite(resource, reactor, max_request_body=0, max_buffered_bodies=0, refused=refused)
     else:
         site = GatewaySite(
             resource, reactor, options.max_request_body, options.max_buffered_bodies, refused,

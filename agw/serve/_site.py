@@ -83,7 +83,7 @@ class GatewayRequest(Request):
         site = self._gateway_site
         if site is not None:
             if length is not None and site.max_request_body is not None and length > site.max_request_body:
-                self._refuse_body(413, f"request body is larger than {site.max_request_body} bytes", "request_too_large")
+                self._too_large(site.max_request_body)
                 return
             if self._refused_before_upload(site):
                 return
@@ -93,6 +93,10 @@ class GatewayRequest(Request):
                     408, f"the request body arrived slower than {rate} bytes a second", "request_timeout",
                 ))
         super().gotLength(length)
+
+    def _too_large(self, limit: int) -> None:
+        self._refuse_body(413, f"request body is larger than {limit} bytes" if limit else "this listener takes no request body",
+                          "request_too_large")
 
     def _refused_before_upload(self, site: GatewaySite) -> bool:
         """Whether a client waiting for C{100 Continue} was refused instead (its client key)."""
@@ -119,7 +123,7 @@ class GatewayRequest(Request):
         site = self._gateway_site
         if site is not None:
             if site.max_request_body is not None and self._body_received > site.max_request_body:
-                self._refuse_body(413, f"request body is larger than {site.max_request_body} bytes", "request_too_large")
+                self._too_large(site.max_request_body)
                 return
             # Held as it arrives: a length announced and not sent holds nothing.
             if not self._hold(site, self._body_received - self._body_held):
