@@ -36,7 +36,7 @@ from agw.metering import (
 )
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import BackendTarget, BindResource, ConnectionTracker, ErrorResource, RouteContext, RoutedRoute
-from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, restart_only_changes
+from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, files_named, restart_only_changes
 
 
 def client_keys(config: GatewayConfig) -> list[ClientKey]:
@@ -159,6 +159,7 @@ class Gateway:
         # Governors of databases a reload replaced: sessions opened before still charge them until they stop.
         self.retired_governors: list[Governor] = []
         self._slots: dict[int, SessionSlots] = {}  # one session count per bind, across reloads
+        self._trust_roots: Mapping[str, bytes] = {}  # a reload's, read before it applies anything
         self._resources = {bind.port: CurrentBind(self._bind_resource(bind)) for bind in config.binds}
 
     @classmethod
@@ -212,6 +213,7 @@ class Gateway:
         """
         old = self.config
         restart_only = restart_only_changes(old, config)
+        catalog, self._trust_roots = files_named(config)  # nothing is applied if one cannot be read
         attributor = Attributor(config.metric_fields, config.log_fields)
         governor = None
         same_database = self.governor is not None and config.database_url == old.database_url
@@ -227,7 +229,7 @@ class Gateway:
                 self.governor = governor
         self.config, self.attributor = config, attributor
         # Prices are those in force when a response ends (an open session's next response is priced anew).
-        self.metrics.catalog = catalog_for(config.model_catalog)
+        self.metrics.catalog = catalog
         # self.relays keeps the relays of earlier configs: drain and stop close their sessions too.
         added, removed = bind_changes(old, config)
         for bind in config.binds:
@@ -236,8 +238,8 @@ class Gateway:
                 self._resources[bind.port].routes = routes
             else:
                 self._resources[bind.port] = CurrentBind(routes)
-        for port in removed:
-            del self._resources[port]
+        for port in removed:  # a connection opened before (keep-alive) finds no route there any more
+            self._resources.pop(port).routes = BindResource([], self.refusals(port))
         return Reloaded(added, removed, governor, restart_only)
 
     def _bind_resource(self, bind: Bind) -> BindResource:
@@ -273,9 +275,9 @@ class Gateway:
                 " unless promptGuard.streaming is Enabled",
                 route=route.name,
             )
-        self.guard_calls.register(route.policies.prompt_guard.request)
+        self.guard_calls.register(route.policies.prompt_guard.request, self._trust_roots)
         backend = route.backends[0]
-        target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header)
+        target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header, self._trust_roots)
         api_key = route.policies.api_key
         context = RouteContext(
             self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
