@@ -31,7 +31,7 @@ from agw.http._admission import admit
 from agw.http._body import BodyRelay, answer_head
 from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
-from agw.http._request_body import BytesBodyProducer, Refused
+from agw.http._request_body import AnswerDeadline, BytesBodyProducer, Refused
 from agw.http._response_guard import answer_guard
 from agw.metering import (
     HTTPExchange,
@@ -174,25 +174,20 @@ class HTTPForwarder(Resource):
             url = self._context.target.url(path, self._context.upstream_query(query), model=exchange.request_model)
         except NoDeployment as e:
             return self._answer(request, exchange, 400, str(e), "model_required", "invalid_request_error")
+        deadline = AnswerDeadline(self._reactor, self._client.options.response_timeout)  # from when the body is sent
         pending = self._client.request(
-            method, url, self._headers(request, exchange.span.traceparent), body, self._context.target,
+            method, url, self._headers(request, exchange.span.traceparent), deadline.sending(body), self._context.target,
         )
+        deadline.watch(pending)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
-        timed_out: list[bool] = []
-
-        def time_out() -> None:
-            timed_out.append(True)
-            pending.cancel()
-
-        timer = self._reactor.callLater(self._client.options.response_timeout, time_out)
         try:
             response: IResponse = await pending
         except (
             CancelledError, ConnectError, DNSLookupError, ConnectingCancelledError, ResponseFailed,
             RequestTransmissionFailed, ResponseNeverReceived,
         ) as e:
-            if timed_out:
+            if deadline.timed_out:
                 return self._answer(request, exchange, 504, "upstream did not answer in time", "upstream_timeout")
             if client_gone(request):
                 return self._record(method, 499, exchange)
@@ -203,8 +198,7 @@ class HTTPForwarder(Resource):
                 return self._answer(request, exchange, 502, "upstream closed the connection", "upstream_closed")
             return self._answer(request, exchange, 502, "upstream unreachable", "upstream_unreachable")
         finally:
-            if timer.active():
-                timer.cancel()
+            deadline.stop()
 
         watcher = self._watcher(response, exchange.report)
         exchange.streamed = isinstance(watcher, SSEWatcher)

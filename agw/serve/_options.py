@@ -30,7 +30,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "f", "config.yaml", "agentgateway-format config file (YAML)."],
         ["interface", "i", "::", "Address the binds listen on."],
-        ["upstream-timeout", None, 300.0, "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
+        ["upstream-timeout", None, 300.0, "Seconds an upstream gets to answer (headers) once the request body is sent, or to take more of it while it is sent (then 504).", float],
         ["access-log", None, "json", "Access log format: json (agentgateway's field names), combined (NCSA), or off."],
         ["access-log-file", None, "-", "Where access log lines go: '-' for standard output, or a file to append to."],
         ["log-format", None, "text", "The process's own log: text (twistd's), or json (one object per line on standard output, as the access log)."],
