@@ -41,6 +41,10 @@ class HTTPOptions:
     # Bodies the gateway must read (completions, embeddings, responses); a
     # response body over it is metered from its ends instead of kept whole.
     max_json_body: int = 32 * MiB
+    # Bodies it reads larger than this are decoded in a thread: a 32 MiB
+    # json.loads takes the reactor a quarter of a second; a small one costs
+    # less than the hop to a thread.
+    json_thread_threshold: int = 1 * MiB
     # Any request body (passthrough uploads: OpenAI takes files up to 512 MB).
     max_request_body: int = 512 * MiB
     # Request bodies one listener holds at once (memory and temporary files).

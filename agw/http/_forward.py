@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -31,7 +32,7 @@ from agw.http._admission import admit
 from agw.http._body import BodyRelay, answer_head
 from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
-from agw.http._request_body import AnswerDeadline, BytesBodyProducer, Refused
+from agw.http._request_body import AnswerDeadline, BytesBodyProducer, Refused, json_object
 from agw.http._response_guard import answer_guard
 from agw.metering import (
     HTTPExchange,
@@ -252,7 +253,10 @@ class HTTPForwarder(Resource):
         if size > limit:
             raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
         headers = guard_headers(_client_headers(request), self._context.policies) if self._calls_out else None
-        data = prepare_json(content.read(), self._type, self._context, exchange, headers)
+        raw, parsed = content.read(), None
+        if size > self._client.options.json_thread_threshold:  # a 32 MiB decode would hold every connection a while
+            parsed = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), json_object, raw)
+        data = prepare_json(raw, self._type, self._context, exchange, headers, parsed)
         if isinstance(data, Deferred):  # a guard calls out: wait for it, unless the client leaves first
             request.notifyFinish().addErrback(lambda _, preparing=data: preparing.cancel())
             data = await data

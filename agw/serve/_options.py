@@ -43,6 +43,7 @@ class Options(usage.Options):
         ["upload-min-rate", None, 1024, "Bytes a second an HTTP request body must keep arriving at after --upload-grace (slower: 408); 0: any.", int],
         ["upload-grace", None, 20.0, "Seconds an HTTP request body may take before --upload-min-rate applies.", float],
         ["max-json-body", None, 32 * MiB, "Largest body of a completions, responses or embeddings request (bigger: 413).", int],
+        ["json-thread-threshold", None, 1 * MiB, "Request bodies agw reads larger than this many bytes are decoded in a thread, off the reactor.", int],
         ["body-idle-timeout", None, 300.0, "Seconds an upstream HTTP response body may stay silent before it is cut off.", float],
         ["max-sessions", None, 10_000, "Realtime sessions one bind serves at once (more: 503).", int],
         ["max-fragments", None, 1024, "Fragments one Realtime message may have (more: close 1009).", int],
@@ -184,6 +185,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         upload_min_rate=options["upload-min-rate"],
         upload_grace=options["upload-grace"],
         max_json_body=options["max-json-body"],
+        json_thread_threshold=options["json-thread-threshold"],
         body_idle_timeout=options["body-idle-timeout"],
     )
     relay_options = RelayOptions(
