@@ -75,6 +75,8 @@ class GatewayTestCase(TestCase):
     relay_types: dict[str, str] = {}
     # The seed's providers replaced by this azure provider (see seed_config_text).
     azure: dict | None = None
+    # The backend key as the environment holds it (a Kubernetes secret may end in a newline).
+    backend_key_env = BACKEND_KEY
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -84,7 +86,9 @@ class GatewayTestCase(TestCase):
         upstream = self.fake_port = yield self.fake.listen(reactor)
         self.addCleanup(upstream.stopListening)
         self.upstream_port = upstream.getHost().port
-        config = parse_config(seed_config_text(self.upstream_port, self.relay_types, self.azure), {"OPENAI_API_KEY": BACKEND_KEY})
+        config = parse_config(
+            seed_config_text(self.upstream_port, self.relay_types, self.azure), {"OPENAI_API_KEY": self.backend_key_env},
+        )
         self.access_log = io.StringIO()
         self.gateway = Gateway(
             config, relay_options=self.relay_options, http_options=self.http_options,

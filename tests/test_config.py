@@ -47,6 +47,18 @@ class SeedConfigTests(SynchronousTestCase):
         config = parse_config(text, ENV)
         self.assertEqual(config.binds[0].listeners[0].routes[0].policies.backend_key.value, "sk-secret-value-$x")
 
+    def test_keys_lose_the_newline_a_secret_file_ends_with(self) -> None:
+        """A Kubernetes secret (or `echo > file`) ends in a newline; the key is the text before it."""
+        text = route_yaml(
+            "      policies:\n        backendAuth:\n          key: \"$OPENAI_API_KEY\"\n"
+            "        apiKey:\n          keys:\n          - key: \"sk-client\\n\"\n"
+        )
+        policies = parse_config(text, {"OPENAI_API_KEY": "sk-secret-value\r\n"}).binds[0].listeners[0].routes[0].policies
+        self.assertEqual(policies.backend_key.value, "sk-secret-value")
+        self.assertEqual(policies.api_key.keys[0].digest, parse_config(
+            text.replace("sk-client\\n", "sk-client"), ENV,
+        ).binds[0].listeners[0].routes[0].policies.api_key.keys[0].digest)
+
     def test_comments_are_not_expanded(self) -> None:
         parse_config("# $schema=https://example\nbinds:\n- port: 1\n", {})
 
@@ -67,6 +79,13 @@ class BadConfigTests(SynchronousTestCase):
             message,
             "binds[0].listeners[0].routes[0].policies.backendAuth.key: environment variable OPENAI_API_KEY is not set (c.yaml, line 19)",
         )
+
+    def test_a_key_with_a_line_break_inside(self) -> None:
+        """Not a key a secret file's end explains: refused, without showing it."""
+        message = self.error(route_yaml("      policies:\n        backendAuth:\n          key: \"$OPENAI_API_KEY\"\n"), {
+            "OPENAI_API_KEY": "sk-secret-value\nX-Injected: 1",
+        })
+        self.assertIn("policies.backendAuth.key: a key cannot contain control characters", message)
 
     def test_unknown_key_with_path_and_line(self) -> None:
         message = self.error(route_yaml("      policies:\n        ai:\n          routs: {}\n"))

@@ -102,3 +102,29 @@ class ForwardedHeadersTests(GatewayTestCase):
             self.assertNotIn(name, seen)
         self.assertEqual(seen["authorization"], f"Bearer {BACKEND_KEY}")
         self.assertEqual(seen["x-forwarded-for"], "127.0.0.1")
+
+
+class KeyFromASecretFileTests(GatewayTestCase):
+    """
+    A backend key as Kubernetes secrets and `echo > file` leave it, with a
+    trailing newline: the key is the text before it. Kept, the newline
+    would end the Realtime handshake's Authorization line early (the
+    upstream sees a blank line inside the head) and reach HTTP upstreams
+    as part of the key.
+    """
+
+    backend_key_env = BACKEND_KEY + "\r\n"
+
+    @inlineCallbacks
+    def test_realtime_handshake_carries_the_key_without_its_newline(self) -> Any:
+        ws = yield deferToThread(open_client, f"{self.ws_base}/realtime?model=m")
+        self.addCleanup(deferToThread, ws.close)
+        yield deferToThread(recv_event, ws)
+        self.assertEqual(self.fake.handshakes[-1].headers["authorization"], f"Bearer {BACKEND_KEY}")
+
+    @inlineCallbacks
+    def test_http_request_carries_the_key_without_its_newline(self) -> Any:
+        response = yield treq.post(f"{self.http_base}/chat/completions", json={"model": "m", "messages": []}, persistent=False)
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        self.assertEqual(self.fake.http_requests[-1].headers["authorization"], f"Bearer {BACKEND_KEY}")

@@ -93,17 +93,17 @@ class BufferedBodiesLimitTests(GatewayTestCase):
 
     @inlineCallbacks
     def test_bodies_held_at_once_are_bounded(self) -> Any:
-        """A slow upload holds its declared size; the next one that does not fit gets 503 until it is done."""
+        """A slow upload holds what it has sent; the next one that does not fit beside it gets 503 until it is done."""
         head = b"POST /v1/files HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
         slow = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         self.addCleanup(slow.close)
-        slow.sendall(head + b"a" * 500)
-        yield wait_until(lambda: self.service_site().body_budget.held == 1000)
+        slow.sendall(head + b"a" * 600)
+        yield wait_until(lambda: self.service_site().body_budget.held == 600)
         answer = yield deferToThread(raw_exchange, self.port, head + b"b" * 1000)
         self.assertIn(b"\r\nRetry-After: 1\r\n", answer)
         status, body = status_and_json(answer)
         self.assertEqual((status, body["error"]["code"]), (503, "too_many_uploads"))
-        slow.sendall(b"a" * 500)
+        slow.sendall(b"a" * 400)
         finished = yield deferToThread(lambda: b"".join(iter(lambda: slow.recv(65536), b"")))
         self.assertEqual(status_and_json(finished)[1]["body_size"], 1000)
         yield wait_until(lambda: self.service_site().body_budget.held == 0)

@@ -84,9 +84,9 @@ class TargetEndToEndTests(GatewayTestCase):
             request = method + b" " + raw + b" HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n"
             answer = yield deferToThread(raw_exchange, self.port, request)
             status, body = status_and_json(answer)
-            if body is None:  # twisted.web's own 400: bytes no HTTP request-line may hold
-                self.assertIn(raw, (b"/v1/mod\xc3\xa9ls", b"/v1/models?x=\x01"))
-                body = {"error": {"code": "invalid_request_target"}}
+            if raw in (b"/v1/mod\xc3\xa9ls", b"/v1/models?x=\x01"):  # bytes no request-line may hold: twisted.web's 400
+                self.assertEqual((status, body["error"]["code"]), (400, "invalid_request"), raw)
+                continue
             self.assertEqual((status, body["error"]["code"]), (400, "invalid_request_target"), raw)
         self.assertEqual(self.fake.http_requests, [])
 

@@ -65,7 +65,7 @@ class Provider:
         if bearer is not None:
             headers.setRawHeaders(b"authorization", [f"Bearer {bearer}".encode("latin-1")])
         headers.setRawHeaders(b"host", [context.target.authority.encode("ascii")])
-        pending = self._client.request(b"POST", url, headers, BytesBodyProducer(body))
+        pending = self._client.request(b"POST", url, headers, BytesBodyProducer(body), context.target)
         pending.addTimeout(self._timeout, context.reactor)
         try:
             response: Any = await pending

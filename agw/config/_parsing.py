@@ -89,6 +89,21 @@ class BaseParser:
             raise self.fail(path, f"expected a string, got {kind_of(value)}")
         return value
 
+    def key(self, value: Any, path: Path) -> str:
+        """
+        A credential (a backend or client key): a string without the
+        whitespace that ends it in a file (a Kubernetes secret, C{echo >}),
+        which would otherwise go into a header line as part of the key (or
+        end the line early, in a handshake Autobahn writes as it is). Any
+        other control character is refused; the message never shows the key.
+        """
+        text = self.string(value, path).rstrip(" \t\r\n")
+        if not text:
+            raise self.fail(path, "expected a key, got an empty string")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise self.fail(path, "a key cannot contain control characters (line breaks, tabs) but at its end")
+        return text
+
 def kind_of(value: Any) -> str:
     if value is None:
         return "nothing"

@@ -108,10 +108,10 @@ class PolicyParser(GuardParser, CallsParser):
         auth = self.mapping(value, path, "backendAuth")
         path = path + ("key",)
         if not isinstance(auth.get("key"), dict):
-            return Secret(self.string(auth.get("key"), path)), None
+            return Secret(self.key(auth.get("key"), path)), None
         # agentgateway's BackendAuth::Key {value, location}.
         spec = self.mapping(auth["key"], path, "backendKey")
-        key = Secret(self.string(spec.get("value"), path + ("value",)))
+        key = Secret(self.key(spec.get("value"), path + ("value",)))
         if spec.get("location") is None:
             return key, None
         location = self.mapping(spec["location"], path + ("location",), "authLocation")
@@ -160,7 +160,7 @@ class PolicyParser(GuardParser, CallsParser):
         if ("key" in entry) == ("keyHash" in entry):
             raise self.fail(path, "expected exactly one of key, keyHash")
         if "key" in entry:
-            digest = key_digest(self.string(entry["key"], path + ("key",)))
+            digest = key_digest(self.key(entry["key"], path + ("key",)))
         else:
             digest = self.key_hash(self.string(entry["keyHash"], path + ("keyHash",)), path + ("keyHash",))
         metadata = self.mapping(entry.get("metadata"), path + ("metadata",), "metadata", allowed=set(entry.get("metadata") or {}))

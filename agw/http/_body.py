@@ -1,8 +1,9 @@
 """
-Response bodies on their way to the client: written as they arrive, with
-back pressure, watched for usage (L{agw.metering.Watcher}) without holding
-them whole, guarded when the route has response guards, and cut off when
-they go silent.
+Answers on their way to the client: the head as the upstream sent it
+(L{answer_head}: its own headers, its framing), the body written as it
+arrives, with back pressure, watched for usage (L{agw.metering.Watcher})
+without holding it whole, guarded when the route has response guards, and
+cut off when it goes silent.
 """
 
 from __future__ import annotations
@@ -14,11 +15,48 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from agw.http._response_guard import AnswerGuard
 from agw.metering import UsageChunkRemover, Watcher
-from agw.routing import client_gone
+from agw.routing import client_gone, client_response_headers
+
+
+def answer_head(request: Request, response: IResponse, same_length: bool) -> bool:
+    """
+    The upstream's status and headers on the client's C{request}, framed
+    as the upstream framed its body: its length (when the body goes on as
+    it came: C{same_length}), none for 204 and 304 and a HEAD's own length,
+    and no Content-Type where it sent none. C{True} when that body ends at
+    the close (no length, not chunked) and C{request} can answer it so
+    (L{agw.serve.GatewayRequest}): it then ends the same way.
+    """
+    request.setResponseCode(response.code, response.phrase)
+    provided = [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, values in response.headers.getAllRawHeaders()
+        for value in values
+    ]
+    for name, value in client_response_headers(provided):
+        request.responseHeaders.addRawHeader(name, value)
+    request.defaultContentType = None  # twisted.web's text/html would be a claim the upstream did not make
+    if request.method == b"HEAD":
+        # The length of the body a GET would have had, if the upstream said.
+        for name, value in provided:
+            if name == "content-length":
+                request.setHeader(b"content-length", value.encode("latin-1"))
+        return False
+    if response.code in (204, 304) or response.code < 200:
+        return False  # no body, no length (Twisted's client says 0)
+    if isinstance(response.length, int):
+        if same_length:
+            request.setHeader(b"content-length", b"%d" % response.length)
+        return False
+    if any(name == "transfer-encoding" for name, _ in provided) or not hasattr(request, "delimit_by_close"):
+        return False
+    request.delimit_by_close()
+    return True
 
 
 class BodyRelay(Protocol):

@@ -15,17 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from OpenSSL.SSL import Error as SSLError
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.web.client import URI, Agent, ContentDecoderAgent, GzipDecoder, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from agw._internals import quiet_pool
+from agw._internals import keep_connection_headers, quiet_pool
 from agw.config import MiB
 from agw.routing import BackendTarget
 
@@ -40,6 +41,10 @@ class HTTPOptions:
     # Bodies the gateway must read (completions, embeddings, responses); a
     # response body over it is metered from its ends instead of kept whole.
     max_json_body: int = 32 * MiB
+    # Bodies it reads larger than this are decoded in a thread: a 32 MiB
+    # json.loads takes the reactor a quarter of a second; a small one costs
+    # less than the hop to a thread.
+    json_thread_threshold: int = 1 * MiB
     # Any request body (passthrough uploads: OpenAI takes files up to 512 MB).
     max_request_body: int = 512 * MiB
     # Request bodies one listener holds at once (memory and temporary files).
@@ -47,35 +52,50 @@ class HTTPOptions:
     # A response body (an SSE stream, say) silent this long is cut off.
     body_idle_timeout: float = 300.0
     max_persistent_per_host: int = 32
+    # An upload must keep arriving: after upload_grace seconds, each second
+    # needs upload_min_rate more bytes (as Apache's mod_reqtimeout MinRate),
+    # else 408. A body holds a bind's budget while it arrives; a client
+    # sending a byte now and then would hold it for ever. 0: no minimum.
+    upload_min_rate: int = 1024
+    upload_grace: float = 20.0
+
+
+# A lane's TLS: (the name to verify, the PEM trust root); None stands for
+# the defaults: the system's roots, each URL's own host.
+TLSSettings = tuple[str | None, bytes | None]
+
+
+def tls_settings(target: BackendTarget | None) -> TLSSettings | None:
+    """The TLS settings C{target}'s requests need their own connections for (C{None}: the defaults)."""
+    if target is None or not target.tls or (target.tls_hostname is None and target.trust_root is None):
+        return None
+    return (target.tls_hostname, target.trust_root)
 
 
 @implementer(IAgentEndpointFactory)
 class TargetEndpoints:
     """
-    Where the agent connects, one endpoint per scheme, host and port, made
-    once: Agent's own factory builds a C{HostnameEndpoint} (IDNA-encoding
-    the host) and a TLS policy for every request, even one that then goes
-    over a pooled connection. The host is still resolved on each new
-    connection, so DNS changes are followed.
+    Where one lane's agent connects, one endpoint per scheme, host and
+    port, made once: Agent's own factory builds a C{HostnameEndpoint}
+    (IDNA-encoding the host) and a TLS policy for every request, even one
+    that then goes over a pooled connection. The host is still resolved
+    on each new connection, so DNS changes are followed.
 
-    TLS is a registered backend's own (its C{backendTLS} trust root and
-    name), else verified against the system's roots for the host's name.
+    TLS is verified for C{tls}'s name (else the host's) against its trust
+    root (else the system's roots).
     """
 
     # The hosts are those of configured targets; this only bounds a
     # misuse (an embedder sending to arbitrary URLs).
     max_endpoints = 1024
 
-    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+    def __init__(
+        self, reactor: Any, connect_timeout: float, tls: TLSSettings | None = None,
+    ) -> None:
         self._reactor = reactor
         self._connect_timeout = connect_timeout
-        self._targets: dict[tuple[str, int], BackendTarget] = {}
+        self._tls = tls
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
-
-    def register(self, target: BackendTarget) -> None:
-        """Use C{target}'s TLS settings for connections to its host and port."""
-        self._targets[(target.host, target.port)] = target
-        self._endpoints.clear()
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
@@ -93,31 +113,69 @@ class TargetEndpoints:
             return endpoint
         if uri.scheme != b"https":
             raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
-        target = self._targets.get((host, uri.port))
-        tls = target.client_tls_options() if target is not None else optionsForClientTLS(host)
-        return wrapClientTLS(tls, endpoint)
+        name, root = self._tls if self._tls is not None else (None, None)
+        trust = Certificate.loadPEM(root) if root is not None else None
+        return wrapClientTLS(optionsForClientTLS(name or host, trustRoot=trust), endpoint)
+
+
+def tls_failure(error: Exception) -> str | None:
+    """The TLS error behind a failed request (twisted.web wraps them in lists of Failures), if that is what it was."""
+    for failure in getattr(error, "reasons", ()):
+        if failure.check(SSLError):
+            return str(failure.value)
+    return None
 
 
 class UpstreamClient:
-    """Sends forwarded requests; one per gateway, sharing one pool."""
+    """
+    Sends forwarded requests; one per gateway. Requests go in lanes, one
+    per distinct C{backendTLS} (trust root and name) and one for the
+    defaults, each an agent with its own connection pool: the pool knows
+    a connection by scheme, host and port only, so two routes to one
+    host:port with different TLS settings must not share one (a
+    connection verified against one route's root would serve the other).
+    """
+
+    # Lanes come from the config; a reload that changes trust roots again
+    # and again retires the old ones past this many.
+    max_lanes = 64
 
     def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions()) -> None:
         self.options = options
-        self.pool = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
-        self.pool.maxPersistentPerHost = options.max_persistent_per_host
-        # A POST that failed on a reused connection must not be sent twice.
-        self.pool.retryAutomatically = False
-        self.endpoints = TargetEndpoints(reactor, options.connect_timeout)
-        agent = Agent.usingEndpointFactory(reactor, self.endpoints, pool=self.pool)
-        self._agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
+        self._reactor = reactor
+        self._lanes: dict[TLSSettings | None, tuple[ContentDecoderAgent, HTTPConnectionPool]] = {}
+        self.pool = self._lane(None)[1]
 
-    def request(self, method: bytes, url: str, headers: Headers, body: IBodyProducer | None) -> Deferred[IResponse]:
+    def _lane(self, tls: TLSSettings | None) -> tuple[ContentDecoderAgent, HTTPConnectionPool]:
+        lane = self._lanes.get(tls)
+        if lane is not None:
+            return lane
+        if len(self._lanes) >= self.max_lanes:
+            for key in [key for key in self._lanes if key is not None]:
+                self._lanes.pop(key)[1].closeCachedConnections()
+        pool = keep_connection_headers(quiet_pool(HTTPConnectionPool(self._reactor, persistent=True)))
+        pool.maxPersistentPerHost = self.options.max_persistent_per_host
+        # Twisted retries, once and on a new connection, a request that
+        # failed on a pooled connection before any response byte came back
+        # (the upstream closed it as it was reused), and only a request that
+        # is safe to send twice: an idempotent method without a body, not
+        # one it cancelled. Anything else becomes 502 upstream_closed.
+        pool.retryAutomatically = True
+        endpoints = TargetEndpoints(self._reactor, self.options.connect_timeout, tls)
+        agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=pool)
+        lane = self._lanes[tls] = (ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)]), pool)
+        return lane
+
+    def request(
+        self, method: bytes, url: str, headers: Headers, body: IBodyProducer | None, target: BackendTarget | None = None,
+    ) -> Deferred[IResponse]:
         """
-        Send one request; fires with the (unbuffered) response headers.
+        Send one request (to C{target}: its TLS settings; the system's
+        roots without one); fires with the (unbuffered) response headers.
         Cancelling it abandons the upstream request.
         """
-        return self._agent.request(method, url.encode("ascii"), headers, body)
+        return self._lane(tls_settings(target))[0].request(method, url.encode("ascii"), headers, body)
 
     def close(self) -> Deferred[None]:
         """Close idle pooled connections (on gateway stop)."""
-        return self.pool.closeCachedConnections()
+        return DeferredList([pool.closeCachedConnections() for _, pool in self._lanes.values()]).addCallback(lambda _: None)

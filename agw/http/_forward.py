@@ -6,9 +6,11 @@ they arrive, with usage read on the way.
 
 from __future__ import annotations
 
-from OpenSSL.SSL import Error as SSLError
+from collections.abc import Callable
+
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -18,6 +20,7 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
@@ -26,10 +29,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from agw.config import RouteType
 from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
-from agw.http._body import BodyRelay
-from agw.http._client import UpstreamClient
+from agw.http._body import BodyRelay, answer_head
+from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
-from agw.http._request_body import BytesBodyProducer, Refused
+from agw.http._request_body import AnswerDeadline, BytesBodyProducer, Refused, json_object
 from agw.http._response_guard import answer_guard
 from agw.metering import (
     HTTPExchange,
@@ -50,7 +53,6 @@ from agw.routing import (
     RouteContext,
     client_gone,
     client_host,
-    client_response_headers,
     guard_headers,
     render_error,
     upstream_headers,
@@ -74,14 +76,6 @@ def _client_headers(request: Request) -> list[tuple[str, str]]:
         for name, values in request.requestHeaders.getAllRawHeaders()
         for value in values
     ]
-
-
-def _tls_failed(error: Exception) -> str | None:
-    """The TLS error behind a failed request (twisted.web wraps them in lists of Failures), if that is what it was."""
-    for failure in getattr(error, "reasons", ()):
-        if failure.check(SSLError):
-            return str(failure.value)
-    return None
 
 
 class HTTPForwarder(Resource):
@@ -108,7 +102,7 @@ class HTTPForwarder(Resource):
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
         exchange = self._exchange(request)
-        forwarding = ensureDeferred(self._forward(request, exchange)).addErrback(self._unexpected, request)
+        forwarding = ensureDeferred(self._forward(request, exchange)).addErrback(self._unexpected, request, exchange)
 
         def done(_: object) -> None:
             exchange.reservation.release()  # settled by record() when it ran; whatever happened, it holds nothing now
@@ -117,12 +111,30 @@ class HTTPForwarder(Resource):
         forwarding.addBoth(done)
         return NOT_DONE_YET
 
-    def _unexpected(self, failure: Failure, request: Request) -> None:
+    def _unexpected(self, failure: Failure, request: Request, exchange: HTTPExchange) -> None:
         self.log.failure("forwarding {uri} failed", failure, uri=request.path)
-        if not request.startedWriting and not request.finished:
+        if request.finished:
+            return  # answered (and recorded) before it failed
+        if not request.startedWriting:
             request.write(render_error(request, 502, "gateway error", "gateway_error"))
-        if not request.finished and not client_gone(request):
+        if not client_gone(request):
             request.finish()
+        self._record(request.method, 502, exchange)
+
+    def _unread(self, method: bytes) -> bool:
+        """Whether the body goes unread: no model to check, no tokens to count (listing models spends nothing)."""
+        return self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD"))
+
+    def refusal_before_body(self, method: bytes, query: str, header: Callable[[str], str | None]) -> KeyRefused | None:
+        """What the request's client key would be refused with, if anything: asked before a client is told to upload."""
+        keys = self._context.keys
+        try:
+            key = keys.authenticate(self._context.presented_key(header, query)) if keys is not None else None
+            if self._unread(method):
+                KeyCheck.authorize_unread(key)
+        except KeyRefused as refused:
+            return refused
+        return None
 
     async def _forward(self, request: Request, exchange: HTTPExchange) -> None:
         method = request.method
@@ -132,8 +144,7 @@ class HTTPForwarder(Resource):
             presented = self._context.presented_key(lambda name: _header(request, name.encode("latin-1")), query)
             key = keys.authenticate(presented) if keys is not None else None
             exchange.who = self._context.attribute(key) if keys is not None else None
-            if self._parsed is None and not (self._type is RouteType.MODELS and method in (b"GET", b"HEAD")):
-                # Unread: no model to check, no tokens to count (listing models spends nothing).
+            if self._unread(method):
                 KeyCheck.authorize_unread(key)
             body = await self._request_body(request, exchange)
             if self._parsed is not None:
@@ -144,13 +155,13 @@ class HTTPForwarder(Resource):
                 await self._context.governor.fresh(exchange.who.name)
             admit(request, exchange, self._context, reads_body=self._parsed is not None)
         except Refused as refused:
-            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
+            return self._answer(request, exchange, refused.status, refused.message, refused.code, refused.error_type)
         except KeyRefused as refused:
-            return self._answer(request, refused.status, refused.message, refused.code, refused.error_type, exchange)
+            return self._answer(request, exchange, refused.status, refused.message, refused.code, refused.error_type)
         except GuardRejected as rejected:
             if rejected.unavailable:
                 message = "a guardrail service did not answer; the request was not sent"
-                return self._answer(request, 503, message, "guardrail_unavailable", "server_error", exchange)
+                return self._answer(request, exchange, 503, message, "guardrail_unavailable", "server_error")
             if not client_gone(request):
                 write_rejection(request, rejected.rejection)
                 self._record(method, rejected.rejection.status, exchange)
@@ -163,45 +174,33 @@ class HTTPForwarder(Resource):
         try:
             url = self._context.target.url(path, self._context.upstream_query(query), model=exchange.request_model)
         except NoDeployment as e:
-            return self._answer(request, 400, str(e), "model_required", "invalid_request_error", exchange)
-        pending = self._client.request(method, url, self._headers(request, exchange.span.traceparent), body)
+            return self._answer(request, exchange, 400, str(e), "model_required", "invalid_request_error")
+        deadline = AnswerDeadline(self._reactor, self._client.options.response_timeout)  # from when the body is sent
+        pending = self._client.request(
+            method, url, self._headers(request, exchange.span.traceparent), deadline.sending(body), self._context.target,
+        )
+        deadline.watch(pending)
         gone = request.notifyFinish()
         gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
-        timed_out: list[bool] = []
-
-        def time_out() -> None:
-            timed_out.append(True)
-            pending.cancel()
-
-        timer = self._reactor.callLater(self._client.options.response_timeout, time_out)
         try:
             response: IResponse = await pending
         except (
             CancelledError, ConnectError, DNSLookupError, ConnectingCancelledError, ResponseFailed,
             RequestTransmissionFailed, ResponseNeverReceived,
         ) as e:
-            if timed_out:
-                return self._answer(request, 504, "upstream did not answer in time", "upstream_timeout")
+            if deadline.timed_out:
+                return self._answer(request, exchange, 504, "upstream did not answer in time", "upstream_timeout")
             if client_gone(request):
                 return self._record(method, 499, exchange)
-            if _tls_failed(e):
-                self.log.warn("TLS to the upstream of {path} failed: {reason}", path=exchange.path, reason=_tls_failed(e))
-                return self._answer(request, 502, "upstream TLS verification failed", "upstream_tls_error")
+            if tls_failure(e):
+                self.log.warn("TLS to the upstream of {path} failed: {reason}", path=exchange.path, reason=tls_failure(e))
+                return self._answer(request, exchange, 502, "upstream TLS verification failed", "upstream_tls_error")
             if isinstance(e, ResponseFailed):
-                return self._answer(request, 502, "upstream closed the connection", "upstream_closed")
-            return self._answer(request, 502, "upstream unreachable", "upstream_unreachable")
+                return self._answer(request, exchange, 502, "upstream closed the connection", "upstream_closed")
+            return self._answer(request, exchange, 502, "upstream unreachable", "upstream_unreachable")
         finally:
-            if timer.active():
-                timer.cancel()
+            deadline.stop()
 
-        request.setResponseCode(response.code, response.phrase)
-        provided = [
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, values in response.headers.getAllRawHeaders()
-            for value in values
-        ]
-        for name, value in client_response_headers(provided):
-            request.responseHeaders.addRawHeader(name, value)
         watcher = self._watcher(response, exchange.report)
         exchange.streamed = isinstance(watcher, SSEWatcher)
         remover = UsageChunkRemover() if exchange.streamed and exchange.hide_stream_usage else None
@@ -210,8 +209,7 @@ class HTTPForwarder(Resource):
             self._context.guard_calls,  # type: ignore[arg-type]
             guard_headers(_client_headers(request), self._context.policies) if self._answers_call_out else None,
         )
-        if isinstance(response.length, int) and remover is None and guard is None:
-            request.setHeader(b"content-length", b"%d" % response.length)
+        ends_at_close = answer_head(request, response, same_length=remover is None and guard is None)
 
         def first_byte() -> None:
             exchange.first_byte_at = self._reactor.seconds()
@@ -223,7 +221,7 @@ class HTTPForwarder(Resource):
         reason = await relay.done
         exchange.body_timed_out = relay.timed_out
         if not request.finished and not client_gone(request):
-            if not isinstance(reason, ResponseDone):
+            if not isinstance(reason, ResponseDone) and not (ends_at_close and isinstance(reason, PotentialDataLoss)):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
             else:
                 request.finish()
@@ -255,7 +253,10 @@ class HTTPForwarder(Resource):
         if size > limit:
             raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
         headers = guard_headers(_client_headers(request), self._context.policies) if self._calls_out else None
-        data = prepare_json(content.read(), self._type, self._context, exchange, headers)
+        raw, parsed = content.read(), None
+        if size > self._client.options.json_thread_threshold:  # a 32 MiB decode would hold every connection a while
+            parsed = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), json_object, raw)
+        data = prepare_json(raw, self._type, self._context, exchange, headers, parsed)
         if isinstance(data, Deferred):  # a guard calls out: wait for it, unless the client leaves first
             request.notifyFinish().addErrback(lambda _, preparing=data: preparing.cancel())
             data = await data
@@ -265,7 +266,8 @@ class HTTPForwarder(Resource):
         client = _client_headers(request)
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
-            client, self._context.policies, also_drop=("accept-encoding",), client_address=client_host(request),
+            # Expect: twisted.web answered the client's 100-continue; the whole body goes upstream.
+            client, self._context.policies, also_drop=("accept-encoding", "expect"), client_address=client_host(request),
             key_header=self._context.target.key_header,
         )
         result = Headers()
@@ -286,14 +288,14 @@ class HTTPForwarder(Resource):
         return JSONWatcher(extract, report, self._client.options.max_json_body)
 
     def _answer(
-        self, request: Request, status: int, message: str, code: str, error_type: str = "gateway_error",
-        exchange: HTTPExchange | None = None,
+        self, request: Request, exchange: HTTPExchange, status: int, message: str, code: str, error_type: str = "gateway_error",
     ) -> None:
+        """agw's own answer in the upstream's place, recorded as the request's own (its start, its consumer, its span)."""
         if client_gone(request):
-            return
+            return self._record(request.method, 499, exchange)
         request.write(render_error(request, status, message, code, error_type))
         request.finish()
-        self._record(request.method, status, exchange if exchange is not None else self._exchange(request))
+        self._record(request.method, status, exchange)
 
     def _record(self, method: bytes, status: int, exchange: HTTPExchange) -> None:
         context = self._context

@@ -91,16 +91,17 @@ class GuardCalls:
         self._clients: dict[str | None, tuple[bytes | None, Agent, HTTPConnectionPool]] = {}
         self._retired: list[HTTPConnectionPool] = []  # pools of roots a reload changed: closed at stop too
 
-    def register(self, guards: tuple[Guard, ...]) -> None:
+    def register(self, guards: tuple[Guard, ...], trust_roots: Mapping[str, bytes] | None = None) -> None:
         """
         Read the trust roots C{guards}' moderation calls use (at start and
-        on each reload: a changed file gets a new client); raises
+        on each reload: a changed file gets a new client), from
+        C{trust_roots} where it has them (read already); raises
         L{TrustRootError} for one that cannot be read.
         """
         for guard in guards:
             root = guard.moderation.tls_root if guard.moderation is not None else None
             if root is not None:
-                self._client(root, read_trust_root(root))
+                self._client(root, trust_roots[root] if trust_roots and root in trust_roots else read_trust_root(root))
 
     def _client(self, root: str | None, pem: bytes | None) -> Agent:
         known = self._clients.get(root)

@@ -38,17 +38,18 @@ class GuardRejected(Exception):
 
 def prepare_json(
     raw: bytes, route_type: RouteType, context: RouteContext, exchange: HTTPExchange,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None, parsed: dict[str, Any] | None = None,
 ) -> bytes | Deferred[bytes]:
     """
-    The body to send upstream for C{raw}; notes the request model, stream
+    The body to send upstream for C{raw} (C{parsed}: decoded already, by
+    L{agw.http._request_body.json_object}); notes the request model, stream
     usage and guard checks on C{exchange}. Raises L{GuardRejected} or
     L{agw.http._request_body.Refused}. When a guard calls out (webhook,
     moderation; C{headers} are the client's, for a webhook's
     C{forwardHeaderMatches}) a Deferred instead, which may fail with
     L{GuardRejected}: without one, nothing waits, as before such guards.
     """
-    body: dict[str, Any] = json_object(raw)
+    body: dict[str, Any] = parsed if parsed is not None else json_object(raw)
     policies = context.policies
     changed = apply_fields(body, policies)
     override = context.model_override

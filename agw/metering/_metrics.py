@@ -242,6 +242,16 @@ class GatewayMetrics:
         self._child(self.requests, *labels).inc()
         self._child(self.request_duration, *labels).observe(seconds)
 
+    def record_refusal(self, route: RouteLabels, method: bytes | str, status: int) -> None:
+        """
+        Count one request agw refused before any route's forwarder (no
+        route, a bad target, a body over a limit, an unparsable request): in
+        the requests counter only, its duration being no one's.
+        """
+        method_text = method.decode("ascii", "replace") if isinstance(method, bytes) else method
+        labels = route.values() + (method_text if method_text in _HTTP_METHODS else "_OTHER", str(status))
+        self._child(self.requests, *labels).inc()
+
     def record_llm_timing(
         self,
         route: RouteLabels,

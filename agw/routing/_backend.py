@@ -5,6 +5,7 @@ C{ai:} backend's config.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlunsplit
 
 from attrs import field, frozen
@@ -65,11 +66,13 @@ class BackendTarget:
     @classmethod
     def from_backend(
         cls, backend: AIBackend, backend_tls: BackendTLS | None = None, key_header: tuple[str, str] | None = None,
+        trust_roots: Mapping[str, bytes] | None = None,
     ) -> BackendTarget:
         """
-        The target of C{backend} under a route's C{backendTLS} policy (reads
-        its root file), the backend key in C{key_header} (C{backendAuth}'s
-        location; by default Azure's C{api-key}, else C{Authorization: Bearer}).
+        The target of C{backend} under a route's C{backendTLS} policy (its
+        root file's PEM from C{trust_roots}, read already, else read now), the
+        backend key in C{key_header} (C{backendAuth}'s location; by default
+        Azure's C{api-key}, else C{Authorization: Bearer}).
         """
         if key_header is None:
             key_header = AZURE_KEY if backend.azure is not None else BEARER
@@ -81,7 +84,8 @@ class BackendTarget:
         hostname = root = None
         if backend_tls is not None:
             tls, hostname = True, backend_tls.hostname
-            root = read_trust_root(backend_tls.root) if backend_tls.root is not None else None
+            path = backend_tls.root
+            root = None if path is None else trust_roots[path] if trust_roots and path in trust_roots else read_trust_root(path)
         return cls(
             host, port, tls, backend.path_override, backend.path_prefix, hostname, root, backend.azure, key_header,
             backend.model,

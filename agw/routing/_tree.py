@@ -14,6 +14,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from agw.config import Listener, Route, RouteMatch, RouteType
+from agw.decisions import KeyRefused
 from agw.routing._errors import render_error
 from agw.routing._target import BadTarget, parse_target
 
@@ -132,9 +133,16 @@ class BindResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: Sequence[RoutedRoute]) -> None:
+    def __init__(self, routes: Sequence[RoutedRoute], refused: Callable[[bytes, int], None] | None = None) -> None:
         super().__init__()
         self._routes = list(routes)
+        # Told of each request refused here (method, status): no route's forwarder will count it.
+        self._refused = refused
+
+    def _refuse(self, request: Request, status: int, message: str, code: str) -> bytes:
+        if self._refused is not None:
+            self._refused(request.method, status)
+        return render_error(request, status, message, code, "invalid_request_error")
 
     def select(self, host: str, path: str) -> RoutedRoute | None:
         """The most specific route for C{host} and C{path}; file order breaks ties."""
@@ -147,6 +155,24 @@ class BindResource(Resource):
                 best = ((*score, order), routed)
         return best[1] if best else None
 
+    def refusal_before_body(
+        self, method: bytes, target: bytes, host: str, header: Callable[[str], str | None],
+    ) -> KeyRefused | None:
+        """
+        What the route of a request whose body has not arrived would refuse
+        it with before reading that body (its client key), if anything:
+        asked before a client that waits for C{100 Continue} is told to
+        upload. Targets refused anyway and unrouted requests: C{None}
+        (L{render} answers them).
+        """
+        try:
+            parsed = parse_target(target)
+        except BadTarget:
+            return None
+        routed = self.select(host.lower(), parsed.path)
+        check = getattr(routed.resource(parsed.path), "refusal_before_body", None) if routed is not None else None
+        return check(method, parsed.query, header) if check is not None else None
+
     def render(self, request: Request) -> bytes | int:
         # Relative to where this resource is mounted: the whole target when
         # it is a Site's root, the rest when an embedder put it under a
@@ -158,7 +184,7 @@ class BindResource(Resource):
         try:
             target = parse_target(raw_path + question + query)
         except BadTarget as bad:
-            return render_error(request, 400, bad.message, "invalid_request_target", "invalid_request_error")
+            return self._refuse(request, 400, bad.message, "invalid_request_target")
         # What a route is chosen by is what goes upstream: forwarders and the
         # WebSocket handshake read these.
         request.uri = target.uri
@@ -166,6 +192,6 @@ class BindResource(Resource):
         host = (request.getRequestHostname() or b"").decode("ascii", "replace").lower()
         routed = self.select(host, target.path)
         if routed is None:
-            return render_error(request, 404, f"no route for {target.path}", "route_not_found", "invalid_request_error")
+            return self._refuse(request, 404, f"no route for {target.path}", "route_not_found")
         request.agw_route = routed  # type: ignore[attr-defined]
         return routed.resource(target.path).render(request)

@@ -5,7 +5,7 @@ and a service. This is agw's embedding API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -31,7 +31,7 @@ from agw.metering import (
 )
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import BackendTarget, BindResource, ConnectionTracker, ErrorResource, RouteContext, RoutedRoute
-from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, restart_only_changes
+from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, files_named, restart_only_changes
 from agw.serve._setup import client_keys, governor_for, spans_for
 
 
@@ -50,6 +50,10 @@ class CurrentBind(Resource):
 
     def render(self, request: Request) -> bytes | int:
         return self.routes.render(request)
+
+    def refusal_before_body(self, method: bytes, target: bytes, host: str, header: Callable[[str], str | None]) -> Any:
+        """See L{BindResource.refusal_before_body}."""
+        return self.routes.refusal_before_body(method, target, host, header)
 
 
 class Gateway:
@@ -116,6 +120,7 @@ class Gateway:
         # Governors of databases a reload replaced: sessions opened before still charge them until they stop.
         self.retired_governors: list[Governor] = []
         self._slots: dict[int, SessionSlots] = {}  # one session count per bind, across reloads
+        self._trust_roots: Mapping[str, bytes] = {}  # a reload's, read before it applies anything
         self._resources = {bind.port: CurrentBind(self._bind_resource(bind)) for bind in config.binds}
 
     @classmethod
@@ -169,6 +174,7 @@ class Gateway:
         """
         old = self.config
         restart_only = restart_only_changes(old, config)
+        catalog, self._trust_roots = files_named(config)  # nothing is applied if one cannot be read
         attributor = Attributor(config.metric_fields, config.log_fields)
         governor = None
         same_database = self.governor is not None and config.database_url == old.database_url
@@ -184,7 +190,7 @@ class Gateway:
                 self.governor = governor
         self.config, self.attributor = config, attributor
         # Prices are those in force when a response ends (an open session's next response is priced anew).
-        self.metrics.catalog = catalog_for(config.model_catalog)
+        self.metrics.catalog = catalog
         # self.relays keeps the relays of earlier configs: drain and stop close their sessions too.
         added, removed = bind_changes(old, config)
         self._realtime_routes.clear()  # a call adopted from now on is followed as the new config says
@@ -194,8 +200,8 @@ class Gateway:
                 self._resources[bind.port].routes = routes
             else:
                 self._resources[bind.port] = CurrentBind(routes)
-        for port in removed:
-            del self._resources[port]
+        for port in removed:  # a connection opened before (keep-alive) finds no route there any more
+            self._resources.pop(port).routes = BindResource([], self.refusals(port))
         return Reloaded(added, removed, governor, restart_only)
 
     def _bind_resource(self, bind: Bind) -> BindResource:
@@ -206,8 +212,14 @@ class Gateway:
                 RoutedRoute(listener, route, self._route_resources(bind, listener, route, slots))
                 for listener in bind.listeners
                 for route in listener.routes
-            ]
+            ],
+            self.refusals(bind.port),
         )
+
+    def refusals(self, port: int) -> Callable[[bytes, int], None]:
+        """Counts what bind C{port} refuses before a route's forwarder (no route: C{route=""}) by method and status."""
+        labels = RouteLabels.of(port, "", "")
+        return lambda method, status: self.metrics.record_refusal(labels, method, status)
 
     def _route_resources(self, bind: Bind, listener: Listener, route: Route, slots: SessionSlots) -> Any:
         if not route.backends:
@@ -225,11 +237,9 @@ class Gateway:
                 " unless promptGuard.streaming is Enabled",
                 route=route.name,
             )
-        self.guard_calls.register(route.policies.prompt_guard.request)
+        self.guard_calls.register(route.policies.prompt_guard.request, self._trust_roots)
         backend = route.backends[0]
-        target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header)
-        if target.tls:
-            self.http_client.endpoints.register(target)
+        target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header, self._trust_roots)
         api_key = route.policies.api_key
         context = RouteContext(
             self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),

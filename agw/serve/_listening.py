@@ -173,15 +173,23 @@ class BindFactory(Factory):
         self.site.doStop()
 
 
-def make_site(resource: IResource, reactor: object, options: HTTPOptions | None = None) -> Site:
+def make_site(
+    resource: IResource, reactor: object, options: HTTPOptions | None = None, refused: Callable[[bytes, int], None] | None = None,
+) -> GatewaySite:
     """
     A site for one of the gateway's listeners: idle connections time out,
-    no tracebacks are shown; request bodies within C{options}' limits.
+    no tracebacks are shown; request bodies within C{options}' limits (no
+    body at all without C{options}: the stats, readiness and admin
+    listeners read none, and the first two listen on every interface by
+    default); the requests it refuses itself told to C{refused}.
     """
     if options is None:
-        site = GatewaySite(resource, reactor)
+        site = GatewaySite(resource, reactor, max_request_body=0, max_buffered_bodies=0, refused=refused)
     else:
-        site = GatewaySite(resource, reactor, options.max_request_body, options.max_buffered_bodies)
+        site = GatewaySite(
+            resource, reactor, options.max_request_body, options.max_buffered_bodies, refused,
+            options.upload_min_rate, options.upload_grace,
+        )
     site.timeOut = HTTP_IDLE_TIMEOUT
     site.displayTracebacks = False
     site.noisy = False

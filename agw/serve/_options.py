@@ -30,7 +30,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "f", "config.yaml", "agentgateway-format config file (YAML)."],
         ["interface", "i", "::", "Address the binds listen on."],
-        ["upstream-timeout", None, 300.0, "Seconds to wait for an upstream HTTP response's headers (then 504).", float],
+        ["upstream-timeout", None, 300.0, "Seconds an upstream gets to answer (headers) once the request body is sent, or to take more of it while it is sent (then 504).", float],
         ["access-log", None, "json", "Access log format: json (agentgateway's field names), combined (NCSA), or off."],
         ["access-log-file", None, "-", "Where access log lines go: '-' for standard output, or a file to append to."],
         ["log-format", None, "text", "The process's own log: text (twistd's), or json (one object per line on standard output, as the access log)."],
@@ -40,7 +40,10 @@ class Options(usage.Options):
         ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response gets to report its usage.", float],
         ["max-request-body", None, 512 * MiB, "Largest HTTP request body in bytes (bigger: 413 before it is read).", int],
         ["max-buffered-bodies", None, 2048 * MiB, "Bytes of request bodies one bind holds at once, memory and temporary files (more: 503).", int],
+        ["upload-min-rate", None, 1024, "Bytes a second an HTTP request body must keep arriving at after --upload-grace (slower: 408); 0: any.", int],
+        ["upload-grace", None, 20.0, "Seconds an HTTP request body may take before --upload-min-rate applies.", float],
         ["max-json-body", None, 32 * MiB, "Largest body of a completions, responses or embeddings request (bigger: 413).", int],
+        ["json-thread-threshold", None, 1 * MiB, "Request bodies agw reads larger than this many bytes are decoded in a thread, off the reactor.", int],
         ["body-idle-timeout", None, 300.0, "Seconds an upstream HTTP response body may stay silent before it is cut off.", float],
         ["max-sessions", None, 10_000, "Realtime sessions one bind serves at once (more: 503).", int],
         ["max-fragments", None, 1024, "Fragments one Realtime message may have (more: close 1009).", int],
@@ -185,7 +188,10 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         response_timeout=options["upstream-timeout"],
         max_request_body=options["max-request-body"],
         max_buffered_bodies=options["max-buffered-bodies"],
+        upload_min_rate=options["upload-min-rate"],
+        upload_grace=options["upload-grace"],
         max_json_body=options["max-json-body"],
+        json_thread_threshold=options["json-thread-threshold"],
         body_idle_timeout=options["body-idle-timeout"],
     )
     relay_options = RelayOptions(

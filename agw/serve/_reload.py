@@ -145,6 +145,13 @@ class ConfigReloader(Service):
                 "config reload refused ({reason}): {error}; still serving {hash}", reason=reason, error=str(e), hash=self.hash,
             )
             return False
+        except Exception:
+            # A failure nothing foresaw: logged with its traceback, and the
+            # watcher goes on (an exception out of a poll would stop it).
+            self._refused = new_hash
+            self._count(FAILURE)
+            self.log.failure("config reload failed ({reason}); still serving {hash}", reason=reason, hash=self.hash)
+            return False
         if self._info is not None:
             self._info.remove(self.hash or "")
             self._info.labels(new_hash or "").set(1)

@@ -10,7 +10,8 @@ from typing import Any
 from attrs import frozen
 
 from agw.config import GatewayConfig
-from agw.metering import Governor
+from agw.metering import Catalog, CatalogError, Governor, catalog_for
+from agw.routing import TrustRootError, read_trust_root
 
 
 class ReloadRefused(Exception):
@@ -59,3 +60,28 @@ def budget_setup(config: GatewayConfig) -> tuple[Any, ...]:
         for route in listener.routes if route.policies.api_key is not None for key in route.policies.api_key.keys
     )
     return (config.database_url.value if config.database_url else None, keys)
+
+
+def files_named(config: GatewayConfig) -> tuple[Catalog | None, dict[str, bytes]]:
+    """
+    The files C{config} names that applying it reads: its model catalog,
+    and its trust roots (C{backendTLS.root}, moderation guards') as path ->
+    PEM. Read now, once, before anything is applied (what applies the
+    config takes them from here, not from the files again: a file that
+    changes in between cannot leave a reload half applied); raises
+    L{ReloadRefused} for one that cannot be read or used.
+    """
+    try:
+        catalog = catalog_for(config.model_catalog)
+        roots: dict[str, bytes] = {}
+        for route in (route for bind in config.binds for listener in bind.listeners for route in listener.routes):
+            tls = route.policies.backend_tls
+            paths = [tls.root if tls is not None else None] + [
+                guard.moderation.tls_root for guard in route.policies.prompt_guard.request if guard.moderation is not None
+            ]
+            for path in paths:
+                if path is not None and path not in roots:
+                    roots[path] = read_trust_root(path)
+    except (CatalogError, TrustRootError) as e:
+        raise ReloadRefused(str(e)) from None
+    return catalog, roots

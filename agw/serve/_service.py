@@ -20,6 +20,7 @@ from agw.http import HTTPOptions
 from agw.metering import GatewayMetrics, Governor
 from agw.serve._listening import BindFactory, ListeningService, admin_listeners, budgets_listener, ledger_notes, make_site
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes
+from agw.serve._site import GatewaySite
 from agw.serve._tls import BindTLS, ListenerTLSError, tls_by_port
 
 
@@ -92,7 +93,8 @@ class GatewayService(MultiService):
         # A worker shares each bind's port with the others; a bind added by a reload uses its config port.
         port = config_port if reuse is None else reuse.get(config_port, config_port)
         gateway = self.gateway
-        factory = self._factories[config_port] = BindFactory(make_site(resource, gateway.reactor, gateway.http_options), tls)
+        site = make_site(resource, gateway.reactor, gateway.http_options, gateway.refusals(config_port))
+        factory = self._factories[config_port] = BindFactory(site, tls)
         return ListeningService(gateway.reactor, Address(self.interface, port), factory, f"bind/{config_port}", reuse_port=reuse is not None)
 
     def startService(self) -> None:
@@ -166,6 +168,10 @@ class GatewayService(MultiService):
         """Fires once every bind listens; fails if one cannot."""
         waits = [listener.when_listening() for listener in self.binds.values()]
         return DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
+
+    def site_of(self, bind_port: int) -> GatewaySite:
+        """The twisted.web site serving bind C{bind_port} (its limits, what it holds)."""
+        return self._factories[bind_port].site  # type: ignore[return-value]
 
     def port_of(self, bind_port: int) -> int:
         """The port bind C{bind_port} actually listens on (differs for port 0)."""

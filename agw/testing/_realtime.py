@@ -28,6 +28,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
 
     factory: FakeRealtimeFactory
     call: Any = None  # the call this connection is the sideband of (see agw.testing._calls)
+    # Autobahn answers a malformed handshake (sendHttpErrorResponse) before onConnect sets this.
+    _refusal: Refusal | None = None
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         fake = self.factory.fake

@@ -19,7 +19,8 @@ What is here:
  - Small accessors: the raw bytes of a handshake answer, the UTF-8
    validator of a protocol, whether a twisted.web request lost its client,
    whether a protocol is between frames (the frame pass-through takes over
-   there) and a way to hand it control frames.
+   there) and a way to hand it control frames; an upstream response's
+   framing headers (L{keep_connection_headers}).
 """
 
 from __future__ import annotations
@@ -29,24 +30,21 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from attrs import frozen
 from autobahn.websocket import USES_NVX
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-CHECKED_WITH = {"autobahn": "26.10.2", "twisted": "26.10.0"}
-
-
-@frozen
-class Reach:
-    """C{attribute} of C{module.owner}: a method or class attribute, or one the owner's code uses on instances."""
-
-    module: str
-    owner: str
-    attribute: str
-    why: str
-
+from agw._internals._reach import CHECKED_WITH, Reach
+from agw._internals._web import (
+    WEB_REACHES,
+    OwnBadRequests,
+    keep_connection_headers,
+    quiet_pool,
+    request_disconnected,
+    request_method,
+    request_target,
+)
 
 _PROTOCOL = ("autobahn.websocket.protocol", "WebSocketProtocol")
 _CLIENT = ("autobahn.websocket.protocol", "WebSocketClientProtocol")
@@ -74,13 +72,11 @@ REACHES = (
     Reach(*_SERVER, "sendHttpErrorResponse", "the client leg answers a refusal with the provider's own status and body"),
     Reach(*_SERVER, "http_request_uri", "the raw request-target of the client's handshake"),
     Reach(*_PROTOCOL, "_batched_timer", "use_reactor_timers: every timeout is scheduled on factory._batched_timer"),
-    Reach("twisted.web.http", "Request", "_disconnected", "request_disconnected: the client's connection is gone"),
-    Reach("twisted.web.client", "HTTPConnectionPool", "_factory", "quiet_pool: no 'Starting factory' line per upstream connection"),
     Reach(*_PROTOCOL, "current_frame", "at_frame_boundary: the pass-through takes over between frames only"),
     Reach(*_PROTOCOL, "inside_message", "at_frame_boundary: ... and between messages"),
     Reach(*_PROTOCOL, "_dataReceived", "feed_autobahn: control frames go to Autobahn's own handling (ping, pong, close)"),
     Reach(*_SERVER, "websocket_extensions", "offer_only: offers agw declines never reach Autobahn's parser (it answers 400)"),
-) + ((
+) + WEB_REACHES + ((
     # Only when Autobahn uses its compiled masker (USES_NVX).
     Reach("_nvx_xormasker", "lib", "nvx_xormask_new", "mask_payload: the compiled masker without its wrapper object"),
     Reach("_nvx_xormasker", "lib", "nvx_xormask_process", "mask_payload"),
@@ -294,17 +290,8 @@ def use_utf8_validator(protocol: Any, validator: Any) -> None:
     protocol.utf8validator = validator
 
 
-def request_disconnected(request: Any) -> bool:
-    """Whether a twisted.web request's client connection is gone (see C{Request.connectionLost})."""
-    return bool(getattr(request, "_disconnected", False))
-
-
-def quiet_pool(pool: Any) -> Any:
-    """
-    C{pool} (an C{HTTPConnectionPool}), its connections' factories quiet:
-    Twisted logs "Starting factory"/"Stopping factory" for each new
-    connection otherwise, two lines per upstream request at info level.
-    """
-    chatty = pool._factory
-    pool._factory = type("Quiet" + chatty.__name__, (chatty,), {"noisy": False})
-    return pool
+__all__ = [
+    "CHECKED_WITH", "REACHES", "LeanMessages", "OwnBadRequests", "Reach", "at_frame_boundary", "cancel_leftover_timers", "feed_autobahn",
+    "frame_header", "handshake_bytes", "keep_connection_headers", "mask_payload", "masked_copy", "quiet_pool",
+    "request_disconnected", "request_method", "request_target", "use_reactor_timers", "use_utf8_validator",
+]
