@@ -1,11 +1,16 @@
 """
-The fake's hold on billing, which lets the chaos soak kill the provider
-without leaving the bill in doubt.
+The chaos soak's short version (bench/chaos_soak.py: workers, reloads, a
+provider killed, closing with 1011 and stalling, clients that read slowly or
+vanish; nothing lost, nothing left open), and the fake's hold on billing
+that lets it kill the provider without leaving the bill in doubt.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import treq
@@ -16,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from websockets.sync.client import ClientConnection, connect
 
 from agw.testing import FakeOpenAI, chat_usage, response_usage
-from tests.support import recv_event, wait_until
+from tests.support import REPO, recv_event, wait_until
 
 
 def ask_response(ws: ClientConnection) -> list[str]:
@@ -75,3 +80,23 @@ class HoldBillingTests(TestCase):
         self.assertEqual(body["usage"], chat_usage(1))
         self.assertEqual(len(self.fake.ledger), 1)
 
+
+class ChaosSoakTests(TestCase):
+    """The soak, short: 25 s of faults and load through C{twistd agw --workers 2}; exit 0 means nothing lost or leaked."""
+
+    timeout = 240
+
+    @inlineCallbacks
+    def test_short_soak(self) -> Any:
+        report = os.path.abspath(self.mktemp() + ".json")
+        command = [
+            sys.executable, os.path.join(REPO, "bench", "chaos_soak.py"), "--seconds", "25", "--sessions", "40",
+            "--http-rate", "15", "--warmup", "2", "--reload-every", "3", "--kill-every", "8", "--close-every", "5",
+            "--stall-every", "6", "--json", report,
+        ]
+        done = yield deferToThread(subprocess.run, command, capture_output=True, text=True, timeout=220, cwd=REPO)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        with open(report) as f:
+            checks = json.load(f)["checks"]
+        self.assertEqual([name for name, ok in checks.items() if not ok], [])
+        self.assertIn("chaos soak: 2 workers", done.stdout)
