@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -196,6 +197,7 @@ def verdict(soak: Soak) -> tuple[bool, str, dict[str, Any]]:
         name: {"spent": spent.get(name, 0), "expected": expected_spend(unit, by_consumer[name])} for name, (_, unit, _) in CONSUMERS.items()
     }
     tokens = sum(state["billed"].values())
+    responses = sum(len(usages) for usages in by_consumer.values()) + unknown
     checks = {
         "tokens metered == billed": state["metered"] == state["billed"],
         "budgets == bill x price": charges_written and not unknown and all(b["spent"] == b["expected"] for b in budgets.values()),
@@ -215,7 +217,7 @@ def verdict(soak: Soak) -> tuple[bool, str, dict[str, Any]]:
         f"({counts['http 200']} 200, {http - counts['http 200']} other, {counts['http abandoned mid-body']} abandoned); "
         f"{chaos.counts['reload']} reloads, provider killed {chaos.counts['kill']}x, 1011 {chaos.counts['close']}x "
         f"({chaos.counts['close 1011 sessions']} sessions), stalled {chaos.counts['stall']}x; "
-        f"tokens metered {sum(state['metered'].values()):,} {'==' if checks['tokens metered == billed'] else '!='} billed {tokens:,}; "
+        f"{responses:,} responses billed, tokens metered {sum(state['metered'].values()):,} {'==' if checks['tokens metered == billed'] else '!='} billed {tokens:,}; "
         f"budgets {spend_figures}; "
         f"open sessions agw {state['agw sessions']:.0f} provider {state['provider sessions']}; "
         f"fds {before['fds']} -> {after['fds']}, RSS {before['rss_kib'] / 1024:.0f} -> {after['rss_kib'] / 1024:.0f} MiB "
@@ -275,6 +277,7 @@ def main() -> None:
         soak.fake.stop()
         if postgres is not None:
             postgres.remove()
+        shutil.rmtree(directory, ignore_errors=True)
     print(line, flush=True)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
