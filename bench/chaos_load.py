@@ -38,6 +38,10 @@ class Tally:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.sessions: dict[str, str] = {}
+        self.errors: list[str] = []  # the load generator's own failures: the run does not count
+
+    def failed(self, failure: Any, what: str) -> None:
+        self.errors.append(f"{what}: {failure.getErrorMessage()}")
 
     def add(self, what: str, n: int = 1) -> None:
         self.counts[what] += n
@@ -216,7 +220,7 @@ class Load:
         self.until = until
         watchdog = LoopingCall(self._watch)
         watchdog.clock = self.reactor
-        watchdog.start(5, now=False)
+        watchdog.start(5, now=False).addErrback(self.tally.failed, "watchdog")
         requests = LoopingCall(self._request)
         requests.clock = self.reactor
         http_done = requests.start(1 / self.http_rate, now=False) if self.http_rate > 0 else Deferred()
@@ -226,7 +230,7 @@ class Load:
         slots = [self._slot(n) for n in range(self.sessions)]
         everything = DeferredList([*slots, http_done], fireOnOneErrback=True, consumeErrors=True)
         everything.addCallback(lambda _: DeferredList([call.ended for call in list(self.http)]))
-        return everything.addBoth(lambda result: (watchdog.stop(), result)[1])
+        return everything.addBoth(lambda result: (watchdog.running and watchdog.stop(), result)[1])
 
     def choose(self, weights: dict[str, int]) -> str:
         return self.rng.choices(list(weights), list(weights.values()))[0]

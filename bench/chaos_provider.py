@@ -137,7 +137,8 @@ class Chaos:
     def stop(self) -> Any:
         """Stop the faults; fires once the provider is up again."""
         for loop in self._loops:
-            loop.stop()
+            if loop.running:
+                loop.stop()
         if self.busy is not None:
             yield self.busy
 

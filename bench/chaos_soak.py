@@ -142,11 +142,13 @@ class Soak:
         sampling = LoopingCall(lambda: self.figures["during"].append(footprint(self.agw.pid)["rss_kib"]))
         sampling.clock = reactor
         self.figures["during"] = []
-        sampling.start(max(1.0, args.seconds / 10), now=False)  # RSS along the run: a leak grows, a peak does not
+        # RSS along the run: a leak grows, a peak does not.
+        sampling.start(max(1.0, args.seconds / 10), now=False).addErrback(self.tally.failed, "sampling")
         load = Load(reactor, port, args.sessions, args.http_rate, keys, self.tally, args.seed + 1, scenarios, http_modes)
         await load.run(reactor.seconds() + args.seconds)
         await self.chaos.stop()
-        sampling.stop()
+        if sampling.running:
+            sampling.stop()
         self.figures["load_seconds"] = time.monotonic() - self.figures["started"]
         self.figures["settled"] = await self.settled()  # drains (cancel_grace) and charges end
 
@@ -158,8 +160,11 @@ class Soak:
         """
         deadline = self.reactor.seconds() + timeout
         while self.reactor.seconds() < deadline:
-            if await deferToThread(condition or self.quiet):
-                return True
+            try:
+                if await deferToThread(condition or self.quiet):
+                    return True
+            except OSError:  # a scrape that timed out on a busy machine: ask again
+                pass
             await deferLater(self.reactor, 0.2, lambda: None)
         return False
 
@@ -205,6 +210,7 @@ def verdict(soak: Soak) -> tuple[bool, str, dict[str, Any]]:
         "reloads applied": sums.get("agw_config_reloads_total", 0) == chaos.counts["reload"] and not reload_failures(soak),
         "no worker restarted": not sums.get("agw_worker_restarts_total", 0),
         "faults ran": not chaos.failures and all(chaos.counts[k] for k in ("reload", "kill", "close", "stall")),
+        "load ran": not soak.tally.errors,
         "fds back": after["fds"] <= before["fds"] + FD_SLACK * after["processes"] and after["processes"] == before["processes"],
         "RSS back": after["rss_kib"] <= before["rss_kib"] + RSS_SLACK_KIB * (3 if soak.args.glibc_defaults else 1) * after["processes"],
     }
@@ -227,7 +233,7 @@ def verdict(soak: Soak) -> tuple[bool, str, dict[str, Any]]:
     report = {
         "machine": machine(), "args": vars(soak.args), "checks": checks, "clients": dict(counts), "warm-up clients": soak.figures["warm-up counts"],
         "faults": dict(chaos.counts),
-        "fault_failures": chaos.failures, "metered": {"/".join(k): v for k, v in state["metered"].items()},
+        "fault_failures": chaos.failures, "load_errors": soak.tally.errors, "metered": {"/".join(k): v for k, v in state["metered"].items()},
         "billed": {"/".join(k): v for k, v in state["billed"].items()}, "budgets": budgets, "unattributed_bills": unknown,
         "footprint": {"idle": soak.figures["idle"], "before": before, "after": after, "rss_kib_during": soak.figures["during"]},
         "line": line,

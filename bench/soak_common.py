@@ -96,10 +96,17 @@ def fd_count(pid: int) -> int:
         return 0
 
 
+def rss_or_zero(pid: int) -> int:
+    try:
+        return rss_kib(pid)
+    except OSError:  # gone meanwhile
+        return 0
+
+
 def footprint(pid: int) -> dict[str, Any]:
     """File descriptors and RSS (KiB) of C{pid} and its children (agw's workers), each summed, and how many processes."""
     pids = [pid, *sorted(children(pid))]
-    each = [(fd_count(p), rss_kib(p)) for p in pids]
+    each = [(fd_count(p), rss_or_zero(p)) for p in pids]
     return {
         "processes": len(pids), "fds": sum(f for f, _ in each), "rss_kib": sum(r for _, r in each),
         "each": [{"pid": p, "fds": f, "rss_kib": r} for p, (f, r) in zip(pids, each)],
