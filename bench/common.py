@@ -140,12 +140,12 @@ def start_agw(upstream_port: int, *args: str) -> tuple[subprocess.Popen, int, in
     return proc, port, stats
 
 
-def start_agw_with(data: dict, *args: str) -> tuple[subprocess.Popen, int]:
-    """twistd -n agw with config C{data} (one bind); (process, bind port)."""
+def start_agw_with(data: dict, *args: str, config_path: str | None = None) -> tuple[subprocess.Popen, int]:
+    """twistd -n agw with config C{data} (one bind), written to C{config_path} (a temporary file by default); (process, bind port)."""
     port, ready = data["binds"][0]["port"], free_port()
     data.setdefault("config", {}).setdefault("statsAddr", f"127.0.0.1:{free_port()}")
     data["config"]["readinessAddr"] = f"127.0.0.1:{ready}"
-    config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    config = open(config_path, "w") if config_path else tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     yaml.safe_dump(data, config)
     config.close()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

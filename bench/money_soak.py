@@ -29,18 +29,17 @@ import os
 import sys
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import free_port, machine, result_path, start_agw_with  # noqa: E402
+from soak_common import PICO, budget_keys, expected_spend, price, spent_by_consumer, wait_charges_written  # noqa: E402
 
 from agw.testing import FakeOpenAI, PostgresServer  # noqa: E402
 
@@ -51,21 +50,6 @@ CONSUMERS = {
     "burst-usd": ("sk-soak-burst-usd", "USD", Decimal("0.40"), "burst-audio"),
     "vad": ("sk-soak-vad", "Tokens", Decimal(15_000), "vad"),
 }
-PICO = 10**12
-
-
-def price(usage: dict[str, Any]) -> Decimal:
-    """gpt-realtime's catalog price of one response, by hand from the provider's usage object (USD)."""
-    details, cached = usage["input_token_details"], usage["input_token_details"]["cached_tokens_details"]
-    out = usage["output_token_details"]
-    per_million = (
-        (details["text_tokens"] - cached["text_tokens"]) * Decimal(4) + cached["text_tokens"] * Decimal("0.4")
-        + (details["audio_tokens"] - cached["audio_tokens"]) * Decimal(32) + cached["audio_tokens"] * Decimal("0.4")
-        + out["text_tokens"] * Decimal(16) + out["audio_tokens"] * Decimal(64)
-    )
-    return per_million / 1_000_000
-
-
 def kind_of(consumer: str) -> str:
     return CONSUMERS[consumer][3]
 
@@ -80,12 +64,7 @@ def bound(kind: str, sessions: int) -> int:
 
 
 def config(fake_port: int, database: str) -> dict[str, Any]:
-    keys = [
-        {"key": key, "metadata": {"name": name}, "budgets": [
-            {"name": "daily", "limit": {"unit": unit, "amount": str(limit)}, "window": {"rolling": "24h"}},
-        ]}
-        for name, (key, unit, limit, _) in CONSUMERS.items()
-    ]
+    keys = budget_keys({name: (key, unit, limit) for name, (key, unit, limit, _) in CONSUMERS.items()})
     return {
         "config": {"database": {"url": database}, "statsAddr": f"127.0.0.1:{free_port()}"},
         "binds": [{"port": free_port(), "listeners": [{"routes": [{
@@ -163,16 +142,6 @@ def session_loop(url: str, consumer: str, tally: Tally, until: float, tag: str) 
             continue  # a worker closed it (or it stalled): a new session
 
 
-def stats(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    values: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[sample.name] += sample.value
-    return values
-
-
 def run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
@@ -214,17 +183,13 @@ def run(args: argparse.Namespace) -> int:
             restarts += 1
         for thread in threads:
             thread.join(args.seconds + 60)
-        deadline = time.monotonic() + 60
-        while stats(stats_port).get("agw_budget_unwritten_charges", 0) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.5)  # the last charges' flush (50 ms) and a refresh
-        rows = database.query("SELECT consumer, sum(spent) FROM agw_budget_spend GROUP BY consumer")
+        wait_charges_written(stats_port)
+        ledger = spent_by_consumer(database.url, database)
     finally:
         agw.terminate()
         agw.wait()
         database.remove()
         reactor.callFromThread(reactor.stop)
-    ledger = dict(rows)
     # The provider's usage objects, by consumer (its ledger names each response's session).
     billed: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in fake.ledger:
@@ -236,13 +201,12 @@ def run(args: argparse.Namespace) -> int:
     within = True
     for consumer, (_, unit, limit, _) in CONSUMERS.items():
         usages = billed[consumer]
+        expected = expected_spend(unit, usages)
         if unit == "USD":
             per_response = [price(u) * PICO for u in usages]
-            expected = int(sum(price(u) for u in usages) * PICO)
             limit_units = limit * PICO
         else:
             per_response = [Decimal(u["input_tokens"] + u["output_tokens"]) for u in usages]
-            expected = int(sum(per_response))
             limit_units = limit
         spent = int(ledger.get(consumer, 0))
         largest = max(per_response, default=Decimal(1))

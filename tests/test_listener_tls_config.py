@@ -127,16 +127,9 @@ class CertificateFileTests(SynchronousTestCase):
 
 
 def metrics_now(agw: TwistdAgw) -> str:
-    """
-    The pool's /metrics page, read synchronously (for polling); C{""} when it
-    cannot be read: while a worker starts, the parent may find its metrics
-    file still empty and answer 500 (a known race of the pool's metrics).
-    """
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{agw.stats}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-    except OSError:
-        return ""
+    """The pool's /metrics page, read synchronously (for polling)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{agw.stats}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 class TLSStartupTests(TestCase):

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import InvalidStatus
 
-from agw.serve._workermetrics import fold_dead_worker_metrics, remove_stale_metrics_dirs
+from agw.serve._workermetrics import WorkerMetrics, fold_dead_worker_metrics, remove_stale_metrics_dirs
 from agw.testing import REALTIME_MODEL, FakeOpenAI
 from tests.support import (
     BACKEND_KEY,
@@ -125,6 +126,9 @@ class WorkerPoolTests(TestCase):
         files = os.listdir(metrics_dir)
         self.assertIn("counter_dead.db", files)
         self.assertEqual([f for f in files if f.endswith(f"_{pids[1]}.db")], [])
+        # A worker's file caught between its creation and its sizing: the page is still served.
+        open(os.path.join(metrics_dir, "counter_999999.db"), "wb").close()
+        self.assertEqual(samples_now(agw)[("agw_worker_restarts_total", frozenset())], 1.0)
         for _ in range(4):
             yield deferToThread(one_response, url)
         text = yield agw.metrics_text()
@@ -176,6 +180,24 @@ class MetricsDirectoryTests(TestCase):
         self.assertEqual(self.total(directory), 9.0)
         fold_dead_worker_metrics(third, directory)
         self.assertEqual(self.total(directory), 9.0)
+
+    def test_a_starting_workers_metrics_file_is_skipped(self) -> None:
+        """
+        A worker's metrics file is created empty, then sized: a scrape in
+        between used to fail (C{struct.error}, /metrics answered 500). The
+        pool's collector skips what it cannot read yet, and a file cut short.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.write_counter(directory, 2)
+        open(os.path.join(directory, "counter_999999.db"), "wb").close()  # opened, not yet sized
+        with open(os.path.join(directory, "histogram_999998.db"), "wb") as f:
+            f.write(b"\x00\x10\x00\x00\x00\x00\x00\x00\x05")  # says 4096 bytes used: cut short
+        with self.assertRaises(struct.error):
+            self.total(directory)  # prometheus-client's own collector: the old 500
+        registry = CollectorRegistry()
+        registry.register(WorkerMetrics(lambda: directory))
+        self.assertEqual(registry.get_sample_value("agw_test_total", {"k": "v"}), 2.0)
 
     def test_stale_directories_of_killed_parents_are_removed(self) -> None:
         directory = self.mktemp()

@@ -21,6 +21,7 @@ L{agw.metering.Governor}'s rule while the ledger is unreachable).
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -106,7 +107,7 @@ def check_ledger_url(url: str) -> str:
         return "sqlite"
     if scheme in ("postgresql", "postgres"):
         try:
-            import psycopg  # noqa: F401
+            importlib.import_module("psycopg")  # only checked here: the pool imports it where it connects
         except ImportError:
             raise LedgerURLError(
                 "postgresql:// needs the PostgreSQL driver, which is not installed: pip install 'agw[postgres]'"

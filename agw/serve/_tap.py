@@ -40,8 +40,10 @@ def makeService(options: Options) -> IService:
         DemoProvider(port, options.config_object, options["interface"], options["log-format"] == "json").setServiceParent(service)
         registry = gateway.metrics.registry
 
-        def load() -> Any:  # a reloaded demo config is sent to the fake too
+        def demo_load() -> Any:  # a reloaded demo config is sent to the fake too
             return demo_config(options.load(), fake)
+
+        load = demo_load
     else:
         gateway = gateway_from_options(options)
         service = gateway.service(options["interface"], drain_period=options["drain-period"])

@@ -6,8 +6,10 @@ file; the directories of pools whose parent was killed removed.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -72,4 +74,22 @@ class WorkerMetrics:
     def collect(self) -> Any:
         directory = self._directory()
         if directory is not None:
-            yield from MultiProcessCollector(None, path=directory).collect()
+            files = [path for path in glob.glob(os.path.join(directory, "*.db")) if _readable(path)]
+            yield from MultiProcessCollector.merge(files, accumulate=True)
+
+
+def _readable(path: str) -> bool:
+    """
+    Whether the metrics file at C{path} can be read whole. A worker creates
+    its files empty and sizes them a moment later (prometheus-client's
+    C{MmapedDict}): a scrape in between must not fail (it answered 500), and
+    an empty file holds no counts yet, so skipping it loses nothing. A file
+    cut short (never written by a live worker) is skipped too rather than
+    failing every scrape from then on.
+    """
+    try:
+        for _ in MmapedDict.read_all_values_from_file(path):
+            pass
+    except (OSError, struct.error, RuntimeError, UnicodeDecodeError):
+        return False
+    return True

@@ -51,7 +51,9 @@ class FakeOpenAI(FakeSIP, FakeWebRTC, FakeState):
     C{transport.abortConnection()} to vanish); L{closes} holds the close
     code and reason each session ended with, as the fake saw them.
 
-    L{connections} counts the TCP connections it accepted.
+    L{connections} counts the TCP connections it accepted. L{hold_billing}
+    holds every answer that would bill until L{release_billing}: a process
+    killed meanwhile has sent no usage its ledger does not hold.
 
     HTTP: L{http_requests} records each request (headers, body size and
     hash); L{fail_http} and L{hang_http} script the next answer; setting

@@ -38,6 +38,23 @@ def _billed(operation: str, model: str, input_tokens: int, output_tokens: int, c
     return Billed(operation, model, usage)
 
 
+async def _after_hold(fake: FakeState, request: Request) -> bool:
+    """
+    Wait while the fake holds what bills (L{FakeState.hold_billing}), before
+    anything is billed or answered; C{False} if the caller left meanwhile
+    (then nothing is billed: nothing was generated for it).
+    """
+    held = fake.billing_held()
+    if held is None:
+        return True
+    left: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: left.append(True))
+    while held is not None:
+        await held
+        held = fake.billing_held()
+    return not left
+
+
 def _sse(data: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     return (head + "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n").encode()
@@ -165,6 +182,8 @@ class FakeHTTPAPI(Resource):
 
     async def _chat(self, request: Request, body: dict[str, Any]) -> None:
         fake = self._fake
+        if not await _after_hold(fake, request):
+            return
         number = next(fake.response_numbers)
         model = f"{body.get('model', 'unknown')}-2025-01-01"
         usage = chat_usage(number)
@@ -202,6 +221,8 @@ class FakeHTTPAPI(Resource):
         for a body of any size.
         """
         fake = self._fake
+        if not await _after_hold(fake, request):
+            return
         number = next(fake.response_numbers)
         model = body.get("model", "unknown")
         tokens = 8 + number
@@ -222,6 +243,8 @@ class FakeHTTPAPI(Resource):
 
     async def _responses(self, request: Request, body: dict[str, Any]) -> None:
         fake = self._fake
+        if not await _after_hold(fake, request):
+            return
         number = next(fake.response_numbers)
         model = f"{body.get('model', 'unknown')}-2025-01-01"
         usage = {

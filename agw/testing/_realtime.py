@@ -277,6 +277,10 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
 
     def finish_response(self, response_id: str, number: int, audio: bool, status: str) -> None:
         fake = self.factory.fake
+        held = fake.billing_held()
+        if held is not None:  # stays mid-stream; a session closed meanwhile never bills it
+            held.addCallback(lambda _: self.state == self.STATE_OPEN and self.finish_response(response_id, number, audio, status))
+            return
         usage = response_usage(number, audio)
         fake.ledger.append(Billed("chat", self.model, usage, self.session_id))
         output = self._outputs.pop(response_id, None)

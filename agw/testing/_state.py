@@ -144,6 +144,31 @@ class FakeState:
         self.http_abandoned: list[bytes] = []
         self.stream_gate: Deferred[None] | None = None
         self._http_scripts: list[tuple[int, bytes]] = []
+        self._billing_held: list[Deferred[None]] | None = None
+
+    def hold_billing(self) -> None:
+        """
+        Hold every answer that would bill from now on, until
+        L{release_billing}: a Realtime response stays mid-stream (no
+        C{response.done}), an HTTP completion is not answered yet. A process
+        killed while holding has sent nothing its L{ledger} does not hold.
+        """
+        if self._billing_held is None:
+            self._billing_held = []
+
+    def release_billing(self) -> None:
+        """Let the answers L{hold_billing} held go on (and the next ones)."""
+        held, self._billing_held = self._billing_held or [], None
+        for waiting in held:
+            waiting.callback(None)
+
+    def billing_held(self) -> Deferred[None] | None:
+        """C{None}, or, while billing is held, a Deferred that fires at its release (one per waiter)."""
+        if self._billing_held is None:
+            return None
+        waiting: Deferred[None] = Deferred()
+        self._billing_held.append(waiting)
+        return waiting
 
     def refuse(
         self, status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] | None = None, chunked: bool = False,
