@@ -5,11 +5,12 @@ the connections of their sidebands.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 
-from agw.metering import SHUTDOWN
+from agw.metering import OPERATOR, SHUTDOWN
 from agw.routing import ConnectionTracker
 from agw.calls._supervisor import CallSupervisor
 
@@ -47,6 +48,22 @@ class CallRegistry:
 
     def get(self, call_id: str | None) -> CallSupervisor | None:
         return self._calls.get(call_id) if call_id is not None else None
+
+    def __iter__(self) -> Iterator[CallSupervisor]:
+        """The calls supervised now (ending ones too, until their supervision is over)."""
+        return iter(list(self._calls.values()))
+
+    def end(self, session_id: str) -> bool:
+        """
+        An operator ends the call whose session is C{session_id}: as a
+        budget would (L{CallSupervisor.stop}: responses in flight cancelled
+        and their usage awaited, then the hang-up). C{False}: no such call here.
+        """
+        for supervisor in self._calls.values():
+            if supervisor.session.id == session_id:
+                ensureDeferred(supervisor.stop(OPERATOR))
+                return True
+        return False
 
     def stop_all(self, reactor: Any, patience: float) -> Deferred[Any]:
         """
