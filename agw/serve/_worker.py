@@ -4,9 +4,11 @@ L{agw.serve._workerpool.WorkerPool} (not by hand): the gateway's binds on ports
 shared with the other workers, no stats or readiness listener of its own.
 
 It talks to the pool over three pipes: log events as Twisted JSON log records on standard
-error, access log lines on standard output, and C{ready} on descriptor 3
-once every bind listens. SIGTERM drains and exits 0; so does the death of
-the pool (Linux's parent-death signal).
+error, access log lines on standard output, and on descriptor 3 the port
+of its admin API (the admin page's JSON, on loopback: the pool's page
+gathers every worker's sessions from it) and then C{ready} once every bind
+listens. SIGTERM drains and exits 0; so does the death of the pool
+(Linux's parent-death signal).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from agw.serve._options import Options, gateway_from_options
 
 CONTROL_FD = 3
 READY = b"ready\n"
+ADMIN_PREFIX = b"admin "  # then the admin API's port, on loopback
 _PR_SET_PDEATHSIG = 1
 
 
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     from twisted.internet import reactor
 
+    from agw.config import Address
+    from agw.serve._admin_page import AdminResource
+    from agw.serve._listening import admin_listener
+    from agw.serve._operator import OperatorView
     from agw.serve._reload import ConfigReloader
     from agw.serve._service import GatewayService
     from agw.serve._sigterm import CleanExitOnSIGTERM
@@ -86,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     service = GatewayService(
         gateway, options["interface"], options["drain-period"], reuse_ports=options.shared_ports(), admin=False,
     )
+    # The admin page's JSON of this worker, for the pool's page only: loopback, a port of its own.
+    page = AdminResource(OperatorView(gateway), lambda: gateway.governor, reactor, "127.0.0.1")
+    api = admin_listener(service, reactor, Address("127.0.0.1", 0), page)
     # The pool watches the file and counts reloads; it sends each worker SIGHUP.
     ConfigReloader(reactor, options["config"], options.load, service.reload, watch=False).setServiceParent(service)
     CleanExitOnSIGTERM().setServiceParent(service)
@@ -95,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def listening(_: object) -> None:
         outcome["code"] = 0
+        if api.port is not None:
+            os.write(CONTROL_FD, ADMIN_PREFIX + b"%d\n" % api.port.getHost().port)
         os.write(CONTROL_FD, READY)
 
     def cannot_listen(failure: Any) -> None:

@@ -28,20 +28,21 @@ from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
 from agw.metering import Governor
 from agw.serve._gateway import governor_for
-from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener, ledger_notes
+from agw.serve._admin_page import AdminResource
+from agw.serve._listening import admin_listener, admin_listeners, bind_host, ledger_notes
+from agw.serve._poolview import PoolView
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
-from agw.serve._worker import CONTROL_FD, READY
+from agw.serve._worker import CONTROL_FD
+from agw.serve._workerprocess import WorkerProcess
 from agw.serve._workermetrics import (
     METRICS_DIR_PREFIX,
     WorkerMetrics,
@@ -51,83 +52,8 @@ from agw.serve._workermetrics import (
 
 RESTART_DELAY = 0.5  # doubled after each crash in a row, up to:
 MAX_RESTART_DELAY = 30.0
-STABLE_AFTER = 10.0  # a worker ready this long resets the doubling
 STOP_GRACE = 10.0  # after the drain period, before SIGKILL
 CRASH_LOOP = 5  # crashes in a row that make a worker (and the pool) unready
-
-
-class WorkerProcess(ProcessProtocol):
-    """The pool's side of one worker process (all its lives: restarts reuse it)."""
-
-    def __init__(self, pool: WorkerPool, index: int) -> None:
-        self.pool = pool
-        self.index = index
-        self.pid: int | None = None
-        self.ready_at: float | None = None
-        self.crashes = 0
-        self.restart: IDelayedCall | None = None
-        self._ended: list[Deferred[None]] = []
-        self._partial: dict[int, bytes] = {}
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
-
-    @property
-    def ready(self) -> bool:
-        return self.ready_at is not None
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
-        self.pool.log.info("worker {index} started (pid {pid})", index=self.index, pid=self.pid)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial.pop(childFD, b"") + data).split(b"\n")
-        if lines[-1]:
-            self._partial[childFD] = lines[-1]
-        for line in lines[:-1]:
-            if childFD == CONTROL_FD and line + b"\n" == READY:
-                self.ready_at = self.pool.reactor.seconds()
-                self.pool.log.info("worker {index} ready", index=self.index)
-            elif childFD == 1:
-                self.pool.stdout.write(line + b"\n")  # access log lines, passed on whole
-                self.pool.stdout.flush()
-            elif childFD == 2:
-                self._relay_log(line)
-
-    def _relay_log(self, line: bytes) -> None:
-        # jsonFileLogObserver writes a record separator, the event as JSON, a newline.
-        try:
-            event = eventFromJSON(line.lstrip(b"\x1e").decode("utf-8"))
-            level = event.get("log_level", LogLevel.info)
-            text = formatEvent(event)
-            failure = event.get("log_failure")
-            if failure is not None:
-                text = f"{text}\n{failure.getTraceback()}"
-        except (ValueError, KeyError, TypeError, AttributeError):
-            level, text = LogLevel.warn, line.decode("utf-8", "replace")  # say, a crash before logging began
-        # Only the formatted text is re-logged, never the worker's raw event fields.
-        self.pool.log.emit(level, "{text}", text=text, log_system=f"worker {self.index}")
-
-    def when_ended(self) -> Deferred[None]:
-        """Fires when the running process has ended."""
-        d: Deferred[None] = Deferred()
-        if self.running:
-            self._ended.append(d)
-        else:
-            d.callback(None)
-        return d
-
-    def processEnded(self, reason: Failure) -> None:
-        pid, self.pid = self.pid, None
-        ready_at, self.ready_at = self.ready_at, None
-        self._partial.clear()
-        if ready_at is not None and self.pool.reactor.seconds() - ready_at >= STABLE_AFTER:
-            self.crashes = 0
-        ended, self._ended = self._ended, []
-        for d in ended:
-            d.callback(None)
-        self.pool.ended(self, pid, reason)
 
 
 class WorkerPool(MultiService):
@@ -166,21 +92,20 @@ class WorkerPool(MultiService):
         self.stats, self.readiness = admin_listeners(
             self, reactor, config, self.registry, self.is_ready, lambda: ledger_notes(self.governor),
         )
-        # The workers enforce budgets; the parent reads the shared ledger to serve /budgets.
+        # The workers enforce budgets; the parent reads the shared ledger to serve /budgets and the page's budgets.
         self.governor: Governor | None = None
-        self.admin: ListeningService | None = None
         self._serve_budgets(governor_for(config, reactor, enforcing=False, charge_spool=charge_spool))
+        # adminAddr: the page gathers the workers' sessions, rate limits and costs from their admin APIs.
+        page = AdminResource(PoolView(self), lambda: self.governor, reactor, config.admin_addr.host)
+        self.admin = admin_listener(self, reactor, config.admin_addr, page)
 
     def _serve_budgets(self, governor: Governor | None) -> Governor | None:
-        """Serve C{governor}'s /budgets on adminAddr from now on (a reload may bring a new one)."""
+        """Read C{governor}'s budgets for adminAddr from now on (a reload may bring a new one)."""
         old, self.governor = self.governor, governor
         if old is not None and self.running:
             old.stop()
-        if governor is None:
-            return None
-        if self.running:
+        if governor is not None and self.running:
             governor.start().addErrback(lambda failure: self.log.failure("reading budgets failed", failure))
-        self.admin = budgets_listener(self, self.reactor, self.admin, governor, self.config.admin_addr)
         return governor
 
     def is_ready(self) -> bool:
