@@ -3,7 +3,7 @@ L{PoolView}: the admin page's data with C{--workers N}. Sessions, rate
 limits and recent costs live in the workers: the parent asks each worker's
 admin API (on loopback, its port told over the control pipe) and gathers
 the answers; budgets are the parent's own read of the shared ledger. A
-worker that does not answer within a second is listed as unreachable and
+worker that does not answer within two seconds is listed as unreachable and
 the page shows the others.
 """
 
@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 
 from agw.serve._operator import consumers_json
 
-ASK_TIMEOUT = 1.0  # seconds a worker has to answer the page
+ASK_TIMEOUT = 2.0  # seconds a worker has to answer the page (a busy worker is slow, not gone)
 # The page's session ids with workers: "w<worker>.<the worker's id>".
 POOL_SESSION_ID = re.compile(r"w(\d{1,4})\.([A-Za-z0-9_-]{1,64})")
 
