@@ -14,6 +14,8 @@ What is here:
  - Reactor timers for Autobahn factories (L{use_reactor_timers}).
  - Masking (L{mask_payload}, L{masked_copy}) with Autobahn's compiled XOR
    masker called directly, not through its per-call wrapper object.
+ - The client leg's compression: which extension offers Autobahn sees
+   (L{offer_only}) and the extension object it uses (L{use_compression}).
  - Small accessors: the raw bytes of a handshake answer, the UTF-8
    validator of a protocol, whether a twisted.web request lost its client,
    whether a protocol is between frames (the frame pass-through takes over
@@ -51,7 +53,7 @@ _CLIENT = ("autobahn.websocket.protocol", "WebSocketClientProtocol")
 _SERVER = ("autobahn.websocket.protocol", "WebSocketServerProtocol")
 REACHES = (
     Reach(*_PROTOCOL, "_fail_connection", "fail a peer with a close code (more fragments than allowed: 1009)"),
-    Reach(*_PROTOCOL, "_perMessageCompress", "LeanMessages: the fast path only without compression"),
+    Reach(*_PROTOCOL, "_perMessageCompress", "LeanMessages: the fast path only without compression; use_compression"),
     Reach(*_PROTOCOL, "send_state", "LeanMessages: the fast path only when no frame is half sent"),
     Reach(*_PROTOCOL, "send_queue", "LeanMessages: the fast path only when nothing is queued"),
     Reach(*_PROTOCOL, "trackedTimings", "LeanMessages: the fast path only without timing tracking"),
@@ -77,6 +79,7 @@ REACHES = (
     Reach(*_PROTOCOL, "current_frame", "at_frame_boundary: the pass-through takes over between frames only"),
     Reach(*_PROTOCOL, "inside_message", "at_frame_boundary: ... and between messages"),
     Reach(*_PROTOCOL, "_dataReceived", "feed_autobahn: control frames go to Autobahn's own handling (ping, pong, close)"),
+    Reach(*_SERVER, "websocket_extensions", "offer_only: offers agw declines never reach Autobahn's parser (it answers 400)"),
 ) + ((
     # Only when Autobahn uses its compiled masker (USES_NVX).
     Reach("_nvx_xormasker", "lib", "nvx_xormask_new", "mask_payload: the compiled masker without its wrapper object"),
@@ -267,6 +270,23 @@ def at_frame_boundary(protocol: Any) -> bool:
 def feed_autobahn(protocol: Any, data: bytes) -> None:
     """Let Autobahn's own frame processing read C{data} (whole frames, at a frame boundary)."""
     protocol._dataReceived(data)
+
+
+def offer_only(protocol: Any, extensions: list[tuple[str, dict[str, list[Any]]]]) -> None:
+    """From a server protocol's C{onConnect}: the extension offers (parsed) its handshake answer considers."""
+    protocol.websocket_extensions = extensions
+
+
+def use_compression(protocol: Any, replace: Callable[[Any], Any]) -> Any:
+    """
+    From C{onOpen} (no frame read yet): replace a protocol's negotiated
+    compression object, if any, with C{replace(it)}; returns the new one.
+    """
+    negotiated = protocol._perMessageCompress
+    if negotiated is None:
+        return None
+    protocol._perMessageCompress = replace(negotiated)
+    return protocol._perMessageCompress
 
 
 def use_utf8_validator(protocol: Any, validator: Any) -> None:

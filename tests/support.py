@@ -312,9 +312,12 @@ class TwistdAgw:
     @inlineCallbacks
     def start(
         cls, case: TestCase, upstream_port: int | None, *args: str, access_log: str = "off", edit: Any = None,
-        key: str | None = BACKEND_KEY,
+        key: str | None = BACKEND_KEY, environ: dict[str, str] | None = None,
     ) -> Any:
-        """Start it; C{upstream_port} C{None}: the seed config's backends as they are; C{key} C{None}: no C{OPENAI_API_KEY}."""
+        """
+        Start it; C{upstream_port} C{None}: the seed config's backends as they are; C{key} C{None}: no
+        C{OPENAI_API_KEY}; C{environ}: more environment variables (for the config's C{$VAR}s).
+        """
         with open(SEED_CONFIG) as f:
             config = yaml.safe_load(f)
         port, stats, ready, admin = free_port(), free_port(), free_port(), free_port()
@@ -332,7 +335,7 @@ class TwistdAgw:
         log, stdout = case.mktemp() + ".log", case.mktemp() + ".out"
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         env = {name: value for name, value in os.environ.items() if name != "OPENAI_API_KEY"}
-        env.update({"PYTHONPATH": REPO}, **({"OPENAI_API_KEY": key} if key is not None else {}))
+        env.update({"PYTHONPATH": REPO}, **({"OPENAI_API_KEY": key} if key is not None else {}), **(environ or {}))
         with open(stdout, "wb") as out:
             process = subprocess.Popen(
                 [twistd, "-n", "--pidfile=", f"--logfile={log}", "agw", "-f", path, "-i", "127.0.0.1", "--access-log", access_log, *args],

@@ -16,6 +16,7 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect
 
+from agw.realtime import RelayOptions
 from tests.support import (
     CLIENT_KEY,
     GatewayTestCase,
@@ -76,6 +77,8 @@ def random_session(url: str, rng: random.Random) -> str:
 
 
 class LedgerProofTests(GatewayTestCase):
+    relay_options = RelayOptions(client_deflate="small")  # half the sessions offer compression: it is accepted
+
     @inlineCallbacks
     def test_every_billed_token_is_counted(self) -> Any:
         self.fake.response_delay = 0.05

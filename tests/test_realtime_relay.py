@@ -249,6 +249,8 @@ class MessageTests(GatewayTestCase):
 
 
 class CompressionTests(GatewayTestCase):
+    relay_options = RelayOptions(client_deflate="small")
+
     @inlineCallbacks
     def test_compressed_client_leg_still_counted(self) -> Any:
         """A client offering permessage-deflate: upstream sees no offer, every token is counted."""

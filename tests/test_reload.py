@@ -243,6 +243,8 @@ class TwistdReloadTests(TestCase):
         _, port = yield listening_fake(self)
         agw = yield TwistdAgw.start(self, port, "--workers", "2")
         url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
+        # Ready is a quorum (one worker): a worker still starting ignores SIGHUP until its reloader runs.
+        yield wait_until(lambda: len(re.findall(r"worker \d ready", agw.log_text())) == 2, timeout=30)
         agw.edit_config(strict_keys)
         yield wait_until(lambda: len(re.findall(r"config reloaded \(SIGHUP\)", agw.log_text())) == 2, timeout=20)
         # SO_REUSEPORT spreads connections over both workers: every one is refused now.

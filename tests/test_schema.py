@@ -25,7 +25,7 @@ from agw.config._unsupported import UNSUPPORTED
 from tests.support import REPO, SEED_CONFIG
 
 SCHEMA_FILE = os.path.join(REPO, "agw", "config", "agw.schema.json")
-ENV = {"OPENAI_API_KEY": "sk-backend", "AZURE_OPENAI_API_KEY": "azure-key", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443", "COLLECTOR_TOKEN": "t"}
+ENV = {"OPENAI_API_KEY": "sk-backend", "AZURE_OPENAI_API_KEY": "azure-key", "VOICE_APP_KEY": "sk-voice", "UPSTREAM": "api.example.com:443", "COLLECTOR_TOKEN": "t", "OPENAI_WEBHOOK_SECRET": "whsec_c2VjcmV0LWtleQ=="}
 HASH = "sha256:" + "ab" * 32
 
 # Every field agw accepts, each kind at least once (with each alternative of "exactly one of").
@@ -116,6 +116,12 @@ binds:
         realtimeCalls:
           maxSecretLifetime: 5m
           sideband: {{reconnectAttempts: 5, reconnectDelay: 100ms, maxReconnectDelay: 2s, failureMode: failOpen}}
+          sip:
+            webhookSecret: "$OPENAI_WEBHOOK_SECRET"
+            timestampTolerance: 2m
+            lines:
+            - {{to: "+18005550100", consumer: team-one, session: {{model: gpt-realtime, instructions: Be brief.}}}}
+            - {{header: {{name: X-Line, value: sales}}, session: {{type: realtime, model: gpt-realtime}}}}
     - name: azure
       backends:
       - ai:
@@ -256,6 +262,8 @@ class SchemaTests(SynchronousTestCase):
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "apiKey", "keys", 0)).update(allowPassthrough="yes"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "realtimeCalls", "sideband")).update(failureMode="close"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "realtimeCalls", "sideband")).update(reconnectAttempts=-1),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "realtimeCalls", "sip", "lines", 0, "session")).pop("model"),
+            lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "realtimeCalls", "sip")).update(lines=[]),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex")).update(action="block"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex", "rules", 0)).update(builtin="iban"),
             lambda d: at(d, ("binds", 0, "listeners", 0, "routes", 0, "policies", "ai", "promptGuard", "request", 0, "regex", "rules", 0)).update(pattern="x"),

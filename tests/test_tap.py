@@ -109,3 +109,28 @@ class SIGTERMTests(SynchronousTestCase):
         handler._stop(reactor)
         handler._stop(reactor)  # would raise (logged as critical by Twisted's handler) without the guard
         self.assertEqual(reactor.stops, 2)
+
+
+class ClientDeflateOptionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        os.environ["OPENAI_API_KEY"] = "sk-x"
+        self.addCleanup(os.environ.pop, "OPENAI_API_KEY")
+
+    def options(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(["-f", SEED_CONFIG, *args])
+        return options
+
+    def test_default_off_and_each_setting_reaches_the_relay(self) -> None:
+        from agw.serve._options import gateway_from_options
+
+        self.assertEqual(gateway_from_options(self.options()).relay_options.client_deflate, "off")
+        for setting in ("small", "accept", "off"):
+            options = self.options("--client-deflate", setting)
+            self.assertEqual(gateway_from_options(options).relay_options.client_deflate, setting)
+            self.assertIn(f"--client-deflate={setting}", options.gateway_arguments())  # workers get it too
+
+    def test_unknown_setting_is_usage_error(self) -> None:
+        with self.assertRaises(UsageError) as e:
+            self.options("--client-deflate", "fast")
+        self.assertEqual(str(e.exception), "--client-deflate: expected one of off, small, accept; got 'fast'")

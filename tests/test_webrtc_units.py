@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from agw.calls import BadForm, CallSupervisor, call_form, call_id_of, parse_call_form, secret_seconds
 from agw.calls._forms import scrubbed_session, without_provider_secrets
 from agw.config import ConfigError, FailureMode, RealtimeCalls, RouteType, Secret, parse_config
-from agw.decisions import CallTokens, Grant, KeyRefused, is_token
+from agw.decisions import TOKEN_PREFIX, CallTokens, Grant, KeyRefused, is_token, new_token_key
 from agw.metering import SIDEBAND_LOST, CallRecord, GatewayMetrics, RealtimeSession, RouteLabels
 from agw.realtime import UpstreamRefused
 from agw.routing import route_type_for, webrtc_endpoint
@@ -37,30 +37,39 @@ class CallTokensTests(SynchronousTestCase):
         token = tokens.mint(grant())
         self.assertTrue(is_token(token))
         self.assertNotIn("ek_provider", token)
-        self.assertEqual(tokens.redeem(token, ROUTE).provider_secret.value, "ek_provider")
-        self.assertNotIn("ek_provider", repr(tokens.redeem(token, ROUTE)))  # never in a log line by accident
+        self.assertNotIn("digest", token)
+        redeemed = tokens.redeem(token, ROUTE)
+        self.assertEqual(redeemed, grant())
+        self.assertNotIn("ek_provider", repr(redeemed))  # never in a log line by accident
         with self.assertRaises(KeyRefused) as other_route:
             tokens.redeem(token, ("3000", "bind/3000", "listener0", "route1", ""))
         self.assertEqual(other_route.exception.status, 401)
-        with self.assertRaises(KeyRefused):
-            tokens.redeem(token + "x", ROUTE)
+        for bad in (token + "x", token[:-1], "agw_ek_", "agw_ek_!!!", TOKEN_PREFIX + "A" * 5000):
+            with self.assertRaises(KeyRefused, msg=bad[:20]):
+                tokens.redeem(bad, ROUTE)
         now[0] = 100.0
         with self.assertRaises(KeyRefused) as expired:
             tokens.redeem(token, ROUTE)
         self.assertEqual((expired.exception.status, expired.exception.code), (401, "expired_client_secret"))
-        self.assertEqual(len(tokens), 0)
 
-    def test_bounded(self) -> None:
-        now = [0.0]
-        tokens = CallTokens(lambda: now[0], limit=2)
-        tokens.mint(grant(10.0))
-        tokens.mint(grant(50.0))
-        with self.assertRaises(KeyRefused) as full:
-            tokens.mint(grant())
-        self.assertEqual(full.exception.status, 503)
-        now[0] = 20.0  # the first expired: its place is taken again
-        tokens.mint(grant())
-        self.assertEqual(len(tokens), 2)
+    def test_sealed_with_the_key(self) -> None:
+        """Any holder of the key redeems a token (every worker of a pool); no one else can, nor read or alter it."""
+        key = new_token_key()
+        token = CallTokens(lambda: 0.0, key).mint(grant())
+        self.assertEqual(CallTokens(lambda: 0.0, key).redeem(token, ROUTE), grant())  # another process, the same key
+        with self.assertRaises(KeyRefused) as other_key:
+            CallTokens(lambda: 0.0, new_token_key()).redeem(token, ROUTE)
+        self.assertEqual((other_key.exception.status, other_key.exception.code), (401, "invalid_api_key"))
+        body = token[len(TOKEN_PREFIX):]
+        for position in (0, len(body) // 2, len(body) - 2):  # any bit changed: refused, not a different grant
+            flipped = body[:position] + ("A" if body[position] != "A" else "B") + body[position + 1:]
+            with self.assertRaises(KeyRefused):
+                CallTokens(lambda: 0.0, key).redeem(TOKEN_PREFIX + flipped, ROUTE)
+        self.assertNotEqual(CallTokens(lambda: 0.0, key).mint(grant()), token)  # a fresh nonce each time
+        self.assertLess(len(token), 400)  # fits a header and a WebSocket subprotocol
+        self.assertRegex(token, r"^agw_ek_[A-Za-z0-9_-]+$")
+        with self.assertRaises(ValueError):
+            CallTokens(lambda: 0.0, b"short")
 
 
 class FormTests(SynchronousTestCase):
@@ -103,7 +112,10 @@ class FormTests(SynchronousTestCase):
 class RouteTypeTests(SynchronousTestCase):
     def test_webrtc_endpoints_belong_to_the_realtime_type(self) -> None:
         routes = (("/v1/realtime", RouteType.REALTIME), ("*", RouteType.PASSTHROUGH))
-        for path in ("/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/realtime/calls/rtc_1/hangup"):
+        for path in (
+            "/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/realtime/calls/rtc_1/hangup", "/v1/realtime/webhook",
+            "/v1/realtime/calls/rtc_1/accept", "/v1/realtime/calls/rtc_1/reject", "/v1/realtime/calls/rtc_1/refer",
+        ):
             self.assertIs(route_type_for(path, routes), RouteType.REALTIME, path)
         self.assertIs(route_type_for("/v1/realtime/sessions", routes), RouteType.PASSTHROUGH)
         self.assertIs(route_type_for("/v1/chat/calls", routes), RouteType.PASSTHROUGH)
@@ -111,6 +123,9 @@ class RouteTypeTests(SynchronousTestCase):
         self.assertIs(route_type_for("/v1/realtime/calls", explicit), RouteType.PASSTHROUGH)
         endpoint = webrtc_endpoint("/v1/realtime/calls/rtc_1/hangup")
         self.assertEqual((endpoint.name, endpoint.realtime_path, endpoint.call_id), ("hangup", "/v1/realtime", "rtc_1"))
+        endpoint = webrtc_endpoint("/v1/realtime/webhook")
+        self.assertEqual((endpoint.name, endpoint.realtime_path, endpoint.call_id), ("webhook", "/v1/realtime", None))
+        self.assertIsNone(webrtc_endpoint("/v1/realtime/calls/rtc_1/transfer"))
 
 
 class ConfigTests(SynchronousTestCase):

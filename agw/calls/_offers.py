@@ -16,20 +16,21 @@ from twisted.web.server import Request
 from agw.config import ClientKey
 from agw.decisions import Grant, KeyCheck, KeyRefused
 from agw.http import Refused
-from agw.metering import CLIENT, Attribution, CallRecord, HTTPExchange, RealtimeSession
-from agw.realtime import RelayOptions, open_sideband
+from agw.metering import CLIENT, Attribution, HTTPExchange
+from agw.realtime import RelayOptions
 from agw.routing import RouteContext, WebRTCEndpoint, client_gone, client_host
 from agw.calls._forms import BadForm, call_form, call_id_of, media_type, parse_call_form
+from agw.calls._peers import Owner
 from agw.calls._provider import Provider, ProviderUnavailable
 from agw.calls._registry import CallRegistry
 from agw.calls._secrets import realtime_model, upstream_session
-from agw.calls._supervisor import CallSupervisor, SidebandUnavailable
+from agw.calls._supervisor import SidebandUnavailable
 
 # An SDP offer is a few kilobytes; with a session configuration, a few more.
 MAX_OFFER = 1024 * 1024
 
 
-def owner_of(context: RouteContext, key: ClientKey | None, who: Attribution) -> tuple[Any, ...]:
+def owner_of(context: RouteContext, key: ClientKey | None, who: Attribution) -> Owner:
     """Who a call belongs to: its route and consumer (the key's name, else the key itself; anonymous: nobody)."""
     return (context.labels.values(), who.name or (key.digest if key is not None else None))
 
@@ -41,6 +42,7 @@ class OffersEndpoint:
     provider: Provider
     registry: CallRegistry
     options: RelayOptions
+    supervise: Any
     presented: Any
     body: Any
     admit: Any
@@ -78,7 +80,12 @@ class OffersEndpoint:
         call_id = call_id_of(answer.header(b"location"))
         if call_id is None:  # nothing to supervise, nothing to hang up: the browser never gets the answer
             raise ProviderUnavailable(502, "the provider's answer named no call agw can supervise", "bad_upstream_answer")
-        supervisor = self._supervise(request, exchange, endpoint, call_id, model, who, owner_of(context, key, who))
+        traceparent = request.getHeader(b"traceparent")
+        supervisor = self.supervise(
+            call_id, model, key, who, endpoint.realtime_path, "webrtc",
+            {"src.addr": exchange.client, "http.method": "POST", "http.path": request.path.decode("ascii")},
+            traceparent.decode("latin-1") if traceparent else None,
+        )
         try:
             await supervisor.start()
         except SidebandUnavailable:
@@ -97,41 +104,20 @@ class OffersEndpoint:
         request.finish()
         return 201
 
-    def _supervise(
-        self, request: Request, exchange: HTTPExchange, endpoint: WebRTCEndpoint, call_id: str, model: str, who: Attribution,
-        owner: tuple[Any, ...],
-    ) -> CallSupervisor:
-        context = self.context
-        reactor = context.reactor
-        traceparent = request.getHeader(b"traceparent")
-        session = RealtimeSession(
-            context.metrics, context.labels, model, reactor.seconds, context.access_log, who, context.governor, context.limits,
-            request={"src.addr": exchange.client, "http.method": "POST", "http.path": request.path.decode("ascii"), "agw.call_id": call_id},
-            span=context.spans.start("realtime", reactor.seconds(), traceparent.decode("latin-1") if traceparent else None),
-            transport="webrtc",
-        )
-        record = CallRecord(context.metrics.calls, context.labels, who, call_id, reactor.seconds, context.access_log)
-        hangup_path = f"{endpoint.realtime_path}/calls/{call_id}/hangup"
-
-        async def hang_up() -> int:
-            return (await self.provider.post(hangup_path, b"", "")).status
-
-        supervisor = CallSupervisor(
-            call_id, owner, session, record,
-            lambda: open_sideband(context, self.options, self.registry.connections, endpoint.realtime_path, call_id, session),
-            hang_up, context.policies.realtime_calls, self.options.cancel_grace, reactor,
-        )
-        self.registry.add(supervisor)
-        return supervisor
-
     async def hang_up(self, request: Request, exchange: HTTPExchange, endpoint: WebRTCEndpoint) -> int:
         context = self.context
         key, _ = context.identify(self.presented(request))
         who = exchange.who = context.attribute(key)
+        owner = owner_of(context, key, who)
         supervisor = self.registry.get(endpoint.call_id)
-        if supervisor is None or supervisor.owner != owner_of(context, key, who):
+        if supervisor is not None and supervisor.owner == owner:
+            found, status = True, await supervisor.stop(CLIENT)
+        elif supervisor is None and endpoint.call_id is not None:  # another worker's, perhaps
+            found, status = await self.registry.hang_up_elsewhere(endpoint.call_id, owner)
+        else:
+            found, status = False, None
+        if not found:
             raise Refused(404, f"no call {endpoint.call_id!r} of yours is supervised by this gateway", "call_not_found")
-        status = await supervisor.stop(CLIENT)
         if status is None or not (200 <= status < 300 or status == 404):
             raise ProviderUnavailable(502, "the provider did not take the hang-up", "upstream_error")
         return self.answer_json(request, 200, {})  # type: ignore[no-any-return]

@@ -1,10 +1,12 @@
 """
 L{WebRTCResource}: OpenAI's WebRTC endpoints on a Realtime route
 (C{POST …/realtime/client_secrets}, C{…/realtime/calls},
-C{…/realtime/calls/{id}/hangup}), reached through the route's Realtime
-resource (see L{agw.routing.route_type_for}). What each endpoint does is in
-L{agw.calls._secrets} and L{agw.calls._offers}; here: dispatch, reading
-bodies, answering errors and recording each request.
+C{…/realtime/calls/{id}/hangup}) and agw's SIP webhook
+(C{…/realtime/webhook}), reached through the route's Realtime resource (see
+L{agw.routing.route_type_for}). What each endpoint does is in
+L{agw.calls._secrets}, L{agw.calls._offers} and L{agw.calls._sip}; here:
+dispatch, reading bodies, answering errors, recording each request, and
+starting a call's supervision (L{WebRTCResource.supervise}).
 """
 
 from __future__ import annotations
@@ -19,16 +21,20 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from agw.decisions import KeyRefused
+from agw.config import ClientKey
+from agw.decisions import KeyRefused, WebhookRefused
 from agw.http import Refused, UpstreamClient
-from agw.metering import HTTPExchange, peer_address
-from agw.realtime import RelayOptions
+from agw.metering import Attribution, CallRecord, HTTPExchange, RealtimeSession, peer_address
+from agw.realtime import RelayOptions, open_sideband
 from agw.routing import RouteContext, WebRTCEndpoint, client_gone, render_error, webrtc_endpoint
 from agw.calls._forms import BadForm, without_provider_secrets
 from agw.calls._offers import OffersEndpoint
+from agw.calls._peers import CallInfo
 from agw.calls._provider import Provider, ProviderAnswer, ProviderUnavailable
 from agw.calls._registry import CallRegistry
 from agw.calls._secrets import SecretsEndpoint
+from agw.calls._sip import SIPEndpoint
+from agw.calls._supervisor import CallSupervisor
 
 # A provider's refusal passed on to the client: its JSON error, up to this size.
 MAX_RELAYED_ERROR = 64 * 1024
@@ -36,8 +42,8 @@ MAX_RELAYED_ERROR = 64 * 1024
 Handler = Callable[[Request, HTTPExchange, WebRTCEndpoint], Awaitable[int]]
 
 
-class WebRTCResource(SecretsEndpoint, OffersEndpoint, Resource):
-    """The WebRTC endpoints of one Realtime route (C{context}); calls are supervised in C{registry}."""
+class WebRTCResource(SecretsEndpoint, OffersEndpoint, SIPEndpoint, Resource):
+    """The WebRTC endpoints and the SIP webhook of one Realtime route (C{context}); calls are supervised in C{registry}."""
 
     isLeaf = True
     log = Logger()
@@ -56,7 +62,13 @@ class WebRTCResource(SecretsEndpoint, OffersEndpoint, Resource):
             body = render_error(request, status, message, code, "invalid_request_error")
             self._record(request, exchange, status)
             return body
-        handler: Handler = {"client_secrets": self.mint_secret, "calls": self.open_call, "hangup": self.hang_up}[endpoint.name]
+        handler: Handler | None = {
+            "client_secrets": self.mint_secret, "calls": self.open_call, "hangup": self.hang_up, "webhook": self.incoming_call,
+        }.get(endpoint.name)
+        if handler is None:  # accept, reject, refer: agw answers phone calls itself (a client must not)
+            body = render_error(request, 403, "agw accepts and rejects SIP calls itself (its webhook)", "not_allowed", "invalid_request_error")
+            self._record(request, exchange, 403)
+            return body
         ensureDeferred(self._serve(handler, request, exchange, endpoint))
         return NOT_DONE_YET
 
@@ -78,6 +90,8 @@ class WebRTCResource(SecretsEndpoint, OffersEndpoint, Resource):
             status = self.error(request, refused.status, refused.message, refused.code, refused.error_type)
         except BadForm as bad:
             status = self.error(request, 400, bad.message, bad.code)
+        except WebhookRefused as refused:
+            status = self.error(request, refused.status, refused.message, refused.code)
         except ProviderUnavailable as unavailable:
             status = self.error(request, unavailable.status, unavailable.message, unavailable.code, "server_error")
         except Exception:
@@ -88,6 +102,56 @@ class WebRTCResource(SecretsEndpoint, OffersEndpoint, Resource):
     def _record(self, request: Request, exchange: HTTPExchange, status: int) -> None:
         context = self.context
         exchange.record(context.metrics, context.labels, context.access_log, request.method, status, context.reactor.seconds())
+
+    # Supervision
+
+    def supervise(
+        self, call_id: str, model: str, key: ClientKey | None, who: Attribution, realtime_path: str, transport: str,
+        request: dict[str, Any], traceparent: str | None = None,
+    ) -> CallSupervisor:
+        """
+        A supervisor for call C{call_id} of C{who} (C{key}: its client
+        key), added to the registry (the caller starts it); C{request}: the
+        fields of its session's records.
+        """
+        context = self.context
+        reactor = context.reactor
+        session = RealtimeSession(
+            context.metrics, context.labels, model, reactor.seconds, context.access_log, who, context.governor, context.limits,
+            request={**request, "agw.call_id": call_id}, span=context.spans.start("realtime", reactor.seconds(), traceparent),
+            transport=transport,
+        )
+        record = CallRecord(context.metrics.calls, context.labels, who, call_id, reactor.seconds, context.access_log, transport)
+        hangup_path = f"{realtime_path}/calls/{call_id}/hangup"
+
+        async def hang_up() -> int:
+            return (await self.provider.post(hangup_path, b"", "")).status
+
+        owner_name = who.name or (key.digest if key is not None else None)
+        info = CallInfo(call_id, context.labels.values(), realtime_path, model, key.digest if key is not None else None, owner_name, transport)
+        supervisor = CallSupervisor(
+            call_id, info.owner, session, record,
+            lambda: open_sideband(context, self.options, self.registry.connections, realtime_path, call_id, session),
+            hang_up, context.policies.realtime_calls, self.options.cancel_grace, reactor,
+        )
+        self.registry.add(supervisor, info)
+        return supervisor
+
+    def adopt(self, info: CallInfo) -> None:
+        """
+        Supervise a call another process made and can no longer follow (it
+        died): a new sideband; the call counts as not metered whole (what
+        happened meanwhile was not seen). One that cannot be followed is
+        hung up (fail closed), one already over is let go.
+        """
+        context = self.context
+        key = context.keys.known(info.key_digest) if context.keys is not None and info.key_digest is not None else None
+        supervisor = self.supervise(
+            info.call_id, info.model, key, context.attribute(key), info.realtime_path, info.transport, {"agw.call.adopted": True},
+        )
+        supervisor.record.lost()
+        self.log.info("call {call}: supervised here now (its process ended)", call=info.call_id)
+        supervisor.start().addErrback(lambda _: None)  # SidebandUnavailable: hung up already, or over
 
     # What the endpoints share
 

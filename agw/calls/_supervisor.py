@@ -52,7 +52,7 @@ class CallSupervisor:
     log = Logger()
 
     def __init__(
-        self, call_id: str, owner: str | None, session: RealtimeSession, record: CallRecord,
+        self, call_id: str, owner: Any, session: RealtimeSession, record: CallRecord,
         open_leg: Callable[[], Deferred[SidebandProtocol]], hang_up: HangUp, policy: RealtimeCalls, grace: float, clock: Any,
     ) -> None:
         self.call_id, self.owner, self.session, self.record = call_id, owner, session, record

@@ -4,7 +4,7 @@ classes. No Twisted, no I/O beyond reading the file.
 """
 
 from agw.config._azure import AzureProvider, AzureResourceType
-from agw.config._calls import MAX_SECRET_SECONDS, MIN_SECRET_SECONDS, RealtimeCalls
+from agw.config._calls import MAX_SECRET_SECONDS, MIN_SECRET_SECONDS, RealtimeCalls, SIPCalls, SIPLine, signing_key
 from agw.config._guardrails import (
     DEFAULT_REJECTION,
     DEFAULT_SCOPE,
@@ -52,7 +52,7 @@ from agw.config._model import (
 from agw.config._tls import ServerTLS, TLSVersion
 
 __all__ = [
-    "MAX_SECRET_SECONDS", "MIN_SECRET_SECONDS", "RealtimeCalls",
+    "MAX_SECRET_SECONDS", "MIN_SECRET_SECONDS", "RealtimeCalls", "SIPCalls", "SIPLine", "signing_key",
     "DEFAULT_REJECTION", "DEFAULT_SCOPE", "MODERATION_URL", "Builtin", "FailureMode", "Guard", "GuardAction", "HeaderMatch",
     "Moderation", "PromptGuard", "PromptMessage", "Prompts", "RegexGuard", "RegexRule", "Rejection", "Scope", "Webhook",
     "AIBackend", "APIKeyMode", "AzureProvider", "AzureResourceType", "APIKeyPolicy", "Address", "BackendTLS", "Bind", "Budget", "BudgetUnit",

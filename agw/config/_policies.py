@@ -100,7 +100,7 @@ class PolicyParser(GuardParser, CallsParser):
             defaults=self.body_fields(ai.get("defaults"), path + ("ai", "defaults")),
             overrides=self.body_fields(ai.get("overrides"), path + ("ai", "overrides")),
             model_aliases=self.model_aliases(ai.get("modelAliases"), path + ("ai", "modelAliases")),
-            realtime_calls=self.realtime_calls(policies.get("realtimeCalls"), path + ("realtimeCalls",)),
+            realtime_calls=self.realtime_calls(policies.get("realtimeCalls"), path + ("realtimeCalls",), api_key),
         )
 
     def backend_auth(self, value: Any, path: Path) -> tuple[Secret, tuple[str, str] | None]:

@@ -137,8 +137,21 @@ SHAPES: dict[str, tuple[dict[str, Fragment], tuple[str, ...], str]] = {
         "maxSecretLifetime": {**DURATION, "description": (
             "the longest expires_after a client secret gets (10s to 2h, whole seconds; default 10m)"
         )},
-        "sideband": ref("sideband"),
-    }, (), "agw's own: WebRTC client secrets and calls on a Realtime route (docs/webrtc.md)."),
+        "sideband": ref("sideband"), "sip": ref("sip"),
+    }, (), "agw's own: WebRTC client secrets and calls, and SIP calls, on a Realtime route (docs/webrtc.md)."),
+    "sip": ({
+        "webhookSecret": text("the signing secret of the OpenAI project's webhook, e.g. $OPENAI_WEBHOOK_SECRET (whsec_...)"),
+        "timestampTolerance": {**DURATION, "description": "how far a delivery's webhook-timestamp may be off (10s to 1h; default 5m)"},
+        "lines": array(ref("sipLine"), 1),
+    }, ("webhookSecret", "lines"), "Phone calls: OpenAI's realtime.call.incoming webhook, verified, mapped, accepted or rejected."),
+    "sipLine": ({
+        "to": text("the dialed number: the user part of the To header's URI, exactly (e.g. +18005550100)"),
+        "header": ref("sipHeaderMatch"), "consumer": text("the metadata.name of a key of this route's apiKey"),
+        "session": {"type": "object", "required": ["model"], "description": (
+            "the Realtime session the call is accepted with (OpenAI's fields: model, instructions, audio, ...)"
+        )},
+    }, ("session",), "Which calls (to, header, or neither: every call), billed to whom, answered how; the first match wins."),
+    "sipHeaderMatch": ({"name": text("a SIP header of the INVITE"), "value": text("its exact value")}, ("name", "value"), "A SIP header."),
     "sideband": ({
         "reconnectAttempts": {"type": "integer", "minimum": 0, "maximum": 100, "description": "default 3"},
         "reconnectDelay": {**DURATION, "description": "the first wait before connecting again, doubling (default 250ms)"},

@@ -42,7 +42,20 @@ from agw.decisions._budget_state import BudgetState, amount_of, units_of
 from agw.decisions._denial import Denial
 from agw.decisions._keys import REALTIME_KEY_PROTOCOL, KeyCheck, KeyRefused, model_matches, presented_key
 from agw.decisions._ratelimit import RouteLimits, TokenBucket
-from agw.decisions._tokens import TOKEN_PREFIX, CallTokens, Grant, is_token
+from agw.decisions._tokens import TOKEN_KEY_BYTES, TOKEN_PREFIX, CallTokens, Grant, is_token, new_token_key
+from agw.decisions._webhooks import (
+    DONE,
+    NEW,
+    PENDING,
+    Deliveries,
+    Delivery,
+    IncomingCall,
+    WebhookRefused,
+    incoming_call,
+    line_for,
+    sip_user,
+    verify_delivery,
+)
 from agw.decisions._fields import GUARDED_TYPES, apply_fields, resolve_alias, unguarded_streams, unguarded_types
 from agw.decisions._realtime import (
     GUARDED_CLIENT_EVENTS,
@@ -69,7 +82,10 @@ from agw.decisions._window import TextStream, guard_text, mask_before
 __all__ = [
     # Keys, rate limits, budgets.
     "BudgetState", "Denial", "KeyCheck", "KeyRefused", "REALTIME_KEY_PROTOCOL", "RouteLimits", "TokenBucket", "amount_of",
-    "model_matches", "presented_key", "units_of", "TOKEN_PREFIX", "CallTokens", "Grant", "is_token",
+    "model_matches", "presented_key", "units_of", "TOKEN_KEY_BYTES", "TOKEN_PREFIX", "CallTokens", "Grant", "is_token", "new_token_key",
+    # OpenAI's webhooks (SIP calls).
+    "DONE", "NEW", "PENDING", "Deliveries", "Delivery", "IncomingCall", "WebhookRefused", "incoming_call", "line_for", "sip_user",
+    "verify_delivery",
     # Content.
     "ALLOW", "FAIL_OPEN", "GuardCheck", "GuardOutcome", "MASK", "PATTERN_TOKEN", "RECOGNIZERS", "REJECT", "Recognizer",
     "SYSTEM_ROLES", "Slot", "TextStream", "add_prompts", "apply_fields", "apply_rule", "check_regex", "content_slots",

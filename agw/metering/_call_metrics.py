@@ -1,5 +1,5 @@
 """
-What happened to WebRTC (and, later, SIP) calls, as opposed to what they
+What happened to WebRTC and SIP calls, as opposed to what they
 used: their supervision's states, how they ended, and the calls agw may not
 have metered whole. Tokens, costs and budgets of a call are its
 L{agw.metering.RealtimeSession}'s, the same as a WebSocket session's.
@@ -36,11 +36,11 @@ class CallMetrics:
         """Declare them in C{registry}: C{route} labels everywhere, C{who} (consumer, …) on each."""
         return cls(
             calls=Gauge(
-                "agw_realtime_calls", "WebRTC calls supervised now, by the state of their sideband.",
+                "agw_realtime_calls", "WebRTC and SIP calls supervised now, by the state of their sideband.",
                 route + who + ("state",), registry=registry, multiprocess_mode="livesum",
             ),
             ended=Counter(
-                "agw_realtime_calls_ended", "WebRTC calls ended, by how (provider, client_hangup, budget, sideband_lost, ...).",
+                "agw_realtime_calls_ended", "WebRTC and SIP calls ended, by how (provider, client_hangup, budget, sideband_lost, ...).",
                 route + who + ("end",), registry=registry,
             ),
             unmetered=Counter(

@@ -8,6 +8,7 @@ L{agw._internals}.
 """
 
 from agw.realtime._leg import RelayLeg, partner_close_code
+from agw.realtime._options import CLIENT_DEFLATE
 from agw.realtime._refusal import MAX_REFUSAL_BODY, Incomplete, UpstreamRefused, dechunk, parse_refusal
 from agw.realtime._relay import RealtimeRelay, RealtimeResource, RelayOptions, SessionSlots, handshake_headers
 from agw.realtime._sideband import CallControl, SidebandProtocol, open_sideband
@@ -16,7 +17,7 @@ from agw.realtime._utf8 import DecoderUtf8Validator
 
 __all__ = [
     "CallControl", "RealtimeResource", "SidebandProtocol", "open_sideband",
-    "MAX_REFUSAL_BODY", "DecoderUtf8Validator", "Incomplete", "RealtimeRelay", "RealtimeUsageMixin", "RelayLeg",
-    "RelayOptions", "SessionSlots", "UpstreamRefused", "UsageSink", "dechunk", "handshake_headers",
+    "CLIENT_DEFLATE", "MAX_REFUSAL_BODY", "DecoderUtf8Validator", "Incomplete", "RealtimeRelay", "RealtimeUsageMixin",
+    "RelayLeg", "RelayOptions", "SessionSlots", "UpstreamRefused", "UsageSink", "dechunk", "handshake_headers",
     "parse_refusal", "partner_close_code",
 ]

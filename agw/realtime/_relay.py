@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress
@@ -25,6 +24,7 @@ from agw.config import Policies
 from agw.decisions import resolve_alias
 from agw.decisions import KeyRefused
 from agw.metering import RealtimeSession, peer_address
+from agw.realtime._deflate import deflate_setting
 from agw.realtime._guarding import SessionGuard
 from agw.realtime._session_guards import session_guard
 from agw.realtime._options import RelayOptions, SessionSlots
@@ -77,14 +77,6 @@ def aliased_query(query: str, policies: Policies) -> str:
     return query if resolved == pairs else urlencode(resolved, quote_via=quote)
 
 
-def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
-    """Accept a client's permessage-deflate offer, if it made one."""
-    for offer in offers:
-        if isinstance(offer, PerMessageDeflateOffer):
-            return PerMessageDeflateOfferAccept(offer)
-    return None
-
-
 class RealtimeRelay:
     """
     The Realtime relay of one route: a L{WebSocketResource} for the client
@@ -107,6 +99,7 @@ class RealtimeRelay:
         self._flushing = LoopingCall(self._flush_counters)
         self._flushing.clock = reactor  # type: ignore[assignment]
         self._factory = RealtimeServerFactory(self)
+        deflate = deflate_setting(options.client_deflate)
         self._factory.setProtocolOptions(
             maxMessagePayloadSize=options.max_message_size,
             maxFramePayloadSize=options.max_message_size,
@@ -119,9 +112,9 @@ class RealtimeRelay:
             # Tell a misbehaving peer why (1009, 1002, 1007) instead of
             # just dropping the TCP connection.
             failByDrop=False,
-            # Each leg negotiates compression on its own: the relay works on
-            # whole decompressed messages, so usage is read either way.
-            perMessageCompressionAccept=accept_deflate,
+            # Each leg negotiates compression on its own: the client's messages
+            # are read whole and decompressed, so usage is read either way.
+            perMessageCompressionAccept=deflate.accept if deflate is not None else lambda offers: None,
             # Answer a peer's close with its own code and reason (RFC 6455
             # 5.5.1), not Autobahn's default bare 1000.
             echoCloseCodeReason=True,

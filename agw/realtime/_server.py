@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from agw._internals import offer_only, use_compression
 from agw.decisions import KeyRefused
 from agw.metering import (
     CLIENT_TO_UPSTREAM,
@@ -28,6 +29,7 @@ from agw.metering import (
     decode_event,
     sole_event_type,
 )
+from agw.realtime._deflate import LeanDeflate, deflate_setting, usable_offers
 from agw.realtime._frames import BINARY, Frame
 from agw.realtime._guarding import CheckedEvent, SessionGuard
 from agw.realtime._leg import RelayLeg
@@ -135,9 +137,12 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         self.session: RealtimeSession | None = None
         self.guard: SessionGuard | None = None
         self._ordered: OrderedDelivery | None = None  # with a guard: client events in order past its checks
+        self._deflate: LeanDeflate | None = None
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:
         relay = self.factory.relay
+        # Offers agw declines (all of them with compression off) are left out before Autobahn parses them.
+        offer_only(self, usable_offers(request.extensions, deflate_setting(relay.options.client_deflate)))
         try:
             session = relay.new_session(request, self.transport.getPeer(), urlsplit(self.http_request_uri).query)
         except KeyRefused as refused:
@@ -185,6 +190,10 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         self.sendData("\r\n".join(head).encode("iso-8859-1") + answer.body)
 
     def onOpen(self) -> None:
+        deflate = deflate_setting(self.factory.relay.options.client_deflate)
+        if deflate is not None:
+            # Autobahn's extension object keeps zlib state for the whole session; agw's only while a message needs it.
+            self._deflate = use_compression(self, lambda negotiated: LeanDeflate.negotiated(negotiated, deflate.level))
         upstream = self._upstream
         if upstream is None or upstream.state != upstream.STATE_OPEN:
             self.close(1011, "upstream went away")
@@ -245,6 +254,8 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
     def connectionLost(self, reason: Any) -> None:
         self.factory.relay.slots.release(self)
         super().connectionLost(reason)
+        if self._deflate is not None:
+            self._deflate.release()  # now, not when the garbage collector reaches this session
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.relay.closed(self)

@@ -44,16 +44,20 @@ def _matcher(match: RouteMatch) -> _Matcher:
     return _Matcher(_REGEX, len(value), lambda p: pattern.fullmatch(p) is not None)
 
 
-# OpenAI's WebRTC endpoints under a Realtime path: client secrets, calls, a call's hang-up.
-_WEBRTC = re.compile(r"(?P<base>.*)/(?:(?P<secrets>client_secrets)|calls(?:/(?P<call>[^/]+)/hangup)?)")
+# OpenAI's WebRTC endpoints under a Realtime path: client secrets, calls, a call's hang-up (and the SIP
+# calls' accept, reject, refer: agw's own to answer), and agw's SIP webhook.
+_WEBRTC = re.compile(
+    r"(?P<base>.*)/(?:(?P<name>client_secrets|webhook)|calls(?:/(?P<call>[^/]+)/(?P<action>hangup|accept|reject|refer))?)"
+)
 
 
 @frozen
 class WebRTCEndpoint:
     """
     One of OpenAI's WebRTC endpoints (C{client_secrets}, C{calls},
-    C{hangup}) under the Realtime path C{realtime_path} (C{/v1/realtime});
-    C{call_id} is the call a hang-up names.
+    C{hangup}; C{accept}, C{reject}, C{refer}) or agw's SIP C{webhook}
+    under the Realtime path C{realtime_path} (C{/v1/realtime}); C{call_id}
+    is the call a hang-up (...) names.
     """
 
     name: str
@@ -66,9 +70,9 @@ def webrtc_endpoint(path: str) -> WebRTCEndpoint | None:
     match = _WEBRTC.fullmatch(path)
     if match is None:
         return None
-    if match["secrets"]:
-        return WebRTCEndpoint("client_secrets", match["base"])
-    return WebRTCEndpoint("hangup", match["base"], match["call"]) if match["call"] else WebRTCEndpoint("calls", match["base"])
+    if match["name"]:
+        return WebRTCEndpoint(match["name"], match["base"])
+    return WebRTCEndpoint(match["action"], match["base"], match["call"]) if match["call"] else WebRTCEndpoint("calls", match["base"])
 
 
 def route_type_for(path: str, ai_routes: Sequence[tuple[str, RouteType]]) -> RouteType:

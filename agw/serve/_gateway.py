@@ -14,69 +14,25 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from agw.calls import CallRegistry, WebRTCResource
-from agw.config import Bind, ClientKey, GatewayConfig, Listener, Route, RouteType, load_config
+from agw.calls import CallInfo, CallRegistry, WebRTCResource
+from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
 from agw.decisions import CallTokens, KeyCheck, RouteLimits
 from agw.http import GuardCalls, HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
     NO_ACCESS_LOG,
-    NO_SPANS,
     AccessLog,
     Attributor,
-    BudgetLedger,
-    ChargeSpool,
     GatewayMetrics,
     Governor,
     RouteLabels,
     ReserveOptions,
-    SpanSink,
     catalog_for,
-    ledger_identity,
 )
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import BackendTarget, BindResource, ConnectionTracker, ErrorResource, RouteContext, RoutedRoute
 from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, restart_only_changes
 from agw.serve._route_notes import warn_unguarded
-
-
-def client_keys(config: GatewayConfig) -> list[ClientKey]:
-    """Every client key of C{config}, route by route."""
-    return [
-        key for bind in config.binds for listener in bind.listeners for route in listener.routes
-        if route.policies.api_key is not None for key in route.policies.api_key.keys
-    ]
-
-
-def governor_for(
-    config: GatewayConfig, reactor: Any, metrics: GatewayMetrics | None = None, enforcing: bool = True,
-    reserve: ReserveOptions = ReserveOptions(), charge_spool: str = "",
-) -> Governor | None:
-    """
-    The budgets of C{config}'s client keys, or C{None} if no key has any (a
-    L{Governor} is started by its service); C{enforcing}: this process
-    decides on requests (a C{--workers} parent only reads the ledger);
-    C{charge_spool}: a directory for charges the ledger cannot take at stop
-    (empty: none).
-    """
-    keys = client_keys(config)
-    if config.database_url is None or not any(key.budgets for key in keys):
-        return None
-    url = config.database_url.value
-    return Governor(
-        keys, BudgetLedger(url, reactor), reactor,
-        on_change=metrics.record_budget if metrics is not None else None,
-        on_ledger=metrics.record_ledger if metrics is not None else None, enforcing=enforcing, reserve=reserve,
-        spool=ChargeSpool(charge_spool, ledger_identity(url)) if charge_spool else None,
-    )
-
-
-def spans_for(config: GatewayConfig) -> SpanSink:
-    """Where C{config}'s spans go: OTLP (C{config.tracing}), or nowhere."""
-    if config.tracing is None:
-        return NO_SPANS
-    from agw.tracing import OTelSpans
-
-    return OTelSpans(config.tracing)
+from agw.serve._setup import client_keys, governor_for, spans_for
 
 
 class CurrentBind(Resource):
@@ -121,6 +77,7 @@ class Gateway:
         rate_limit_share: float = 1.0,
         reserve: ReserveOptions = ReserveOptions(),
         charge_spool: str = "",
+        token_key: bytes | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -147,7 +104,11 @@ class Gateway:
         # Webhook and openAIModeration guards' calls (its own pools: never the provider's connections).
         self.guard_calls = GuardCalls(reactor, http_options.connect_timeout)
         self.in_flight = ConnectionTracker()  # HTTP requests being forwarded
-        self.tokens, self.calls = CallTokens(reactor.seconds), CallRegistry()  # agw's client secrets, supervised calls
+        # agw's client secrets (sealed with token_key: a worker pool's, shared by its workers; else this gateway's own)
+        # and the calls this process supervises.
+        self.tokens, self.calls = CallTokens(reactor.seconds, token_key), CallRegistry()
+        self.calls.adopter = self.adopt_call
+        self._realtime_routes: dict[tuple[str, ...], Any] = {}  # route labels -> its resource_for (adopting calls)
         self.reserve = reserve  # what one response is assumed to cost before one is seen (budgets)
         self.charge_spool = charge_spool  # where charges the ledger could not take at stop are kept
         self.governor = governor_for(config, reactor, self.metrics, reserve=reserve, charge_spool=charge_spool)
@@ -228,6 +189,7 @@ class Gateway:
         # self.relays keeps the relays of earlier configs: drain and stop close their sessions too.
         added, removed = bind_changes(old, config)
         self.route_limits = {}  # rebuilt below: the buckets new requests get
+        self._realtime_routes.clear()  # a call adopted from now on is followed as the new config says
         for bind in config.binds:
             routes = self._bind_resource(bind)
             if bind.port in self._resources:
@@ -276,7 +238,17 @@ class Gateway:
                 built[route_type] = self._build(route_type, context, slots)
             return built[route_type]
 
+        self._realtime_routes[context.labels.values()] = resource_for
         return resource_for
+
+    def adopt_call(self, info: CallInfo) -> None:
+        """
+        Supervise a call another worker made (it died), on the route that
+        made it as the config in force has it; raises L{KeyError} for a
+        route that is gone (the call cannot be followed nor hung up here).
+        """
+        resource = self._realtime_routes[info.route](RouteType.REALTIME)
+        resource.webrtc.adopt(info)  # type: ignore[attr-defined]
 
     def _build(self, route_type: RouteType, context: RouteContext, slots: SessionSlots) -> IResource:
         if route_type is RouteType.REALTIME:

@@ -44,6 +44,9 @@ class Options(usage.Options):
         ["body-idle-timeout", None, 300.0, "Seconds an upstream HTTP response body may stay silent before it is cut off.", float],
         ["max-sessions", None, 10_000, "Realtime sessions one bind serves at once (more: 503).", int],
         ["max-fragments", None, 1024, "Fragments one Realtime message may have (more: close 1009).", int],
+        ["client-deflate", None, "off",
+         "A Realtime client's permessage-deflate offer: off (declined), small (accepted with small windows, no zlib "
+         "state kept between messages), or accept (as offered: about 100 KiB more per session)."],
         ["max-model-labels", None, 200, "Distinct model names per metric label before new ones count as 'other'.", int],
         ["reserve-tokens", None, 4096, "Tokens a response is held for against a Tokens budget until it reports usage (more, once a larger one was seen).", int],
         ["reserve-usd", None, "0.10", "USD a response is held for against a USD budget until it reports usage (more, once a larger one was seen)."],
@@ -63,11 +66,14 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         from agw.metering import ACCESS_LOG_FORMATS
+        from agw.realtime import CLIENT_DEFLATE
 
         if self["access-log"] not in (*ACCESS_LOG_FORMATS, "off"):
             raise usage.UsageError(f"--access-log: expected one of json, combined, off; got {self['access-log']!r}")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format: expected text or json; got {self['log-format']!r}")
+        if self["client-deflate"] not in CLIENT_DEFLATE:
+            raise usage.UsageError(f"--client-deflate: expected one of {', '.join(CLIENT_DEFLATE)}; got {self['client-deflate']!r}")
         self._environ: Mapping[str, str] = os.environ
         if self["demo"]:
             from agw.serve._demo import DemoEnvironment
@@ -168,8 +174,8 @@ def check_files(config: GatewayConfig) -> None:
             raise ConfigError("config.tracing", "needs the OpenTelemetry SDK: pip install 'agw[tracing]'")
 
 
-def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None) -> Gateway:
-    """The L{Gateway} these options describe."""
+def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | None = None, token_key: bytes | None = None) -> Gateway:
+    """The L{Gateway} these options describe (C{token_key}: a worker pool's, for its client secrets)."""
     from agw.http import HTTPOptions
     from agw.metering import GatewayMetrics, ReserveOptions, catalog_for
     from agw.realtime import RelayOptions
@@ -189,6 +195,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         max_sessions=options["max-sessions"],
         max_fragments=options["max-fragments"],
         pass_through=not options["message-relay"],
+        client_deflate=options["client-deflate"],
     )
     return Gateway(
         options.config_object, relay_options=relay_options, http_options=http_options,
@@ -200,6 +207,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         rate_limit_share=1.0 / max(1, options.get("worker-count", 1)),
         reserve=ReserveOptions(tokens=options["reserve-tokens"], usd=Decimal(options["reserve-usd"])),
         charge_spool=options["charge-spool"],
+        token_key=token_key,
     )
 
 

@@ -3,16 +3,18 @@ One worker process of C{twistd agw --workers N}, started by
 L{agw.serve._workerpool.WorkerPool} (not by hand): the gateway's binds on ports
 shared with the other workers, no stats or readiness listener of its own.
 
-It talks to the pool over three pipes: log events as Twisted JSON log records on standard
-error, access log lines on standard output, and on descriptor 3 the port
-of its admin API (the admin page's JSON, on loopback: the pool's page
-gathers every worker's sessions from it) and then C{ready} once every bind
-listens. SIGTERM drains and exits 0; so does the death of the pool
-(Linux's parent-death signal).
+It talks to the pool over four pipes: log events as Twisted JSON log records on standard
+error, access log lines on standard output, and control lines on
+descriptors 3 and 4 (L{agw.serve._control}): its calls', the port of its
+admin API (the admin page's JSON, on loopback: the pool's page gathers
+every worker's sessions from it), then C{ready} once every bind listens.
+SIGTERM drains and exits 0; so does the death of the pool (Linux's
+parent-death signal).
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 import signal
@@ -29,11 +31,9 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
+from agw.serve._control import CONTROL_FD, CONTROL_IN_FD, TOKEN_KEY_ENV, PoolChannel
 from agw.serve._options import Options, gateway_from_options
 
-CONTROL_FD = 3
-READY = b"ready\n"
-ADMIN_PREFIX = b"admin "  # then the admin API's port, on loopback
 _PR_SET_PDEATHSIG = 1
 
 
@@ -69,6 +69,9 @@ def die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> None:
     # SIGHUP means "reload" (from the pool); until the reloader takes it over, it must not kill a starting worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The pool's token key: out of the environment before the config is read (no $VAR may name it) or anything spawned.
+    encoded = os.environ.pop(TOKEN_KEY_ENV, None)
+    token_key = base64.b64decode(encoded) if encoded else None
     options = WorkerOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"agw worker: {e}")
     die_with_parent()
     from twisted.internet import reactor
+    from twisted.internet.stdio import StandardIO
 
     from agw.config import Address
     from agw.serve._admin_page import AdminResource
@@ -89,7 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     # Twisted's JSON log records (eventAsJSON), info and above, to the pool.
     observer = FilteringLogObserver(jsonFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.info)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    gateway = gateway_from_options(options, access_log_fields={"agw.worker": options["index"]})
+    gateway = gateway_from_options(options, access_log_fields={"agw.worker": options["index"]}, token_key=token_key)
+    # The control pipes: this worker's calls are one directory with the other workers' (see agw.serve._control).
+    channel = PoolChannel(gateway.calls, reactor)
+    StandardIO(channel, stdin=CONTROL_IN_FD, stdout=CONTROL_FD, reactor=reactor)
+    gateway.calls.peers = channel
     service = GatewayService(
         gateway, options["interface"], options["drain-period"], reuse_ports=options.shared_ports(), admin=False,
     )
@@ -106,8 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     def listening(_: object) -> None:
         outcome["code"] = 0
         if api.port is not None:
-            os.write(CONTROL_FD, ADMIN_PREFIX + b"%d\n" % api.port.getHost().port)
-        os.write(CONTROL_FD, READY)
+            channel.admin_api(api.port.getHost().port)
+        channel.ready()
 
     def cannot_listen(failure: Any) -> None:
         log.failure("worker {index} cannot listen", failure, index=options["index"])

@@ -19,6 +19,7 @@ shape (restart with doubling delays, kill after a grace) in a few lines.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -34,15 +35,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.config import GatewayConfig
+from agw.decisions import new_token_key
 from agw.metering import Governor
-from agw.serve._gateway import governor_for
 from agw.serve._admin_page import AdminResource
+from agw.serve._calldirectory import CallDirectory
+from agw.serve._control import CONTROL_FD, CONTROL_IN_FD, TOKEN_KEY_ENV
 from agw.serve._listening import admin_listener, admin_listeners, bind_host, ledger_notes
 from agw.serve._poolview import PoolView
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
-from agw.serve._worker import CONTROL_FD
-from agw.serve._workerprocess import WorkerProcess
+from agw.serve._setup import governor_for
+from agw.serve._workerprocess import CRASH_LOOP, WorkerProcess
 from agw.serve._workermetrics import (
     METRICS_DIR_PREFIX,
     WorkerMetrics,
@@ -53,7 +56,6 @@ from agw.serve._workermetrics import (
 RESTART_DELAY = 0.5  # doubled after each crash in a row, up to:
 MAX_RESTART_DELAY = 30.0
 STOP_GRACE = 10.0  # after the drain period, before SIGKILL
-CRASH_LOOP = 5  # crashes in a row that make a worker (and the pool) unready
 
 
 class WorkerPool(MultiService):
@@ -80,6 +82,9 @@ class WorkerPool(MultiService):
         self._arguments = gateway_arguments
         self._python = python
         self.workers = [WorkerProcess(self, index) for index in range(1, count + 1)]
+        # One key for every worker's client secrets (a token minted on one is good on all), kept across their restarts.
+        self._token_key = new_token_key()
+        self.directory = CallDirectory(self.workers)  # which worker supervises each call
         self.held = HeldPorts(bind_host(interface))
         self.metrics_dir: str | None = None
         self.stopping = False
@@ -174,13 +179,17 @@ class WorkerPool(MultiService):
             self._python, "-m", "agw.serve._worker", f"--index={worker.index}", f"--ports={ports}",
             f"--worker-count={len(self.workers)}", *self._arguments,
         ]
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
-        self.reactor.spawnProcess(worker, self._python, argv, env=env, childFDs={1: "r", 2: "r", CONTROL_FD: "r"})
+        # The token key in the environment, not in the arguments: ps shows those to everyone.
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or "", TOKEN_KEY_ENV: base64.b64encode(self._token_key).decode()}
+        self.reactor.spawnProcess(
+            worker, self._python, argv, env=env, childFDs={1: "r", 2: "r", CONTROL_FD: "r", CONTROL_IN_FD: "w"},
+        )
 
     def ended(self, worker: WorkerProcess, pid: int | None, reason: Failure) -> None:
-        """A worker process ended: forget its live gauges; restart it unless stopping."""
+        """A worker process ended: forget its live gauges; its calls are adopted; restart it unless stopping."""
         if pid is not None and self.metrics_dir is not None:
             fold_dead_worker_metrics(pid, self.metrics_dir)
+        self.directory.worker_ended(worker)
         if self.stopping or not self.running:
             return
         delay = min(RESTART_DELAY * 2**worker.crashes, MAX_RESTART_DELAY)
@@ -193,7 +202,7 @@ class WorkerPool(MultiService):
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         """SIGTERM every worker (each drains), wait (SIGKILL after the drain period and a grace), then stop."""
-        self.stopping = True
+        self.stopping = self.directory.stopping = True  # the workers hang their calls up: none is adopted
         for worker in self.workers:
             if worker.restart is not None and worker.restart.active():
                 worker.restart.cancel()
@@ -210,7 +219,7 @@ class WorkerPool(MultiService):
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self.metrics_dir = None
-        self.stopping = False
+        self.stopping = self.directory.stopping = False
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:

@@ -1,8 +1,10 @@
 """
 L{WorkerProcess}: the pool's side of one worker process of C{twistd agw
---workers N} (see L{agw.serve._workerpool}): its pipes (log events, access
-log lines, and on the control pipe C{ready} and its admin API's port), and
-its restarts.
+--workers N} (all its lives: see L{agw.serve._workerpool}) — its pipes (the
+access log passed on whole, its log events re-logged; on the control pipe
+C{ready}, its admin API's port, and its calls' lines to the pool's
+L{agw.serve._calldirectory.CallDirectory}), whether it serves, and how
+often it crashed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python.failure import Failure
 
-from agw.serve._worker import ADMIN_PREFIX, CONTROL_FD, READY
+from agw.serve._calldirectory import CallDirectory
+from agw.serve._control import CONTROL_FD, READY, admin_port
 
-STABLE_AFTER = 10.0  # a worker ready this long resets the pool's doubling restart delay
+STABLE_AFTER = 10.0  # a worker ready this long resets the doubling of restart delays
+CRASH_LOOP = 5  # crashes in a row that make a worker (and the pool) unready
 
 
 class Pool(Protocol):
@@ -26,6 +30,7 @@ class Pool(Protocol):
     reactor: Any
     log: Logger
     stdout: IO[bytes]
+    directory: CallDirectory
 
     def ended(self, worker: WorkerProcess, pid: int | None, reason: Failure) -> None: ...
 
@@ -61,16 +66,23 @@ class WorkerProcess(ProcessProtocol):
         if lines[-1]:
             self._partial[childFD] = lines[-1]
         for line in lines[:-1]:
-            if childFD == CONTROL_FD and line + b"\n" == READY:
-                self.ready_at = self.pool.reactor.seconds()
-                self.pool.log.info("worker {index} ready", index=self.index)
-            elif childFD == CONTROL_FD and line.startswith(ADMIN_PREFIX) and line[len(ADMIN_PREFIX):].isdigit():
-                self.admin_port = int(line[len(ADMIN_PREFIX):])
+            if childFD == CONTROL_FD:
+                self._control(line)
             elif childFD == 1:
                 self.pool.stdout.write(line + b"\n")  # access log lines, passed on whole
                 self.pool.stdout.flush()
             elif childFD == 2:
                 self._relay_log(line)
+
+    def _control(self, line: bytes) -> None:
+        if line + b"\n" == READY:
+            self.ready_at = self.pool.reactor.seconds()
+            self.pool.log.info("worker {index} ready", index=self.index)
+            self.pool.directory.worker_ready(self)
+        elif (port := admin_port(line)) is not None:
+            self.admin_port = port
+        else:
+            self.pool.directory.received(self, line)  # its calls
 
     def _relay_log(self, line: bytes) -> None:
         # jsonFileLogObserver writes a record separator, the event as JSON, a newline.

@@ -39,14 +39,16 @@ def _error(status: int, message: str, code: str | None = None) -> tuple[int, dic
 class FakeCall:
     """
     One call at the fake. L{events} is its timeline as the provider saw it:
+    C{("accepted",)} or C{("rejected", SIP status)} for a phone call,
     C{("attached",)}, C{("cancel", response_id)}, C{("hangup",)},
     C{("detached", close code)}; L{sideband} is the sideband attached now.
     """
 
-    def __init__(self, fake: Any, call_id: str, model: str, session: dict[str, Any], reactor: Any) -> None:
+    def __init__(self, fake: Any, call_id: str, model: str, session: dict[str, Any], reactor: Any, ringing: bool = False) -> None:
         self.fake, self.call_id, self.model, self.session, self._reactor = fake, call_id, model, session, reactor
         self.sideband: Any = None
         self.hung_up = False
+        self.ringing = ringing  # a phone call not accepted or rejected yet: no sideband
         self.events: list[tuple[Any, ...]] = []
         self._pending: dict[str, tuple[Any, int, bool, Deferred[str]]] = {}
 
@@ -185,6 +187,8 @@ class FakeWebRTC:
             status, answer = self._offer(authorization, (request.getHeader(b"content-type") or b"").decode("latin-1"), body)
         elif path.startswith("/v1/realtime/calls/") and path.endswith("/hangup"):
             status, answer = self._hang_up(authorization, path.split("/")[4])
+        elif path.startswith("/v1/realtime/calls/") and path.count("/") == 5 and path.rsplit("/", 1)[1] in ("accept", "reject"):
+            status, answer = self.sip_answer(authorization, path, body)  # type: ignore[attr-defined]
         else:
             status, answer = _error(404, f"no endpoint {path}")
         request.setResponseCode(status)
@@ -257,7 +261,7 @@ class FakeWebRTC:
         if not self._server_key(headers.get("authorization")):
             return None, Refusal(401, json.dumps(_error(401, "a server API key is required", "invalid_api_key")[1]).encode())
         call = self.calls.get(params["call_id"][0])
-        if call is None or call.hung_up:
+        if call is None or call.hung_up or call.ringing:
             refusal = _error(404, "No session found for the provided call_id", "call_id_not_found")[1]
             return None, Refusal(404, json.dumps(refusal).encode())
         return call, None

@@ -17,6 +17,7 @@ from twisted.web.server import Site
 from agw.testing._calls import FakeWebRTC
 from agw.testing._http import FakeAzure, FakeHTTPAPI, FakeV1
 from agw.testing._realtime import FakeRealtimeFactory
+from agw.testing._sip import FakeSIP
 from agw.testing._state import FakeState
 
 
@@ -37,7 +38,7 @@ class _FakeSite(Site):
         """Nothing: what the fake received is in its records; a line per request would bury the gateway's log."""
 
 
-class FakeOpenAI(FakeWebRTC, FakeState):
+class FakeOpenAI(FakeSIP, FakeWebRTC, FakeState):
     """
     A fake OpenAI API for tests, in-process on Twisted: serve L{resource}
     in a L{Site}, or L{listen} on loopback and point agw's C{hostOverride}
@@ -68,6 +69,11 @@ class FakeOpenAI(FakeWebRTC, FakeState):
     with a call in L{calls} (C{rtc_…}), C{/v1/realtime?call_id=} is its
     sideband, C{…/hangup} ends it (L{hangups}); L{drive_call} has a call's
     caller speak, so that responses nobody relays are billed.
+
+    SIP (L{agw.testing.FakeSIP}): L{ring} has a phone call come in and
+    POSTs its C{realtime.call.incoming} webhook, signed with
+    L{webhook_secret}, to a URL; C{…/calls/{id}/accept} and C{…/reject}
+    answer it (L{accepts}, L{rejects}); L{deliveries} are the webhooks sent.
     """
 
     def resource(self, reactor: Any = None) -> Resource:
