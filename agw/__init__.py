@@ -8,7 +8,7 @@ Embedding::
     from agw import Gateway
     gateway = Gateway.from_file("config.yaml")
     site_root.putChild(b"ai", gateway.resource())   # a bind's routes under /ai
-    gateway.service().setServiceParent(application)  # or: all binds, stats, readiness
+    gateway.service().setServiceParent(application)  # or: all binds, stats, readiness, admin page
 """
 
 from agw.config import ConfigError, GatewayConfig, load_config, parse_config

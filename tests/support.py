@@ -45,8 +45,8 @@ TOKEN_METRIC = "agentgateway_gen_ai_client_token_usage"
 def seed_config_text(upstream_port: int, extra_routes: dict[str, str] | None = None, azure: dict | None = None) -> str:
     """
     The repo's config.yaml unchanged except: every AI backend gets
-    C{hostOverride} to the fake, binds use ephemeral ports and the stats and
-    readiness listeners are on loopback. With C{azure}, every backend's
+    C{hostOverride} to the fake, binds use ephemeral ports and the stats,
+    readiness and admin listeners are on loopback. With C{azure}, every backend's
     provider is C{azure: {**azure, model: <the openAI model, if any>}}.
     """
     with open(SEED_CONFIG) as f:
@@ -62,7 +62,8 @@ def seed_config_text(upstream_port: int, extra_routes: dict[str, str] | None = N
                         backend["ai"]["provider"] = {"azure": {**azure, **({"model": model} if model else {})}}
                 if extra_routes and "*" in route["policies"]["ai"]["routes"]:
                     route["policies"]["ai"]["routes"].update(extra_routes)
-    data["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"}
+    # adminAddr too: agentgateway's default (localhost:15000) may be taken on this machine.
+    data["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0", "adminAddr": "127.0.0.1:0"}
     return yaml.safe_dump(data)
 
 
@@ -300,6 +301,7 @@ class TwistdAgw:
     ) -> None:
         self.process, self.port, self.stats, self.ready, self.log, self.stdout = process, port, stats, ready, log, stdout
         self.config_path = config_path
+        self.admin = 0
 
     def edit_config(self, edit: Any) -> None:
         """Change its config file as an editor would (a new file renamed over it); C{edit} changes the parsed YAML."""
@@ -345,6 +347,7 @@ class TwistdAgw:
             )
         case.addCleanup(lambda: process.poll() is None and process.kill())
         agw = cls(process, port, stats, ready, log, stdout, path)
+        agw.admin = int(config["config"]["adminAddr"].rsplit(":", 1)[1])  # the page's port (an edit may have moved it)
         yield wait_until(agw.is_ready, timeout=30)
         return agw
 

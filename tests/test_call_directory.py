@@ -2,21 +2,25 @@
 The pool's directory of calls and a worker's side of the control pipes, on
 their own (no processes): claims, hang-ups passed to the supervising worker,
 the calls of a dead worker adopted by one that serves (or by the first to be
-ready again), and the worker's channel answering the pool.
+ready again), the worker's channel answering the pool, and a worker's
+admin API port told over it (for the pool's admin page).
 """
 
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from agw.calls import CallInfo, CallRegistry
 from agw.serve._calldirectory import CallDirectory
-from agw.serve._control import CONTROL_IN_FD, MAX_LINE, PoolChannel, encode
+from agw.serve._control import CONTROL_FD, CONTROL_IN_FD, MAX_LINE, PoolChannel, admin_port, encode
+from agw.serve._workerprocess import WorkerProcess
 
 ROUTE = ("3000", "bind/3000", "listener0", "route0", "")
 
@@ -157,3 +161,38 @@ class PoolChannelTests(SynchronousTestCase):
         self.assertEqual(self.sent(), [{"op": "reply", "ask": 3, "found": False, "status": None}])
         self.channel.lineReceived(b"not json")  # logged, ignored
         self.flushLoggedErrors()
+
+    def test_the_admin_api_port_is_told_before_ready(self) -> None:
+        self.channel.admin_api(41234)
+        self.channel.ready()
+        admin, ready = self.transport.value().splitlines()
+        self.assertEqual((json.loads(admin), ready), ({"op": "admin", "port": 41234}, b"ready"))
+        self.assertEqual(admin_port(admin), 41234)
+        for line in (b"ready", b"not json", encode({"op": "admin", "port": "80"}), encode({"op": "ended", "call_id": "x"})):
+            self.assertIsNone(admin_port(line.strip()))
+
+
+class PoolSide:
+    """What a WorkerProcess reports to: the pool, with its directory."""
+
+    def __init__(self) -> None:
+        self.reactor, self.log, self.stdout, self.directory = Clock(), Logger(), BytesIO(), self
+        self.lines: list[bytes] = []
+        self.readied: list[int] = []
+
+    def received(self, worker: Any, line: bytes) -> None:
+        self.lines.append(line)
+
+    def worker_ready(self, worker: Any) -> None:
+        self.readied.append(worker.index)
+
+
+class WorkerProcessControlTests(SynchronousTestCase):
+    def test_the_admin_port_is_the_workers_and_call_lines_the_directorys(self) -> None:
+        pool = PoolSide()
+        worker = WorkerProcess(pool, 2)  # type: ignore[arg-type]  # a pool in part
+        call = encode({"op": "ended", "call_id": "rtc_1"})
+        worker.childDataReceived(CONTROL_FD, encode({"op": "admin", "port": 41234}) + call[:5])
+        worker.childDataReceived(CONTROL_FD, call[5:] + b"ready\n")
+        self.assertEqual((worker.admin_port, worker.ready), (41234, True))
+        self.assertEqual((pool.lines, pool.readied), ([call.strip()], [2]))

@@ -124,7 +124,7 @@ class CatalogFormatTests(SynchronousTestCase):
         config = self.mktemp() + ".yaml"
         with open(config, "w") as f:
             f.write(text.format(path=os.path.join(os.path.dirname(config), "missing.json")))
-        with self.assertRaises(SystemExit) as e:  # one line on stderr, exit 1 (see agw.serve._options)
+        with self.assertRaises(SystemExit) as e:  # one line on standard error, exit 1 (see Options.postOptions in agw.serve._options)
             Options().parseOptions(["-f", config])
         self.assertIn("config.modelCatalog:", str(e.exception))
         self.assertIn("missing.json: cannot read", str(e.exception))

@@ -38,7 +38,7 @@ ENV = {"OPENAI_API_KEY": BACKEND_KEY}
 def config_text(upstream_port: int, ai: dict[str, Any]) -> str:
     """One route to the fake with completions and responses, and C{ai} merged into its policies.ai."""
     return yaml.safe_dump({
-        "config": {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"},
+        "config": {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0", "adminAddr": "127.0.0.1:0"},
         "binds": [{"port": 0, "listeners": [{"routes": [{
             "backends": [{"ai": {"name": "openai", "provider": {"openAI": {"model": "gpt-4"}}, "hostOverride": f"127.0.0.1:{upstream_port}"}}],
             "policies": {

@@ -40,7 +40,7 @@ CARD = "4111 1111 1111 1111"
 def realtime_config(upstream_port: int, ai: dict[str, Any]) -> str:
     """One Realtime (and completions) route to the fake, with C{ai} merged into its policies.ai."""
     return yaml.safe_dump({
-        "config": {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"},
+        "config": {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0", "adminAddr": "127.0.0.1:0"},
         "binds": [{"port": 0, "listeners": [{"routes": [{
             "backends": [{"ai": {"name": "openai", "provider": {"openAI": {}}, "hostOverride": f"127.0.0.1:{upstream_port}"}}],
             "policies": {

@@ -82,7 +82,7 @@ class ProcessRobustnessTests(TestCase):
         with open(SEED_CONFIG) as f:
             config = yaml.safe_load(f)
         config["binds"][0]["port"] = port
-        config["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0"}
+        config["config"] = {"statsAddr": "127.0.0.1:0", "readinessAddr": "127.0.0.1:0", "adminAddr": "127.0.0.1:0"}
         path = self.mktemp() + ".yaml"
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
@@ -229,6 +229,12 @@ class DemoTests(TestCase):
             if name == "agentgateway_cost_catalog_lookups_total" and value
         }
         self.assertEqual(lookups, {("gpt-4", "Exact"), ("gpt-realtime", "Exact")})
+        # The operator's page is served on adminAddr, with what the demo spent.
+        self.assertIn(f"open http://127.0.0.1:{agw.admin}/ in a browser", instructions)
+        page = yield treq.get(f"http://127.0.0.1:{agw.admin}/", persistent=False)
+        self.assertEqual((page.code, (yield page.text()).startswith("<!doctype html>")), (200, True))
+        costs = yield treq.get(f"http://127.0.0.1:{agw.admin}/api/costs", persistent=False)
+        self.assertEqual(sum(entry["records"] for entry in (yield costs.json())["costs"]), 2)
         code = yield agw.stop()
         self.assertEqual(code, 0)
 

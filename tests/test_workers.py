@@ -40,8 +40,10 @@ from tests.support import (
     recv_event,
     samples,
     token_sums,
+    wait_closed,
     wait_until,
 )
+from tests.test_admin_page import respond
 
 SESSIONS = 16
 
@@ -246,6 +248,60 @@ class WorkerBudgetTests(TestCase):
         while (yield deferToThread(spent)) != billed and reactor.seconds() < deadline:
             yield deferLater(reactor, 0.2, lambda: None)
         self.assertEqual((yield deferToThread(spent)), billed)
+        code = yield agw.stop()
+        self.assertEqual(code, 0)
+
+
+class WorkerAdminPageTests(TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_the_parents_page_gathers_the_workers_sessions(self) -> Any:
+        """
+        Sessions live in the workers; the parent's /api/sessions lists every
+        worker's (ids made the pool's), /api/costs sums them, and a session
+        ended through the parent closes 1000 in its worker.
+        """
+        fake = FakeOpenAI()
+        upstream = yield fake.listen(reactor)
+        self.addCleanup(upstream.stopListening)
+        agw = yield TwistdAgw.start(self, upstream.getHost().port, "--workers", "2")
+        yield wait_until(lambda: samples_now(agw).get(("agw_workers_ready", frozenset())) == 2.0, timeout=30)
+        url = f"ws://127.0.0.1:{agw.port}/v1/realtime?model=gpt-realtime"
+        clients = []
+        for _ in range(4):
+            ws = yield deferToThread(open_client, url)
+            self.addCleanup(deferToThread, ws.close)
+            yield deferToThread(recv_event, ws)
+            yield deferToThread(respond, ws)
+            clients.append(ws)
+
+        def get(path: str) -> Any:
+            with urllib.request.urlopen(f"http://127.0.0.1:{agw.admin}{path}", timeout=5) as response:
+                return json.loads(response.read())
+
+        listed = yield deferToThread(get, "/api/sessions")
+        self.assertEqual(listed["workers"], [{"index": 1, "reachable": True}, {"index": 2, "reachable": True}])
+        self.assertEqual(len(listed["sessions"]), 4)
+        for session in listed["sessions"]:
+            self.assertRegex(session["id"], rf"^w{session['worker']}\.[0-9a-f]{{16}}$")
+            self.assertGreater(session["cost_usd"], 0)
+        costs = yield deferToThread(get, "/api/costs")
+        self.assertEqual(sum(entry["records"] for entry in costs["costs"]), 4)
+
+        def close(session_id: str) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{agw.admin}/api/sessions/{session_id}/close", data=b"{}",
+                headers={"Content-Type": "application/json"}, method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+
+        for session in listed["sessions"]:
+            self.assertEqual((yield deferToThread(close, session["id"])), 202)
+        for ws in clients:
+            self.assertEqual((yield deferToThread(wait_closed, ws)), (1000, "closed by operator"))
+        yield wait_until(lambda: get("/api/sessions")["sessions"] == [], timeout=10)
         code = yield agw.stop()
         self.assertEqual(code, 0)
 

@@ -6,14 +6,14 @@ peers (L{agw.calls.Peers}) and answers for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from agw.decisions import Deliveries
-from agw.metering import CLIENT, SHUTDOWN
+from agw.metering import CLIENT, OPERATOR, SHUTDOWN
 from agw.routing import ConnectionTracker
 from agw.calls._peers import NO_PEERS, CallInfo, Owner, Peers
 from agw.calls._supervisor import CallSupervisor
@@ -66,6 +66,22 @@ class CallRegistry:
 
     def get(self, call_id: str | None) -> CallSupervisor | None:
         return self._calls.get(call_id) if call_id is not None else None
+
+    def __iter__(self) -> Iterator[CallSupervisor]:
+        """The calls supervised now (ending ones too, until their supervision is over)."""
+        return iter(list(self._calls.values()))
+
+    def end(self, session_id: str) -> bool:
+        """
+        An operator ends the call whose session is C{session_id}: as a
+        budget would (L{CallSupervisor.stop}: responses in flight cancelled
+        and their usage awaited, then the hang-up). C{False}: no such call here.
+        """
+        for supervisor in self._calls.values():
+            if supervisor.session.id == session_id:
+                ensureDeferred(supervisor.stop(OPERATOR))
+                return True
+        return False
 
     def claim(self, call_id: str) -> Deferred[bool]:
         """

@@ -16,9 +16,9 @@ ATTACHING, ATTACHED, RECONNECTING, ENDING = "attaching", "attached", "reconnecti
 
 # How a call ended (the "end" label): the provider ended it (the caller left), the client hung it up through agw,
 # a Block budget or the route's rate limit stopped it, its sideband could not come back, the gateway stopped,
-# or the call was never supervised (its first sideband could not be opened).
-PROVIDER, CLIENT, BUDGET, SIDEBAND_LOST, SHUTDOWN, UNSUPERVISED = (
-    "provider", "client_hangup", "budget", "sideband_lost", "shutdown", "unsupervised",
+# the call was never supervised (its first sideband could not be opened), or an operator ended it (the admin page).
+PROVIDER, CLIENT, BUDGET, SIDEBAND_LOST, SHUTDOWN, UNSUPERVISED, OPERATOR = (
+    "provider", "client_hangup", "budget", "sideband_lost", "shutdown", "unsupervised", "operator",
 )
 
 

@@ -16,6 +16,7 @@ from agw.decisions import BudgetState
 from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalog
 from agw.metering._children import MetricChildren
 from agw.metering._pricing import price_audio, price_tokens
+from agw.metering._recent import RecentCosts
 from agw.metering._realtime_metrics import RealtimeMetrics
 from agw.metering._usage import AudioDuration, TokenUsage
 
@@ -100,6 +101,7 @@ class GatewayMetrics:
         # distinct names (per label), a new name is counted as "other".
         self.max_model_labels = max_model_labels
         self._seen_models: tuple[set[str], set[str]] = (set(), set())
+        self.recent = RecentCosts()  # the last records priced, for the admin page (agw.serve)
         self.token_usage = Histogram(
             "agentgateway_gen_ai_client_token_usage",
             "Number of tokens used per request, by token type (agentgateway-compatible).",
@@ -213,13 +215,14 @@ class GatewayMetrics:
         if usage.cached_input is not None:
             self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common, who)
         cost = price_tokens(self.catalog, SYSTEM, models.priced_model, usage)
-        self._record_cost(cost, common, who)
+        self._record_cost(cost, common, who, usage.input + usage.output)
         return cost
 
-    def _record_cost(self, cost: Cost, common: tuple[str, ...], who: Attribution) -> None:
+    def _record_cost(self, cost: Cost, common: tuple[str, ...], who: Attribution, tokens: int = 0) -> None:
         # common: operation, system, request model, response model, then the route.
         # A Missing lookup priced at the "*" fallback has components: they are counted as cost.
         self._child(self.cost_lookups, cost.status, *common[1:4]).inc()
+        self.recent.add(who.consumer, common[3] if common[3] != UNKNOWN_MODEL else common[2], cost.total, tokens)
         if cost.components:
             self._child(self.cost, *common, *who.labels).inc(float(cost.total))
             for component, usd in cost.components.items():

@@ -5,6 +5,7 @@ at once, response by response, so nothing waits for the session to end.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -13,9 +14,8 @@ from agw.metering._accesslog import NO_ACCESS_LOG, AccessLog, cost_fields, durat
 from agw.metering._attribution import Attribution
 from agw.metering._budgets import Governor
 from agw.metering._catalog import Cost
-from agw.decisions import Denial
+from agw.decisions import Denial, RouteLimits
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
-from agw.decisions import RouteLimits
 from agw.metering._reservation import NO_RESERVATION, Reservation
 from agw.metering._responses import ResponseQueue
 from agw.metering._realtime_metrics import MessageCounts, close_code_label
@@ -40,10 +40,8 @@ class RealtimeSession:
         route: RouteLabels,
         request_model: str | None,
         clock: Callable[[], float],
-        access_log: AccessLog = NO_ACCESS_LOG,
-        who: Attribution | None = None,
-        governor: Governor | None = None,
-        limits: RouteLimits | None = None,
+        access_log: AccessLog = NO_ACCESS_LOG, who: Attribution | None = None,
+        governor: Governor | None = None, limits: RouteLimits | None = None,
         request: Mapping[str, Any] | None = None,
         span: Span = NO_SPAN, transport: str = "websocket",
     ) -> None:
@@ -59,7 +57,8 @@ class RealtimeSession:
         self._consumer = self.who.name
         # Who the session is for (the apiKey's metadata.name) and how it reached the provider, in every record of it.
         self._who = {**self.who.log_fields, "agw.transport": transport}
-        self._route = route
+        self.route, self.transport = route, transport
+        self.id = uuid.uuid4().hex[:16]  # how the admin page names it (random: not guessable from another)
         self._clock = clock
         self._log = access_log
         self.request_model = request_model
@@ -84,7 +83,7 @@ class RealtimeSession:
     def started(self) -> None:
         """Both legs are open."""
         self.started_at = self._clock()
-        self._metrics.realtime.sessions.labels(*self._metrics.session_labels(self._route, self.who)).inc()
+        self._metrics.realtime.sessions.labels(*self._metrics.session_labels(self.route, self.who)).inc()
 
     def ended(self, close_code: int | None, reason: str | None) -> None:
         """The client's leg is closed (idempotent)."""
@@ -93,10 +92,10 @@ class RealtimeSession:
         self.flush()
         duration = self._clock() - self.started_at
         self.started_at = None
-        labels = self._metrics.session_labels(self._route, self.who)
+        labels = self._metrics.session_labels(self.route, self.who)
         self._metrics.realtime.sessions.labels(*labels).dec()
         self._metrics.realtime.session_duration.labels(*labels).observe(duration)
-        self._metrics.realtime.closes.labels(*self._route.values(), close_code_label(close_code)).inc()
+        self._metrics.realtime.closes.labels(*self.route.values(), close_code_label(close_code)).inc()
         self._queue.release_all()
         fields = {
             **self._request, **duration_fields(duration), "websocket.close_code": close_code, "agw.responses": self.responses,
@@ -105,7 +104,7 @@ class RealtimeSession:
             "agw.session.cost_usd": float(self.cost), "agw.responses_refused": self.responses_refused, **self._who,
             **self.guard_fields,
         }
-        self._log.emit("realtime.session", self._route, self._models(CHAT), **fields)
+        self._log.emit("realtime.session", self.route, self._models(CHAT), **fields)
         self._span.end(f"realtime {self.request_model or ''}".strip(), self._clock(), {**model_fields(self._models(CHAT)), **fields})
 
     @property
@@ -173,7 +172,7 @@ class RealtimeSession:
         if self._ttft_from is not None:
             elapsed, self._ttft_from = self._clock() - self._ttft_from, None
             self._last_ttft = elapsed
-            labels = self._metrics.model_values(self._models(CHAT)) + self._route.values()
+            labels = self._metrics.model_values(self._models(CHAT)) + self.route.values()
             self._metrics.time_to_first_token.labels(*labels).observe(elapsed)
 
     def rate_limits(self) -> list[dict[str, Any]]:
@@ -191,7 +190,7 @@ class RealtimeSession:
     def refused(self) -> None:
         """A C{response.create} was not forwarded: a budget forbade it."""
         self.responses_refused += 1
-        self._metrics.realtime.refusals.labels(*self._route.values(), "response.create").inc()
+        self._metrics.realtime.refusals.labels(*self.route.values(), "response.create").inc()
 
     @property
     def priced(self) -> bool:
@@ -254,7 +253,7 @@ class RealtimeSession:
         cost = self.tokens_used(CHAT, usage, reservation) if usage is not None else None
         reservation.release()  # settled above if it reported usage
         fields = {"status": status, **usage_fields(usage), **cost_fields(cost), **self._who}
-        self._log.emit("realtime.response", self._route, self._models(CHAT), **fields)
+        self._log.emit("realtime.response", self.route, self._models(CHAT), **fields)
         ttft, self._last_ttft = self._last_ttft, None
         if self._traced:  # a response's span starts at the response.create it answers
             self._span.child(
@@ -271,7 +270,7 @@ class RealtimeSession:
 
     def tokens_used(self, operation: str, usage: TokenUsage, reservation: Reservation | None = None) -> Cost:
         """Record C{usage}, and charge it (through the response's C{reservation}, if it held one)."""
-        cost = self._metrics.record_tokens(self._route, self._models(operation), usage, self.who)
+        cost = self._metrics.record_tokens(self.route, self._models(operation), usage, self.who)
         self.cost += cost.total
         if reservation not in (None, NO_RESERVATION):
             reservation.settle(cost, usage.input + usage.output)  # type: ignore[union-attr]
@@ -284,17 +283,17 @@ class RealtimeSession:
         self.totals["input_cache_read"] += usage.cached_input or 0
         if operation != CHAT:
             self._log.emit(
-                f"realtime.{operation}", self._route, self._models(operation), **usage_fields(usage), **cost_fields(cost),
+                f"realtime.{operation}", self.route, self._models(operation), **usage_fields(usage), **cost_fields(cost),
                 **self._who,
             )
         return cost
 
     def audio_used(self, operation: str, duration: AudioDuration) -> None:
-        cost = self._metrics.record_audio(self._route, self._models(operation), duration, self.who)
+        cost = self._metrics.record_audio(self.route, self._models(operation), duration, self.who)
         self.cost += cost.total
         if self._governor is not None:
             self._governor.charge(self._consumer, cost, 0)
         self._log.emit(
-            f"realtime.{operation}", self._route, self._models(operation), **{"agw.usage.audio_seconds": duration.seconds},
+            f"realtime.{operation}", self.route, self._models(operation), **{"agw.usage.audio_seconds": duration.seconds},
             **cost_fields(cost), **self._who,
         )

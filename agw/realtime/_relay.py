@@ -215,6 +215,19 @@ class RealtimeRelay:
             if leg.session is not None:
                 leg.session.flush()
 
+    def end(self, session_id: str, code: int = 1000, reason: str = "closed by operator") -> bool:
+        """
+        Close session C{session_id} (its L{RealtimeSession.id}) the way
+        L{close_all} closes every session: the client gets C{code} and
+        C{reason}, responses still in flight are cancelled and their usage
+        read (see L{UpstreamProtocol.drain}). C{False}: no such session here.
+        """
+        for leg in self.sessions:
+            if leg.session is not None and leg.session.id == session_id:
+                leg.close(code, reason)
+                return True
+        return False
+
     def close_all(self, code: int = 1001, reason: str = "gateway shutting down") -> Deferred[None]:
         """
         Close every open session; fires when every leg is gone (legs whose

@@ -1,14 +1,12 @@
 """
-The admin listeners' resources: C{/metrics} (one registry, Prometheus' text
-format), C{/healthz/ready}, and on C{adminAddr} C{/budgets} (each
-consumer's budgets, never the keys).
+The stats and readiness listeners' resources: C{/metrics} (one registry,
+Prometheus' text format) and C{/healthz/ready}. adminAddr's page and JSON
+are L{agw.serve._admin_page}'s.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.resource import Resource
@@ -63,31 +61,4 @@ def readiness_root(is_ready: Callable[[], bool], notes: Callable[[], list[str]] 
     healthz = Resource()
     root.putChild(b"healthz", healthz)
     healthz.putChild(b"ready", ReadinessResource(is_ready, notes))
-    return root
-
-
-class BudgetsResource(Resource):
-    """C{/budgets}: where every budget of every consumer stands (JSON)."""
-
-    isLeaf = True
-
-    def __init__(self, governor: Any, clock: Any) -> None:
-        super().__init__()
-        self._governor = governor
-        self._clock = clock
-
-    def render_GET(self, request: Request) -> bytes:
-        now = self._clock.seconds()
-        consumers = [
-            {"name": name, "budgets": [state.as_json(now) for state in self._governor.states(name)]}
-            for name in self._governor.consumers
-        ]
-        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-        return json.dumps({"consumers": consumers}).encode()
-
-
-def admin_root(governor: Any, clock: Any) -> Resource:
-    """The admin listener's tree: C{/budgets}."""
-    root = Resource()
-    root.putChild(b"budgets", BudgetsResource(governor, clock))
     return root

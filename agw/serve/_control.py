@@ -7,7 +7,9 @@ says which calls it supervises, claims an incoming call before answering
 it, asks for a hang-up of a call another worker supervises, and is asked in
 turn — to hang one of its calls up, or to adopt the calls of a worker that
 died. L{PoolChannel} is the worker's side, the L{agw.calls.Peers} of its
-gateway's calls.
+gateway's calls. One message is not about calls: before C{ready} a worker
+tells the port of its admin API on loopback (C{{"op": "admin", "port": N}}),
+which the pool's admin page gathers sessions from (L{agw.serve._poolview}).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from twisted.python.failure import Failure
 
 from agw.calls import CallInfo, CallRegistry, Owner
 
-CONTROL_FD = 3  # the worker writes, the pool reads: "ready", then JSON lines
+CONTROL_FD = 3  # the worker writes, the pool reads: JSON lines (and "ready" once)
 CONTROL_IN_FD = 4  # the pool writes, the worker reads: JSON lines
 READY = b"ready\n"
 # The environment variable a worker gets the pool's token key in (base64); never in its arguments (ps shows those).
@@ -36,6 +38,16 @@ MAX_LINE = 1024 * 1024  # an adoption names up to every call of a worker
 def encode(message: dict[str, Any]) -> bytes:
     """One line of the control pipes."""
     return json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def admin_port(line: bytes) -> int | None:
+    """The port an C{admin} line tells (see L{PoolChannel.admin_api}); C{None} for any other line."""
+    try:
+        message = json.loads(line)
+        port = message["port"] if message["op"] == "admin" else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return port if type(port) is int and 0 < port < 65536 else None
 
 
 def owner_json(owner: Owner) -> list[Any]:
@@ -57,6 +69,10 @@ class PoolChannel(LineReceiver):
         self._registry, self._reactor, self._patience = registry, reactor, patience
         self._asks: dict[int, Deferred[dict[str, Any]]] = {}
         self._numbers = itertools.count(1)
+
+    def admin_api(self, port: int) -> None:
+        """This worker's admin API listens on loopback at C{port} (the pool's admin page asks it); before L{ready}."""
+        self._tell({"op": "admin", "port": port})
 
     def ready(self) -> None:
         """Every bind listens: the pool counts this worker as serving."""

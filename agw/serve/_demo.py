@@ -98,6 +98,7 @@ def demo_instructions(config: GatewayConfig, provider_port: int, interface: str)
     scheme = "https" if any(listener.tls for listener in config.binds[0].listeners) else "http"
     base = f"{scheme}://{Address(_reachable(interface), config.binds[0].port).authority}/v1"
     stats = Address(_reachable(config.stats_addr.host), config.stats_addr.port).authority
+    admin = Address(_reachable(config.admin_addr.host), config.admin_addr.port).authority
     body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}'
     return (
         f"agw demo: every backend is agw.testing's fake OpenAI on 127.0.0.1:{provider_port}; no key, no network.\n"
@@ -105,6 +106,7 @@ def demo_instructions(config: GatewayConfig, provider_port: int, interface: str)
         f"  python -c \"from openai import OpenAI; print(OpenAI(api_key='demo', base_url='{base}')"
         f".chat.completions.create(model='gpt-4o-mini', messages=[{{'role': 'user', 'content': 'hi'}}]).usage)\"\n"
         f"  curl -s http://{stats}/metrics | grep agentgateway_gen_ai_client_token_usage_sum\n"
+        f"  open http://{admin}/ in a browser: live sessions, budgets and spend (docs/admin.md)\n"
     )
 
 

@@ -16,7 +16,6 @@ from twisted.web.server import Request
 
 from agw.calls import CallInfo, CallRegistry, WebRTCResource
 from agw.config import Bind, GatewayConfig, Listener, Route, RouteType, load_config
-from agw.decisions import unguarded_streams, unguarded_types
 from agw.decisions import CallTokens, KeyCheck, RouteLimits
 from agw.http import GuardCalls, HTTPForwarder, HTTPOptions, UpstreamClient
 from agw.metering import (
@@ -32,6 +31,7 @@ from agw.metering import (
 from agw.realtime import RealtimeRelay, RelayOptions, SessionSlots
 from agw.routing import BackendTarget, BindResource, ConnectionTracker, ErrorResource, RouteContext, RoutedRoute
 from agw.serve._reloaded import Reloaded, bind_changes, budget_setup, files_named, restart_only_changes
+from agw.serve._route_notes import warn_unguarded
 from agw.serve._setup import client_keys, governor_for, spans_for
 
 
@@ -61,7 +61,7 @@ class Gateway:
     agw built from a L{GatewayConfig}.
 
     Embed it in an existing twisted.web site with L{resource}, or run all of
-    it (binds, stats, readiness) with L{service}::
+    it (binds, stats, readiness, the admin page) with L{service}::
 
         gateway = Gateway.from_file("config.yaml")
         root.putChild(b"ai", gateway.resource())      # or:
@@ -121,6 +121,7 @@ class Gateway:
         self.retired_governors: list[Governor] = []
         self._slots: dict[int, SessionSlots] = {}  # one session count per bind, across reloads
         self._trust_roots: Mapping[str, bytes] = {}  # a reload's, read before it applies anything
+        self.route_limits: dict[RouteLabels, RouteLimits] = {}  # each route's localRateLimit buckets in force
         self._resources = {bind.port: CurrentBind(self._bind_resource(bind)) for bind in config.binds}
 
     @classmethod
@@ -135,7 +136,7 @@ class Gateway:
     def service(self, interface: str = "::", drain_period: float = 5.0) -> Any:
         """
         A L{agw.serve.GatewayService} listening on every bind (on
-        C{interface}), stats and readiness; stopping it drains for up to
+        C{interface}), stats, readiness and the admin page; stopping it drains for up to
         C{drain_period} seconds (see L{drain}).
         """
         from agw.serve._service import GatewayService
@@ -193,6 +194,7 @@ class Gateway:
         self.metrics.catalog = catalog
         # self.relays keeps the relays of earlier configs: drain and stop close their sessions too.
         added, removed = bind_changes(old, config)
+        self.route_limits = {}  # rebuilt below: the buckets new requests get
         self._realtime_routes.clear()  # a call adopted from now on is followed as the new config says
         for bind in config.binds:
             routes = self._bind_resource(bind)
@@ -225,27 +227,17 @@ class Gateway:
         if not route.backends:
             missing = ErrorResource(500, f"route {route.name} has no backend", "no_backend")
             return lambda route_type: missing
-        unguarded = unguarded_types(route.policies)
-        if unguarded:
-            self.log.warn(
-                "route {route}: promptGuard checks completions, responses and Realtime only; its {types} traffic is not guarded",
-                route=route.name, types=", ".join(unguarded),
-            )
-        if unguarded_streams(route.policies):
-            self.log.warn(
-                "route {route}: promptGuard.response reads JSON answers only; streamed (SSE) answers are not guarded"
-                " unless promptGuard.streaming is Enabled",
-                route=route.name,
-            )
+        warn_unguarded(self.log, route)
         self.guard_calls.register(route.policies.prompt_guard.request, self._trust_roots)
         backend = route.backends[0]
         target = BackendTarget.from_backend(backend, route.policies.backend_tls, route.policies.backend_key_header, self._trust_roots)
-        api_key = route.policies.api_key
+        api_key, labels = route.policies.api_key, RouteLabels.of(bind.port, listener.name, route.name)
+        limits = None
+        if route.policies.rate_limits:  # kept by route too: the admin page shows the buckets new requests get
+            limits = self.route_limits[labels] = RouteLimits(route.policies.rate_limits, self.reactor.seconds, self.rate_limit_share)
         context = RouteContext(
-            self.reactor, target, route.policies, self.metrics, RouteLabels.of(bind.port, listener.name, route.name),
-            self.access_log, backend.model, KeyCheck(api_key) if api_key is not None else None, self.governor,
-            RouteLimits(route.policies.rate_limits, self.reactor.seconds, self.rate_limit_share)
-            if route.policies.rate_limits else None,
+            self.reactor, target, route.policies, self.metrics, labels, self.access_log, backend.model,
+            KeyCheck(api_key) if api_key is not None else None, self.governor, limits,
             self.attributor, self.spans, self.guard_calls, self.tokens,
         )
         built: dict[RouteType, IResource] = {}

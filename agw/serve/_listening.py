@@ -32,7 +32,8 @@ from zope.interface import implementer
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
 from agw.metering import Governor
-from agw.serve._admin import admin_root, readiness_root, stats_root
+from agw.serve._admin import readiness_root, stats_root
+from agw.serve._admin_page import ADMIN_MAX_BODY
 from agw.serve._reuseport import ReusePortServerEndpoint
 from agw.serve._site import GatewaySite
 from agw.serve._tls import BindTLS
@@ -48,18 +49,24 @@ def bind_host(host: str) -> str:
 
 
 class ListeningService(Service):
-    """Listens on one address while running; C{port} is the bound port."""
+    """
+    Listens on one address while running; C{port} is the bound port. A
+    listener that is not C{required} (the admin page) and cannot listen is
+    logged, and the gateway serves on without it.
+    """
 
     log = Logger()
 
     def __init__(
         self, reactor: object, address: Address, factory: IProtocolFactory, label: str, reuse_port: bool = False,
+        required: bool = True,
     ) -> None:
         self._reactor = reactor
         self.address = address
         self.factory = factory
         self.label = label
         self._reuse_port = reuse_port
+        self.required = required
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
 
@@ -85,7 +92,12 @@ class ListeningService(Service):
         if outcome and isinstance(outcome[0], Failure):
             error = outcome[0].value
             reason = getattr(error, "socketError", None) or error  # CannotListenError repeats the address
-            raise SystemExit(f"agw: {self.label} cannot listen on {self.address.host}:{self.address.port}: {reason}")
+            message = f"agw: {self.label} cannot listen on {self.address.host}:{self.address.port}: {reason}"
+            if self.required:
+                raise SystemExit(message)
+            self.log.error("{message}; not served", message=message.removeprefix("agw: "))
+            self._listening = succeed(None)  # type: ignore[arg-type]  # given up: not tried again at start
+            return
         if outcome:
             self._listening = succeed(self._listened(outcome[0]))  # type: ignore[arg-type]
 
@@ -118,7 +130,12 @@ class ListeningService(Service):
         self._listening.addBoth(report)
         return done
 
-    def _failed(self, failure: object) -> None:
+    def _failed(self, failure: Failure) -> None:
+        if not self.required:
+            reason = getattr(failure.value, "socketError", None) or failure.value
+            self.log.error("{label} cannot listen on {host}:{port}: {reason}; not served", label=self.label,
+                           host=self.address.host, port=self.address.port, reason=str(reason))
+            return
         self.log.failure("{label} cannot listen on {host}:{port}", failure, label=self.label, host=self.address.host, port=self.address.port)
         if getattr(self._reactor, "running", False):
             self._reactor.stop()  # type: ignore[attr-defined]
@@ -211,25 +228,15 @@ def admin_listeners(
     return stats, readiness
 
 
-def budgets_listener(
-    parent: MultiService, reactor: Any, admin: ListeningService | None, governor: Governor, address: Address,
-) -> ListeningService | None:
+def admin_listener(parent: MultiService, reactor: Any, address: Address, resource: IResource) -> ListeningService:
     """
-    The adminAddr listener serving C{governor}'s C{/budgets}: C{admin}
-    re-pointed, or a new child of C{parent}. Added to a running parent (a
-    reload brought the first budgets), it listens at once; a port that
-    cannot be bound is logged, and the gateway serves on without it.
+    The adminAddr listener (the page, its JSON, C{/budgets}: see
+    L{agw.serve._admin_page}), a child of C{parent}. Not required: a port
+    that cannot be bound is logged, and the gateway serves on without it (an
+    agw that served without budgets before must not fail to start for its page).
     """
-    if admin is not None:
-        admin.factory.resource = admin_root(governor, reactor)  # type: ignore[attr-defined]
-        return admin
-    admin = ListeningService(reactor, address, make_site(admin_root(governor, reactor), reactor), "admin")
-    if parent.running:
-        try:
-            admin.privilegedStartService()
-        except SystemExit as e:
-            ListeningService.log.error("{error}; /budgets is not served", error=str(e))
-            return None
+    options = HTTPOptions(max_request_body=ADMIN_MAX_BODY, max_buffered_bodies=64 * ADMIN_MAX_BODY)
+    admin = ListeningService(reactor, address, make_site(resource, reactor, options), "admin", required=False)
     admin.setServiceParent(parent)
     return admin
 

@@ -18,7 +18,9 @@ from twisted.web.resource import IResource, Resource
 from agw.config import Address, GatewayConfig
 from agw.http import HTTPOptions
 from agw.metering import GatewayMetrics, Governor
-from agw.serve._listening import BindFactory, ListeningService, admin_listeners, budgets_listener, ledger_notes, make_site
+from agw.serve._admin_page import AdminResource
+from agw.serve._listening import BindFactory, ListeningService, admin_listener, admin_listeners, ledger_notes, make_site
+from agw.serve._operator import OperatorView
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes
 from agw.serve._site import GatewaySite
 from agw.serve._tls import BindTLS, ListenerTLSError, tls_by_port
@@ -34,6 +36,9 @@ class Servable(Protocol):
     governor: Governor | None
     retired_governors: list[Governor]
     spans: Any
+    relays: list[Any]  # the admin page's sessions (see OperatorView), with calls and route_limits
+    calls: Any
+    route_limits: dict[Any, Any]
 
     def resource(self, port: int | None = None) -> IResource: ...
 
@@ -52,8 +57,8 @@ class GatewayService(MultiService):
 
     A worker process (L{agw.serve._workerpool}) passes C{reuse_ports}: each bind's
     port (config port to actual port) is shared with the other workers
-    through C{SO_REUSEPORT}; the stats and readiness listeners are the
-    parent's, so C{admin} is false.
+    through C{SO_REUSEPORT}; the stats, readiness and admin listeners are
+    the parent's, so C{admin} is false.
     """
 
     log = Logger()
@@ -84,9 +89,9 @@ class GatewayService(MultiService):
                 self, reactor, config, gateway.metrics.registry, self.is_ready, lambda: ledger_notes(self.gateway.governor),
             )
         self.admin: ListeningService | None = None
-        if admin and gateway.governor is not None:
-            # adminAddr serves the budgets' read-out (only when there are budgets to show).
-            self.admin = budgets_listener(self, reactor, None, gateway.governor, config.admin_addr)
+        if admin:  # adminAddr: the operator's page, its JSON and /budgets, read from this process
+            page = AdminResource(OperatorView(gateway), lambda: self.gateway.governor, reactor, config.admin_addr.host)
+            self.admin = admin_listener(self, reactor, config.admin_addr, page)
 
     def _bind_listener(self, config_port: int, resource: IResource, tls: BindTLS | None) -> ListeningService:
         reuse = self._reuse_ports
@@ -146,11 +151,7 @@ class GatewayService(MultiService):
         for port, factory in self._factories.items():
             factory.tls = tls[port]  # new connections: HTTP or HTTPS, and which certificates, as the new config says
         if reloaded.new_governor is not None:
-            self._start_governor(reloaded.new_governor)
-            if self.stats is not None:  # the process that serves adminAddr
-                self.admin = budgets_listener(
-                    self, self.gateway.reactor, self.admin, reloaded.new_governor, self.gateway.config.admin_addr,
-                )
+            self._start_governor(reloaded.new_governor)  # the admin page reads the gateway's governor as it is now
         return reloaded
 
     def is_ready(self) -> bool:

@@ -4,10 +4,12 @@ L{agw.serve._workerpool.WorkerPool} (not by hand): the gateway's binds on ports
 shared with the other workers, no stats or readiness listener of its own.
 
 It talks to the pool over four pipes: log events as Twisted JSON log records on standard
-error, access log lines on standard output, C{ready} on descriptor 3 once
-every bind listens, and its calls' control lines on descriptors 3 and 4
-(L{agw.serve._control}). SIGTERM drains and exits 0; so does the death of
-the pool (Linux's parent-death signal).
+error, access log lines on standard output, and control lines on
+descriptors 3 and 4 (L{agw.serve._control}): its calls', the port of its
+admin API (the admin page's JSON, on loopback: the pool's page gathers
+every worker's sessions from it), then C{ready} once every bind listens.
+SIGTERM drains and exits 0; so does the death of the pool (Linux's
+parent-death signal).
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
 
+    from agw.config import Address
+    from agw.serve._admin_page import AdminResource
+    from agw.serve._listening import admin_listener
+    from agw.serve._operator import OperatorView
     from agw.serve._reload import ConfigReloader
     from agw.serve._service import GatewayService
     from agw.serve._sigterm import CleanExitOnSIGTERM
@@ -95,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     service = GatewayService(
         gateway, options["interface"], options["drain-period"], reuse_ports=options.shared_ports(), admin=False,
     )
+    # The admin page's JSON of this worker, for the pool's page only: loopback, a port of its own.
+    page = AdminResource(OperatorView(gateway), lambda: gateway.governor, reactor, "127.0.0.1")
+    api = admin_listener(service, reactor, Address("127.0.0.1", 0), page)
     # The pool watches the file and counts reloads; it sends each worker SIGHUP.
     ConfigReloader(reactor, options["config"], options.load, service.reload, watch=False).setServiceParent(service)
     CleanExitOnSIGTERM().setServiceParent(service)
@@ -104,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def listening(_: object) -> None:
         outcome["code"] = 0
+        if api.port is not None:
+            channel.admin_api(api.port.getHost().port)
         channel.ready()
 
     def cannot_listen(failure: Any) -> None:

@@ -37,12 +37,14 @@ from twisted.python.failure import Failure
 from agw.config import GatewayConfig
 from agw.decisions import new_token_key
 from agw.metering import Governor
+from agw.serve._admin_page import AdminResource
 from agw.serve._calldirectory import CallDirectory
 from agw.serve._control import CONTROL_FD, CONTROL_IN_FD, TOKEN_KEY_ENV
-from agw.serve._setup import governor_for
-from agw.serve._listening import ListeningService, admin_listeners, bind_host, budgets_listener, ledger_notes
+from agw.serve._listening import admin_listener, admin_listeners, bind_host, ledger_notes
+from agw.serve._poolview import PoolView
 from agw.serve._reloaded import Reloaded, ReloadRefused, bind_changes, budget_setup, restart_only_changes
 from agw.serve._reuseport import HeldPorts
+from agw.serve._setup import governor_for
 from agw.serve._workerprocess import CRASH_LOOP, WorkerProcess
 from agw.serve._workermetrics import (
     METRICS_DIR_PREFIX,
@@ -95,21 +97,20 @@ class WorkerPool(MultiService):
         self.stats, self.readiness = admin_listeners(
             self, reactor, config, self.registry, self.is_ready, lambda: ledger_notes(self.governor),
         )
-        # The workers enforce budgets; the parent reads the shared ledger to serve /budgets.
+        # The workers enforce budgets; the parent reads the shared ledger to serve /budgets and the page's budgets.
         self.governor: Governor | None = None
-        self.admin: ListeningService | None = None
         self._serve_budgets(governor_for(config, reactor, enforcing=False, charge_spool=charge_spool))
+        # adminAddr: the page gathers the workers' sessions, rate limits and costs from their admin APIs.
+        page = AdminResource(PoolView(self), lambda: self.governor, reactor, config.admin_addr.host)
+        self.admin = admin_listener(self, reactor, config.admin_addr, page)
 
     def _serve_budgets(self, governor: Governor | None) -> Governor | None:
-        """Serve C{governor}'s /budgets on adminAddr from now on (a reload may bring a new one)."""
+        """Read C{governor}'s budgets for adminAddr from now on (a reload may bring a new one)."""
         old, self.governor = self.governor, governor
         if old is not None and self.running:
             old.stop()
-        if governor is None:
-            return None
-        if self.running:
+        if governor is not None and self.running:
             governor.start().addErrback(lambda failure: self.log.failure("reading budgets failed", failure))
-        self.admin = budgets_listener(self, self.reactor, self.admin, governor, self.config.admin_addr)
         return governor
 
     def is_ready(self) -> bool:
