@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.web.client import FileBodyProducer
 
+from agw.http import HTTPOptions
 from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, token_sums, wait_until
 
 
@@ -220,8 +221,12 @@ class ErrorTests(HTTPTestCase):
             yield response.content()
         self.assertNotIn("cookie", self.fake.http_requests[1].headers)
 
+
+class LeftClientTests(HTTPTestCase):
+    http_options = HTTPOptions(usage_grace=0.2)  # past it, an answer whose client left is given up
+
     @inlineCallbacks
-    def test_client_disconnect_cancels_upstream(self) -> Any:
+    def test_client_disconnect_cancels_upstream_after_the_usage_grace(self) -> Any:
         self.fake.hang_http()
         sock = socket.create_connection(("127.0.0.1", self.port))
         sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from agw.http._response_guard import AnswerGuard
 from agw.metering import UsageChunkRemover, Watcher
@@ -59,6 +60,41 @@ def answer_head(request: Request, response: IResponse, same_length: bool) -> boo
     return True
 
 
+def kept_for_usage(pending: Deferred[IResponse], clock: IReactorTime, grace: float) -> None:
+    """
+    The client went away before the answer began: the upstream request is
+    given C{grace} seconds more (the provider bills what it answers, which
+    is then read for its usage), then cancelled.
+    """
+    # Not "if pending.called: return": a request waiting on a chained Deferred is called, and still cancellable.
+    if grace <= 0:
+        pending.cancel()
+        return
+    timer = clock.callLater(grace, pending.cancel)
+    pending.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+
+
+@implementer(IPushProducer)
+class ClientPacing:
+    """
+    The producer a client's connection sees for an answer: its pauses
+    pace the upstream body; its C{stopProducing} (the client left) does not
+    stop it: L{BodyRelay.client_left} reads the rest for its usage.
+    """
+
+    def __init__(self, relay: BodyRelay) -> None:
+        self._relay = relay
+
+    def pauseProducing(self) -> None:
+        self._relay.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._relay.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._relay.client_left()
+
+
 class BodyRelay(Protocol):
     """
     Writes an upstream body to the client's request as it arrives (through
@@ -73,7 +109,7 @@ class BodyRelay(Protocol):
     def __init__(
         self, request: Request, watcher: Watcher | None, first_byte: Callable[[], None],
         remover: UsageChunkRemover | None = None, clock: IReactorTime | None = None, idle_timeout: float = 0.0,
-        guard: AnswerGuard | None = None,
+        guard: AnswerGuard | None = None, usage_grace: float = 0.0,
     ) -> None:
         self._request = request
         self._watcher = watcher
@@ -86,11 +122,31 @@ class BodyRelay(Protocol):
         self.timed_out = False
         self._first_byte: Callable[[], None] | None = first_byte
         self.done: Deferred[BaseException] = Deferred()
+        # The client left: the rest is read for its usage, for this long at most.
+        self._usage_grace = usage_grace
+        self._grace: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self._request.registerProducer(self.transport, True)
+        if client_gone(self._request):
+            self.client_left()  # before the answer began: it is read for its usage only
+        else:
+            self._request.registerProducer(ClientPacing(self), True)
         if self._clock is not None and self._idle_timeout > 0:
             self._idle = self._clock.callLater(self._idle_timeout, self._went_silent)
+
+    def client_left(self) -> None:
+        """
+        The client went away mid-answer: the provider bills the answer all
+        the same, so it is read on (nothing sent) for its usage, up to the
+        grace; then it is cut off (and its usage, if none came, is lost).
+        """
+        if self._grace is not None:
+            return
+        self.transport.resumeProducing()  # the client may have paused it
+        if self._clock is None or self._usage_grace <= 0:
+            self.transport.stopProducing()
+            return
+        self._grace = self._clock.callLater(self._usage_grace, self.transport.stopProducing)
 
     def _went_silent(self) -> None:
         # A stream that stops sending would hold the client (and a pooled
@@ -134,6 +190,8 @@ class BodyRelay(Protocol):
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
         # The client may already be gone (then twisted.web dropped the channel).
         if self._request.producer is not None and self._request.channel is not None:
             self._request.unregisterProducer()

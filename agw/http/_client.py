@@ -58,6 +58,9 @@ class HTTPOptions:
     # sending a byte now and then would hold it for ever. 0: no minimum.
     upload_min_rate: int = 1024
     upload_grace: float = 20.0
+    # A client that leaves mid-answer: the answer is still awaited and read (nothing sent) this long for its
+    # usage, which the provider bills all the same (--cancel-grace, as a Realtime response's).
+    usage_grace: float = 5.0
 
 
 # A lane's TLS: (the name to verify, the PEM trust root); None stands for

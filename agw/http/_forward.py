@@ -29,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from agw.config import RouteType
 from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
-from agw.http._body import BodyRelay, answer_head
+from agw.http._body import BodyRelay, answer_head, kept_for_usage
 from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
 from agw.http._request_body import AnswerDeadline, BytesBodyProducer, Refused, json_object
@@ -180,8 +180,9 @@ class HTTPForwarder(Resource):
             method, url, self._headers(request, exchange.span.traceparent), deadline.sending(body), self._context.target,
         )
         deadline.watch(pending)
-        gone = request.notifyFinish()
-        gone.addErrback(lambda _: pending.cancel())  # the client went away: so does the upstream request
+        # The client going away does not take the upstream request with it at once: the provider bills
+        # what it answers, so the answer is awaited (up to the usage grace) and read for its usage.
+        request.notifyFinish().addErrback(lambda _: kept_for_usage(pending, self._reactor, self._client.options.usage_grace))
         try:
             response: IResponse = await pending
         except (
@@ -216,6 +217,7 @@ class HTTPForwarder(Resource):
 
         relay = BodyRelay(
             request, watcher, first_byte, remover, self._reactor, self._client.options.body_idle_timeout, guard,
+            self._client.options.usage_grace,
         )
         response.deliverBody(relay)
         reason = await relay.done
@@ -225,6 +227,9 @@ class HTTPForwarder(Resource):
                 request.loseConnection()  # the body broke off: don't pretend it is complete
             else:
                 request.finish()
+        if client_gone(request):  # it left: 499, though what the provider billed still counts
+            exchange.upstream_status = response.code
+            return self._record(method, 499, exchange)
         # A guard may have answered in the provider's place (a rejection): the client's status is recorded.
         self._record(method, response.code if guard is None else request.code, exchange)
 

@@ -37,7 +37,7 @@ class Options(usage.Options):
         ["drain-period", None, 5.0, "On stop, seconds sessions and HTTP requests get to finish before sessions are closed with 1001.", float],
         ["max-message-size", None, 16 * MiB, "Largest Realtime message in bytes (bigger: close 1009).", int],
         ["handshake-timeout", None, 10.0, "Seconds the upstream gets to answer a Realtime handshake (then 504).", float],
-        ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response gets to report its usage.", float],
+        ["cancel-grace", None, 5.0, "Seconds an abandoned Realtime response, or an HTTP answer whose client left, gets to report its usage.", float],
         ["max-request-body", None, 512 * MiB, "Largest HTTP request body in bytes (bigger: 413 before it is read).", int],
         ["max-buffered-bodies", None, 2048 * MiB, "Bytes of request bodies one bind holds at once, memory and temporary files (more: 503).", int],
         ["upload-min-rate", None, 1024, "Bytes a second an HTTP request body must keep arriving at after --upload-grace (slower: 408); 0: any.", int],
@@ -193,6 +193,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         max_json_body=options["max-json-body"],
         json_thread_threshold=options["json-thread-threshold"],
         body_idle_timeout=options["body-idle-timeout"],
+        usage_grace=options["cancel-grace"],
     )
     relay_options = RelayOptions(
         max_message_size=options["max-message-size"],
