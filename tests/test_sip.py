@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from decimal import Decimal
 from typing import Any
 
 from twisted.internet import reactor
@@ -22,7 +21,7 @@ from twisted.internet.defer import inlineCallbacks
 from agw.metering import AccessLog
 from agw.testing import DIALED
 from tests.support import BACKEND_KEY, listening_fake, running_gateway, wait_until
-from tests.webrtc_support import MODEL, VOICE_KEY, WebRTCCase, backend_key_used, ledger_cost, ledger_tokens, webrtc_config
+from tests.webrtc_support import MODEL, VOICE_KEY, WebRTCCase, backend_key_used, drive_metered, ledger_tokens, webrtc_config
 
 SALES = "sales"
 LINES = [
@@ -89,14 +88,7 @@ class IncomingCallTests(SIPCase):
         self.assertEqual(accept.json, {"type": "realtime", "model": MODEL, "instructions": "You answer the phone."})
         self.assertEqual(backend_key_used(self.fake, accept.uri), [f"Bearer {BACKEND_KEY}"])
 
-        statuses = yield self.fake.drive_call(call_id, responses=2)  # the caller speaks twice; agw relays nothing
-        self.assertEqual(statuses, ["completed", "completed"])
-        yield wait_until(lambda: self.metric("agw_gen_ai_tokens_total", consumer="voice-app") == sum(
-            e.usage["input_tokens"] + e.usage["output_tokens"] + e.usage["input_token_details"]["cached_tokens"]
-            for e in self.fake.ledger
-        ))
-        cost = self.metric("agw_gen_ai_cost_usd_total", consumer="voice-app")
-        self.assertEqual(round(Decimal(str(cost)), 9), round(ledger_cost(self.fake.ledger), 9))
+        yield drive_metered(self, call_id, "voice-app")  # the caller speaks twice; agw relays nothing
         self.assertEqual(self.metric("agw_realtime_calls", consumer="voice-app", state="attached"), 1)
 
         self.fake.call(call_id).hang_up()  # the caller hangs up: the provider ends the call

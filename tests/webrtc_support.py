@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from agw.calls import call_form
 from agw.metering import AccessLog
-from tests.support import catalog_price, listening_fake, registry_samples, running_gateway, seed_config_text
+from tests.support import catalog_price, listening_fake, registry_samples, running_gateway, seed_config_text, wait_until
 
 VOICE_KEY = "sk-agw-voice-app-0123456789"
 OTHER_KEY = "sk-agw-other-team-9876543210"
@@ -121,6 +121,23 @@ class WebRTCCase(TestCase):
                 if any(secret.encode() in value for value in values):
                     found.append(f"header {name!r}")
         return found
+
+
+@inlineCallbacks
+def drive_metered(case: Any, call_id: str, consumer: str, responses: int = 2) -> Any:
+    """
+    Have the fake's caller speak C{responses} times on C{call_id} (agw relays
+    nothing), then check the consumer's tokens and cost on /metrics are the
+    fake's bill, priced from the catalog.
+    """
+    statuses = yield case.fake.drive_call(call_id, responses=responses)
+    case.assertEqual(statuses, ["completed"] * responses)
+    yield wait_until(lambda: case.metric("agw_gen_ai_tokens_total", consumer=consumer) == sum(
+        e.usage["input_tokens"] + e.usage["output_tokens"] + e.usage["input_token_details"]["cached_tokens"]
+        for e in case.fake.ledger
+    ))
+    cost = case.metric("agw_gen_ai_cost_usd_total", consumer=consumer)
+    case.assertEqual(round(Decimal(str(cost)), 9), round(ledger_cost(case.fake.ledger), 9))
 
 
 def ledger_cost(ledger: list) -> Decimal:
