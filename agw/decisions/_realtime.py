@@ -126,10 +126,20 @@ def encode(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
+def agw_event_id() -> str:
+    """An C{event_id} for an event agw itself sends on a session (never one a client or the provider could have chosen)."""
+    return f"event_agw_{uuid.uuid4().hex[:20]}"
+
+
+def error_event(error: dict[str, Any]) -> bytes:
+    """An C{error} event of agw's own to a client, carrying C{error} (OpenAI's error fields)."""
+    return encode({"type": "error", "event_id": agw_event_id(), "error": error})
+
+
 def guardrail_error(message: str, event_id: str | None = None, **extra: Any) -> bytes:
     """The error event a client gets for what a guard blocked (agentgateway's type and code, and the client's event_id)."""
     error = {"type": "guardrail_blocked", "code": "guardrail_intervention", "message": message, "param": None, "event_id": event_id}
-    return encode({"type": "error", "event_id": f"event_agw_{uuid.uuid4().hex[:20]}", "error": {**error, **extra}})
+    return error_event({**error, **extra})
 
 
 def rejection_text(rejection: Rejection | None) -> str:

@@ -12,7 +12,6 @@ metered. Only text-bearing events are parsed; audio passes as it came.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ from agw.decisions import (
     OUTPUT_WHOLE,
     GuardOutcome,
     Slot,
+    agw_event_id,
     client_event_slots,
     encode,
     enriched_instructions,
@@ -238,7 +238,7 @@ class SessionGuard:
         if isinstance(session, dict) and session.get("type") == "realtime":
             update["type"] = "realtime"  # the GA interface wants the session's type on every update
         self._instructions_set = True
-        self.to_provider(encode({"type": "session.update", "event_id": f"event_agw_{uuid.uuid4().hex[:20]}", "session": update}))
+        self.to_provider(encode({"type": "session.update", "event_id": agw_event_id(), "session": update}))
 
     def _check_transcript(self, event: dict[str, Any], payload: bytes) -> Messages | Deferred[Messages]:
         item_id = event.get("item_id") if isinstance(event.get("item_id"), str) else None

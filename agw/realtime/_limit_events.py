@@ -8,10 +8,7 @@ one. The session stays open.
 
 from __future__ import annotations
 
-import json
-import uuid
-
-from agw.decisions import Denial
+from agw.decisions import Denial, error_event
 
 
 def limit_error_event(refusal: Denial, client_event_id: str | None = None) -> bytes:
@@ -20,4 +17,4 @@ def limit_error_event(refusal: Denial, client_event_id: str | None = None) -> by
         "type": refusal.error_type, "code": refusal.code, "message": refusal.message, "param": None,
         "event_id": client_event_id,
     }
-    return json.dumps({"type": "error", "event_id": f"event_agw_{uuid.uuid4().hex[:20]}", "error": error}).encode()
+    return error_event(error)

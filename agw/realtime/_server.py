@@ -7,7 +7,6 @@ refusals reach the client as HTTP statuses instead of silent closes.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -20,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw._internals import offer_only, use_compression
-from agw.decisions import KeyRefused
+from agw.decisions import KeyRefused, agw_event_id
 from agw.metering import (
     CLIENT_TO_UPSTREAM,
     RealtimeSession,
@@ -75,7 +74,7 @@ def with_event_id(payload: bytes) -> tuple[bytes, str | None]:
     event = decode_event(payload)
     if event is None:
         return payload, None
-    event_id = event["event_id"] = f"event_agw_{uuid.uuid4().hex[:20]}"
+    event_id = event["event_id"] = agw_event_id()
     return json.dumps(event, separators=(",", ":")).encode(), event_id
 
 
