@@ -39,13 +39,16 @@ def session_guard(context: RouteContext, session: RealtimeSession, client_header
 
         runner = calling
 
-    acted: list[tuple[str, int, str]] = []  # the session's checks that did something, for its record and span
+    # The first check of each action that did something: all guard_fields reads for the session's record and span
+    # (a list of every one would grow with the session).
+    first: dict[str, tuple[str, int, str]] = {}
 
     def record(phase: str, index: int, action: str, where: dict[str, Any]) -> None:
         context.metrics.record_guardrail(context.labels, phase, action, session.who)
         if action != ALLOW:
-            acted.append((phase, index, action))
-            session.guard_fields = guard_fields(tuple(acted))
+            if action not in first:
+                first[action] = (phase, index, action)
+                session.guard_fields = guard_fields(tuple(first.values()))
             context.access_log.emit(
                 "realtime.guardrail", context.labels, None, **{
                     "agw.guardrail.action": action, "agw.guardrail.guard": f"promptGuard.{phase}[{index}]", **where,
