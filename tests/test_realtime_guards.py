@@ -272,13 +272,19 @@ class OutputTests(RealtimeGuardCase):
             self.assertNotIn(digits, shown)
         self.assertNotIn("help@example.com", shown)
         self.assertIn("<EMAIL_ADDRESS>", shown)
-        # Still metered: the cancelled response's usage is in the metrics, as billed.
-        billed = sum(b.usage["output_tokens"] for b in self.fake.ledger if b.operation == "chat")
-        tokens = sum(
-            value for (name, labels), value in registry_samples(self.gateway.metrics.registry).items()
-            if name == "agentgateway_gen_ai_client_token_usage_sum" and dict(labels)["gen_ai_token_type"] == "output"
-        )
-        self.assertEqual(tokens, billed)
+        # Still metered: the cancelled response's usage is in the metrics, as billed. The client's leave cancels
+        # resp_1 too (its drain): both are billed, and agw meters each as its response.done arrives.
+        def billed() -> float:
+            return sum(b.usage["output_tokens"] for b in self.fake.ledger if b.operation == "chat")
+
+        def tokens() -> float:
+            return sum(
+                value for (name, labels), value in registry_samples(self.gateway.metrics.registry).items()
+                if name == "agentgateway_gen_ai_client_token_usage_sum" and dict(labels)["gen_ai_token_type"] == "output"
+            )
+
+        yield wait_until(lambda: len([b for b in self.fake.ledger if b.operation == "chat"]) == 2 and tokens() == billed())
+        self.assertEqual(tokens(), billed())
         self.assertEqual(self.guard_checks()[("response", "reject")], 1.0)
 
     @inlineCallbacks
