@@ -331,7 +331,7 @@ class JSONAnswerTests(ResponseGuardCase):
         head, content = yield self.raw_post("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "))
         self.assertEqual(json.loads(content)["choices"][0]["message"]["content"], MASKED)
-        self.assertIn(b"\r\nContent-Length: %d\r\n" % len(content), head)
+        self.assertIn(b"\r\ncontent-length: %d\r\n" % len(content), head.lower())
         line = yield self.assert_metered()
         self.assertEqual((line["agw.guardrail.action"], line["agw.guardrail.guard"]), ("mask", "promptGuard.response[0]"))
         self.assertEqual(self.response_checks(), {"mask": 1.0, "allow": 2.0})

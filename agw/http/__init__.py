@@ -5,6 +5,7 @@ per gateway; the calls of guards that ask a webhook or OpenAI's
 moderation endpoint (L{GuardCalls}, L{check_guards}). Imports L{agw.routing}, L{agw.metering} and L{agw.config}.
 """
 
+from agw.http._arriving import ArrivingBody, BodyBroken
 from agw.http._body import BodyRelay
 from agw.http._client import HTTPOptions, TargetEndpoints, UpstreamClient
 from agw.http._forward import HTTPForwarder
@@ -13,6 +14,6 @@ from agw.http._guard_calls import MAX_ANSWER, GuardCallFailed, GuardCalls, check
 from agw.http._request_body import BytesBodyProducer, Refused, json_object
 
 __all__ = [
-    "MAX_ANSWER", "BodyRelay", "GuardCallFailed", "GuardCalls", "HTTPForwarder", "HTTPOptions", "TargetEndpoints", "UpstreamClient",
+    "MAX_ANSWER", "ArrivingBody", "BodyBroken", "BodyRelay", "GuardCallFailed", "GuardCalls", "HTTPForwarder", "HTTPOptions", "TargetEndpoints", "UpstreamClient",
     "check_guards", "check_response_texts", "read_answer", "AnswerTooLarge", "BytesBodyProducer", "Refused", "json_object",
 ]

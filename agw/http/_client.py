@@ -61,6 +61,8 @@ class HTTPOptions:
     # A client that leaves mid-answer: the answer is still awaited and read (nothing sent) this long for its
     # usage, which the provider bills all the same (--cancel-grace, as a Realtime response's).
     usage_grace: float = 5.0
+    # twisted.web's server and Agent instead of agw's own front door and client (--legacy-http): the bench compares them.
+    legacy_http: bool = False
 
 
 # A lane's TLS: (the name to verify, the PEM trust root); None stands for

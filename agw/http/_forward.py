@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     FileBodyProducer,
+    RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
@@ -29,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from agw.config import RouteType
 from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
+from agw.http._arriving import ArrivingBody, BodyBroken
 from agw.http._body import BodyRelay, answer_head, kept_for_usage
 from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, prepare_json, write_rejection
@@ -170,6 +172,8 @@ class HTTPForwarder(Resource):
             if not client_gone(request):
                 raise
             return self._record(method, 499, exchange)  # the client left while a guard backend was asked
+        except BodyBroken:
+            return self._record(method, 499, exchange)  # the client left while its body arrived
 
         try:
             url = self._context.target.url(path, self._context.upstream_query(query), model=exchange.request_model)
@@ -187,7 +191,7 @@ class HTTPForwarder(Resource):
             response: IResponse = await pending
         except (
             CancelledError, ConnectError, DNSLookupError, ConnectingCancelledError, ResponseFailed,
-            RequestTransmissionFailed, ResponseNeverReceived,
+            RequestTransmissionFailed, RequestGenerationFailed, ResponseNeverReceived,
         ) as e:
             if deadline.timed_out:
                 return self._answer(request, exchange, 504, "upstream did not answer in time", "upstream_timeout")
@@ -241,6 +245,9 @@ class HTTPForwarder(Resource):
 
     async def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
         """The body to send upstream (after guards that call out: a client leaving cancels them); notes the model on C{exchange}."""
+        arriving: ArrivingBody | None = getattr(request, "agw_body", None)
+        if arriving is not None:  # agw's front door: the body as it arrives
+            return await self._arriving_body(request, exchange, arriving)
         content = request.content
         content.seek(0, 2)
         size = content.tell()
@@ -257,8 +264,24 @@ class HTTPForwarder(Resource):
         limit = self._client.options.max_json_body
         if size > limit:
             raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
+        return await self._prepared(request, exchange, content.read(), size)
+
+    def body_limit(self, method: bytes) -> int:
+        """The largest body this route type takes with C{method} (a larger C{Content-Length}: 413 before any upload)."""
+        if self._parsed is None or method != b"POST":
+            return self._client.options.max_request_body
+        return min(self._client.options.max_json_body, self._client.options.max_request_body)
+
+    async def _arriving_body(self, request: Request, exchange: HTTPExchange, body: ArrivingBody) -> IBodyProducer | None:
+        if self._parsed is None or request.method != b"POST":
+            return body if not body.complete or body.received else None  # streamed upstream as it arrives
+        raw = await body.whole(self.body_limit(b"POST"))
+        return await self._prepared(request, exchange, raw, len(raw))
+
+    async def _prepared(self, request: Request, exchange: HTTPExchange, raw: bytes, size: int) -> IBodyProducer:
+        """A JSON body read whole: checked, enriched and guarded (a guard that calls out is awaited)."""
         headers = guard_headers(_client_headers(request), self._context.policies) if self._calls_out else None
-        raw, parsed = content.read(), None
+        parsed = None
         if size > self._client.options.json_thread_threshold:  # a 32 MiB decode would hold every connection a while
             parsed = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), json_object, raw)
         data = prepare_json(raw, self._type, self._context, exchange, headers, parsed)

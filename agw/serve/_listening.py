@@ -34,6 +34,7 @@ from agw.http import HTTPOptions
 from agw.metering import Governor
 from agw.serve._admin import readiness_root, stats_root
 from agw.serve._admin_page import ADMIN_MAX_BODY
+from agw.serve._front import FrontDoorFactory
 from agw.serve._reuseport import ReusePortServerEndpoint
 from agw.serve._site import GatewaySite
 from agw.serve._tls import BindTLS
@@ -165,14 +166,16 @@ class BindFactory(Factory):
 
     noisy = False
 
-    def __init__(self, site: Site, tls: BindTLS | None = None) -> None:
+    def __init__(self, site: Site, tls: BindTLS | None = None, front_door: bool = True) -> None:
         self.site = site
         self.tls = tls
-        self._tls_factory = TLSMemoryBIOFactory(self, False, site)
+        # agw's own HTTP/1.1 protocol (twisted.web's site serves what it hands off), or the site's own channels.
+        self._http: Factory = FrontDoorFactory(site) if front_door and isinstance(site, GatewaySite) else site
+        self._tls_factory = TLSMemoryBIOFactory(self, False, self._http)
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:
         if self.tls is None:
-            return self.site.buildProtocol(addr)
+            return self._http.buildProtocol(addr)
         return self._tls_factory.buildProtocol(addr)
 
     def serverConnectionForTLS(self, protocol: Any) -> Any:

@@ -63,6 +63,7 @@ class Options(usage.Options):
         ["demo", None, "Send every backend to agw.testing's fake OpenAI on loopback (no key, no network); one process."],
         ["no-watch", None, "Do not reload when the config file changes (SIGHUP still reloads)."],
         ["message-relay", None, "Relay Realtime messages whole (unmask, validate UTF-8, re-frame) instead of passing frames through."],
+        ["legacy-http", None, "Serve and forward HTTP with twisted.web's server and Agent, as agw did before its own front door and client."],
     ]
 
     config_object: GatewayConfig
@@ -123,7 +124,7 @@ class Options(usage.Options):
         """These options (but C{--workers}) as command-line arguments, for worker processes."""
         values = {name: self[name] for name, *_ in Options.optParameters if name != "workers"}
         values["config"] = os.path.abspath(values["config"])
-        flags = ["--message-relay"] if self["message-relay"] else []
+        flags = [f"--{flag}" for flag in ("message-relay", "legacy-http") if self[flag]]
         # Workers reload when the pool signals them; only the pool watches the file.
         return [f"--{name}={value}" for name, value in values.items()] + flags + ["--no-watch"]
 
@@ -194,6 +195,7 @@ def gateway_from_options(options: Options, access_log_fields: dict[str, Any] | N
         json_thread_threshold=options["json-thread-threshold"],
         body_idle_timeout=options["body-idle-timeout"],
         usage_grace=options["cancel-grace"],
+        legacy_http=bool(options["legacy-http"]),
     )
     relay_options = RelayOptions(
         max_message_size=options["max-message-size"],

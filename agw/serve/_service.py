@@ -99,7 +99,7 @@ class GatewayService(MultiService):
         port = config_port if reuse is None else reuse.get(config_port, config_port)
         gateway = self.gateway
         site = make_site(resource, gateway.reactor, gateway.http_options, gateway.refusals(config_port))
-        factory = self._factories[config_port] = BindFactory(site, tls)
+        factory = self._factories[config_port] = BindFactory(site, tls, front_door=not gateway.http_options.legacy_http)
         return ListeningService(gateway.reactor, Address(self.interface, port), factory, f"bind/{config_port}", reuse_port=reuse is not None)
 
     def startService(self) -> None:

@@ -1,0 +1,342 @@
+"""
+agw's own HTTP/1.1 front door for its listeners, parsing with httptools
+(llhttp): the route is chosen when a request's head arrives, so a body
+over the route's limit is refused from its C{Content-Length} before any
+upload, a client waiting for C{100 Continue} is checked for its key first,
+and a body streams upstream as it arrives. Requests to HTTP forwarders are
+served here (pipelined ones in order); anything else (a WebSocket upgrade,
+the WebRTC endpoints) is handed, with the rest of the connection, to the
+bind's twisted.web site (L{WebHandoff}).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import httptools
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from agw.http import ArrivingBody, HTTPForwarder
+from agw.routing import BadTarget, HeaderList, error_body, parse_target
+from agw.serve._front_request import FrontRequest
+from agw.serve._handoff import WebHandoff
+from agw.serve._site import GatewaySite, refusal_bytes
+from agw.serve._uploads import UploadPace
+
+# The most a request's head may hold (twisted.web's own limits: 16 KiB lines, 500 headers).
+MAX_HEAD = 64 * 1024
+MAX_HEADERS = 500
+
+
+class FrontDoor(Protocol):
+    """One client connection of a bind, served on the bind's C{site} (its routes, limits, budgets)."""
+
+    log = Logger()
+
+    def __init__(self, site: GatewaySite) -> None:
+        self.site = site
+        self._clock = site.upload_clock
+        self.peer: Any = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._reading: FrontRequest | None = None  # whose head or body is being parsed
+        self._current: FrontRequest | None = None  # being answered
+        self._waiting: deque[FrontRequest] = deque()  # pipelined behind it
+        self._handoff: WebHandoff | None = None
+        self._raw: list[bytes] | None = None  # after an upgrade: what arrived before the handoff
+        self._closed = False
+        self._pauses: set[str] = set()
+        self._pace: UploadPace | None = None
+        self._held = 0
+        self._idle: IDelayedCall | None = None
+        self._active = 0.0
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.peer = self.transport.getPeer()
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+        self._active = self._clock.seconds()
+        if self.site.timeOut:
+            self._idle = self._clock.callLater(self.site.timeOut, self._check_idle)
+
+    # Reading.
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._raw is not None:  # after an upgrade: bytes, not HTTP
+            if self._handoff is not None:
+                self._handoff.dataReceived(data)
+            else:
+                self._raw.append(data)
+            return
+        if self._closed:
+            return
+        self._active = self._clock.seconds()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._raw = [data[upgrade.args[0]:]]
+            if self._handoff is not None:
+                self._flush_raw(self._handoff)
+            return
+        except httptools.HttpParserInvalidURLError as bad:
+            if str(bad).startswith("Invalid char"):  # bytes no request-line may hold (a control, raw UTF-8)
+                self._refuse(400, "the request could not be read as HTTP/1.1", "invalid_request")
+            elif not self._closed:  # not origin-form: as parse_target refuses what llhttp lets through
+                self._refuse(400, f"the request-target must be a path starting with '/' (origin-form): {bad}",
+                             "invalid_request_target", "invalid_request_error")
+            return
+        except httptools.HttpParserError:
+            if not self._closed:
+                self._refuse(400, "the request could not be read as HTTP/1.1", "invalid_request")
+            return
+        reading = self._reading
+        if reading is not None and not reading.agw_body.complete and self._pace is None and self.site.upload_min_rate > 0:
+            rate = self.site.upload_min_rate
+            self._pace = UploadPace(self._clock, self.site.upload_grace, rate, lambda: self._refuse(
+                408, f"the request body arrived slower than {rate} bytes a second", "request_timeout",
+            ))
+            self._pace.received = reading.agw_body.received
+
+    def _flush_raw(self, handoff: WebHandoff) -> None:
+        raw, self._raw = self._raw or [], []
+        for data in raw:
+            handoff.dataReceived(data)
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._head_size = b"", [], 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise ValueError("request head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD or len(self._headers) >= MAX_HEADERS:
+            raise ValueError("request head too large")
+        if name:
+            self._headers.append((name.lower(), value))
+        else:  # a header cut over two reads: llhttp gives the rest of its value alone
+            last_name, last_value = self._headers[-1]
+            self._headers[-1] = (last_name, last_value + value)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = HeaderList(self._headers)
+        method = parser.get_method()
+        length = headers.get(b"content-length")
+        body = ArrivingBody(
+            int(length) if length is not None else (None if headers.get(b"transfer-encoding") else 0),
+            lambda: self._pause("body"), lambda: self._resume("body"),
+        )
+        request = FrontRequest(
+            self, method, self._url, headers, parser.get_http_version() == "1.1", parser.should_keep_alive(), body,
+        )
+        request.upgrade = parser.should_upgrade()  # type: ignore[attr-defined]
+        if self._handoff is not None:  # the connection is twisted.web's now: its head as it came
+            self._handoff.head(method, self._url, headers, request.http11)
+            self._reading = None
+            return
+        self._reading = request
+        if self._current is None:
+            self._start(request)
+        else:
+            self._waiting.append(request)
+            self._pause("pipelined")
+
+    def on_body(self, data: bytes) -> None:
+        request = self._reading
+        if request is None:
+            if self._handoff is not None:
+                self._handoff.body(data)
+            return
+        if request.handed_off:
+            self._handoff.body(data)  # type: ignore[union-attr]
+            return
+        limit = self.site.max_request_body
+        body = request.agw_body
+        if limit is not None and body.received + len(data) > limit:
+            self._refuse(413, f"request body is larger than {limit} bytes", "request_too_large")
+            raise ValueError("refused")
+        if not self.site.body_budget.take(len(data)):
+            self._refuse(503, "the gateway holds too many request bodies; try again later", "too_many_uploads")
+            raise ValueError("refused")
+        self._held += len(data)
+        if self._pace is not None:
+            self._pace.received = body.received + len(data)
+        body.receive(data)
+
+    def on_message_complete(self) -> None:
+        request, self._reading = self._reading, None
+        self._stop_pace()
+        if request is not None and not request.handed_off:
+            request.agw_body.end()
+        elif self._handoff is not None:
+            self._handoff.end()
+
+    # Answering.
+
+    def _start(self, request: FrontRequest) -> None:
+        """Route C{request} and begin its answer (its body may still be arriving)."""
+        self._current = request
+        routes = getattr(self.site.resource, "routes", None)
+        if request.upgrade or routes is None:  # type: ignore[attr-defined]
+            return self._hand_off(request)
+        if request.uri == b"*":
+            return self._refuse_request(request, 400, "the request-target must be a path starting with '/' (origin-form)",
+                                        "invalid_request_target")
+        try:
+            target = parse_target(request.uri)
+        except BadTarget as bad:
+            return self._refuse_request(request, 400, bad.message, "invalid_request_target")
+        request.uri, request.path = target.uri, target.path.encode("ascii")
+        routed = routes.select(request.getRequestHostname().decode("ascii", "replace").lower(), target.path)
+        if routed is None:
+            return self._refuse_request(request, 404, f"no route for {target.path}", "route_not_found")
+        resource = routed.resource(target.path)
+        if not isinstance(resource, HTTPForwarder):
+            return self._hand_off(request)
+        request.agw_route = routed  # type: ignore[attr-defined]
+        body = request.agw_body
+        limit = resource.body_limit(request.method)
+        if isinstance(body.length, int) and body.length > limit:
+            return self._refuse(413, f"request body is larger than {limit} bytes", "request_too_large")
+        if not body.complete and b"100-continue" in (request.requestHeaders.get(b"expect") or b"").lower():
+            header = _header_reader(request.requestHeaders)
+            refused = resource.refusal_before_body(request.method, target.query, header)
+            if refused is not None:
+                return self._refuse(refused.status, refused.message, refused.code, refused.error_type)
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        resource.render(request)  # type: ignore[arg-type]
+
+    def answered(self, request: FrontRequest) -> None:
+        """C{request}'s answer is complete: the next pipelined one, or the close."""
+        if request is not self._current:
+            return
+        self._give_back()
+        self._current = None
+        if not request.keep_alive or not request.agw_body.complete:
+            # A body not read to its end cannot be told apart from the next request.
+            self.transport.loseConnection()
+            return
+        self._active = self._clock.seconds()
+        if self._waiting:
+            self._start(self._waiting.popleft())
+        if not self._waiting:
+            self._resume("pipelined")
+
+    def _give_back(self) -> None:
+        if self._held:
+            self.site.body_budget.give_back(self._held)
+            self._held = 0
+
+    def _refuse_request(self, request: FrontRequest, status: int, message: str, code: str) -> None:
+        """agw's own answer to a request it routes nowhere; the connection stays."""
+        self._count(request.method, status)
+        data = error_body(message, "invalid_request_error", code)
+        request.setResponseCode(status)
+        request.responseHeaders.pairs += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+        request.write(data)
+        request.finish()
+
+    def _refuse(self, status: int, message: str, code: str, error_type: str | None = None) -> None:
+        """agw's answer to what it will not read on (a body too large, too slow; a bad head): then the close."""
+        method = self._reading.method if self._reading is not None else (self._current.method if self._current else b"")
+        self._stop_pace()
+        if self._current is None or not self._current.startedWriting:
+            self.transport.write(refusal_bytes(status, message, code, error_type))
+        self._count(method, status)
+        self.transport.loseConnection()
+        self._closed = True  # nothing more is read
+
+    def _count(self, method: bytes, status: int) -> None:
+        if self.site.refused is not None:
+            self.site.refused(method, status)
+
+    def _hand_off(self, request: FrontRequest) -> None:
+        """C{request} and the rest of the connection go to the bind's twisted.web site."""
+        self._current = None
+        request.handed_off = True
+        handoff = self._handoff = WebHandoff(self.site, self.transport)
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()  # the channel times itself out
+        self._resume("pipelined")
+        handoff.head(request.method, request.target, request.requestHeaders, request.http11)
+        body = request.agw_body
+        handoff.body(body.take_buffered())
+        if body.complete:
+            handoff.end()
+        for waiting in self._waiting:  # pipelined behind it: twisted.web's too, in order
+            waiting.handed_off = True
+            handoff.head(waiting.method, waiting.target, waiting.requestHeaders, waiting.http11)
+            handoff.body(waiting.agw_body.take_buffered())
+            if waiting.agw_body.complete:
+                handoff.end()
+        self._waiting.clear()
+        if self._raw is not None:
+            self._flush_raw(handoff)
+
+    # Flow and time.
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses:
+            self.transport.pauseProducing()
+        self._pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._pauses:
+            self._pauses.discard(reason)
+            if not self._pauses:
+                self.transport.resumeProducing()
+
+    def _stop_pace(self) -> None:
+        if self._pace is not None:
+            self._pace.stop()
+            self._pace = None
+
+    def _check_idle(self) -> None:
+        timeout = self.site.timeOut
+        left = self._active + timeout - self._clock.seconds()
+        if self._current is not None or self._reading is not None and self._pace is not None or left > 0:
+            self._idle = self._clock.callLater(max(left, 1.0), self._check_idle)
+            return
+        self._idle = None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._stop_pace()
+        if self._handoff is not None:
+            self._handoff.connectionLost(reason)
+        for request in (self._current, *self._waiting, self._reading):
+            if request is not None:
+                request.connectionLost(reason)
+        self._give_back()
+
+
+def _header_reader(headers: HeaderList) -> Any:
+    def header(name: str) -> str | None:
+        value = headers.get(name.lower().encode("latin-1"))
+        return value.decode("latin-1") if value is not None else None
+
+    return header
+
+
+class FrontDoorFactory(Factory):
+    """Builds a L{FrontDoor} for each connection of C{site}'s bind."""
+
+    noisy = False
+
+    def __init__(self, site: GatewaySite) -> None:
+        self.site = site
+
+    def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802
+        return FrontDoor(self.site)
