@@ -95,6 +95,7 @@ class FrontRequest:
         self.finished = False
         self._disconnected = False
         self._chunked = False
+        self._close_delimited = False
         self._finishing: list[Deferred[None]] = []
         self.producer: _OnceStopped | None = None
         # Served by the bind's twisted.web site instead (see WebHandoff).
@@ -127,6 +128,7 @@ class FrontRequest:
     def delimit_by_close(self) -> None:
         """Answer with a body that ends where the connection does (as the upstream's did), then close."""
         self.keep_alive = False
+        self._close_delimited = True
 
     def write(self, data: bytes) -> None:
         if self.finished or self._disconnected:
@@ -149,7 +151,7 @@ class FrontRequest:
         names = {name for name, _ in pairs}
         no_body = self.code in _NO_BODY or self.code < 200
         if b"content-length" not in names and not no_body and self.method != b"HEAD":
-            if self.keep_alive and self.http11:
+            if self.http11 and not self._close_delimited:  # chunked, even before a close: a cut-off body must show
                 self._chunked = True
                 pairs.append((b"transfer-encoding", b"chunked"))
             else:
