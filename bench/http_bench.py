@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=result_path("http.json"))
+    parser.add_argument("--only", default="", help="comma-separated target names to run (direct always runs)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -114,10 +115,12 @@ def main() -> None:
     floor = subprocess.Popen([sys.executable, os.path.join(HERE, "twisted_http_proxy.py"), str(floor_port), str(fake_port)])
     wait_port(floor_port)
     targets["twisted.web floor"] = (floor, floor_port)
-    agw, port, _ = start_agw(fake_port)
-    targets["agw"] = (agw, port)
-    agw2, port2, _ = start_agw(fake_port, "--workers", "2")
-    targets["agw --workers 2"] = (agw2, port2)
+    wanted = {name.strip() for name in args.only.split(",") if name.strip()}
+    agws = {"agw --legacy-http": ("--legacy-http",), "agw": (), "agw --workers 2": ("--workers", "2")}
+    for name, flags in agws.items():
+        if not wanted or name in wanted:
+            proc, port, _ = start_agw(fake_port, *flags)
+            targets[name] = (proc, port)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     try:
         for _, target_port in targets.values():

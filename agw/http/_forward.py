@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    FileBodyProducer,
     RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseDone,
@@ -23,18 +21,19 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from agw.config import RouteType
 from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
-from agw.http._arriving import ArrivingBody, BodyBroken
+from agw.http._arriving import BodyBroken
 from agw.http._body import BodyRelay, answer_head, kept_for_usage
 from agw.http._client import UpstreamClient, tls_failure
-from agw.http._prepare import GuardRejected, prepare_json, write_rejection
-from agw.http._request_body import AnswerDeadline, BytesBodyProducer, Refused, json_object
+from agw.http._prepare import GuardRejected, write_rejection
+from agw.http._request_bodies import RequestBodies, client_headers
+from agw.http._request_body import AnswerDeadline, Refused
 from agw.http._response_guard import answer_guard
 from agw.metering import (
     HTTPExchange,
@@ -72,14 +71,6 @@ def _header(request: Request, name: bytes) -> str | None:
     return value.decode("latin-1") if (value := request.getHeader(name)) is not None else None
 
 
-def _client_headers(request: Request) -> list[tuple[str, str]]:
-    return [
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, values in request.requestHeaders.getAllRawHeaders()
-        for value in values
-    ]
-
-
 class HTTPForwarder(Resource):
     """Forwards one route type of one route (C{passthrough} and C{models}: bodies unread)."""
 
@@ -100,6 +91,11 @@ class HTTPForwarder(Resource):
         # A request guard calls out (webhook, moderation): it may be sent the client's headers.
         self._calls_out = any(guard.regex is None for guard in context.policies.prompt_guard.request)
         self._answers_call_out = any(guard.webhook is not None for guard in context.policies.prompt_guard.response)
+        self._bodies = RequestBodies(route_type, self._parsed is not None, client.options, context, self._calls_out)
+
+    def body_limit(self, method: bytes) -> int:
+        """The largest body this route type takes with C{method} (a larger C{Content-Length}: 413 before any upload)."""
+        return self._bodies.limit(method)
 
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
@@ -148,7 +144,7 @@ class HTTPForwarder(Resource):
             exchange.who = self._context.attribute(key) if keys is not None else None
             if self._unread(method):
                 KeyCheck.authorize_unread(key)
-            body = await self._request_body(request, exchange)
+            body = await self._bodies.read(request, exchange)
             if self._parsed is not None:
                 # Only where agw reads the body does it know the model (passthrough: not checked).
                 KeyCheck.authorize(key, exchange.request_model)
@@ -212,7 +208,7 @@ class HTTPForwarder(Resource):
         guard = answer_guard(
             self._type, self._context.policies.prompt_guard, request, response, exchange, self._client.options.max_json_body,
             self._context.guard_calls,  # type: ignore[arg-type]
-            guard_headers(_client_headers(request), self._context.policies) if self._answers_call_out else None,
+            guard_headers(client_headers(request), self._context.policies) if self._answers_call_out else None,
         )
         ends_at_close = answer_head(request, response, same_length=remover is None and guard is None)
 
@@ -243,55 +239,8 @@ class HTTPForwarder(Resource):
         span = self._context.spans.start(method, now, _header(request, b"traceparent"))
         return HTTPExchange(request.path, now, operation, client=peer_address(request.getClientAddress()), span=span)
 
-    async def _request_body(self, request: Request, exchange: HTTPExchange) -> IBodyProducer | None:
-        """The body to send upstream (after guards that call out: a client leaving cancels them); notes the model on C{exchange}."""
-        arriving: ArrivingBody | None = getattr(request, "agw_body", None)
-        if arriving is not None:  # agw's front door: the body as it arrives
-            return await self._arriving_body(request, exchange, arriving)
-        content = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        limit = self._client.options.max_request_body
-        if size > limit:
-            # A gateway site refuses these before they arrive whole; an
-            # embedder's site does not.
-            raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
-        if self._parsed is None or request.method != b"POST":
-            # twisted.web spooled a large body to a temporary file: stream it
-            # from there instead of reading it into memory.
-            return FileBodyProducer(content) if size else None
-        limit = self._client.options.max_json_body
-        if size > limit:
-            raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
-        return await self._prepared(request, exchange, content.read(), size)
-
-    def body_limit(self, method: bytes) -> int:
-        """The largest body this route type takes with C{method} (a larger C{Content-Length}: 413 before any upload)."""
-        if self._parsed is None or method != b"POST":
-            return self._client.options.max_request_body
-        return min(self._client.options.max_json_body, self._client.options.max_request_body)
-
-    async def _arriving_body(self, request: Request, exchange: HTTPExchange, body: ArrivingBody) -> IBodyProducer | None:
-        if self._parsed is None or request.method != b"POST":
-            return body if not body.complete or body.received else None  # streamed upstream as it arrives
-        raw = await body.whole(self.body_limit(b"POST"))
-        return await self._prepared(request, exchange, raw, len(raw))
-
-    async def _prepared(self, request: Request, exchange: HTTPExchange, raw: bytes, size: int) -> IBodyProducer:
-        """A JSON body read whole: checked, enriched and guarded (a guard that calls out is awaited)."""
-        headers = guard_headers(_client_headers(request), self._context.policies) if self._calls_out else None
-        parsed = None
-        if size > self._client.options.json_thread_threshold:  # a 32 MiB decode would hold every connection a while
-            parsed = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), json_object, raw)
-        data = prepare_json(raw, self._type, self._context, exchange, headers, parsed)
-        if isinstance(data, Deferred):  # a guard calls out: wait for it, unless the client leaves first
-            request.notifyFinish().addErrback(lambda _, preparing=data: preparing.cancel())
-            data = await data
-        return BytesBodyProducer(data)
-
     def _headers(self, request: Request, traceparent: str | None = None) -> Headers:
-        client = _client_headers(request)
+        client = client_headers(request)
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
             # Expect: twisted.web answered the client's 100-continue; the whole body goes upstream.

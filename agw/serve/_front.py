@@ -20,9 +20,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from agw.http import ArrivingBody, HTTPForwarder
-from agw.routing import BadTarget, HeaderList, error_body, parse_target
+from agw.http import ArrivingBody
+from agw.routing import HeaderList, error_body
 from agw.serve._front_request import FrontRequest
+from agw.serve._front_route import HandOff, Refusal, route_head, unreadable
 from agw.serve._handoff import WebHandoff
 from agw.serve._site import GatewaySite, refusal_bytes
 from agw.serve._uploads import UploadPace
@@ -84,23 +85,16 @@ class FrontDoor(Protocol):
             if self._handoff is not None:
                 self._flush_raw(self._handoff)
             return
-        except httptools.HttpParserInvalidURLError as bad:
-            if str(bad).startswith("Invalid char"):  # bytes no request-line may hold (a control, raw UTF-8)
-                self._refuse(400, "the request could not be read as HTTP/1.1", "invalid_request")
-            elif not self._closed:  # not origin-form: as parse_target refuses what llhttp lets through
-                self._refuse(400, f"the request-target must be a path starting with '/' (origin-form): {bad}",
-                             "invalid_request_target", "invalid_request_error")
-            return
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as error:
             if not self._closed:
-                self._refuse(400, "the request could not be read as HTTP/1.1", "invalid_request")
+                self._refuse(unreadable(error))
             return
         reading = self._reading
         if reading is not None and not reading.agw_body.complete and self._pace is None and self.site.upload_min_rate > 0:
             rate = self.site.upload_min_rate
-            self._pace = UploadPace(self._clock, self.site.upload_grace, rate, lambda: self._refuse(
+            self._pace = UploadPace(self._clock, self.site.upload_grace, rate, lambda: self._refuse(Refusal(
                 408, f"the request body arrived slower than {rate} bytes a second", "request_timeout",
-            ))
+            )))
             self._pace.received = reading.agw_body.received
 
     def _flush_raw(self, handoff: WebHandoff) -> None:
@@ -163,10 +157,10 @@ class FrontDoor(Protocol):
         limit = self.site.max_request_body
         body = request.agw_body
         if limit is not None and body.received + len(data) > limit:
-            self._refuse(413, f"request body is larger than {limit} bytes", "request_too_large")
+            self._refuse(Refusal(413, f"request body is larger than {limit} bytes", "request_too_large"))
             raise ValueError("refused")
         if not self.site.body_budget.take(len(data)):
-            self._refuse(503, "the gateway holds too many request bodies; try again later", "too_many_uploads")
+            self._refuse(Refusal(503, "the gateway holds too many request bodies; try again later", "too_many_uploads"))
             raise ValueError("refused")
         self._held += len(data)
         if self._pace is not None:
@@ -186,35 +180,16 @@ class FrontDoor(Protocol):
     def _start(self, request: FrontRequest) -> None:
         """Route C{request} and begin its answer (its body may still be arriving)."""
         self._current = request
-        routes = getattr(self.site.resource, "routes", None)
-        if request.upgrade or routes is None:  # type: ignore[attr-defined]
+        decided = route_head(getattr(self.site.resource, "routes", None), request)
+        if isinstance(decided, HandOff):
             return self._hand_off(request)
-        if request.uri == b"*":
-            return self._refuse_request(request, 400, "the request-target must be a path starting with '/' (origin-form)",
-                                        "invalid_request_target")
-        try:
-            target = parse_target(request.uri)
-        except BadTarget as bad:
-            return self._refuse_request(request, 400, bad.message, "invalid_request_target")
-        request.uri, request.path = target.uri, target.path.encode("ascii")
-        routed = routes.select(request.getRequestHostname().decode("ascii", "replace").lower(), target.path)
-        if routed is None:
-            return self._refuse_request(request, 404, f"no route for {target.path}", "route_not_found")
-        resource = routed.resource(target.path)
-        if not isinstance(resource, HTTPForwarder):
-            return self._hand_off(request)
-        request.agw_route = routed  # type: ignore[attr-defined]
-        body = request.agw_body
-        limit = resource.body_limit(request.method)
-        if isinstance(body.length, int) and body.length > limit:
-            return self._refuse(413, f"request body is larger than {limit} bytes", "request_too_large")
-        if not body.complete and b"100-continue" in (request.requestHeaders.get(b"expect") or b"").lower():
-            header = _header_reader(request.requestHeaders)
-            refused = resource.refusal_before_body(request.method, target.query, header)
-            if refused is not None:
-                return self._refuse(refused.status, refused.message, refused.code, refused.error_type)
+        if isinstance(decided, Refusal):
+            if decided.closes:
+                return self._refuse(decided)
+            return self._refuse_request(request, decided)
+        if request.expects_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        resource.render(request)  # type: ignore[arg-type]
+        decided.render(request)  # type: ignore[arg-type]
 
     def answered(self, request: FrontRequest) -> None:
         """C{request}'s answer is complete: the next pipelined one, or the close."""
@@ -237,22 +212,22 @@ class FrontDoor(Protocol):
             self.site.body_budget.give_back(self._held)
             self._held = 0
 
-    def _refuse_request(self, request: FrontRequest, status: int, message: str, code: str) -> None:
+    def _refuse_request(self, request: FrontRequest, refusal: Refusal) -> None:
         """agw's own answer to a request it routes nowhere; the connection stays."""
-        self._count(request.method, status)
-        data = error_body(message, "invalid_request_error", code)
-        request.setResponseCode(status)
+        self._count(request.method, refusal.status)
+        data = error_body(refusal.message, refusal.error_type or "invalid_request_error", refusal.code)
+        request.setResponseCode(refusal.status)
         request.responseHeaders.pairs += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
         request.write(data)
         request.finish()
 
-    def _refuse(self, status: int, message: str, code: str, error_type: str | None = None) -> None:
+    def _refuse(self, refusal: Refusal) -> None:
         """agw's answer to what it will not read on (a body too large, too slow; a bad head): then the close."""
         method = self._reading.method if self._reading is not None else (self._current.method if self._current else b"")
         self._stop_pace()
         if self._current is None or not self._current.startedWriting:
-            self.transport.write(refusal_bytes(status, message, code, error_type))
-        self._count(method, status)
+            self.transport.write(refusal_bytes(refusal.status, refusal.message, refusal.code, refusal.error_type))
+        self._count(method, refusal.status)
         self.transport.loseConnection()
         self._closed = True  # nothing more is read
 
@@ -263,22 +238,12 @@ class FrontDoor(Protocol):
     def _hand_off(self, request: FrontRequest) -> None:
         """C{request} and the rest of the connection go to the bind's twisted.web site."""
         self._current = None
-        request.handed_off = True
         handoff = self._handoff = WebHandoff(self.site, self.transport)
         if self._idle is not None and self._idle.active():
             self._idle.cancel()  # the channel times itself out
         self._resume("pipelined")
-        handoff.head(request.method, request.target, request.requestHeaders, request.http11)
-        body = request.agw_body
-        handoff.body(body.take_buffered())
-        if body.complete:
-            handoff.end()
-        for waiting in self._waiting:  # pipelined behind it: twisted.web's too, in order
-            waiting.handed_off = True
-            handoff.head(waiting.method, waiting.target, waiting.requestHeaders, waiting.http11)
-            handoff.body(waiting.agw_body.take_buffered())
-            if waiting.agw_body.complete:
-                handoff.end()
+        for each in (request, *self._waiting):  # those pipelined behind it are twisted.web's too, in order
+            handoff.request(each)
         self._waiting.clear()
         if self._raw is not None:
             self._flush_raw(handoff)
@@ -320,14 +285,6 @@ class FrontDoor(Protocol):
             if request is not None:
                 request.connectionLost(reason)
         self._give_back()
-
-
-def _header_reader(headers: HeaderList) -> Any:
-    def header(name: str) -> str | None:
-        value = headers.get(name.lower().encode("latin-1"))
-        return value.decode("latin-1") if value is not None else None
-
-    return header
 
 
 class FrontDoorFactory(Factory):

@@ -101,11 +101,18 @@ class FrontRequest:
         # Served by the bind's twisted.web site instead (see WebHandoff).
         self.handed_off = False
         self.upgrade = False
+        # A client that waits for "100 Continue" before it sends its body.
+        self.expects_continue = not body.complete and b"100-continue" in (headers.get(b"expect") or b"").lower()
 
     # What the core reads of the request.
 
     def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802
         return self.requestHeaders.get(name.lower())
+
+    def header_text(self, name: str) -> str | None:
+        """The first value of header C{name}, as text."""
+        value = self.requestHeaders.get(name.lower().encode("latin-1"))
+        return value.decode("latin-1") if value is not None else None
 
     def getClientAddress(self) -> Any:  # noqa: N802
         return self.channel.peer

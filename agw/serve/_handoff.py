@@ -14,6 +14,7 @@ from typing import Any
 from twisted.python.failure import Failure
 
 from agw.routing import HeaderList
+from agw.serve._front_request import FrontRequest
 from agw.serve._site import GatewaySite
 
 
@@ -24,6 +25,15 @@ class WebHandoff:
         self._channel = site.buildProtocol(transport.getPeer())
         self._channel.makeConnection(transport)
         self._chunked = False
+
+    def request(self, request: FrontRequest) -> None:
+        """A request the door read the head of (and perhaps some or all of its body): twisted.web's from now on."""
+        request.handed_off = True
+        self.head(request.method, request.target, request.requestHeaders, request.http11)
+        body = request.agw_body
+        self.body(body.take_buffered())
+        if body.complete:
+            self.end()
 
     def head(self, method: bytes, url: bytes, headers: HeaderList, http11: bool) -> None:
         """A request's head, as the client sent it."""
