@@ -16,6 +16,7 @@ import urllib.request
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import treq
 import yaml
 from openai import OpenAI
@@ -76,6 +77,8 @@ class GatewayTestCase(TestCase):
     relay_types: dict[str, str] = {}
     # The seed's providers replaced by this azure provider (see seed_config_text).
     azure: dict | None = None
+    # twisted.web's server and Agent (--legacy-http) instead of agw's own front door and client.
+    legacy_http = False
     # The backend key as the environment holds it (a Kubernetes secret may end in a newline).
     backend_key_env = BACKEND_KEY
 
@@ -91,8 +94,9 @@ class GatewayTestCase(TestCase):
             seed_config_text(self.upstream_port, self.relay_types, self.azure), {"OPENAI_API_KEY": self.backend_key_env},
         )
         self.access_log = io.StringIO()
+        http_options = attrs.evolve(self.http_options, legacy_http=True) if self.legacy_http else self.http_options
         self.gateway = Gateway(
-            config, relay_options=self.relay_options, http_options=self.http_options,
+            config, relay_options=self.relay_options, http_options=http_options,
             access_log=AccessLog(self.access_log),
         )
         self.service = self.gateway.service(interface="127.0.0.1", drain_period=0)
@@ -410,6 +414,8 @@ def listening_fake(case: TestCase, **listen: Any) -> Any:
 def running_gateway(case: TestCase, config_text: str, environ: dict[str, str] | None = None, **gateway: Any) -> Any:
     """agw from C{config_text}, serving on loopback for C{case}; fires with (gateway, service, port of the first bind)."""
     config = parse_config(config_text, {"OPENAI_API_KEY": BACKEND_KEY} if environ is None else environ)
+    if getattr(case, "legacy_http", False):
+        gateway["http_options"] = attrs.evolve(gateway.get("http_options", HTTPOptions()), legacy_http=True)
     built = Gateway(config, **gateway)
     service = built.service(interface="127.0.0.1", drain_period=0)
     service.startService()
@@ -449,3 +455,15 @@ def guard_check_counts(gateway: Any, *labels: str) -> dict[tuple[str, ...], floa
         for (metric, found), value in registry_samples(gateway.metrics.registry).items()
         if metric == "agentgateway_guardrail_checks_total"
     }
+
+
+def on_twisted_web(case: type[TestCase]) -> type[TestCase]:
+    """
+    C{case} again, on twisted.web's server and Agent (C{--legacy-http})
+    instead of agw's own front door and client: for the tests that hold
+    for both. Its setUp must start agw through L{GatewayTestCase} or
+    L{running_gateway}, which read C{legacy_http}.
+    """
+    return type("TwistedWeb" + case.__name__, (case,), {
+        "legacy_http": True, "__module__": case.__module__, "__doc__": f"{case.__name__}, on --legacy-http.",
+    })

@@ -27,6 +27,7 @@ from tests.support import (
     BACKEND_KEY,
     CLIENT_KEY,
     listening_fake,
+    on_twisted_web,
     open_client,
     recv_event,
     running_gateway,
@@ -246,3 +247,7 @@ class ProviderCredentialsTests(CredentialGatewayTests):
         self.assertEqual((seen.headers["api-key"], seen.headers["x-api-key"]), (CLIENT_KEY, CLIENT_KEY))
         yield deferToThread(self.handshake, f"api-key={CLIENT_KEY}", CREDENTIAL_HEADERS)
         self.assertEqual(self.fake.handshakes[-1].uri, f"/v1/realtime?model=m&api-key={CLIENT_KEY}")
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebCredentialGatewayTests = on_twisted_web(CredentialGatewayTests)

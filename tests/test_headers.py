@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agw.config import Policies, Secret
 from agw.routing import client_response_headers, upstream_headers
-from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, open_client, raw_exchange, recv_event
+from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, on_twisted_web, open_client, raw_exchange, recv_event
 
 CHOSEN_BY_CLIENT = {
     "Authorization": f"Bearer {CLIENT_KEY}",
@@ -128,3 +128,8 @@ class KeyFromASecretFileTests(GatewayTestCase):
         self.assertEqual(response.code, 200)
         yield response.content()
         self.assertEqual(self.fake.http_requests[-1].headers["authorization"], f"Bearer {BACKEND_KEY}")
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebUpstreamHeadersTests = on_twisted_web(UpstreamHeadersTests)
+TwistedWebForwardedHeadersTests = on_twisted_web(ForwardedHeadersTests)

@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed
 
 from agw.realtime import RelayOptions
-from tests.support import GatewayTestCase, open_client, raw_exchange, recv_event, wait_closed, wait_until
+from tests.support import GatewayTestCase, on_twisted_web, open_client, raw_exchange, recv_event, wait_closed, wait_until
 
 
 def invalid_utf8_frame() -> bytes:
@@ -149,3 +149,7 @@ class IdleDetectionTests(GatewayTestCase):
         # ... and now silence: pings go unanswered.
         yield wait_until(lambda: self.fake.closes, timeout=10)
         self.assertEqual(self.fake.closes[0][0], 1011)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebHostileInputTests = on_twisted_web(HostileInputTests)

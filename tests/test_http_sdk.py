@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThread
 from twisted.web.client import FileBodyProducer
 
 from agw.http import HTTPOptions
-from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, token_sums, wait_until
+from tests.support import BACKEND_KEY, CLIENT_KEY, GatewayTestCase, on_twisted_web, token_sums, wait_until
 
 
 class HTTPTestCase(GatewayTestCase):
@@ -251,3 +251,12 @@ class TimeoutTests(HTTPTestCase):
         body = yield response.json()
         self.assertEqual((response.code, body["error"]["code"]), (504, "upstream_timeout"))
         yield wait_until(lambda: self.fake.http_abandoned)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebCompletionsTests = on_twisted_web(CompletionsTests)
+TwistedWebOtherTypesTests = on_twisted_web(OtherTypesTests)
+TwistedWebPassthroughTests = on_twisted_web(PassthroughTests)
+TwistedWebErrorTests = on_twisted_web(ErrorTests)
+TwistedWebLeftClientTests = on_twisted_web(LeftClientTests)
+TwistedWebTimeoutTests = on_twisted_web(TimeoutTests)

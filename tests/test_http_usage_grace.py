@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.metering import AccessLog
-from tests.support import listening_fake, running_gateway, seed_config_text, wait_until
+from tests.support import listening_fake, on_twisted_web, running_gateway, seed_config_text, wait_until
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -79,3 +79,7 @@ class LeftEarlyTests(TestCase):
         yield response.content()
         gate.callback(None)
         yield self.assert_metered()
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebLeftEarlyTests = on_twisted_web(LeftEarlyTests)

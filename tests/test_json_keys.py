@@ -11,6 +11,7 @@ from typing import Any
 import treq
 from twisted.internet.defer import inlineCallbacks
 
+from tests.support import on_twisted_web
 from tests.test_apikey import TEAM_A, APIKeyGatewayTests
 
 
@@ -56,3 +57,7 @@ class DuplicateKeyTests(APIKeyGatewayTests):
         code, body = yield self.post("chat/completions", raw)
         self.assertEqual((code, body["error"]["code"]), (400, "invalid_json"))
         self.assertEqual(self.fake.http_requests, [])
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebDuplicateKeyTests = on_twisted_web(DuplicateKeyTests)

@@ -21,7 +21,7 @@ from agw.metering import (
     embeddings_usage,
     responses_usage,
 )
-from tests.support import GatewayTestCase, token_sums
+from tests.support import GatewayTestCase, on_twisted_web, token_sums
 
 LIMIT = 64 * 1024
 
@@ -110,3 +110,7 @@ class LargeBodyWatcherTests(SynchronousTestCase):
     def test_within_the_limit_unchanged(self) -> None:
         body = json.dumps({"model": "m", "usage": CHAT_USAGE}).encode()
         self.assertEqual(watch(chat_completion_usage, body, limit=len(body)), [(chat_completion_usage({"usage": CHAT_USAGE}), "m")])
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebLargeEmbeddingsTests = on_twisted_web(LargeEmbeddingsTests)

@@ -29,6 +29,7 @@ from agw.serve import GatewaySite
 from tests.support import (
     GatewayTestCase,
     handshake_status,
+    on_twisted_web,
     open_client,
     raw_exchange,
     recv_event,
@@ -288,3 +289,11 @@ class FormBodyTests(TestCase):
             answer = yield deferToThread(raw_exchange, port.getHost().port, request)
             self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:40])
         self.assertEqual(capture.seen, [({}, multipart), ({}, b"a=1&b=2")])
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebRequestBodyLimitTests = on_twisted_web(RequestBodyLimitTests)
+TwistedWebBufferedBodiesLimitTests = on_twisted_web(BufferedBodiesLimitTests)
+TwistedWebStalledStreamTests = on_twisted_web(StalledStreamTests)
+TwistedWebBodyIdleTimeoutTests = on_twisted_web(BodyIdleTimeoutTests)
+TwistedWebFormBodyTests = on_twisted_web(FormBodyTests)

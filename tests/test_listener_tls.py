@@ -27,6 +27,7 @@ from tests.support import (
     CLIENT_KEY,
     free_port,
     listening_fake,
+    on_twisted_web,
     raw_exchange,
     registry_samples,
     run_session,
@@ -206,3 +207,7 @@ class ServerNameTests(TestCase):
         for name in ("other.example.test", None):  # no listener for it, and none without a hostname
             with self.assertRaises((ssl.SSLError, ConnectionError)):
                 yield deferToThread(handshake, port, client_context(ca), name)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebHTTPSListenerTests = on_twisted_web(HTTPSListenerTests)

@@ -15,7 +15,7 @@ import yaml
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import BACKEND_KEY, listening_fake, running_gateway, seed_config_text
+from tests.support import BACKEND_KEY, listening_fake, on_twisted_web, running_gateway, seed_config_text
 
 MODELS_ONLY = "sk-agw-models-only-0123"
 BUDGETED = "sk-agw-budgeted-4567"
@@ -102,3 +102,7 @@ class AllowPassthroughTests(PassthroughKeysTests):
         self.assertEqual((code, body["object"]), (200, "response"))
         code, _ = yield self.call(TRUSTED, path="chat/completions")  # allowedModels still holds where agw reads
         self.assertEqual(code, 403)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebPassthroughKeysTests = on_twisted_web(PassthroughKeysTests)

@@ -16,7 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from agw.http import HTTPOptions
-from tests.support import registry_samples, wait_until
+from tests.support import on_twisted_web, registry_samples, wait_until
 from tests.wire_support import gateway_to, raw_request, read_response, status_and_error
 
 
@@ -111,3 +111,7 @@ class ProbeListenerBodyTests(TestCase):
         for name, path in (("stats", b"/metrics"), ("readiness", b"/healthz/ready")):
             head, _, _ = yield deferToThread(raw_request, self.ports[name], b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)
             self.assertTrue(head.startswith(b"HTTP/1.1 200"), (name, head))
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebRefusalTests = on_twisted_web(RefusalTests)

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from agw.config import parse_config
 from agw.serve import ConfigReloader, Reloaded, ReloadRefused
 from agw.serve._reload import POLL_SECONDS
-from tests.support import BACKEND_KEY, CLIENT_KEY, free_port, seed_config_text
+from tests.support import BACKEND_KEY, CLIENT_KEY, free_port, on_twisted_web, seed_config_text
 from tests.wire_support import RawRequest, answer, gateway_to, read_response, status_and_error
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY}
@@ -120,3 +120,7 @@ class PollingGoesOnTests(SynchronousTestCase):
             clock.advance(POLL_SECONDS)
         self.assertEqual(applied, ["third"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebRemovedBindTests = on_twisted_web(RemovedBindTests)

@@ -20,7 +20,7 @@ from twisted.web.server import Site
 from agw import Gateway, parse_config
 from agw.routing import BackendTarget, BadTarget, OriginTarget, parse_target
 from agw.testing import FakeOpenAI
-from tests.support import BACKEND_KEY, GatewayTestCase, raw_exchange, seed_config_text, status_and_json
+from tests.support import BACKEND_KEY, GatewayTestCase, on_twisted_web, raw_exchange, seed_config_text, status_and_json
 
 HOSTILE_TARGETS = [
     b".evil.example/v1/models",  # glued onto api.openai.com: another host
@@ -136,3 +136,7 @@ class EmbeddedTargetTests(TestCase):
         )
         self.assertEqual(status_and_json(dots)[0], 400)
         self.assertEqual(len(fake.http_requests), 1)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebTargetEndToEndTests = on_twisted_web(TargetEndToEndTests)

@@ -15,6 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from tests.support import on_twisted_web
 from tests.wire_support import RawRequest, answer, gateway_to, header_names, header_value, raw_request, read_response
 
 GET = b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -110,3 +111,7 @@ class ResponseFramingTests(TestCase):
         request: RawRequest = self.upstream.requests[-1]
         self.assertEqual(request.body, b"data")
         self.assertNotIn("expect", request.headers)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebResponseFramingTests = on_twisted_web(ResponseFramingTests)

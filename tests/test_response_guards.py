@@ -25,7 +25,7 @@ from agw.config import Builtin, Guard, GuardAction, RegexGuard, RegexRule, Rejec
 from agw.decisions import StreamedAnswer, blocked_event, guard_answer, unguarded_streams
 from agw.http._response_guard import GuardedSSE
 from agw.metering import AccessLog, HTTPExchange
-from tests.support import listening_fake, LoopbackClient, raw_exchange, registry_samples, running_gateway, token_sums
+from tests.support import listening_fake, LoopbackClient, on_twisted_web, raw_exchange, registry_samples, running_gateway, token_sums
 from tests.test_guardrails import ENV, config_text
 
 CARD = Guard(regex=RegexGuard(rules=(RegexRule(builtin=Builtin.CREDIT_CARD),)))
@@ -497,3 +497,8 @@ class NoResponseGuardTests(ResponseGuardCase):
             self.assertEqual(through_gateway, direct, path)
             self.assertIn(b"4111 1111 ", through_gateway)
         self.assertEqual(self.response_checks(), {})
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebJSONAnswerTests = on_twisted_web(JSONAnswerTests)
+TwistedWebStreamTests = on_twisted_web(StreamTests)

@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from agw.config import MiB
 from agw.http import HTTPOptions
-from tests.support import wait_until
+from tests.support import on_twisted_web, wait_until
 from tests.wire_support import RawRequest, answer, gateway_to, raw_request, read_response, status_and_error
 
 KEY = "sk-uploader-0123456789"
@@ -119,3 +119,8 @@ class KeyBeforeUploadTests(TestCase):
     def test_a_known_key_is_told_to_continue(self) -> Any:
         interim = yield self.expect(b"Authorization: Bearer %s\r\n" % KEY.encode())
         self.assertTrue(interim[0].startswith(b"HTTP/1.1 100"), interim)
+
+
+# The same tests on twisted.web's server and Agent (--legacy-http).
+TwistedWebSlowUploadTests = on_twisted_web(SlowUploadTests)
+TwistedWebKeyBeforeUploadTests = on_twisted_web(KeyBeforeUploadTests)

@@ -113,3 +113,4 @@ class UpstreamTimeoutTests(TestCase):
         request = self.request(b"")
         self.clock.advance(TIMEOUT + 1)
         self.assertEqual(request.responseCode, 504)
+
