@@ -1,0 +1,226 @@
+"""
+agw's own front door (httptools): what it does that twisted.web's server
+did not. A completions body over the route's limit is refused from its
+Content-Length before it is sent; a passthrough upload streams upstream as
+it arrives, never spooled, in bounded memory; pipelined requests are
+answered in order; a connection that served completions can go on to a
+Realtime upgrade or a WebRTC endpoint (handed to twisted.web); a head too
+large, an HTTP/1.0 client, a client that leaves mid-upload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from agw.config import MiB
+from tests.support import GatewayTestCase, wait_until
+from tests.wire_support import answer, gateway_to, raw_request, read_response, status_and_error
+
+COMPLETION = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def completion_request(connection: bytes = b"keep-alive") -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Connection: %s\r\nContent-Length: %d\r\n\r\n%s" % (connection, len(COMPLETION), COMPLETION))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class CountingUpstream(Protocol):
+    """An upload's upstream: counts the body's bytes as they come, answers 200 when all are in."""
+
+    def __init__(self, factory: CountingFactory) -> None:
+        self.factory, self.head, self.length = factory, b"", -1
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.length < 0:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, _, data = self.head.partition(b"\r\n\r\n")
+            length = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+            self.length = int(length[0].split(b":")[1])
+        self.factory.received += len(data)
+        if self.factory.received >= self.length:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+
+class CountingFactory(Factory):
+    def __init__(self) -> None:
+        self.received = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return CountingUpstream(self)
+
+
+class LimitsFromTheHeadTests(TestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.upstream, self.port, _, _ = yield gateway_to(self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"))
+
+    @inlineCallbacks
+    def test_a_64_mib_completions_body_is_refused_before_it_is_sent(self) -> Any:
+        def run() -> tuple[bytes, bytes, bool]:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % (64 * MiB))
+                return read_response(sock)  # nothing of the body was sent
+
+        refused = yield deferToThread(run)
+        self.assertEqual(status_and_error(refused), (413, "request_too_large"))
+        self.assertIn(b"33554432", refused[1])  # the completions route's limit (--max-json-body), not the bind's 512 MiB
+        self.assertEqual(self.upstream.requests, [])
+
+    @inlineCallbacks
+    def test_a_head_too_large_is_400(self) -> Any:
+        huge = b"X-Filler: " + b"a" * 70_000 + b"\r\n"
+        refused = yield deferToThread(raw_request, self.port, b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n" + huge + b"\r\n")
+        self.assertEqual(status_and_error(refused), (400, "invalid_request"))
+        self.assertEqual(self.upstream.requests, [])
+
+    @inlineCallbacks
+    def test_pipelined_requests_are_answered_in_order(self) -> Any:
+        models = b"GET /v1/models?n=%d HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+        def run() -> list[bytes]:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(models % 1 + completion_request() + models % 3)
+                return [read_response(sock)[0] for _ in range(3)]
+
+        heads = yield deferToThread(run)
+        self.assertEqual([head.split(b"\r\n")[0] for head in heads], [b"HTTP/1.1 200 OK"] * 3)
+        self.assertEqual([r.head.split(b" ")[1] for r in self.upstream.requests],
+                         [b"/v1/models?n=1", b"/v1/chat/completions", b"/v1/models?n=3"])
+
+    @inlineCallbacks
+    def test_an_http_10_client_gets_an_answer_that_ends_at_the_close(self) -> Any:
+        head, body, complete = yield deferToThread(
+            raw_request, self.port, b"POST /v1/chat/completions HTTP/1.0\r\nHost: gw\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(COMPLETION), COMPLETION),
+        )
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertNotIn(b"transfer-encoding", head.lower())  # an HTTP/1.0 client cannot read chunks
+        self.assertEqual(body, b"{}")
+
+    @inlineCallbacks
+    def test_a_chunked_completions_body_is_read_whole(self) -> Any:
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (COMPLETION[:10], COMPLETION[10:])) + b"0\r\n\r\n"
+        head, body, _ = yield deferToThread(
+            raw_request, self.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunks,
+        )
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        (sent,) = self.upstream.requests
+        self.assertEqual(json.loads(sent.body)["messages"], [{"role": "user", "content": "hi"}])
+        self.assertEqual(sent.headers["content-length"], str(len(sent.body)))
+
+
+class StreamedUploadTests(TestCase):
+    size = 200 * 1000 * 1000
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.counted = CountingFactory()
+        listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.counted)
+        self.addCleanup(listening.stopListening)
+        from tests.support import running_gateway, seed_config_text
+
+        _, _, self.port = yield running_gateway(self, seed_config_text(listening.getHost().port))
+
+    @inlineCallbacks
+    def test_a_200_mb_passthrough_upload_streams_in_bounded_memory(self) -> Any:
+        piece = b"u" * MiB
+        first_seen = threading.Event()
+
+        def upload() -> tuple[bytes, bytes, bool]:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+                sock.sendall(b"POST /v1/files HTTP/1.1\r\nHost: gw\r\nContent-Type: application/octet-stream\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % self.size)
+                sock.sendall(piece)
+                # Spooled (as twisted.web did), nothing would reach the upstream before the whole body had.
+                if not first_seen.wait(10):
+                    raise AssertionError("the upstream saw nothing of the body while it was being sent")
+                sent = len(piece)
+                while sent < self.size:
+                    sock.sendall(piece[: min(len(piece), self.size - sent)])
+                    sent += min(len(piece), self.size - sent)
+                return read_response(sock)
+
+        baseline, peak = rss_bytes(), [0]
+
+        def sample() -> None:
+            peak[0] = max(peak[0], rss_bytes() - baseline)
+            if self.counted.received:
+                first_seen.set()
+
+        sampling = LoopingCall(sample)
+        sampling.start(0.01)
+        try:
+            head, body, _ = yield deferToThread(upload)
+        finally:
+            sampling.stop()
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(self.counted.received, self.size)
+        self.assertLess(peak[0], 64 * MiB, "the gateway held the upload in memory")
+
+
+class HandOffTests(GatewayTestCase):
+    @inlineCallbacks
+    def test_a_connection_goes_on_from_completions_to_a_realtime_upgrade(self) -> Any:
+        upgrade = (b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"
+                   b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+        def run() -> tuple[bytes, bytes]:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(completion_request())
+                completed = read_response(sock)[0]
+                sock.sendall(upgrade)
+                switched = b""
+                while b"\r\n\r\n" not in switched:
+                    switched += sock.recv(65536)
+                return completed, switched
+
+        completed, switched = yield deferToThread(run)
+        self.assertTrue(completed.startswith(b"HTTP/1.1 200"), completed)
+        self.assertTrue(switched.startswith(b"HTTP/1.1 101"), switched)
+        yield wait_until(lambda: len(self.fake.handshakes) == 1)
+
+    @inlineCallbacks
+    def test_a_connection_goes_on_from_completions_to_a_webrtc_endpoint(self) -> Any:
+        secret = b'{"session": {"type": "realtime", "model": "gpt-realtime"}}'
+
+        def run() -> list[bytes]:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(completion_request() + b"POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: gw\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(secret), secret)
+                             + completion_request(b"close"))
+                return [read_response(sock)[0] for _ in range(3)]
+
+        heads = yield deferToThread(run)
+        self.assertEqual([head.split(b" ")[1] for head in heads], [b"200", b"200", b"200"], heads)
+
+    @inlineCallbacks
+    def test_a_client_that_leaves_mid_upload_is_recorded_499(self) -> Any:
+        def run() -> None:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n{\"model\"")
+
+        yield deferToThread(run)
+        yield wait_until(lambda: [json.loads(line)["http.status"] for line in self.access_log.getvalue().splitlines()] == [499])
+        self.assertEqual(self.fake.http_requests, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
