@@ -86,6 +86,11 @@ class AccessLog:
         self._clock = clock
         self._fields = dict(fields or {})
 
+    @property
+    def enabled(self) -> bool:
+        """Whether records are written (a caller may skip building them)."""
+        return self._stream is not None
+
     def emit(self, event: str, route: RouteLabels, models: ModelLabels | None = None, **fields: Any) -> None:
         """One line: C{event}, the time, the route, the models, then C{fields}."""
         if self._stream is None:

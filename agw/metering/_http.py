@@ -63,6 +63,25 @@ class HTTPExchange:
     # The provider's status when the client got another (a response guard replaced the answer): what it billed counts.
     upstream_status: int | None = None
 
+    def _fields(self, method: bytes, status: int, duration: float) -> dict[str, Any]:
+        """The access log's (and the span's) fields of the request."""
+        fields: dict[str, Any] = {
+            "src.addr": self.client,
+            "http.method": method.decode("ascii", "replace"),
+            # The path only: a query string is the client's business.
+            "http.path": self.path.decode("utf-8", "replace"),
+            "http.status": status,
+            **duration_fields(duration),
+            **usage_fields(self.usage),
+        }
+        if self.body_timed_out:
+            fields["agw.body_timed_out"] = True
+        if self.who is not None:
+            fields.update(self.who.log_fields)
+        if self.guard_checks:
+            fields.update(guard_fields(self.guard_checks))
+        return fields
+
     def report(self, usage: TokenUsage | None, model: str | None) -> None:
         """What a body watcher found (see L{agw.metering.Watcher})."""
         self.usage, self.response_model = usage, model
@@ -75,34 +94,21 @@ class HTTPExchange:
         metrics.record_request(route, method, status, duration)
         usage = self.usage
         models = ModelLabels(self.operation, self.request_model, self.response_model) if self.operation else None
-        fields: dict[str, Any] = {
-            "src.addr": self.client,
-            "http.method": method.decode("ascii", "replace"),
-            # The path only: a query string is the client's business.
-            "http.path": self.path.decode("utf-8", "replace"),
-            "http.status": status,
-            **duration_fields(duration),
-            **usage_fields(usage),
-        }
-        if self.body_timed_out:
-            fields["agw.body_timed_out"] = True
-        if self.who is not None:
-            fields.update(self.who.log_fields)
-        if self.guard_checks:
-            for phase, _, action in self.guard_checks:
-                metrics.record_guardrail(route, phase, action, self.who)
-            fields.update(guard_fields(self.guard_checks))
+        for phase, _, action in self.guard_checks:
+            metrics.record_guardrail(route, phase, action, self.who)
         billed = status if self.upstream_status is None else self.upstream_status
         priced = models is not None and usage is not None and 200 <= billed < 300
         cost = metrics.record_tokens(route, models, usage, self.who) if priced else None  # type: ignore[arg-type]
-        log.emit("http", route, models, **fields, **cost_fields(cost))
         first = self.first_byte_at
-        if self.span is not NO_SPAN:
-            ttft = {"gen_ai.server.time_to_first_token": first - self.started} if first is not None and self.streamed else {}
-            self.span.end(
-                span_name(self.operation, self.request_model, fields["http.method"]), now,
-                {**fields, **model_fields(models), **cost_fields(cost), **ttft}, error=status >= 500,
-            )
+        if log.enabled or self.span is not NO_SPAN:  # the fields cost more than the metrics: built when they go somewhere
+            fields = self._fields(method, status, duration)
+            log.emit("http", route, models, **fields, **cost_fields(cost))
+            if self.span is not NO_SPAN:
+                ttft = {"gen_ai.server.time_to_first_token": first - self.started} if first is not None and self.streamed else {}
+                self.span.end(
+                    span_name(self.operation, self.request_model, fields["http.method"]), now,
+                    {**fields, **model_fields(models), **cost_fields(cost), **ttft}, error=status >= 500,
+                )
         if usage is not None and priced:  # charged through what admission held (nothing without budgets)
             self.reservation.settle(cost, usage.input + usage.output)
         self.reservation.release()

@@ -50,6 +50,9 @@ def price_tokens(catalog: Catalog | None, provider: str, model: str | None, usag
     if prices is None:
         return Cost(NO_CATALOG if catalog is None else MISSING)
     rates = prices.effective(usage.input)
+    if not (usage.cached_input or usage.input_by_modality or usage.output_by_modality or usage.cached_by_modality):
+        # Text in, text out, nothing cached (most HTTP answers): the lines below, without the empty ones.
+        return _cost({"input": (usage.input, rates.input), "output": (max(0, usage.output), rates.output)}, PER_TOKENS, fallback)
     split = split_cached(usage)
     (text_in, cached_text), (audio_in, cached_audio), (image_in, cached_image) = split["text"], split["audio"], split["image"]
     audio_out = _by(usage.output_by_modality, "audio")
