@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Clock, LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -224,3 +224,45 @@ class HandOffTests(GatewayTestCase):
         yield wait_until(lambda: [json.loads(line)["http.status"] for line in self.access_log.getvalue().splitlines()] == [499])
         self.assertEqual(self.fake.http_requests, [])
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ConnectionTimeTests(TestCase):
+    """One timer per connection: a head must arrive whole in time; a silent keep-alive connection is closed."""
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.upstream, self.port, _, service = yield gateway_to(self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"))
+        self.site = service.site_of(0)
+        self.clock = self.site.upload_clock = Clock()
+        self.timeout = self.site.timeOut
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.addCleanup(sock.close)
+        return sock
+
+    @inlineCallbacks
+    def test_a_head_trickled_in_is_cut_off_at_the_timeout(self) -> Any:
+        sock = yield deferToThread(self.connect)
+        yield deferToThread(sock.sendall, b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n")
+        yield wait_until(lambda: self.clock.getDelayedCalls())
+        self.clock.advance(self.timeout - 1)
+        yield deferToThread(sock.sendall, b"X-Slow: 1\r\n")  # bytes keep coming, the head does not end
+        self.clock.advance(2)
+        refused = yield deferToThread(read_response, sock)
+        self.assertEqual(status_and_error(refused), (408, "request_timeout"))
+        self.assertEqual(self.upstream.requests, [])
+
+    @inlineCallbacks
+    def test_a_silent_keep_alive_connection_is_closed(self) -> Any:
+        sock = yield deferToThread(self.connect)
+        yield deferToThread(sock.sendall, completion_request())
+        head, _, _ = yield deferToThread(read_response, sock)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.clock.advance(self.timeout / 2)
+        self.assertEqual(len(self.upstream.requests), 1)  # still open: a second request is served
+        yield deferToThread(sock.sendall, completion_request())
+        yield deferToThread(read_response, sock)
+        self.clock.advance(self.timeout + 1)
+        closed = yield deferToThread(sock.recv, 1)
+        self.assertEqual(closed, b"")

@@ -20,8 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from agw.http import ArrivingBody
-from agw.routing import HeaderList, error_body
+from agw.routing import HeaderList
 from agw.serve._front_request import FrontRequest
 from agw.serve._front_route import HandOff, Refusal, route_head, unreadable
 from agw.serve._handoff import WebHandoff
@@ -57,6 +56,7 @@ class FrontDoor(Protocol):
         self._held = 0
         self._idle: IDelayedCall | None = None
         self._active = 0.0
+        self._head_started: float | None = None  # a request head is arriving, since then
 
     def connectionMade(self) -> None:  # noqa: N802
         self.peer = self.transport.getPeer()
@@ -104,6 +104,7 @@ class FrontDoor(Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._head_size = b"", [], 0
+        self._head_started = self._active
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -122,20 +123,10 @@ class FrontDoor(Protocol):
             self._headers[-1] = (last_name, last_value + value)
 
     def on_headers_complete(self) -> None:
-        parser = self._parser
-        headers = HeaderList(self._headers)
-        method = parser.get_method()
-        length = headers.get(b"content-length")
-        body = ArrivingBody(
-            int(length) if length is not None else (None if headers.get(b"transfer-encoding") else 0),
-            lambda: self._pause("body"), lambda: self._resume("body"),
-        )
-        request = FrontRequest(
-            self, method, self._url, headers, parser.get_http_version() == "1.1", parser.should_keep_alive(), body,
-        )
-        request.upgrade = parser.should_upgrade()  # type: ignore[attr-defined]
+        self._head_started = None
+        request = FrontRequest.from_head(self, self._parser, self._url, HeaderList(self._headers))
         if self._handoff is not None:  # the connection is twisted.web's now: its head as it came
-            self._handoff.head(method, self._url, headers, request.http11)
+            self._handoff.head(request.method, self._url, request.requestHeaders, request.http11)
             self._reading = None
             return
         self._reading = request
@@ -143,7 +134,7 @@ class FrontDoor(Protocol):
             self._start(request)
         else:
             self._waiting.append(request)
-            self._pause("pipelined")
+            self.pause("pipelined")
 
     def on_body(self, data: bytes) -> None:
         request = self._reading
@@ -205,7 +196,7 @@ class FrontDoor(Protocol):
         if self._waiting:
             self._start(self._waiting.popleft())
         if not self._waiting:
-            self._resume("pipelined")
+            self.resume("pipelined")
 
     def _give_back(self) -> None:
         if self._held:
@@ -215,11 +206,7 @@ class FrontDoor(Protocol):
     def _refuse_request(self, request: FrontRequest, refusal: Refusal) -> None:
         """agw's own answer to a request it routes nowhere; the connection stays."""
         self._count(request.method, refusal.status)
-        data = error_body(refusal.message, refusal.error_type or "invalid_request_error", refusal.code)
-        request.setResponseCode(refusal.status)
-        request.responseHeaders.pairs += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
-        request.write(data)
-        request.finish()
+        request.answer_error(refusal.status, refusal.message, refusal.code, refusal.error_type or "invalid_request_error")
 
     def _refuse(self, refusal: Refusal) -> None:
         """agw's answer to what it will not read on (a body too large, too slow; a bad head): then the close."""
@@ -241,7 +228,7 @@ class FrontDoor(Protocol):
         handoff = self._handoff = WebHandoff(self.site, self.transport)
         if self._idle is not None and self._idle.active():
             self._idle.cancel()  # the channel times itself out
-        self._resume("pipelined")
+        self.resume("pipelined")
         for each in (request, *self._waiting):  # those pipelined behind it are twisted.web's too, in order
             handoff.request(each)
         self._waiting.clear()
@@ -250,12 +237,14 @@ class FrontDoor(Protocol):
 
     # Flow and time.
 
-    def _pause(self, reason: str) -> None:
+    def pause(self, reason: str) -> None:
+        """Stop reading from the client for C{reason} (a pipelined request waits; its body waits for the upstream)."""
         if not self._pauses:
             self.transport.pauseProducing()
         self._pauses.add(reason)
 
-    def _resume(self, reason: str) -> None:
+    def resume(self, reason: str) -> None:
+        """C{reason} to stop reading is gone; reading goes on when no other is left."""
         if reason in self._pauses:
             self._pauses.discard(reason)
             if not self._pauses:
@@ -267,12 +256,22 @@ class FrontDoor(Protocol):
             self._pace = None
 
     def _check_idle(self) -> None:
-        timeout = self.site.timeOut
-        left = self._active + timeout - self._clock.seconds()
-        if self._current is not None or self._reading is not None and self._pace is not None or left > 0:
-            self._idle = self._clock.callLater(max(left, 1.0), self._check_idle)
-            return
+        """
+        The connection's one timer: a head must arrive whole within the
+        timeout (a client trickling one header byte at a time holds a
+        connection for ever otherwise), and a connection with nothing in
+        flight that stays silent that long is closed.
+        """
+        timeout, now = self.site.timeOut, self._clock.seconds()
         self._idle = None
+        if self._head_started is not None and now - self._head_started >= timeout:
+            return self._refuse(Refusal(408, f"the request head did not arrive within {timeout:g} s", "request_timeout"))
+        left = (self._head_started if self._head_started is not None else self._active) + timeout - now
+        if self._current is not None or self._reading is not None and self._head_started is None:
+            left = timeout  # answering, or a body arriving (paced by UploadPace)
+        if left > 0:
+            self._idle = self._clock.callLater(left, self._check_idle)
+            return
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802

@@ -20,7 +20,7 @@ from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
 from agw.http import ArrivingBody
-from agw.routing import HeaderList
+from agw.routing import HeaderList, error_body
 
 _NO_BODY = (204, 304)
 _PHRASES = {499: b"Client Closed Request"}
@@ -103,6 +103,26 @@ class FrontRequest:
         self.upgrade = False
         # A client that waits for "100 Continue" before it sends its body.
         self.expects_continue = not body.complete and b"100-continue" in (headers.get(b"expect") or b"").lower()
+
+    @classmethod
+    def from_head(cls, door: Any, parser: Any, url: bytes, headers: HeaderList) -> FrontRequest:
+        """The request whose head C{parser} (an C{httptools.HttpRequestParser}) has just read for C{door}."""
+        length = headers.get(b"content-length")
+        body = ArrivingBody(
+            int(length) if length is not None else (None if headers.get(b"transfer-encoding") else 0),
+            lambda: door.pause("body"), lambda: door.resume("body"),
+        )
+        request = cls(door, parser.get_method(), url, headers, parser.get_http_version() == "1.1", parser.should_keep_alive(), body)
+        request.upgrade = parser.should_upgrade()
+        return request
+
+    def answer_error(self, status: int, message: str, code: str, error_type: str) -> None:
+        """Answer with an OpenAI-shaped error of agw's own."""
+        data = error_body(message, error_type, code)
+        self.setResponseCode(status)
+        self.responseHeaders.pairs += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+        self.write(data)
+        self.finish()
 
     # What the core reads of the request.
 
