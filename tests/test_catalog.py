@@ -166,6 +166,18 @@ class PriceTests(SynchronousTestCase):
         above = price_tokens(self.catalog, "openai", "tiered", TokenUsage(input=250_000, output=1000))
         self.assertEqual((below.total, above.total), (usd("0.26"), usd("0.64")))
 
+    def test_text_with_empty_details_at_text_rates(self) -> None:
+        """A chat answer's details of 0 audio and 0 cached tokens change nothing: input and output at the text rates."""
+        usage = chat_completion_usage({"usage": {
+            "prompt_tokens": 1200, "completion_tokens": 300,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        }})
+        assert usage is not None
+        cost = price_tokens(self.catalog, "openai", "rt", usage)
+        self.assertEqual(dict(cost.components), {"input": Decimal(1200 * 4) / 1_000_000, "output": Decimal(300 * 16) / 1_000_000})
+        self.assertEqual(cost.status, EXACT)
+
     def test_transcription_by_the_minute(self) -> None:
         cost = price_audio(default_catalog(), "openai", "gpt-realtime-whisper", AudioDuration(90.0))
         self.assertEqual((cost.status, cost.total), (EXACT, usd("0.017") * Decimal("1.5")))

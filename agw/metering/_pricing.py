@@ -17,6 +17,17 @@ def _by(pairs: tuple[tuple[str, int], ...], modality: str) -> int:
     return sum(tokens for name, tokens in pairs if name == modality)
 
 
+def _text_only(usage: TokenUsage) -> bool:
+    """Whether all of C{usage} is text, none of it cached (details of 0 tokens say nothing)."""
+    if usage.cached_input:
+        return False
+    for details in (usage.input_by_modality, usage.output_by_modality):
+        for modality, tokens in details:
+            if tokens and modality != "text":
+                return False
+    return True
+
+
 def split_cached(usage: TokenUsage) -> dict[str, tuple[int, int]]:
     """
     Each modality's C{(input, cached)} tokens, cached never above input.
@@ -50,7 +61,7 @@ def price_tokens(catalog: Catalog | None, provider: str, model: str | None, usag
     if prices is None:
         return Cost(NO_CATALOG if catalog is None else MISSING)
     rates = prices.effective(usage.input)
-    if not (usage.cached_input or usage.input_by_modality or usage.output_by_modality or usage.cached_by_modality):
+    if _text_only(usage):
         # Text in, text out, nothing cached (most HTTP answers): the lines below, without the empty ones.
         return _cost({"input": (usage.input, rates.input), "output": (max(0, usage.output), rates.output)}, PER_TOKENS, fallback)
     split = split_cached(usage)
