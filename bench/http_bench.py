@@ -13,7 +13,11 @@ completion (sequential, keep-alive, from Python). The fake counts the
 upstream connections each proxy opened. Load comes from wrk (apt: wrk),
 nginx from apt: nginx-light; a missing nginx is left out.
 
-    python bench/http_bench.py [--seconds 5] [--rounds 3] [--json PATH]
+The same with streamed completions (SSE, 16 connections): requests/s.
+agw runs three ways: C{--legacy-http} (twisted.web's server and Agent, as
+before its own front door and client), as it is, and with C{--workers 2}.
+
+    python bench/http_bench.py [--seconds 5] [--rounds 3] [--only "agw,agw --legacy-http"] [--json PATH]
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-client"
 """
+SSE_LUA = LUA.replace(BODY, STREAM_BODY)
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -99,13 +104,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=result_path("http.json"))
-    parser.add_argument("--only", default="", help="comma-separated target names to run (direct always runs)")
+    parser.add_argument("--only", default="", help="which agw targets to run, comma-separated (default: all three; direct, nginx and the floor always run)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(LUA)
     script.close()
+    sse_script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    sse_script.write(SSE_LUA)
+    sse_script.close()
     fake, fake_port = start_fake(capture_output=True)
     targets: dict[str, tuple[subprocess.Popen | None, int]] = {"direct": (None, fake_port)}
     nginx = start_nginx(fake_port)
@@ -132,11 +140,13 @@ def main() -> None:
                 cpu_before = sum(cpu_seconds(pid) for pid in pids)
                 latency = wrk(url, 1, args.seconds, script.name)
                 throughput = wrk(url, 16, args.seconds, script.name)
+                streamed = wrk(url, 16, args.seconds, sse_script.name)
                 cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-                requests = latency["requests"] + throughput["requests"]
+                requests = latency["requests"] + throughput["requests"] + streamed["requests"]
                 runs[name].append({
                     "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"], "rps_16": throughput["rps"],
-                    "errors": latency["errors"] + throughput["errors"],
+                    "sse_rps_16": streamed["rps"], "sse_p50_ms": streamed["p50_ms"],
+                    "errors": latency["errors"] + throughput["errors"] + streamed["errors"],
                     "cpu_ms_per_request": cpu / requests * 1e3 if pids and requests else None,
                     "first_byte_ms": first_byte_ms(target_port, 300),
                 })
@@ -159,13 +169,19 @@ def main() -> None:
         values["added_p50_ms"] = values["p50_ms"] - direct["p50_ms"]
         values["added_first_byte_ms"] = values["first_byte_ms"] - direct["first_byte_ms"]
         values["rps_ratio"] = values["rps_16"] / direct["rps_16"]
+        values["sse_rps_ratio"] = values["sse_rps_16"] / direct["sse_rps_16"]
+    nginx_ratio = summary["nginx"]["rps_ratio"] if "nginx" in summary else None
+    for values in summary.values():
+        values["of_nginx_ratio"] = values["rps_ratio"] / nginx_ratio if nginx_ratio else None
     print(f"{args.rounds} rounds of {args.seconds} s, medians; {os.cpu_count()} cores shared by wrk, the fake and the proxy")
-    print(f"{'':18}{'p50 ms':>8}{'+p50 ms':>9}{'p99 ms':>8}{'req/s 16c':>11}{'x direct':>9}{'CPU ms/req':>11}"
-          f"{'TTFB ms':>9}{'+TTFB ms':>10}{'errors':>7}")
+    print(f"{'':18}{'p50 ms':>8}{'+p50 ms':>9}{'p99 ms':>8}{'req/s 16c':>11}{'x direct':>9}{'/nginx':>8}{'CPU us/req':>11}"
+          f"{'TTFB ms':>9}{'+TTFB ms':>10}{'SSE req/s':>10}{'x direct':>9}{'errors':>7}")
     for name, v in summary.items():
-        cpu = f"{v['cpu_ms_per_request']:11.3f}" if v["cpu_ms_per_request"] is not None else f"{'-':>11}"
+        cpu = f"{v['cpu_ms_per_request'] * 1000:11.0f}" if v["cpu_ms_per_request"] is not None else f"{'-':>11}"
+        of_nginx = f"{v['of_nginx_ratio']:8.2f}" if v["of_nginx_ratio"] is not None else f"{'-':>8}"
         print(f"{name:18}{v['p50_ms']:8.3f}{v['added_p50_ms']:9.3f}{v['p99_ms']:8.3f}{v['rps_16']:11.0f}{v['rps_ratio']:9.2f}"
-              f"{cpu}{v['first_byte_ms']:9.3f}{v['added_first_byte_ms']:10.3f}{v['errors']:7.0f}")
+              f"{of_nginx}{cpu}{v['first_byte_ms']:9.3f}{v['added_first_byte_ms']:10.3f}{v['sse_rps_16']:10.0f}"
+              f"{v['sse_rps_ratio']:9.2f}{v['errors']:7.0f}")
     if connections:
         print(f"upstream connections the fake accepted, all targets together: {connections.group(1)}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
