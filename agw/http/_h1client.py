@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
@@ -55,7 +55,6 @@ class H1Connection(RequestWriter):
         self._parser = HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._phrase = b""
-        self._head_size = 0
         self._fed = 0
         self._received = self._done = self._keep = self._interim = self._framed = self._body_stopped = False
         self._response: H1Response | None = None
@@ -74,10 +73,7 @@ class H1Connection(RequestWriter):
         self._phrase = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_HEAD:
-            self._error = HeadTooLarge(f"the response head is larger than {MAX_HEAD} bytes")
-            raise self._error
+        # Sizes are added up once the head is whole (or, if it is not, by dataReceived): not per header.
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -90,13 +86,18 @@ class H1Connection(RequestWriter):
         headers.pairs = self._headers
         length: int | object = UNKNOWN_LENGTH
         gzipped = chunked = False
+        size = len(self._phrase)
         for name, value in headers.pairs:
+            size += len(name) + len(value) + 4
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
             elif name == b"content-encoding":
                 gzipped = value.strip().lower() == b"gzip"
+        if size > MAX_HEAD:
+            self._error = HeadTooLarge(f"the response head is larger than {MAX_HEAD} bytes")
+            raise self._error
         self._framed = chunked or length is not UNKNOWN_LENGTH
         if chunked:
             length = UNKNOWN_LENGTH
@@ -147,7 +148,7 @@ class H1Connection(RequestWriter):
             else:
                 self._broken(error)
                 return
-        except Exception as e:  # an upgrade (101): not what agw asked for
+        except HttpParserUpgrade as e:  # 101 Switching Protocols: not what agw asked for
             self._broken(e)
             return
         response = self._response
@@ -173,7 +174,7 @@ class H1Connection(RequestWriter):
         """The response could not be read: the connection goes, the request or its body fails."""
         if isinstance(error, HttpParserCallbackError) and error.__context__ is not None:
             error = error.__context__  # a reader's own failure, raised within the parser
-        if not isinstance(error, (HttpParserError, HeadTooLarge)):
+        if not isinstance(error, (HttpParserError, HttpParserUpgrade, HeadTooLarge)):  # the reader's own failure
             self.log.failure("reading an upstream response failed", Failure(error))
         failed = Failure(ResponseFailed([Failure(error)]))
         call, response = self._call, self._response
