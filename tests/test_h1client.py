@@ -296,6 +296,27 @@ class KeepAliveTests(H1ClientTestCase):
             await one
 
     @inlineCallbacks
+    def test_a_connection_idle_too_long_is_not_reused(self) -> Any:
+        yield self.scripted(lambda _: OK)
+        yield read((yield self.get()))
+        self.client.pool.max_idle_age = -1.0  # every idle connection is older than that
+        yield read((yield self.get()))
+        self.assertEqual(self.upstream.connections, 2)
+        yield wait_until(lambda: self.upstream.closed == 1)
+
+    @inlineCallbacks
+    def test_the_legacy_agent_takes_the_same_headers(self) -> Any:
+        yield self.scripted(lambda _: OK)
+        self.client = UpstreamClient(reactor, HTTPOptions(), legacy=True)
+        self.addCleanup(self.client.close)
+        for headers in (HeaderList([(b"x-one", b"1")]), [(b"x-one", b"1")], Headers({b"x-one": [b"1"]})):
+            response = yield self.client.request(b"GET", self.url + "/", headers, None)
+            body, _ = yield read(response)
+            self.assertEqual((response.code, body), (200, b"ok"))
+        self.assertEqual([request.headers["x-one"] for request in self.upstream.requests], ["1", "1", "1"])
+        self.assertEqual(self.upstream.connections, 1)
+
+    @inlineCallbacks
     def test_headers_in_any_form(self) -> Any:
         yield self.scripted(lambda _: OK)
         forms = [

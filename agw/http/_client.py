@@ -155,7 +155,7 @@ class UpstreamClient:
         if legacy:
             self.pool: HTTPConnectionPool | H1Pool = self._lane(None)[1]
         else:
-            self.pool = self._h1 = H1Pool(options.max_persistent_per_host, self._target_endpoints)
+            self.pool = self._h1 = H1Pool(options.max_persistent_per_host, self._target_endpoints, reactor)
 
     def _target_endpoints(self, tls: TLSSettings | None) -> TargetEndpoints:
         """One lane's endpoints (agw's own client): the pool keeps its connections apart by TLS settings itself."""

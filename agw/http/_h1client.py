@@ -40,9 +40,10 @@ class H1Connection(RequestWriter):
     def __init__(self, pool: Any, key: Any) -> None:
         self.key = key
         self.reused = False
+        self.idle_since = 0.0  # when it went back to its pool
         self._pool = pool
         self._call: PendingCall | None = None
-        self._dead = False  # aborted or closing: never used again
+        self.dead = False  # aborted or closing: never used again
         self._closed: Deferred[None] | None = None
         self._paused = False
 
@@ -114,7 +115,7 @@ class H1Connection(RequestWriter):
             raise self._error
 
     def on_body(self, data: bytes) -> None:
-        if not self._dead:
+        if not self.dead:
             self._response.data(data)  # type: ignore[union-attr]
 
     def on_message_begin(self) -> None:
@@ -129,7 +130,7 @@ class H1Connection(RequestWriter):
         self._done, self._keep = True, self._parser.should_keep_alive()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self._dead:
+        if self.dead:
             return
         if self._call is None or self._done:  # bytes nobody asked for: this connection can't be trusted
             self._pool.lost(self)
@@ -163,7 +164,7 @@ class H1Connection(RequestWriter):
                 self._body_stopped = True
                 self._stop_body(unregister=True)
             self._call.deferred.callback(response)  # type: ignore[union-attr]
-        if self._done and not self._dead:
+        if self._done and not self.dead:
             if self._sending:
                 response.end(Failure(ResponseDone()))  # the connection waits for the body to be sent
             else:
@@ -190,10 +191,10 @@ class H1Connection(RequestWriter):
         self._parser = None
         if self._paused:
             self.resume_reading()
-        if self._keep and not self._body_stopped and not self._dead:
+        if self._keep and not self._body_stopped and not self.dead:
             self._pool.put(self)
         else:
-            self._dead = True
+            self.dead = True
             self.transport.loseConnection()
 
     # Pacing and ending.
@@ -208,21 +209,21 @@ class H1Connection(RequestWriter):
 
     def abort(self) -> None:
         """Drop the connection now (never pooled again)."""
-        if self._dead:
+        if self.dead:
             return
-        self._dead = True
+        self.dead = True
         self._stop_body(unregister=True)
         self.transport.abortConnection()
 
     def close(self) -> Deferred[None]:
         """Close an idle connection; fires when it is closed."""
         self._closed = Deferred()
-        self._dead = True
+        self.dead = True
         self.transport.loseConnection()
         return self._closed
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: N802
-        aborted, self._dead = self._dead, True
+        aborted, self.dead = self.dead, True
         call, self._call = self._call, None
         if call is None:
             self._pool.lost(self)

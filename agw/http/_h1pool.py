@@ -59,16 +59,22 @@ class H1Pool:
     verified name). A request that finds a pooled connection closed
     before any response byte is sent again on a new one, once, if it is
     safe to (idempotent, no body, not cancelled); else it fails with
-    C{ResponseNeverReceived}, as Twisted's client does.
+    C{ResponseNeverReceived}, as Twisted's client does. A connection idle
+    longer than C{max_idle_age} (C{clock}'s seconds) is not used again.
     """
 
     log = Logger()
     # Distinct URL prefixes: those of configured targets; this bounds a misuse.
     max_origins = 1024
+    # Twisted's pool closes connections idle this long (cachedConnectionTimeout): a NAT or load balancer
+    # may forget an idle flow without a word, and a request sent on it would hang. Checked when one is
+    # taken, not with a timer per connection.
+    max_idle_age = 240.0
 
-    def __init__(self, max_idle: int, endpoints: Any) -> None:
+    def __init__(self, max_idle: int, endpoints: Any, clock: Any) -> None:
         self._max_idle = max_idle
         self._endpoints = endpoints
+        self._clock = clock
         self._idle: dict[Any, list[H1Connection]] = {}
         self._origins: dict[str, Origin] = {}
 
@@ -87,12 +93,16 @@ class H1Pool:
             return fail()
         call = PendingCall((origin.scheme, origin.host, origin.port, tls), origin, tls, head, body, method)
         idle = self._idle.get(call.key)
-        while idle:
-            conn = idle.pop()
-            if not conn._dead:
-                conn.reused = True
-                conn.send(call)
-                return call.deferred
+        if idle:
+            oldest = self._clock.seconds() - self.max_idle_age
+            while idle:
+                conn = idle.pop()
+                if conn.idle_since < oldest:
+                    conn.close()
+                elif not conn.dead:
+                    conn.reused = True
+                    conn.send(call)
+                    return call.deferred
         self._connect(call)
         return call.deferred
 
@@ -138,6 +148,7 @@ class H1Pool:
         if len(idle) >= self._max_idle:
             conn.close()
             return
+        conn.idle_since = self._clock.seconds()
         idle.append(conn)
 
     def lost(self, conn: H1Connection) -> None:
