@@ -136,10 +136,12 @@ class UpstreamClient:
     """
     Sends forwarded requests; one per gateway. Requests go in lanes, one
     per distinct C{backendTLS} (trust root and name) and one for the
-    defaults, each an agent with its own connection pool: the pool knows
-    a connection by scheme, host and port only, so two routes to one
-    host:port with different TLS settings must not share one (a
-    connection verified against one route's root would serve the other).
+    defaults: two routes to one host:port with different TLS settings must
+    not share a connection (one verified against one route's root would
+    serve the other). agw's own client (L{H1Pool}) keys its connections by
+    origin and TLS settings, each lane's endpoints its own; with
+    C{legacy}, each lane is a Twisted C{Agent} with its own connection
+    pool (that pool knows a connection by scheme, host and port only).
     """
 
     # Lanes come from the config; a reload that changes trust roots again
