@@ -271,29 +271,17 @@ class KeepAliveTests(H1ClientTestCase):
 
     @inlineCallbacks
     def test_idle_connections_are_bounded(self) -> Any:
-        hold: list[Deferred[None]] = []
-
-        def script(request: RawRequest) -> tuple[bytes, bool]:
-            return OK
-
-        self.upstream = Upstream(script)
-        self.url = f"http://127.0.0.1:{(yield self.listen(self.upstream))}"
+        yield self.scripted(lambda _: OK)
         self.client = self.make_client(max_persistent_per_host=2)
-        responses = yield Deferred.fromCoroutine(self._concurrent(4))
+        pending = [self.get() for _ in range(4)]  # at once: four connections
+        responses = []
+        for one in pending:
+            responses.append((yield one))
         for response in responses:
-            hold.append(read(response))
-        yield Deferred.fromCoroutine(self._all(hold))
+            yield read(response)
         self.assertEqual(self.upstream.connections, 4)
         self.assertEqual(sum(len(idle) for idle in self.client.pool._idle.values()), 2)
         yield wait_until(lambda: self.upstream.closed == 2)
-
-    async def _concurrent(self, count: int) -> list[Any]:
-        pending = [self.get() for _ in range(count)]
-        return [await one for one in pending]
-
-    async def _all(self, pending: list[Deferred[Any]]) -> None:
-        for one in pending:
-            await one
 
     @inlineCallbacks
     def test_a_connection_idle_too_long_is_not_reused(self) -> Any:
