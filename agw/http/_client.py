@@ -1,6 +1,8 @@
 """
-The gateway's one HTTP client: Twisted's C{Agent} over a persistent
-connection pool, decoding gzip, with no cookie jar and no redirects.
+The gateway's one HTTP client: agw's own HTTP/1.1 client
+(L{agw.http._h1pool}) over keep-alive connections, decoding gzip, with no
+cookie jar and no redirects; or, with C{legacy}, Twisted's C{Agent} over
+a persistent connection pool, as before it.
 
 Plain C{Agent} rather than treq: of what treq adds to it per request, a
 gateway must switch off the cookie jar (one client's upstream cookies would
@@ -28,7 +30,8 @@ from zope.interface import implementer
 
 from agw._internals import keep_connection_headers, quiet_pool
 from agw.config import MiB
-from agw.routing import BackendTarget
+from agw.http._h1pool import H1Pool
+from agw.routing import BackendTarget, HeaderList
 
 
 @frozen
@@ -135,21 +138,39 @@ class UpstreamClient:
     """
     Sends forwarded requests; one per gateway. Requests go in lanes, one
     per distinct C{backendTLS} (trust root and name) and one for the
-    defaults, each an agent with its own connection pool: the pool knows
-    a connection by scheme, host and port only, so two routes to one
-    host:port with different TLS settings must not share one (a
-    connection verified against one route's root would serve the other).
+    defaults: two routes to one host:port with different TLS settings must
+    not share a connection (one verified against one route's root would
+    serve the other). agw's own client (L{H1Pool}) keys its connections by
+    origin and TLS settings, each lane's endpoints its own; with
+    C{legacy}, each lane is a Twisted C{Agent} with its own connection
+    pool (that pool knows a connection by scheme, host and port only).
     """
 
     # Lanes come from the config; a reload that changes trust roots again
     # and again retires the old ones past this many.
     max_lanes = 64
 
-    def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions()) -> None:
+    def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions(), legacy: bool = False) -> None:
         self.options = options
+        self.legacy = legacy
         self._reactor = reactor
         self._lanes: dict[TLSSettings | None, tuple[ContentDecoderAgent, HTTPConnectionPool]] = {}
-        self.pool = self._lane(None)[1]
+        self._endpoints: dict[TLSSettings | None, TargetEndpoints] = {}
+        if legacy:
+            self.pool: HTTPConnectionPool | H1Pool = self._lane(None)[1]
+        else:
+            self.pool = self._h1 = H1Pool(options.max_persistent_per_host, self._target_endpoints, reactor)
+
+    def _target_endpoints(self, tls: TLSSettings | None) -> TargetEndpoints:
+        """One lane's endpoints (agw's own client): the pool keeps its connections apart by TLS settings itself."""
+        endpoints = self._endpoints.get(tls)
+        if endpoints is None:
+            if len(self._endpoints) >= self.max_lanes:
+                for key in [key for key in self._endpoints if key is not None]:
+                    del self._endpoints[key]
+                    self._h1.drop(key)
+            endpoints = self._endpoints[tls] = TargetEndpoints(self._reactor, self.options.connect_timeout, tls)
+        return endpoints
 
     def _lane(self, tls: TLSSettings | None) -> tuple[ContentDecoderAgent, HTTPConnectionPool]:
         lane = self._lanes.get(tls)
@@ -172,15 +193,25 @@ class UpstreamClient:
         return lane
 
     def request(
-        self, method: bytes, url: str, headers: Headers, body: IBodyProducer | None, target: BackendTarget | None = None,
+        self, method: bytes, url: str, headers: Headers | HeaderList | list[tuple[bytes, bytes]], body: IBodyProducer | None,
+        target: BackendTarget | None = None,
     ) -> Deferred[IResponse]:
         """
         Send one request (to C{target}: its TLS settings; the system's
         roots without one); fires with the (unbuffered) response headers.
-        Cancelling it abandons the upstream request.
+        Cancelling it abandons the upstream request. C{headers}: twisted's
+        C{Headers}, a L{HeaderList} or a list of byte pairs.
         """
+        if not self.legacy:
+            return self._h1.request(method, url, headers, body, tls_settings(target))
+        if not isinstance(headers, Headers):
+            pairs, headers = getattr(headers, "pairs", headers), Headers()
+            for name, value in pairs:
+                headers.addRawHeader(name, value)
         return self._lane(tls_settings(target))[0].request(method, url.encode("ascii"), headers, body)
 
     def close(self) -> Deferred[None]:
         """Close idle pooled connections (on gateway stop)."""
+        if not self.legacy:
+            return self._h1.close()
         return DeferredList([pool.closeCachedConnections() for _, pool in self._lanes.values()]).addCallback(lambda _: None)
