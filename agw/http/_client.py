@@ -150,9 +150,10 @@ class UpstreamClient:
     # and again retires the old ones past this many.
     max_lanes = 64
 
-    def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions(), legacy: bool = False) -> None:
+    def __init__(self, reactor: Any, options: HTTPOptions = HTTPOptions(), legacy: bool | None = None) -> None:
         self.options = options
-        self.legacy = legacy
+        # Twisted's Agent (--legacy-http: options.legacy_http, unless told otherwise).
+        self.legacy = legacy = options.legacy_http if legacy is None else legacy
         self._reactor = reactor
         self._lanes: dict[TLSSettings | None, tuple[ContentDecoderAgent, HTTPConnectionPool]] = {}
         self._endpoints: dict[TLSSettings | None, TargetEndpoints] = {}

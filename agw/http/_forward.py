@@ -20,7 +20,6 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -239,20 +238,18 @@ class HTTPForwarder(Resource):
         span = self._context.spans.start(method, now, _header(request, b"traceparent"))
         return HTTPExchange(request.path, now, operation, client=peer_address(request.getClientAddress()), span=span)
 
-    def _headers(self, request: Request, traceparent: str | None = None) -> Headers:
-        client = client_headers(request)
+    def _headers(self, request: Request, traceparent: str | None = None) -> list[tuple[bytes, bytes]]:
         # The upstream client negotiates (and decodes) compression itself.
         headers = upstream_headers(
-            # Expect: twisted.web answered the client's 100-continue; the whole body goes upstream.
-            client, self._context.policies, also_drop=("accept-encoding", "expect"), client_address=client_host(request),
-            key_header=self._context.target.key_header,
+            # Expect: agw answered the client's 100-continue; the whole body goes upstream.
+            client_headers(request), self._context.policies, also_drop=("accept-encoding", "expect"),
+            client_address=client_host(request), key_header=self._context.target.key_header,
         )
-        result = Headers()
-        for name, value in headers:
-            result.addRawHeader(name, value)
-        result.setRawHeaders(b"host", [self._context.target.authority.encode("ascii")])
+        replaced = ("host", "traceparent") if traceparent is not None else ("host",)
+        result = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers if name not in replaced]
+        result.append((b"host", self._context.target.authority.encode("ascii")))
         if traceparent is not None:  # agw's span is the provider's parent
-            result.setRawHeaders(b"traceparent", [traceparent.encode("ascii")])
+            result.append((b"traceparent", traceparent.encode("ascii")))
         return result
 
     def _watcher(self, response: IResponse, report: UsageReport) -> Watcher | None:
