@@ -17,6 +17,7 @@ from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceiv
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from agw._internals import write_now
 from agw.http._h1request import PendingCall, RequestWriter
 from agw.http._h1response import MAX_HEAD, H1Response, HeadTooLarge, http_version
 from agw.routing import HeaderList
@@ -47,6 +48,12 @@ class H1Connection(RequestWriter):
         self._closed: Deferred[None] | None = None
         self._paused = False
 
+    def connectionMade(self) -> None:  # noqa: N802
+        # A request's head and body go in one write; what follows (a streamed body) must not wait for an ACK.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
+
     # The request.
 
     def send(self, call: PendingCall) -> None:
@@ -60,9 +67,12 @@ class H1Connection(RequestWriter):
         self._received = self._done = self._keep = self._interim = self._framed = self._body_stopped = False
         self._response: H1Response | None = None
         self._error: BaseException | None = None
-        self.transport.write(call.head)
+        self._cork = [call.head]
         if call.body is not None:
             self.start_body(call, call.body)
+        cork, self._cork = self._cork, None
+        if not self.dead:
+            write_now(self.transport, cork[0] if len(cork) == 1 else b"".join(cork))
 
     def body_sent(self) -> None:
         if self._done:

@@ -127,6 +127,14 @@ class RequestWriter(Protocol):
     _call: PendingCall | None
     _sending = False
     _body_stopped = False
+    # While a request is being started: its writes, sent as one (the head and a body written at once go in one packet).
+    _cork: list[bytes] | None = None
+
+    def _out(self, data: bytes) -> None:
+        if self._cork is not None:
+            self._cork.append(data)
+        else:
+            self.transport.write(data)
 
     def start_body(self, call: PendingCall, body: IBodyProducer) -> None:
         """Have C{body} (of C{call}, whose head is written) produce into this connection."""
@@ -146,13 +154,13 @@ class RequestWriter(Protocol):
             return  # stopped: an early answer, an abort
         if self._chunked:
             if data:
-                self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+                self._out(b"%x\r\n%s\r\n" % (len(data), data))
             return
         self._remaining -= len(data)
         if self._remaining < 0:
             self._transmission_failed(Failure(WrongBodyLength("the body producer wrote more than its length")))
             return
-        self.transport.write(data)
+        self._out(data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 (IConsumer)
         """The body producer is this connection's (registered with its transport) already."""
@@ -188,7 +196,7 @@ class RequestWriter(Protocol):
         self._sending = False
         self.transport.unregisterProducer()
         if self._chunked:
-            self.transport.write(b"0\r\n\r\n")
+            self._out(b"0\r\n\r\n")
         elif self._remaining:
             self._transmission_failed(Failure(WrongBodyLength("the body producer wrote less than its length")))
             return

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
+from agw._internals import write_now
 from agw.http import ArrivingBody
 from agw.routing import HeaderList, error_body
 
@@ -161,7 +162,7 @@ class FrontRequest:
         if self.finished or self._disconnected:
             return
         if not self.startedWriting:
-            self.channel.transport.write(self._head() + self._framed(data))
+            write_now(self.channel.transport, self._head() + self._framed(data))
         elif data:
             self.channel.transport.write(self._framed(data))
 
@@ -203,7 +204,7 @@ class FrontRequest:
             no_length = self.code in _NO_BODY or self.method == b"HEAD"  # a HEAD's length is a GET's, if known
             if not no_length and not self.responseHeaders.hasHeader(b"content-length"):
                 self.responseHeaders.pairs.append((b"content-length", b"0"))
-            self.channel.transport.write(self._head())
+            write_now(self.channel.transport, self._head())
         elif self._chunked:
             self.channel.transport.write(b"0\r\n\r\n")
         self.finished = True
