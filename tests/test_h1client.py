@@ -348,13 +348,33 @@ class FramingTests(H1ClientTestCase):
         chunks = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
         yield self.scripted(framed(b"200 OK", [(b"Transfer-Encoding", b"chunked")], chunks))
         response = yield self.get()
-        self.assertIs(response.length, UNKNOWN_LENGTH)
+        # It came whole with its head: its length is known (the client gets it in one write, with a length).
+        self.assertEqual(response.length, 11)
         self.assertEqual(response.headers.getRawHeaders(b"transfer-encoding"), [b"chunked"])
         body, reason = yield read(response)
         self.assertEqual(body, b"hello world")
         self.assertIsInstance(reason, ResponseDone)
         yield read((yield self.get()))
         self.assertEqual(self.upstream.connections, 1)
+
+    @inlineCallbacks
+    def test_chunked_still_arriving(self) -> Any:
+        rest = Deferred()
+
+        class Later(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                rest.addCallback(lambda _: self.transport.write(b"6\r\n world\r\n0\r\n\r\n"))
+
+        self.url = f"http://127.0.0.1:{(yield self.listen(Factory.forProtocol(Later)))}"
+        self.client = self.make_client()
+        response = yield self.get()
+        self.assertIs(response.length, UNKNOWN_LENGTH)
+        reading = read(response)
+        rest.callback(None)
+        body, reason = yield reading
+        self.assertEqual(body, b"hello world")
+        self.assertIsInstance(reason, ResponseDone)
 
     @inlineCallbacks
     def test_until_close(self) -> Any:

@@ -173,6 +173,8 @@ class H1Connection(RequestWriter):
                 # An early refusal (413, say): the rest of the body would go nowhere.
                 self._body_stopped = True
                 self._stop_body(unregister=True)
+            if self._done:
+                response.whole()
             self._call.deferred.callback(response)  # type: ignore[union-attr]
         if self._done and not self.dead:
             if self._sending:

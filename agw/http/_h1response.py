@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from agw.routing import HeaderList
@@ -78,10 +78,8 @@ class H1Response:
         self._protocol = protocol
         protocol.makeConnection(self)
         held, self._held = self._held, None
-        for data in held or ():
-            if self._stopped:
-                break
-            protocol.dataReceived(data)
+        if held:  # what came before it was read goes on as one piece: one write to the client, not one per chunk
+            protocol.dataReceived(held[0] if len(held) == 1 else b"".join(held))
         if self._ended is not None:
             protocol.connectionLost(self._ended)
 
@@ -135,6 +133,15 @@ class H1Response:
         self._ended = reason
         if self._protocol is not None:
             self._protocol.connectionLost(reason)
+
+    def whole(self) -> None:
+        """
+        The body is all in, before anyone reads it (it came with its head):
+        its length is known, whatever its framing (a chunked answer can go
+        on with a length, in one write).
+        """
+        if self.length is UNKNOWN_LENGTH and self._decoder is None and self._protocol is None:
+            self.length = sum(len(data) for data in self._held or ())
 
     @property
     def ended(self) -> bool:
