@@ -303,3 +303,25 @@ class ConnectionTimeTests(TestCase):
         self.clock.advance(self.timeout + 1)
         closed = yield deferToThread(sock.recv, 1)
         self.assertEqual(closed, b"")
+
+
+class ChunkedOverTheRouteLimitTests(TestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        from agw.http import HTTPOptions
+
+        self.upstream, self.port, _, _ = yield gateway_to(
+            self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"), http_options=HTTPOptions(max_json_body=1000),
+        )
+
+    @inlineCallbacks
+    def test_a_chunked_completions_body_over_the_limit_is_413(self) -> Any:
+        body = b'{"model": "m", "messages": [], "pad": "' + b"x" * 2000 + b'"}'
+        for pieces in ((body,), (body[:10], body[10:])):  # in with its head, or arriving after it
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+            refused = yield deferToThread(
+                raw_request, self.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + chunks,
+            )
+            self.assertEqual(status_and_error(refused), (413, "request_too_large"))
+        self.assertEqual(self.upstream.requests, [])

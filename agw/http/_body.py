@@ -131,7 +131,8 @@ class BodyRelay(Protocol):
             self.client_left()  # before the answer began: it is read for its usage only
         else:
             self._request.registerProducer(ClientPacing(self), True)
-        if self._clock is not None and self._idle_timeout > 0:
+        # An answer that is whole already (agw's client read it with its head) cannot go silent: no timer.
+        if self._clock is not None and self._idle_timeout > 0 and not getattr(self.transport, "ended", False):
             self._idle = self._clock.callLater(self._idle_timeout, self._went_silent)
 
     def client_left(self) -> None:

@@ -44,7 +44,6 @@ from agw.metering import (
     Watcher,
     chat_completion_usage,
     embeddings_usage,
-    peer_address,
     responses_usage,
 )
 from agw.routing import (
@@ -236,7 +235,7 @@ class HTTPForwarder(Resource):
         operation = self._parsed[1] if self._parsed else None
         now, method = self._reactor.seconds(), request.method.decode("ascii", "replace")
         span = self._context.spans.start(method, now, _header(request, b"traceparent"))
-        return HTTPExchange(request.path, now, operation, client=peer_address(request.getClientAddress()), span=span)
+        return HTTPExchange(request.path, now, operation, peer=request.getClientAddress(), span=span)
 
     def _headers(self, request: Request, traceparent: str | None = None) -> list[tuple[bytes, bytes]]:
         # The upstream client negotiates (and decodes) compression itself.

@@ -55,7 +55,13 @@ class RequestBodies:
         if arriving is not None:  # agw's front door: the body as it arrives
             if not self._reads or request.method != b"POST":
                 return arriving if not arriving.complete or arriving.received else None  # streamed as it arrives
-            raw = await arriving.whole(self.limit(b"POST"))
+            limit = self.limit(b"POST")
+            if not arriving.complete:
+                raw = await arriving.whole(limit)
+            elif arriving.received > limit:  # a chunked body: no length to refuse it by before it came
+                raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
+            else:  # most bodies are in when their head is routed on: no Deferred to wait on
+                raw = arriving.take_whole()
             return await self._prepared(request, exchange, raw)
         content = request.content
         content.seek(0, 2)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import define
+from twisted.internet.interfaces import IAddress
 
-from agw.metering._accesslog import AccessLog, cost_fields, duration_fields, model_fields, usage_fields
+from agw.metering._accesslog import AccessLog, cost_fields, duration_fields, model_fields, peer_address, usage_fields
 from agw.metering._attribution import Attribution
 from agw.metering._metrics import GatewayMetrics, ModelLabels, RouteLabels
 from agw.metering._reservation import NO_RESERVATION, Reservation
@@ -54,6 +55,8 @@ class HTTPExchange:
     who: Attribution | None = None
     # The client's TCP address (agentgateway's src.addr), if it has one.
     client: str | None = None
+    # The client's address, formatted as src.addr only when a log line or span needs it.
+    peer: IAddress | None = None
     # This request's span (config.tracing), ended by record().
     span: Span = NO_SPAN
     # What the request holds of its consumer's budgets until record() charges its usage.
@@ -66,7 +69,7 @@ class HTTPExchange:
     def _fields(self, method: bytes, status: int, duration: float) -> dict[str, Any]:
         """The access log's (and the span's) fields of the request."""
         fields: dict[str, Any] = {
-            "src.addr": self.client,
+            "src.addr": self.client if self.client is not None else peer_address(self.peer),
             "http.method": method.decode("ascii", "replace"),
             # The path only: a query string is the client's business.
             "http.path": self.path.decode("utf-8", "replace"),

@@ -16,7 +16,7 @@ from twisted.web.server import Request
 from agw.config import Listener, Route, RouteMatch, RouteType
 from agw.decisions import KeyRefused
 from agw.routing._errors import render_error
-from agw.routing._target import BadTarget, parse_target
+from agw.routing._target import BadTarget, OriginTarget, parse_target
 
 # Rank of a match kind: exact beats prefix beats regex beats match-all.
 _EXACT, _PREFIX, _REGEX, _ANY = 0, 1, 2, 3
@@ -136,6 +136,7 @@ class BindResource(Resource):
     def __init__(self, routes: Sequence[RoutedRoute], refused: Callable[[bytes, int], None] | None = None) -> None:
         super().__init__()
         self._routes = list(routes)
+        self._routed: dict[tuple[str, bytes], tuple[OriginTarget, RoutedRoute | None, IResource | None]] = {}
         # Told of each request refused here (method, status): no route's forwarder will count it.
         self._refused = refused
 
@@ -143,6 +144,26 @@ class BindResource(Resource):
         if self._refused is not None:
             self._refused(request.method, status)
         return render_error(request, status, message, code, "invalid_request_error")
+
+    # Routed targets remembered (a gateway sees the same few again and again); hostile variety only refills it.
+    max_remembered = 4096
+
+    def route(self, host: str, raw_target: bytes) -> tuple[OriginTarget, RoutedRoute | None, IResource | None]:
+        """
+        The normalised target of C{raw_target}, its route for C{host} and
+        that route's resource for it (L{parse_target}, L{select}, each
+        route type's resource), remembered; raises L{BadTarget}.
+        """
+        key = (host, raw_target)
+        known = self._routed.get(key)
+        if known is None:
+            target = parse_target(raw_target)
+            routed = self.select(host, target.path)
+            known = (target, routed, routed.resource(target.path) if routed is not None else None)
+            if len(self._routed) >= self.max_remembered:
+                self._routed.clear()
+            self._routed[key] = known
+        return known
 
     def select(self, host: str, path: str) -> RoutedRoute | None:
         """The most specific route for C{host} and C{path}; file order breaks ties."""

@@ -9,13 +9,11 @@ Pure decisions; the door acts on them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httptools
 from attrs import frozen
 
 from agw.http import HTTPForwarder
-from agw.routing import BadTarget, BindResource, parse_target
+from agw.routing import BadTarget, BindResource
 from agw.serve._front_request import FrontRequest
 
 NOT_ORIGIN_FORM = "the request-target must be a path starting with '/' (origin-form)"
@@ -55,14 +53,12 @@ def route_head(routes: BindResource | None, request: FrontRequest) -> HTTPForwar
     if request.uri == b"*":
         return Refusal(400, NOT_ORIGIN_FORM, "invalid_request_target", closes=False)
     try:
-        target = parse_target(request.uri)
+        target, routed, resource = routes.route(request.getRequestHostname().decode("ascii", "replace").lower(), request.uri)
     except BadTarget as bad:
         return Refusal(400, bad.message, "invalid_request_target", closes=False)
     request.uri, request.path = target.uri, target.path.encode("ascii")
-    routed = routes.select(request.getRequestHostname().decode("ascii", "replace").lower(), target.path)
     if routed is None:
         return Refusal(404, f"no route for {target.path}", "route_not_found", closes=False)
-    resource: Any = routed.resource(target.path)
     if not isinstance(resource, HTTPForwarder):
         return HAND_OFF
     request.agw_route = routed
