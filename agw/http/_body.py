@@ -60,6 +60,15 @@ def answer_head(request: Request, response: IResponse, same_length: bool) -> boo
     return True
 
 
+def when_client_leaves(request: Request, left: Callable[[], object]) -> None:
+    """Call C{left} if C{request}'s client goes away before its answer is finished (agw's front door: no Deferred)."""
+    on_lost = getattr(request, "when_lost", None)
+    if on_lost is not None:
+        on_lost(left)
+    else:
+        request.notifyFinish().addErrback(lambda _: left())
+
+
 def kept_for_usage(pending: Deferred[IResponse], clock: IReactorTime, grace: float) -> None:
     """
     The client went away before the answer began: the upstream request is
@@ -122,6 +131,8 @@ class BodyRelay(Protocol):
         self.timed_out = False
         self._first_byte: Callable[[], None] | None = first_byte
         self.done: Deferred[BaseException] = Deferred()
+        # What ended the body, once it has ended (what done fires with).
+        self.reason: BaseException | None = None
         # The client left: the rest is read for its usage, for this long at most.
         self._usage_grace = usage_grace
         self._grace: IDelayedCall | None = None
@@ -210,5 +221,6 @@ class BodyRelay(Protocol):
 
     def _ended(self, tail: bytes, reason: BaseException) -> None:
         self._write(tail)
+        self.reason = reason
         # A Failure passed to callback() would become an errback.
         self.done.callback(reason)

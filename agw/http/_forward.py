@@ -28,7 +28,7 @@ from agw.config import RouteType
 from agw.decisions import KeyCheck, KeyRefused
 from agw.http._admission import admit
 from agw.http._arriving import BodyBroken
-from agw.http._body import BodyRelay, answer_head, kept_for_usage
+from agw.http._body import BodyRelay, answer_head, kept_for_usage, when_client_leaves
 from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, write_rejection
 from agw.http._request_bodies import RequestBodies, client_headers
@@ -98,14 +98,14 @@ class HTTPForwarder(Resource):
     def render(self, request: Request) -> int:
         self._in_flight.add(request)
         exchange = self._exchange(request)
-        forwarding = ensureDeferred(self._forward(request, exchange)).addErrback(self._unexpected, request, exchange)
-
-        def done(_: object) -> None:
-            exchange.reservation.release()  # settled by record() when it ran; whatever happened, it holds nothing now
-            self._in_flight.discard(request)
-
-        forwarding.addBoth(done)
+        ensureDeferred(self._forward(request, exchange)).addBoth(self._done, request, exchange)
         return NOT_DONE_YET
+
+    def _done(self, result: object, request: Request, exchange: HTTPExchange) -> None:
+        if isinstance(result, Failure):
+            self._unexpected(result, request, exchange)
+        exchange.reservation.release()  # settled by record() when it ran; whatever happened, it holds nothing now
+        self._in_flight.discard(request)
 
     def _unexpected(self, failure: Failure, request: Request, exchange: HTTPExchange) -> None:
         self.log.failure("forwarding {uri} failed", failure, uri=request.path)
@@ -180,7 +180,7 @@ class HTTPForwarder(Resource):
         deadline.watch(pending)
         # The client going away does not take the upstream request with it at once: the provider bills
         # what it answers, so the answer is awaited (up to the usage grace) and read for its usage.
-        request.notifyFinish().addErrback(lambda _: kept_for_usage(pending, self._reactor, self._client.options.usage_grace))
+        when_client_leaves(request, lambda: kept_for_usage(pending, self._reactor, self._client.options.usage_grace))
         try:
             response: IResponse = await pending
         except (
@@ -218,7 +218,7 @@ class HTTPForwarder(Resource):
             self._client.options.usage_grace,
         )
         response.deliverBody(relay)
-        reason = await relay.done
+        reason = relay.reason if relay.reason is not None else await relay.done  # an answer that came whole: ended already
         exchange.body_timed_out = relay.timed_out
         if not request.finished and not client_gone(request):
             if not isinstance(reason, ResponseDone) and not (ends_at_close and isinstance(reason, PotentialDataLoss)):

@@ -148,7 +148,9 @@ class AnswerDeadline:
 
     def sending(self, body: IBodyProducer | None) -> IBodyProducer | None:
         """C{body} as sent upstream: each of its writes and its end are told to this deadline."""
-        return _SentBody(body, self) if body is not None else None
+        if body is None or isinstance(body, BytesBodyProducer):
+            return body  # written with the request's head: sent when the request is, where the deadline starts
+        return _SentBody(body, self)
 
     def watch(self, pending: Deferred[Any]) -> None:
         """The request's Deferred: cancelled if the deadline passes first."""

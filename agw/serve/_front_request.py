@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -98,6 +99,7 @@ class FrontRequest:
         self._chunked = False
         self._close_delimited = False
         self._finishing: list[Deferred[None]] = []
+        self._lost: list[Callable[[], object]] = []
         self.producer: _OnceStopped | None = None
         # Served by the bind's twisted.web site instead (see WebHandoff).
         self.handed_off = False
@@ -210,7 +212,7 @@ class FrontRequest:
         self.finished = True
         for waiting in self._finishing:
             waiting.callback(None)
-        self._finishing = []
+        self._finishing, self._lost = [], []
         self.channel.answered(self)
 
     def notifyFinish(self) -> Deferred[None]:  # noqa: N802
@@ -223,6 +225,13 @@ class FrontRequest:
         else:
             self._finishing.append(waiting)
         return waiting
+
+    def when_lost(self, left: Callable[[], object]) -> None:
+        """Call C{left} if the client goes away before the answer is finished (L{notifyFinish} without a Deferred)."""
+        if self._disconnected:
+            left()
+        elif not self.finished:
+            self._lost.append(left)
 
     def loseConnection(self) -> None:  # noqa: N802
         """The answer broke off: the client must not take it as whole."""
@@ -252,3 +261,6 @@ class FrontRequest:
         finishing, self._finishing = self._finishing, []
         for waiting in finishing:
             waiting.errback(reason)
+        lost, self._lost = self._lost, []
+        for left in lost:
+            left()
