@@ -36,6 +36,7 @@ from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from agw._internals._reach import CHECKED_WITH, Reach
+from agw._internals._prometheus import PROMETHEUS_REACHES, FastChild
 from agw._internals._tcp import TCP_REACHES, write_now
 from agw._internals._web import (
     WEB_REACHES,
@@ -77,7 +78,7 @@ REACHES = (
     Reach(*_PROTOCOL, "inside_message", "at_frame_boundary: ... and between messages"),
     Reach(*_PROTOCOL, "_dataReceived", "feed_autobahn: control frames go to Autobahn's own handling (ping, pong, close)"),
     Reach(*_SERVER, "websocket_extensions", "offer_only: offers agw declines never reach Autobahn's parser (it answers 400)"),
-) + WEB_REACHES + TCP_REACHES + ((
+) + WEB_REACHES + TCP_REACHES + PROMETHEUS_REACHES + ((
     # Only when Autobahn uses its compiled masker (USES_NVX).
     Reach("_nvx_xormasker", "lib", "nvx_xormask_new", "mask_payload: the compiled masker without its wrapper object"),
     Reach("_nvx_xormasker", "lib", "nvx_xormask_process", "mask_payload"),
@@ -292,7 +293,7 @@ def use_utf8_validator(protocol: Any, validator: Any) -> None:
 
 
 __all__ = [
-    "CHECKED_WITH", "REACHES", "write_now", "LeanMessages", "OwnBadRequests", "Reach", "at_frame_boundary", "cancel_leftover_timers", "feed_autobahn",
+    "CHECKED_WITH", "REACHES", "FastChild", "write_now", "LeanMessages", "OwnBadRequests", "Reach", "at_frame_boundary", "cancel_leftover_timers", "feed_autobahn",
     "frame_header", "handshake_bytes", "keep_connection_headers", "mask_payload", "masked_copy", "quiet_pool",
     "request_disconnected", "request_method", "request_target", "use_reactor_timers", "use_utf8_validator",
 ]

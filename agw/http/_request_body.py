@@ -42,6 +42,10 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+# One decoder for every body (json.loads with a hook builds a new one on each call); it keeps no state.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique)
+
+
 def json_object(raw: bytes) -> dict[str, Any]:
     """
     C{raw} as a JSON object. L{Refused} (400) if it is not one, or if any
@@ -50,7 +54,12 @@ def json_object(raw: bytes) -> dict[str, Any]:
     the provider reads.
     """
     try:
-        body = json.loads(raw, object_pairs_hook=_unique)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            body = json.loads(raw, object_pairs_hook=_unique)  # UTF-16 or -32, as json.loads detects them
+        else:
+            body = _DECODER.decode(text)
     except _DuplicateKey as duplicate:
         key = duplicate.key if len(duplicate.key) <= 64 else duplicate.key[:64] + "..."
         raise Refused(
