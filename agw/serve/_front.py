@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agw.routing import HeaderList
+from agw.serve._front_flow import ReadFlow
 from agw.serve._front_request import FrontRequest
 from agw.serve._front_route import HandOff, Refusal, route_head, unreadable
 from agw.serve._handoff import WebHandoff
@@ -51,7 +52,8 @@ class FrontDoor(Protocol):
         self._handoff: WebHandoff | None = None
         self._raw: list[bytes] | None = None  # after an upgrade: what arrived before the handoff
         self._closed = False
-        self._pauses: set[str] = set()
+        self._parsing = False  # within feed_data
+        self._unserved: tuple[Any, FrontRequest] | None = None  # routed, waiting for the rest of this read
         self._pace: UploadPace | None = None
         self._held = 0
         self._idle: IDelayedCall | None = None
@@ -59,7 +61,7 @@ class FrontDoor(Protocol):
         self._head_started: float | None = None  # a request head is arriving, since then
 
     def connectionMade(self) -> None:  # noqa: N802
-        self.peer = self.transport.getPeer()
+        self.peer, self._flow = self.transport.getPeer(), ReadFlow(self.transport)
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
         self._active = self._clock.seconds()
@@ -78,29 +80,26 @@ class FrontDoor(Protocol):
         if self._closed:
             return
         self._active = self._clock.seconds()
+        self._parsing = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._raw = [data[upgrade.args[0]:]]
             if self._handoff is not None:
-                self._flush_raw(self._handoff)
+                self._handoff.replay(self._raw)
             return
         except httptools.HttpParserError as error:
             if not self._closed:
                 self._refuse(unreadable(error))
             return
-        reading = self._reading
-        if reading is not None and not reading.agw_body.complete and self._pace is None and self.site.upload_min_rate > 0:
-            rate = self.site.upload_min_rate
+        finally:
+            self._parsing = False
+        self._serve_unserved()  # a body that goes on arriving streams upstream from now
+        reading, rate = self._reading, self.site.upload_min_rate
+        if reading is not None and not reading.agw_body.complete and self._pace is None and rate > 0:
             self._pace = UploadPace(self._clock, self.site.upload_grace, rate, lambda: self._refuse(Refusal(
-                408, f"the request body arrived slower than {rate} bytes a second", "request_timeout",
-            )))
+                408, f"the request body arrived slower than {rate} bytes a second", "request_timeout")))
             self._pace.received = reading.agw_body.received
-
-    def _flush_raw(self, handoff: WebHandoff) -> None:
-        raw, self._raw = self._raw or [], []
-        for data in raw:
-            handoff.dataReceived(data)
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._head_size = b"", [], 0
@@ -163,6 +162,7 @@ class FrontDoor(Protocol):
         self._stop_pace()
         if request is not None and not request.handed_off:
             request.agw_body.end()
+            self._serve_unserved()
         elif self._handoff is not None:
             self._handoff.end()
 
@@ -180,7 +180,16 @@ class FrontDoor(Protocol):
             return self._refuse_request(request, decided)
         if request.expects_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif not request.agw_body.complete and self._parsing:
+            # Its body may be in this same read: served once it is (or once the read is), not waited for.
+            self._unserved = (decided, request)
+            return
         decided.render(request)  # type: ignore[arg-type]
+
+    def _serve_unserved(self) -> None:
+        unserved, self._unserved = self._unserved, None
+        if unserved is not None and unserved[1] is self._current:
+            unserved[0].render(unserved[1])  # type: ignore[arg-type]
 
     def answered(self, request: FrontRequest) -> None:
         """C{request}'s answer is complete: the next pipelined one, or the close."""
@@ -233,22 +242,17 @@ class FrontDoor(Protocol):
             handoff.request(each)
         self._waiting.clear()
         if self._raw is not None:
-            self._flush_raw(handoff)
+            handoff.replay(self._raw)
 
     # Flow and time.
 
     def pause(self, reason: str) -> None:
-        """Stop reading from the client for C{reason} (a pipelined request waits; its body waits for the upstream)."""
-        if not self._pauses:
-            self.transport.pauseProducing()
-        self._pauses.add(reason)
+        """Stop reading from the client for C{reason} (see L{ReadFlow})."""
+        self._flow.pause(reason)
 
     def resume(self, reason: str) -> None:
-        """C{reason} to stop reading is gone; reading goes on when no other is left."""
-        if reason in self._pauses:
-            self._pauses.discard(reason)
-            if not self._pauses:
-                self.transport.resumeProducing()
+        """C{reason} to stop reading is gone (see L{ReadFlow})."""
+        self._flow.resume(reason)
 
     def _stop_pace(self) -> None:
         if self._pace is not None:

@@ -53,6 +53,11 @@ class WebHandoff:
         if self._chunked:
             self.dataReceived(b"0\r\n\r\n")
 
+    def replay(self, received: list[bytes]) -> None:
+        """What arrived after an upgrade's head before the hand-off (emptied: it goes once)."""
+        while received:
+            self.dataReceived(received.pop(0))
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._channel.dataReceived(data)
 
