@@ -10,10 +10,12 @@ large, an HTTP/1.0 client, a client that leaves mid-upload.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import threading
+from collections import Counter
 from typing import Any
 
 import httptools
@@ -325,3 +327,29 @@ class ChunkedOverTheRouteLimitTests(TestCase):
             )
             self.assertEqual(status_and_error(refused), (413, "request_too_large"))
         self.assertEqual(self.upstream.requests, [])
+
+
+class NoCyclesTests(GatewayTestCase):
+    """A forwarded request leaves no reference cycle behind: its objects go when it is done, not at the next GC."""
+
+    @inlineCallbacks
+    def test_forwarded_requests_leave_no_cycles(self) -> Any:
+        def run(count: int) -> None:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                for _ in range(count):
+                    sock.sendall(completion_request())
+                    read_response(sock)
+
+        yield deferToThread(run, 5)  # pools, caches and children made once
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            yield deferToThread(run, 20)
+            gc.collect()
+            left = [type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        ours = Counter(name for name in left if name.startswith(("agw.", "twisted.")) and not name.startswith("agw.testing"))
+        # The connection itself (transport and protocol hold each other) is one; what each of 20 requests left is 20.
+        self.assertEqual({name: count for name, count in ours.items() if count >= 20}, {})

@@ -81,6 +81,7 @@ class H1Response:
         if held:  # what came before it was read goes on as one piece: one write to the client, not one per chunk
             protocol.dataReceived(held[0] if len(held) == 1 else b"".join(held))
         if self._ended is not None:
+            self._protocol = None
             protocol.connectionLost(self._ended)
 
     def pauseProducing(self) -> None:  # noqa: N802 (IPushProducer)
@@ -131,8 +132,9 @@ class H1Response:
                 if rest and not self._stopped:
                     self._pass(rest)
         self._ended = reason
-        if self._protocol is not None:
-            self._protocol.connectionLost(reason)
+        protocol, self._protocol = self._protocol, None  # it and its reader would hold each other until a GC
+        if protocol is not None:
+            protocol.connectionLost(reason)
 
     def whole(self) -> None:
         """

@@ -185,3 +185,4 @@ class AnswerDeadline:
         """An answer (or a failure) came: no deadline any more."""
         if self._call is not None and self._call.active():
             self._call.cancel()
+        self._call = self._pending = None  # the call held this deadline, which held it: no cycle left for a GC
