@@ -37,7 +37,7 @@ class _Body(Protocol):
             self.request.write(data)
 
     def connectionLost(self, reason: Any) -> None:
-        if not self.gone:
+        if not self.gone and not getattr(self.request, "_disconnected", False):  # gone before its answer began
             self.request.finish()
 
 

@@ -34,7 +34,8 @@ def answer_head(request: Request, response: IResponse, same_length: bool) -> boo
     (L{agw.serve.GatewayRequest}): it then ends the same way.
     """
     request.setResponseCode(response.code, response.phrase)
-    provided = [
+    pairs = getattr(response.headers, "pairs", None)  # agw's client: lower-cased already, in order
+    provided = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in pairs] if pairs is not None else [
         (name.decode("latin-1").lower(), value.decode("latin-1"))
         for name, values in response.headers.getAllRawHeaders()
         for value in values

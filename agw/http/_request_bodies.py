@@ -26,6 +26,9 @@ from agw.routing import RouteContext, guard_headers
 
 def client_headers(request: Request) -> list[tuple[str, str]]:
     """The client's headers as (lower-case name, value) text pairs."""
+    pairs = getattr(request.requestHeaders, "pairs", None)  # agw's front door: lower-cased already, in order
+    if pairs is not None:
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in pairs]
     return [
         (name.decode("latin-1").lower(), value.decode("latin-1"))
         for name, values in request.requestHeaders.getAllRawHeaders()
