@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from agw.routing import HeaderList
 from agw.serve._front_flow import ReadFlow
-from agw.serve._front_request import FrontRequest
+from agw.serve._front_request import FrontRequest, HTTPDate
 from agw.serve._front_route import HandOff, Refusal, route_head, unreadable
 from agw.serve._handoff import WebHandoff
 from agw.serve._site import GatewaySite, refusal_bytes
@@ -38,8 +38,9 @@ class FrontDoor(Protocol):
 
     log = Logger()
 
-    def __init__(self, site: GatewaySite) -> None:
+    def __init__(self, site: GatewaySite, date: HTTPDate | None = None) -> None:
         self.site = site
+        self.date = date if date is not None else HTTPDate()
         self._clock = site.upload_clock
         self.peer: Any = None
         self._parser = httptools.HttpRequestParser(self)
@@ -297,6 +298,7 @@ class FrontDoorFactory(Factory):
 
     def __init__(self, site: GatewaySite) -> None:
         self.site = site
+        self._date = HTTPDate()
 
     def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802
-        return FrontDoor(self.site)
+        return FrontDoor(self.site, self._date)

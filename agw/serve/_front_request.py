@@ -28,8 +28,8 @@ _NO_BODY = (204, 304)
 _PHRASES = {499: b"Client Closed Request"}
 
 
-class _Date:
-    """The C{Date} header's value, formatted once a second."""
+class HTTPDate:
+    """The C{Date} header's value, formatted once a second (one per bind, shared by its connections)."""
 
     __slots__ = ("second", "value")
 
@@ -76,9 +76,7 @@ class FrontRequest:
     close (L{delimit_by_close}, and for an HTTP/1.0 client).
     """
 
-    date = _Date()
     defaultContentType: bytes | None = None
-    prepath: list[bytes] = []
 
     def __init__(
         self, door: Any, method: bytes, uri: bytes, headers: HeaderList, http11: bool, keep_alive: bool,
@@ -187,7 +185,7 @@ class FrontRequest:
             else:
                 self.keep_alive = False  # the body ends at the close
         if b"date" not in names:  # the gateway's own (the provider's are dropped), as nginx
-            pairs.append((b"date", self.date.now()))
+            pairs.append((b"date", self.channel.date.now()))
         if b"server" not in names:
             pairs.append((b"server", b"agw"))
         if not self.keep_alive:
