@@ -353,3 +353,37 @@ class NoCyclesTests(GatewayTestCase):
         ours = Counter(name for name in left if name.startswith(("agw.", "twisted.")) and not name.startswith("agw.testing"))
         # The connection itself (transport and protocol hold each other) is one; what each of 20 requests left is 20.
         self.assertEqual({name: count for name, count in ours.items() if count >= 20}, {})
+
+
+class DeepPipelineTests(TestCase):
+    """A client pipelining thousands of requests behind a slow one: a bounded queue, no deep recursion."""
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.upstream, self.port, _, _ = yield gateway_to(self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"))
+
+    @inlineCallbacks
+    def test_thousands_pipelined_behind_a_forwarded_one(self) -> Any:
+        refused = b"GET /v1/../x HTTP/1.1\r\nHost: gw\r\n\r\n"  # agw's own 400, answered as each starts
+
+        def run() -> list[int]:
+            statuses: list[int] = []
+
+            class Reader:
+                def on_message_complete(self) -> None:
+                    statuses.append(parser.get_status_code())
+
+            parser = httptools.HttpResponseParser(Reader())
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n" + refused * 2999)
+                while data := sock.recv(65536):
+                    parser.feed_data(data)
+            return statuses
+
+        statuses = yield deferToThread(run)
+        # The first, then the pipelined ones read with it up to the bound, in order; then the close.
+        self.assertEqual(statuses[0], 200)
+        self.assertEqual(set(statuses[1:]), {400})
+        self.assertLessEqual(len(statuses), 1 + 32)
+        self.assertEqual(len(self.upstream.requests), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -31,6 +31,8 @@ from agw.serve._uploads import UploadPace
 # The most a request's head may hold (twisted.web's own limits: 16 KiB lines, 500 headers).
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 500
+# Requests read ahead of their answers on one connection (each is an object; a 64 KiB read holds thousands).
+MAX_PIPELINED = 32
 
 
 class FrontDoor(Protocol):
@@ -52,8 +54,9 @@ class FrontDoor(Protocol):
         self._waiting: deque[FrontRequest] = deque()  # pipelined behind it
         self._handoff: WebHandoff | None = None
         self._raw: list[bytes] | None = None  # after an upgrade: what arrived before the handoff
-        self._closed = False
+        self._closed = self._overflowed = False
         self._parsing = False  # within feed_data
+        self._starting = False  # within answered's loop over pipelined requests
         self._unserved: tuple[Any, FrontRequest] | None = None  # routed, waiting for the rest of this read
         self._pace: UploadPace | None = None
         self._held = 0
@@ -91,8 +94,9 @@ class FrontDoor(Protocol):
             return
         except httptools.HttpParserError as error:
             if not self._closed:
-                self._refuse(unreadable(error))
-            return
+                return self._refuse(unreadable(error))
+            if not self._overflowed:
+                return  # refused already, or the connection is twisted.web's now
         finally:
             self._parsing = False
         self._serve_unserved()  # a body that goes on arriving streams upstream from now
@@ -116,11 +120,7 @@ class FrontDoor(Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD or len(self._headers) >= MAX_HEADERS:
             raise ValueError("request head too large")
-        if name:
-            self._headers.append((name.lower(), value))
-        else:  # a header cut over two reads: llhttp gives the rest of its value alone
-            last_name, last_value = self._headers[-1]
-            self._headers[-1] = (last_name, last_value + value)
+        self._headers.append((name.lower(), value))  # whole: httptools joins a header cut over two reads
 
     def on_headers_complete(self) -> None:
         self._head_started = None
@@ -132,9 +132,12 @@ class FrontDoor(Protocol):
         self._reading = request
         if self._current is None:
             self._start(request)
-        else:
+        elif len(self._waiting) < MAX_PIPELINED:
             self._waiting.append(request)
             self.pause("pipelined")
+        else:  # the rest of this read goes unparsed and unanswered: those queued are answered, then the close
+            self._waiting[-1].keep_alive, self._closed, self._reading, self._overflowed = False, True, None, True
+            raise ValueError("too many pipelined requests")
 
     def on_body(self, data: bytes) -> None:
         request = self._reading
@@ -178,7 +181,8 @@ class FrontDoor(Protocol):
         if isinstance(decided, Refusal):
             if decided.closes:
                 return self._refuse(decided)
-            return self._refuse_request(request, decided)
+            self._count(request.method, decided.status)  # agw's own answer; the connection stays
+            return request.answer_error(decided.status, decided.message, decided.code, decided.error_type or "invalid_request_error")
         if request.expects_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         elif not request.agw_body.complete and self._parsing:
@@ -203,8 +207,14 @@ class FrontDoor(Protocol):
             self.transport.loseConnection()
             return
         self._active = self._clock.seconds()
-        if self._waiting:
-            self._start(self._waiting.popleft())
+        if self._starting:
+            return  # answered as it started (agw's own answer): the loop below, up the stack, goes on
+        self._starting = True
+        try:  # a loop, not a call per request: a thousand pipelined refusals would each add frames
+            while self._current is None and self._waiting:
+                self._start(self._waiting.popleft())
+        finally:
+            self._starting = False
         if not self._waiting:
             self.resume("pipelined")
 
@@ -212,11 +222,6 @@ class FrontDoor(Protocol):
         if self._held:
             self.site.body_budget.give_back(self._held)
             self._held = 0
-
-    def _refuse_request(self, request: FrontRequest, refusal: Refusal) -> None:
-        """agw's own answer to a request it routes nowhere; the connection stays."""
-        self._count(request.method, refusal.status)
-        request.answer_error(refusal.status, refusal.message, refusal.code, refusal.error_type or "invalid_request_error")
 
     def _refuse(self, refusal: Refusal) -> None:
         """agw's answer to what it will not read on (a body too large, too slow; a bad head): then the close."""
