@@ -115,6 +115,18 @@ class LimitsFromTheHeadTests(TestCase):
         self.assertEqual(self.upstream.requests, [])
 
     @inlineCallbacks
+    def test_a_body_in_one_byte_chunks_arrives_whole(self) -> Any:
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"abc" * 1000 + b'"}]}'
+        chunks = b"".join(b"1\r\n%s\r\n" % body[i:i + 1] for i in range(len(body))) + b"0\r\n\r\n"
+        head, _, _ = yield deferToThread(
+            raw_request, self.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunks,
+        )
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        (sent,) = self.upstream.requests
+        self.assertEqual(json.loads(sent.body)["messages"][0]["content"], "abc" * 1000)
+
+    @inlineCallbacks
     def test_framings_read_two_ways_are_refused(self) -> Any:
         """What a second reader could frame otherwise (request smuggling) is 400 and goes nowhere."""
         heads = [

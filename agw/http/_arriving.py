@@ -41,6 +41,9 @@ class ArrivingBody:
         self.complete = length == 0
         self._pause, self._resume, self._buffer_limit = pause, resume, buffer_limit
         self._chunks: list[bytes] = []
+        # Past a few pieces, one growing buffer: a body sent in 1-byte chunks would otherwise cost a
+        # list slot and an object (about 40 bytes) for each byte.
+        self._bulk: bytearray | None = None
         self._buffered = 0
         self._paused = False
         self._consumer: IConsumer | None = None
@@ -61,7 +64,7 @@ class ArrivingBody:
         if self._consumer is not None:
             self._consumer.write(data)
             return
-        self._chunks.append(data)
+        self._keep(data)
         self._buffered += len(data)
         if self._whole is not None:
             if self._buffered > self._whole_limit:
@@ -118,9 +121,8 @@ class ArrivingBody:
         return self._take()
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
-        if self._chunks:
-            data = self._take()
-            consumer.write(data)
+        if self._buffered:
+            consumer.write(self._take())
         if self.complete:
             return succeed(None)
         if self._broken is not None:
@@ -140,7 +142,7 @@ class ArrivingBody:
     def stopProducing(self) -> None:  # noqa: N802
         """The upstream request is over: the rest of the body is dropped (the front door closes after the answer)."""
         self.stopped = True
-        self._consumer, self._chunks, self._buffered = None, [], 0
+        self._consumer, self._chunks, self._bulk, self._buffered = None, [], None, 0
         self._unpause()
 
     def _unpause(self) -> None:
@@ -148,14 +150,25 @@ class ArrivingBody:
             self._paused = False
             self._resume()
 
+    def _keep(self, data: bytes) -> None:
+        if self._bulk is not None:
+            self._bulk += data
+            return
+        self._chunks.append(data)
+        if len(self._chunks) > 16:
+            self._bulk, self._chunks = bytearray(b"".join(self._chunks)), []
+
     def _take(self) -> bytes:
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks, self._buffered = [], 0
+        if self._bulk is not None:
+            data = bytes(self._bulk)
+        else:
+            data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks, self._bulk, self._buffered = [], None, 0
         return data
 
     def _fail_whole(self, error: BaseException) -> None:
         whole, self._whole = self._whole, None
         self.stopped = True
-        self._chunks, self._buffered = [], 0
+        self._chunks, self._bulk, self._buffered = [], None, 0
         if whole is not None:
             whole.errback(Failure(error))
