@@ -24,7 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from agw.config import ClientKey
 from agw.decisions import KeyRefused, WebhookRefused
 from agw.http import Refused, UpstreamClient
-from agw.metering import Attribution, CallRecord, HTTPExchange, RealtimeSession, peer_address
+from agw.metering import Attribution, CallRecord, HTTPExchange, RealtimeSession
 from agw.realtime import RelayOptions, open_sideband
 from agw.routing import RouteContext, WebRTCEndpoint, client_gone, render_error, webrtc_endpoint
 from agw.calls._forms import BadForm, without_provider_secrets
@@ -55,7 +55,7 @@ class WebRTCResource(SecretsEndpoint, OffersEndpoint, SIPEndpoint, Resource):
 
     def render(self, request: Request) -> bytes | int:
         endpoint = webrtc_endpoint(request.path.decode("ascii"))
-        exchange = HTTPExchange(request.path, self.context.reactor.seconds(), None, client=peer_address(request.getClientAddress()))
+        exchange = HTTPExchange(request.path, self.context.reactor.seconds(), None, peer=request.getClientAddress())
         why = self._unavailable(request)
         if endpoint is None or why is not None:
             status, message, code = why or (404, "not a WebRTC endpoint", "not_found")
@@ -165,7 +165,7 @@ class WebRTCResource(SecretsEndpoint, OffersEndpoint, SIPEndpoint, Resource):
         content = request.content
         content.seek(0, 2)
         if content.tell() > limit:
-            raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
+            raise Refused.too_large(limit)
         content.seek(0)
         return content.read()  # type: ignore[no-any-return]
 

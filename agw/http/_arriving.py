@@ -68,7 +68,7 @@ class ArrivingBody:
         self._buffered += len(data)
         if self._whole is not None:
             if self._buffered > self._whole_limit:
-                self._fail_whole(Refused(413, f"request body is larger than {self._whole_limit} bytes", "request_too_large"))
+                self._fail_whole(Refused.too_large(self._whole_limit))
         elif self._buffered > self._buffer_limit and not self._paused:
             self._paused = True
             self._pause()
@@ -106,7 +106,7 @@ class ArrivingBody:
     def whole(self, limit: int) -> Deferred[bytes]:
         """The whole body, when it has arrived: L{Refused} (413) past C{limit} bytes."""
         if self._buffered > limit:
-            return fail(Refused(413, f"request body is larger than {limit} bytes", "request_too_large"))
+            return fail(Refused.too_large(limit))
         if self.complete:
             return succeed(self._take())
         if self._broken is not None:
@@ -115,9 +115,11 @@ class ArrivingBody:
         self._unpause()
         return self._whole
 
-    def take_whole(self) -> bytes:
-        """The whole body, complete already (the front door checked its size as it arrived)."""
+    def take_whole(self, limit: int) -> bytes:
+        """The whole body, complete already: L{Refused} (413) past C{limit} bytes (a chunked one had no length to refuse it by)."""
         assert self.complete, "the body is still arriving"
+        if self._buffered > limit:
+            raise Refused.too_large(limit)
         return self._take()
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from agw.http._response_guard import AnswerGuard
 from agw.metering import UsageChunkRemover, Watcher
-from agw.routing import client_gone, client_response_headers
+from agw.routing import client_gone, client_response_headers, text_pairs
 
 
 def answer_head(request: Request, response: IResponse, same_length: bool) -> bool:
@@ -34,12 +34,7 @@ def answer_head(request: Request, response: IResponse, same_length: bool) -> boo
     (L{agw.serve.GatewayRequest}): it then ends the same way.
     """
     request.setResponseCode(response.code, response.phrase)
-    pairs = getattr(response.headers, "pairs", None)  # agw's client: lower-cased already, in order
-    provided = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in pairs] if pairs is not None else [
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, values in response.headers.getAllRawHeaders()
-        for value in values
-    ]
+    provided = text_pairs(response.headers)
     for name, value in client_response_headers(provided):
         request.responseHeaders.addRawHeader(name, value)
     request.defaultContentType = None  # twisted.web's text/html would be a claim the upstream did not make

@@ -21,19 +21,12 @@ from agw.http._client import HTTPOptions
 from agw.http._prepare import prepare_json
 from agw.http._request_body import BytesBodyProducer, Refused, json_object
 from agw.metering import HTTPExchange
-from agw.routing import RouteContext, guard_headers
+from agw.routing import RouteContext, guard_headers, text_pairs
 
 
 def client_headers(request: Request) -> list[tuple[str, str]]:
     """The client's headers as (lower-case name, value) text pairs."""
-    pairs = getattr(request.requestHeaders, "pairs", None)  # agw's front door: lower-cased already, in order
-    if pairs is not None:
-        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in pairs]
-    return [
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, values in request.requestHeaders.getAllRawHeaders()
-        for value in values
-    ]
+    return text_pairs(request.requestHeaders)
 
 
 class RequestBodies:
@@ -59,12 +52,8 @@ class RequestBodies:
             if not self._reads or request.method != b"POST":
                 return arriving if not arriving.complete or arriving.received else None  # streamed as it arrives
             limit = self.limit(b"POST")
-            if not arriving.complete:
-                raw = await arriving.whole(limit)
-            elif arriving.received > limit:  # a chunked body: no length to refuse it by before it came
-                raise Refused(413, f"request body is larger than {limit} bytes", "request_too_large")
-            else:  # most bodies are in when their head is routed on: no Deferred to wait on
-                raw = arriving.take_whole()
+            # Most bodies are in when their head is routed on: no Deferred to wait on.
+            raw = arriving.take_whole(limit) if arriving.complete else await arriving.whole(limit)
             return await self._prepared(request, exchange, raw)
         content = request.content
         content.seek(0, 2)
@@ -72,7 +61,7 @@ class RequestBodies:
         content.seek(0)
         if size > self.limit(request.method):
             # A gateway site refuses these before they arrive whole; an embedder's site does not.
-            raise Refused(413, f"request body is larger than {self.limit(request.method)} bytes", "request_too_large")
+            raise Refused.too_large(self.limit(request.method))
         if not self._reads or request.method != b"POST":
             # twisted.web spooled a large body to a temporary file: stream it
             # from there instead of reading it into memory.

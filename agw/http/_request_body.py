@@ -24,6 +24,11 @@ class Refused(Exception):
         super().__init__(status, message)
         self.status, self.message, self.code, self.error_type = status, message, code, error_type
 
+    @classmethod
+    def too_large(cls, limit: int) -> Refused:
+        """A body over C{limit} bytes: 413."""
+        return cls(413, f"request body is larger than {limit} bytes", "request_too_large")
+
 
 class _DuplicateKey(Exception):
     def __init__(self, key: str) -> None:

@@ -54,8 +54,7 @@ class HTTPExchange:
     # Who made the request (the client key's consumer and metadata), if known.
     who: Attribution | None = None
     # The client's TCP address (agentgateway's src.addr), if it has one.
-    client: str | None = None
-    # The client's address, formatted as src.addr only when a log line or span needs it.
+    # The client's address (src.addr, formatted only when a log line or span needs it: see client).
     peer: IAddress | None = None
     # This request's span (config.tracing), ended by record().
     span: Span = NO_SPAN
@@ -66,10 +65,15 @@ class HTTPExchange:
     # The provider's status when the client got another (a response guard replaced the answer): what it billed counts.
     upstream_status: int | None = None
 
+    @property
+    def client(self) -> str | None:
+        """agentgateway's C{src.addr}: the client's C{host:port}."""
+        return peer_address(self.peer)
+
     def _fields(self, method: bytes, status: int, duration: float) -> dict[str, Any]:
         """The access log's (and the span's) fields of the request."""
         fields: dict[str, Any] = {
-            "src.addr": self.client if self.client is not None else peer_address(self.peer),
+            "src.addr": self.client,
             "http.method": method.decode("ascii", "replace"),
             # The path only: a query string is the client's business.
             "http.path": self.path.decode("utf-8", "replace"),

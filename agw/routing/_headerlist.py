@@ -10,6 +10,7 @@ and agw's own.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 class HeaderList:
@@ -61,6 +62,20 @@ class HeaderList:
     def removeHeader(self, name: bytes | str) -> None:  # noqa: N802
         key = _key(name)
         self.pairs = [pair for pair in self.pairs if pair[0] != key]
+
+
+def text_pairs(headers: HeaderList | Any) -> list[tuple[str, str]]:
+    """
+    C{headers} as (lower-case name, value) text pairs: a L{HeaderList}'s in
+    the order they came, twisted.web's C{Headers} by name.
+    """
+    if isinstance(headers, HeaderList):
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers.pairs]
+    return [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, values in headers.getAllRawHeaders()
+        for value in values
+    ]
 
 
 def _key(name: bytes | str) -> bytes:

@@ -20,6 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from agw.http import Refused
 from agw.routing import HeaderList
 from agw.serve._front_flow import ReadFlow
 from agw.serve._front_request import FrontRequest, HTTPDate
@@ -151,7 +152,7 @@ class FrontDoor(Protocol):
         limit = self.site.max_request_body
         body = request.agw_body
         if limit is not None and body.received + len(data) > limit:
-            self._refuse(Refusal(413, f"request body is larger than {limit} bytes", "request_too_large"))
+            self._refuse(Refusal.of(Refused.too_large(limit)))
             raise ValueError("refused")
         if not self.site.body_budget.take(len(data)):
             self._refuse(Refusal(503, "the gateway holds too many request bodies; try again later", "too_many_uploads"))

@@ -138,12 +138,6 @@ class FrontRequest:
     def getClientAddress(self) -> Any:  # noqa: N802
         return self.channel.peer
 
-    def getRequestHostname(self) -> bytes:  # noqa: N802
-        host = self.requestHeaders.get(b"host") or b""
-        if host.startswith(b"["):
-            return host[1:].partition(b"]")[0]
-        return host.partition(b":")[0]
-
     # The answer.
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:  # noqa: N802

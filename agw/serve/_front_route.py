@@ -12,11 +12,11 @@ from __future__ import annotations
 import httptools
 from attrs import frozen
 
-from agw.http import HTTPForwarder
+from agw.decisions import KeyRefused
+from agw.http import HTTPForwarder, Refused
 from agw.routing import BadTarget, BindResource
 from agw.serve._front_request import FrontRequest
-
-NOT_ORIGIN_FORM = "the request-target must be a path starting with '/' (origin-form)"
+from agw.serve._site import NOT_ORIGIN_FORM, host_name
 
 
 @frozen
@@ -28,6 +28,11 @@ class Refusal:
     code: str
     error_type: str | None = None
     closes: bool = True
+
+    @classmethod
+    def of(cls, error: Refused | KeyRefused) -> Refusal:
+        """The refusal a forwarder would answer with (its status, message, code and type); the connection closes."""
+        return cls(error.status, error.message, error.code, error.error_type)
 
 
 class HandOff:
@@ -53,7 +58,7 @@ def route_head(routes: BindResource | None, request: FrontRequest) -> HTTPForwar
     if request.uri == b"*":
         return Refusal(400, NOT_ORIGIN_FORM, "invalid_request_target", closes=False)
     try:
-        target, routed, resource = routes.route(request.getRequestHostname().decode("ascii", "replace").lower(), request.uri)
+        target, routed, resource = routes.route(host_name(request.header_text("host") or "").lower(), request.uri)
     except BadTarget as bad:
         return Refusal(400, bad.message, "invalid_request_target", closes=False)
     request.uri, request.path = target.uri, target.path.encode("ascii")
@@ -65,9 +70,9 @@ def route_head(routes: BindResource | None, request: FrontRequest) -> HTTPForwar
     body = request.agw_body
     limit = resource.body_limit(request.method)
     if isinstance(body.length, int) and body.length > limit:
-        return Refusal(413, f"request body is larger than {limit} bytes", "request_too_large")
+        return Refusal.of(Refused.too_large(limit))
     if request.expects_continue:
         refused = resource.refusal_before_body(request.method, target.query, request.header_text)
         if refused is not None:
-            return Refusal(refused.status, refused.message, refused.code, refused.error_type)
+            return Refusal.of(refused)
     return resource

@@ -21,6 +21,9 @@ from agw.routing import error_body, render_error
 from agw.serve._uploads import BodyBudget, UploadPace
 
 
+NOT_ORIGIN_FORM = "the request-target must be a path starting with '/' (origin-form)"
+
+
 def host_name(host: str) -> str:
     """The host of a C{Host} header, without its port or an IPv6 address's brackets (as routing reads it)."""
     if host.startswith("["):
@@ -188,8 +191,7 @@ class GatewayRequest(Request):
 
     def process(self) -> None:
         if self.path == b"*":
-            body = render_error(self, 400, "the request-target must be a path starting with '/' (origin-form)",
-                                "invalid_request_target", "invalid_request_error")
+            body = render_error(self, 400, NOT_ORIGIN_FORM, "invalid_request_target", "invalid_request_error")
             self.setHeader(b"content-length", b"%d" % len(body))
             self._count_refusal(400)
             self.write(body)
