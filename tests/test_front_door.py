@@ -30,7 +30,7 @@ from twisted.trial.unittest import TestCase
 
 from agw.config import MiB
 from tests.support import GatewayTestCase, wait_until
-from tests.wire_support import answer, gateway_to, raw_request, read_response, status_and_error
+from tests.wire_support import gateway_to, ok, raw_request, read_response, status_and_error
 
 COMPLETION = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -94,10 +94,16 @@ class CountingFactory(Factory):
         return CountingUpstream(self)
 
 
-class LimitsFromTheHeadTests(TestCase):
+
+class ScriptedCase(TestCase):
+    """agw (the seed config) in front of an upstream that answers every request 200 C{{}}."""
+
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.upstream, self.port, _, _ = yield gateway_to(self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"))
+        self.upstream, self.port, _, self.service = yield gateway_to(self, ok)
+
+
+class LimitsFromTheHeadTests(ScriptedCase):
 
     @inlineCallbacks
     def test_a_64_mib_completions_body_is_refused_before_it_is_sent(self) -> Any:
@@ -282,13 +288,13 @@ class HandOffTests(GatewayTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
-class ConnectionTimeTests(TestCase):
+class ConnectionTimeTests(ScriptedCase):
     """One timer per connection: a head must arrive whole in time; a silent keep-alive connection is closed."""
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.upstream, self.port, _, service = yield gateway_to(self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"))
-        self.site = service.site_of(0)
+        yield super().setUp()
+        self.site = self.service.site_of(0)
         self.clock = self.site.upload_clock = Clock()
         self.timeout = self.site.timeOut
 
@@ -329,9 +335,7 @@ class ChunkedOverTheRouteLimitTests(TestCase):
     def setUp(self) -> Any:
         from agw.http import HTTPOptions
 
-        self.upstream, self.port, _, _ = yield gateway_to(
-            self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"), http_options=HTTPOptions(max_json_body=1000),
-        )
+        self.upstream, self.port, _, _ = yield gateway_to(self, ok, http_options=HTTPOptions(max_json_body=1000))
 
     @inlineCallbacks
     def test_a_chunked_completions_body_over_the_limit_is_413(self) -> Any:
@@ -372,12 +376,8 @@ class NoCyclesTests(GatewayTestCase):
         self.assertEqual({name: count for name, count in ours.items() if count >= 20}, {})
 
 
-class DeepPipelineTests(TestCase):
+class DeepPipelineTests(ScriptedCase):
     """A client pipelining thousands of requests behind a slow one: a bounded queue, no deep recursion."""
-
-    @inlineCallbacks
-    def setUp(self) -> Any:
-        self.upstream, self.port, _, _ = yield gateway_to(self, lambda request: answer(b"200 OK", [(b"Content-Length", b"2")], b"{}"))
 
     @inlineCallbacks
     def test_thousands_pipelined_behind_a_forwarded_one(self) -> Any:

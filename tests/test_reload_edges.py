@@ -21,13 +21,10 @@ from agw.config import parse_config
 from agw.serve import ConfigReloader, Reloaded, ReloadRefused
 from agw.serve._reload import POLL_SECONDS
 from tests.support import BACKEND_KEY, CLIENT_KEY, free_port, on_twisted_web, seed_config_text
-from tests.wire_support import RawRequest, answer, gateway_to, read_response, status_and_error
+from tests.wire_support import gateway_to, ok, read_response, status_and_error
 
 ENV = {"OPENAI_API_KEY": BACKEND_KEY}
 
-
-def ok(request: RawRequest) -> tuple[bytes, bool]:
-    return answer(b"200 OK", [(b"Content-Length", b"2")], b"{}")
 
 
 class RemovedBindTests(TestCase):

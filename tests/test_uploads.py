@@ -18,13 +18,10 @@ from twisted.trial.unittest import TestCase
 from agw.config import MiB
 from agw.http import HTTPOptions
 from tests.support import on_twisted_web, wait_until
-from tests.wire_support import RawRequest, answer, gateway_to, raw_request, read_response, status_and_error
+from tests.wire_support import gateway_to, ok, raw_request, read_response, status_and_error
 
 KEY = "sk-uploader-0123456789"
 
-
-def ok(request: RawRequest) -> tuple[bytes, bool]:
-    return answer(b"200 OK", [(b"Content-Length", b"2")], b"{}")
 
 
 def announce(port: int, length: int, sent: bytes, extra: bytes = b"") -> socket.socket:

@@ -92,6 +92,11 @@ def answer(status: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b"",
     return head + b"\r\n" + body, close
 
 
+def ok(request: RawRequest) -> tuple[bytes, bool]:
+    """A script: every request answered C{200} with C{{}}."""
+    return answer(b"200 OK", [(b"Content-Length", b"2")], b"{}")
+
+
 @inlineCallbacks
 def gateway_to(case: TestCase, script: Script, edit: Callable[[dict], None] | None = None, **gateway: Any) -> Any:
     """
