@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from agw.http._response_guard import AnswerGuard
 from agw.metering import UsageChunkRemover, Watcher
-from agw.routing import client_gone, client_response_headers, text_pairs
+from agw.routing import HeaderList, byte_pairs, client_gone, response_header_pairs
 
 
 def answer_head(request: Request, response: IResponse, same_length: bool) -> bool:
@@ -34,15 +34,20 @@ def answer_head(request: Request, response: IResponse, same_length: bool) -> boo
     (L{agw.serve.GatewayRequest}): it then ends the same way.
     """
     request.setResponseCode(response.code, response.phrase)
-    provided = text_pairs(response.headers)
-    for name, value in client_response_headers(provided):
-        request.responseHeaders.addRawHeader(name, value)
+    provided = byte_pairs(response.headers)
+    passed = response_header_pairs(provided)
+    headers = request.responseHeaders
+    if isinstance(headers, HeaderList):
+        headers.pairs.extend(passed)
+    else:
+        for name, value in passed:
+            headers.addRawHeader(name, value)
     request.defaultContentType = None  # twisted.web's text/html would be a claim the upstream did not make
     if request.method == b"HEAD":
         # The length of the body a GET would have had, if the upstream said.
         for name, value in provided:
-            if name == "content-length":
-                request.setHeader(b"content-length", value.encode("latin-1"))
+            if name == b"content-length":
+                request.setHeader(b"content-length", value)
         return False
     if response.code in (204, 304) or response.code < 200:
         return False  # no body, no length (Twisted's client says 0)
@@ -50,7 +55,7 @@ def answer_head(request: Request, response: IResponse, same_length: bool) -> boo
         if same_length:
             request.setHeader(b"content-length", b"%d" % response.length)
         return False
-    if any(name == "transfer-encoding" for name, _ in provided) or not hasattr(request, "delimit_by_close"):
+    if any(name == b"transfer-encoding" for name, _ in provided) or not hasattr(request, "delimit_by_close"):
         return False
     request.delimit_by_close()
     return True

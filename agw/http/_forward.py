@@ -54,7 +54,8 @@ from agw.routing import (
     client_host,
     guard_headers,
     render_error,
-    upstream_headers,
+    RequestHeaderPolicy,
+    byte_pairs,
 )
 
 # Route types whose bodies the gateway reads: extractor and operation name.
@@ -89,6 +90,12 @@ class HTTPForwarder(Resource):
         # A request guard calls out (webhook, moderation): it may be sent the client's headers.
         self._calls_out = any(guard.regex is None for guard in context.policies.prompt_guard.request)
         self._answers_call_out = any(guard.webhook is not None for guard in context.policies.prompt_guard.response)
+        # The upstream client negotiates (and decodes) compression itself; agw answered the
+        # client's Expect: 100-continue, and the whole body goes upstream.
+        self._header_policy = RequestHeaderPolicy(
+            context.policies, also_drop=("accept-encoding", "expect"), key_header=context.target.key_header,
+        )
+        self._host = (b"host", context.target.authority.encode("ascii"))
         self._bodies = RequestBodies(route_type, self._parsed is not None, client.options, context, self._calls_out)
 
     def body_limit(self, method: bytes) -> int:
@@ -238,15 +245,11 @@ class HTTPForwarder(Resource):
         return HTTPExchange(request.path, now, operation, peer=request.getClientAddress(), span=span)
 
     def _headers(self, request: Request, traceparent: str | None = None) -> list[tuple[bytes, bytes]]:
-        # The upstream client negotiates (and decodes) compression itself.
-        headers = upstream_headers(
-            # Expect: agw answered the client's 100-continue; the whole body goes upstream.
-            client_headers(request), self._context.policies, also_drop=("accept-encoding", "expect"),
-            client_address=client_host(request), key_header=self._context.target.key_header,
-        )
-        replaced = ("host", "traceparent") if traceparent is not None else ("host",)
-        result = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers if name not in replaced]
-        result.append((b"host", self._context.target.authority.encode("ascii")))
+        host = client_host(request)
+        headers = self._header_policy.apply(byte_pairs(request.requestHeaders), host.encode("latin-1") if host else None)
+        replaced = (b"host", b"traceparent") if traceparent is not None else (b"host",)
+        result = [pair for pair in headers if pair[0] not in replaced]
+        result.append(self._host)
         if traceparent is not None:  # agw's span is the provider's parent
             result.append((b"traceparent", traceparent.encode("ascii")))
         return result

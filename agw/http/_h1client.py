@@ -173,15 +173,24 @@ class H1Connection(RequestWriter):
                 # An early refusal (413, say): the rest of the body would go nowhere.
                 self._body_stopped = True
                 self._stop_body(unregister=True)
+            deferred = self._call.deferred  # type: ignore[union-attr]
             if self._done:
+                # All of it came with its head: it is whole and ended (the connection back in
+                # the pool) before its reader has it, which then reads it to its end at once.
                 response.whole()
-            self._call.deferred.callback(response)  # type: ignore[union-attr]
-        if self._done and not self.dead:
-            if self._sending:
-                response.end(Failure(ResponseDone()))  # the connection waits for the body to be sent
-            else:
-                self._release()
-                response.end(Failure(ResponseDone()))
+                self._ended(response)
+            deferred.callback(response)
+            return
+        if self._done:
+            self._ended(response)
+
+    def _ended(self, response: H1Response) -> None:
+        """C{response} was read to its end: the connection goes back (once its request's body is sent), the reader is told."""
+        if self.dead:
+            return
+        if not self._sending:
+            self._release()
+        response.end(Failure(ResponseDone()))  # the connection waits for the body to be sent, if it is not yet
 
     def _broken(self, error: BaseException) -> None:
         """The response could not be read: the connection goes, the request or its body fails."""

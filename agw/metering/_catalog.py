@@ -26,7 +26,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from attrs import evolve, field, frozen
+from attrs import Factory, evolve, field, frozen
 
 _RATES = {
     "input": "input", "output": "output", "cacheRead": "cache_read", "cacheWrite": "cache_write",
@@ -134,11 +134,8 @@ class Cost:
     status: str
     components: Mapping[str, Decimal] = field(factory=dict)
     fallback: bool = False
-
-    @property
-    def total(self) -> Decimal:
-        """The USD of every component, the fallback's included."""
-        return sum(self.components.values(), Decimal(0))
+    # The USD of every component, the fallback's included (summed once: metrics, the log and budgets read it).
+    total: Decimal = field(init=False, default=Factory(lambda self: sum(self.components.values(), Decimal(0)), takes_self=True))
 
 
 # A dated snapshot's name: the model's, then -YYYY-MM-DD or -MMDD.

@@ -124,5 +124,5 @@ class HTTPExchange:
         metrics.record_llm_timing(
             route, models, duration,
             time_to_first_token=(first - self.started) if first is not None and self.streamed else None,
-            output_tokens=usage.output if usage is not None else 0,
+            output_tokens=usage.output if usage is not None else 0, who=self.who,
         )

@@ -6,6 +6,8 @@ metrics match agentgateway's so that existing dashboards keep working.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -17,18 +19,20 @@ from agw.metering._catalog import DEFAULT_CATALOG, Catalog, Cost, default_catalo
 from agw.metering._children import MetricChildren
 from agw.metering._pricing import price_audio, price_tokens
 from agw.metering._recent import RecentCosts
+from agw.metering._series import UNKNOWN_MODEL, ModelSeries
 from agw.metering._realtime_metrics import RealtimeMetrics
 from agw.metering._usage import AudioDuration, TokenUsage
 
 SYSTEM = "openai"
 TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864
 DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(14))  # 0.01 ... 81.92 s
-UNKNOWN_MODEL = "unknown"
 # Where a model name would add one series too many (or is too long to be one).
 OTHER_MODEL = "other"
 MAX_MODEL_LABEL_LENGTH = 128
 # RFC 9110's methods and PATCH: the values of the "method" label.
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+# Series of requests by (route, method as sent, status) kept: a client may send any method.
+_MAX_REQUEST_SERIES = 4096
 
 _ROUTE_LABELS = ("bind", "gateway", "listener", "route", "route_rule")
 _GEN_AI_LABELS = ("gen_ai_operation_name", "gen_ai_system", "gen_ai_request_model", "gen_ai_response_model")
@@ -90,6 +94,8 @@ class GatewayMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._child = MetricChildren()
+        self._series: dict[tuple[tuple[str, ...], RouteLabels, str, tuple[str, ...]], ModelSeries] = {}
+        self._requests: dict[tuple[RouteLabels, bytes | str, int], tuple[Any, Any]] = {}
         # config.metrics.fields.add: labels from the client key's metadata (see Attributor).
         self.extra_labels = extra_labels
         self.anonymous = Attribution(labels=tuple("" for _ in extra_labels))
@@ -208,25 +214,23 @@ class GatewayMetrics:
         self, route: RouteLabels, models: ModelLabels, usage: TokenUsage, who: Attribution | None = None,
     ) -> Cost:
         """Record one response's usage (for C{who}): one observation per token type, and its cost."""
-        who = who or self.anonymous
-        common = self.model_values(models) + route.values()
-        self._observe("input", usage.input, usage.input_by_modality, common, who)
-        self._observe("output", usage.output, usage.output_by_modality, common, who)
+        series = self.series(route, models, who or self.anonymous)
+        series.observe_tokens("input", usage.input, usage.input_by_modality)
+        series.observe_tokens("output", usage.output, usage.output_by_modality)
         if usage.cached_input is not None:
-            self._observe("input_cache_read", usage.cached_input, usage.cached_by_modality, common, who)
+            series.observe_tokens("input_cache_read", usage.cached_input, usage.cached_by_modality)
         cost = price_tokens(self.catalog, SYSTEM, models.priced_model, usage)
-        self._record_cost(cost, common, who, usage.input + usage.output)
+        series.record_cost(cost, self.recent, usage.input + usage.output)
         return cost
 
-    def _record_cost(self, cost: Cost, common: tuple[str, ...], who: Attribution, tokens: int = 0) -> None:
-        # common: operation, system, request model, response model, then the route.
-        # A Missing lookup priced at the "*" fallback has components: they are counted as cost.
-        self._child(self.cost_lookups, cost.status, *common[1:4]).inc()
-        self.recent.add(who.consumer, common[3] if common[3] != UNKNOWN_MODEL else common[2], cost.total, tokens)
-        if cost.components:
-            self._child(self.cost, *common, *who.labels).inc(float(cost.total))
-            for component, usd in cost.components.items():
-                self._child(self.cost_by_component, component, *common, who.consumer, *who.labels).inc(float(usd))
+    def series(self, route: RouteLabels, models: ModelLabels, who: Attribution) -> ModelSeries:
+        """The children C{who}'s responses of C{models} on C{route} record into (made once)."""
+        values = self.model_values(models)
+        key = (values, route, who.consumer, who.labels)  # not who: its log fields are a dict
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = ModelSeries(self, self._child, values + route.values(), who)
+        return series
 
     def record_ledger(self, up: bool | None, unwritten: int) -> None:
         """Whether the budget ledger answers, and how many charges wait to be written (see L{agw.metering.Governor})."""
@@ -238,12 +242,22 @@ class GatewayMetrics:
 
     def record_request(self, route: RouteLabels, method: bytes | str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
+        key = (route, method, status)
+        children = self._requests.get(key)
+        if children is None:
+            labels = self._request_labels(route, method, status)
+            children = (self._child(self.requests, *labels), self._child(self.request_duration, *labels))
+            if len(self._requests) < _MAX_REQUEST_SERIES:  # methods are the client's: past this, looked up each time
+                self._requests[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    @staticmethod
+    def _request_labels(route: RouteLabels, method: bytes | str, status: int) -> tuple[str, ...]:
         method_text = method.decode("ascii", "replace") if isinstance(method, bytes) else method
         # A client may invent any number of methods; as OpenTelemetry's
         # http.request.method does, those are one "_OTHER" series.
-        labels = route.values() + (method_text if method_text in _HTTP_METHODS else "_OTHER", str(status))
-        self._child(self.requests, *labels).inc()
-        self._child(self.request_duration, *labels).observe(seconds)
+        return route.values() + (method_text if method_text in _HTTP_METHODS else "_OTHER", str(status))
 
     def record_refusal(self, route: RouteLabels, method: bytes | str, status: int) -> None:
         """
@@ -251,9 +265,7 @@ class GatewayMetrics:
         route, a bad target, a body over a limit, an unparsable request): in
         the requests counter only, its duration being no one's.
         """
-        method_text = method.decode("ascii", "replace") if isinstance(method, bytes) else method
-        labels = route.values() + (method_text if method_text in _HTTP_METHODS else "_OTHER", str(status))
-        self._child(self.requests, *labels).inc()
+        self._child(self.requests, *self._request_labels(route, method, status)).inc()
 
     def record_llm_timing(
         self,
@@ -262,25 +274,20 @@ class GatewayMetrics:
         seconds: float,
         time_to_first_token: float | None = None,
         output_tokens: int = 0,
+        who: Attribution | None = None,
     ) -> None:
-        """Record an LLM request's duration and, when streamed, its token timing."""
-        labels = self.model_values(models) + route.values()
-        self._child(self.llm_request_duration, *labels).observe(seconds)
-        if time_to_first_token is not None:
-            self._child(self.time_to_first_token, *labels).observe(time_to_first_token)
-            if output_tokens > 1:
-                per_token = (seconds - time_to_first_token) / (output_tokens - 1)
-                self._child(self.time_per_output_token, *labels).observe(per_token)
+        """Record an LLM request's duration and, when streamed, its token timing (its series: C{who}'s, as its tokens')."""
+        self.series(route, models, who or self.anonymous).record_timing(seconds, time_to_first_token, output_tokens)
 
     def record_audio(
         self, route: RouteLabels, models: ModelLabels, duration: AudioDuration, who: Attribution | None = None,
     ) -> Cost:
         """Record transcription billed by time, and its cost."""
         who = who or self.anonymous
-        common = self.model_values(models) + route.values()
-        self._child(self.audio_seconds, *common, who.consumer, *who.labels).inc(duration.seconds)
+        series = self.series(route, models, who)
+        self._child(self.audio_seconds, *series.common, who.consumer, *who.labels).inc(duration.seconds)
         cost = price_audio(self.catalog, SYSTEM, models.priced_model, duration)
-        self._record_cost(cost, common, who)
+        series.record_cost(cost, self.recent)
         return cost
 
     def record_guardrail(self, route: RouteLabels, phase: str, action: str, who: Attribution | None = None) -> None:
@@ -292,19 +299,3 @@ class GatewayMetrics:
         """The label values of the Realtime session metrics for a session of C{who}."""
         who = who or self.anonymous
         return (*route.values(), who.consumer, *who.labels)
-
-    def _observe(
-        self, token_type: str, total: int, by_modality: tuple[tuple[str, int], ...], common: tuple[str, ...],
-        who: Attribution,
-    ) -> None:
-        self._child(self.token_usage, token_type, *common, *who.labels).observe(total)
-        # The provider's per-modality details should add up to the total;
-        # whatever they leave unexplained is counted as "unknown" so that the
-        # counter's sums always equal the histogram's.
-        attributed = 0
-        for modality, tokens in by_modality:
-            if tokens:
-                self._child(self.tokens, token_type, modality, *common, who.consumer, *who.labels).inc(tokens)
-                attributed += tokens
-        if total > attributed:
-            self._child(self.tokens, token_type, "unknown", *common, who.consumer, *who.labels).inc(total - attributed)

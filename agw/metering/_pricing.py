@@ -63,7 +63,13 @@ def price_tokens(catalog: Catalog | None, provider: str, model: str | None, usag
     rates = prices.effective(usage.input)
     if _text_only(usage):
         # Text in, text out, nothing cached (most HTTP answers): the lines below, without the empty ones.
-        return _cost({"input": (usage.input, rates.input), "output": (max(0, usage.output), rates.output)}, PER_TOKENS, fallback)
+        components = {}
+        if usage.input and rates.input is not None:
+            components["input"] = Decimal(usage.input) * rates.input / PER_TOKENS
+        output = max(0, usage.output)
+        if output and rates.output is not None:
+            components["output"] = Decimal(output) * rates.output / PER_TOKENS
+        return _costed(bool(usage.input or output), components, fallback)
     split = split_cached(usage)
     (text_in, cached_text), (audio_in, cached_audio), (image_in, cached_image) = split["text"], split["audio"], split["image"]
     audio_out = _by(usage.output_by_modality, "audio")
@@ -107,6 +113,11 @@ def _lookup(catalog: Catalog | None, provider: str, model: str | None) -> tuple[
 def _cost(lines: Mapping[str, tuple[Any, Decimal | None]], unit: Decimal, fallback: bool) -> Cost:
     used = {name: (amount, rate) for name, (amount, rate) in lines.items() if amount}
     components = {name: Decimal(amount) * rate / unit for name, (amount, rate) in used.items() if rate is not None}
+    return _costed(bool(used), components, fallback)
+
+
+def _costed(used: bool, components: dict[str, Decimal], fallback: bool) -> Cost:
+    """The cost of C{components} (C{used}: some amount was not 0) by how the lookup went."""
     if fallback:
         # Priced, but the lookup still missed: agentgateway's counter says Missing, as agentgateway would.
         return Cost(MISSING, components, fallback=True)

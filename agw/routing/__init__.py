@@ -13,7 +13,7 @@ from agw.routing._azure import NoDeployment
 from agw.routing._backend import OPENAI_HOST, BackendTarget, TrustRootError, read_trust_root
 from agw.routing._context import GuardRunner, RouteContext
 from agw.routing._errors import ErrorResource, client_gone, client_host, error_body, render_error
-from agw.routing._headerlist import HeaderList, text_pairs
+from agw.routing._headerlist import HeaderList, byte_pairs, text_pairs
 from agw.routing._headers import (
     CREDENTIALS,
     FORWARDING,
@@ -25,6 +25,8 @@ from agw.routing._headers import (
     connection_listed,
     forwarded_query,
     guard_headers,
+    RequestHeaderPolicy,
+    response_header_pairs,
     upstream_headers,
 )
 from agw.routing._target import BadTarget, OriginTarget, normalise_path, parse_target
@@ -36,5 +38,5 @@ __all__ = [
     "BindResource", "ConnectionTracker", "ErrorResource", "GuardRunner", "HeaderList", "NoDeployment", "OriginTarget", "RouteContext",
     "RoutedRoute", "TrustRootError", "agw_credentials", "client_gone", "client_host", "client_response_headers",
     "connection_listed", "error_body", "forwarded_query", "guard_headers", "normalise_path", "parse_target",
-    "read_trust_root", "render_error", "route_type_for", "text_pairs", "upstream_headers", "WebRTCEndpoint", "webrtc_endpoint",
+    "read_trust_root", "render_error", "RequestHeaderPolicy", "response_header_pairs", "byte_pairs", "route_type_for", "text_pairs", "upstream_headers", "WebRTCEndpoint", "webrtc_endpoint",
 ]

@@ -78,5 +78,12 @@ def text_pairs(headers: HeaderList | Any) -> list[tuple[str, str]]:
     ]
 
 
+def byte_pairs(headers: HeaderList | Any) -> list[tuple[bytes, bytes]]:
+    """C{headers} as (lower-case name, value) byte pairs: a L{HeaderList}'s own list (not to be changed), or C{Headers}' by name."""
+    if isinstance(headers, HeaderList):
+        return headers.pairs
+    return [(name.lower(), value) for name, values in headers.getAllRawHeaders() for value in values]
+
+
 def _key(name: bytes | str) -> bytes:
     return (name if isinstance(name, bytes) else name.encode("latin-1")).lower()

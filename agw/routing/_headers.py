@@ -75,6 +75,64 @@ def connection_listed(headers: Iterable[tuple[str, str]]) -> set[str]:
     return listed
 
 
+def _listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """L{connection_listed} of byte pairs."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            listed.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return frozenset(listed)
+
+
+def _latin1(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs)
+
+
+class RequestHeaderPolicy:
+    """
+    What L{upstream_headers} does to a client's headers on one route, made
+    once from its policies: the names dropped whatever the request (the
+    hop-by-hop ones, the client's forwarding claims, C{also_drop}, the
+    route's C{remove}, client credentials where agw's key pays), the route's
+    C{set} and C{add}, the backend key. L{apply} works on lower-case byte
+    pairs, as agw's own HTTP/1.1 protocols hold them.
+    """
+
+    __slots__ = ("_dropped", "_set", "_add", "_key")
+
+    def __init__(
+        self, policies: Policies, also_drop: Iterable[str] = (), key_header: tuple[str, str] = ("authorization", "Bearer "),
+    ) -> None:
+        transform = policies.request_headers
+        dropped = HOP_BY_HOP | FORWARDING | set(also_drop) | set(transform.remove)
+        if policies.backend_key is not None:
+            dropped |= CREDENTIALS
+        if agw_credentials(policies):
+            dropped |= key_header_names(policies)  # the client's key is agw's, not the provider's
+        self._dropped = frozenset(name.encode("latin-1") for name in dropped)
+        self._set, self._add = _latin1(transform.set), list(_latin1(transform.add))
+        backend = policies.backend_key
+        self._key = _latin1([(key_header[0], key_header[1] + backend.value)])[0] if backend is not None else None
+
+    def apply(self, client_headers: list[tuple[bytes, bytes]], client_address: bytes | None = None) -> list[tuple[bytes, bytes]]:
+        """The headers that go upstream of C{client_headers} (lower-case names), C{X-Forwarded-For} C{client_address}."""
+        dropped = self._dropped
+        listed = _listed(client_headers)
+        if listed:
+            dropped = dropped | listed
+        headers = [pair for pair in client_headers if pair[0] not in dropped]
+        for name, value in self._set:
+            headers = [pair for pair in headers if pair[0] != name] + [(name, value)]
+        headers += self._add
+        if client_address is not None:
+            headers.append((b"x-forwarded-for", client_address))
+        if self._key is not None:
+            name = self._key[0]
+            headers = [pair for pair in headers if pair[0] != name]  # a transformation never doubles the key's header
+            headers.append(self._key)
+        return headers
+
+
 def upstream_headers(
     client_headers: Iterable[tuple[str, str]], policies: Policies, also_drop: Iterable[str] = (),
     client_address: str | None = None, key_header: tuple[str, str] = ("authorization", "Bearer "),
@@ -86,26 +144,14 @@ def upstream_headers(
     C{key_header} (name, prefix: C{Authorization: Bearer <key>} by default,
     Azure's C{api-key: <key>}); without one they pass through.
     C{X-Forwarded-For} is C{client_address} (the TCP peer), whatever the
-    client said.
+    client said. (L{RequestHeaderPolicy} as text.)
     """
-    client_headers = list(client_headers)
-    transform = policies.request_headers
-    dropped = HOP_BY_HOP | FORWARDING | connection_listed(client_headers) | set(also_drop) | set(transform.remove)
-    if policies.backend_key is not None:
-        dropped |= CREDENTIALS
-    if agw_credentials(policies):
-        dropped |= key_header_names(policies)  # the client's key is agw's, not the provider's
-    headers = [(name, value) for name, value in client_headers if name not in dropped]
-    for name, value in transform.set:
-        headers = [(n, v) for n, v in headers if n != name] + [(name, value)]
-    headers += list(transform.add)
-    if client_address is not None:
-        headers.append(("x-forwarded-for", client_address))
-    if policies.backend_key is not None:
-        name, prefix = key_header
-        headers = [(n, v) for n, v in headers if n != name]  # a transformation never doubles the key's header
-        headers.append((name, f"{prefix}{policies.backend_key.value}"))
-    return headers
+    policy = RequestHeaderPolicy(policies, also_drop, key_header)
+    address = client_address.encode("latin-1") if client_address is not None else None
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in policy.apply(list(_latin1(client_headers)), address)
+    ]
 
 
 def guard_headers(client_headers: Iterable[tuple[str, str]], policies: Policies) -> dict[str, str]:
@@ -132,12 +178,24 @@ def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[s
     """
     The provider's response headers (lower-case names) the client gets:
     all but hop-by-hop headers, those its C{Connection} lists, and its
-    C{Date} and C{Server} (the gateway sends its own).
+    C{Date} and C{Server} (the gateway sends its own). (L{response_header_pairs} as text.)
     """
-    upstream = list(upstream)
-    dropped = HOP_BY_HOP | connection_listed(upstream) | _GATEWAY_OWN
+    return [
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in response_header_pairs(list(_latin1(upstream)))
+    ]
+
+
+_RESPONSE_DROPPED = frozenset(name.encode("ascii") for name in HOP_BY_HOP | _GATEWAY_OWN)
+
+
+def response_header_pairs(upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """L{client_response_headers} of lower-case byte pairs."""
+    dropped = _RESPONSE_DROPPED
+    listed = _listed(upstream)
+    if listed:
+        dropped = dropped | listed
     return [
         (name, value) for name, value in upstream
         # Twisted's gzip decoding leaves an empty Content-Encoding on an answer that had none.
-        if name not in dropped and not (name == "content-encoding" and not value.strip())
+        if name not in dropped and not (name == b"content-encoding" and not value.strip())
     ]
