@@ -123,8 +123,12 @@ def _text_remainder(total: int, details: dict[str, Any]) -> tuple[tuple[str, int
     HTTP APIs report audio (and image) tokens but not text: text is what
     the other modalities leave of the total.
     """
-    others = tuple((m, _count(details.get(f"{m}_tokens"))) for m in ("audio", "image") if f"{m}_tokens" in details)
-    return (("text", max(0, total - sum(n for _, n in others))),) + others
+    audio = _count(details["audio_tokens"]) if "audio_tokens" in details else None
+    image = _count(details["image_tokens"]) if "image_tokens" in details else None
+    text = ("text", max(0, total - (audio or 0) - (image or 0)))
+    if image is None:
+        return (text,) if audio is None else (text, ("audio", audio))
+    return (text, ("image", image)) if audio is None else (text, ("audio", audio), ("image", image))
 
 
 def realtime_response_usage(event: dict[str, Any]) -> TokenUsage | None:
