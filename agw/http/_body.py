@@ -139,12 +139,14 @@ class BodyRelay(Protocol):
         self._grace: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        # An answer that is whole already (agw's client read it with its head) cannot go silent,
+        # nor be paced: no timer, no producer.
+        ended = getattr(self.transport, "ended", False)
         if client_gone(self._request):
             self.client_left()  # before the answer began: it is read for its usage only
-        else:
+        elif not ended:
             self._request.registerProducer(ClientPacing(self), True)
-        # An answer that is whole already (agw's client read it with its head) cannot go silent: no timer.
-        if self._clock is not None and self._idle_timeout > 0 and not getattr(self.transport, "ended", False):
+        if self._clock is not None and self._idle_timeout > 0 and not ended:
             self._idle = self._clock.callLater(self._idle_timeout, self._went_silent)
 
     def client_left(self) -> None:

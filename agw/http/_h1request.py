@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from agw.http._request_body import BytesBodyProducer
 from agw.routing import HeaderList
 
 # Methods a request may be sent twice with (RFC 9110 9.2.2), as Twisted retries them.
@@ -138,6 +139,9 @@ class RequestWriter(Protocol):
 
     def start_body(self, call: PendingCall, body: IBodyProducer) -> None:
         """Have C{body} (of C{call}, whose head is written) produce into this connection."""
+        if isinstance(body, BytesBodyProducer):  # in hand (a JSON body agw read): written with the head, not produced
+            self._out(body.data)
+            return
         self._body, self._sending = body, True
         self._chunked = body.length is UNKNOWN_LENGTH
         self._remaining = -1 if self._chunked else body.length

@@ -87,11 +87,11 @@ class BytesBodyProducer:
     """
 
     def __init__(self, data: bytes) -> None:
-        self._data = data
+        self.data = data
         self.length = len(data)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
+        consumer.write(self.data)
         return succeed(None)
 
     def pauseProducing(self) -> None:
