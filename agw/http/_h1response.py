@@ -143,7 +143,8 @@ class H1Response:
         on with a length, in one write).
         """
         if self.length is UNKNOWN_LENGTH and self._decoder is None and self._protocol is None:
-            self.length = sum(len(data) for data in self._held or ())
+            held = self._held
+            self.length = 0 if not held else len(held[0]) if len(held) == 1 else sum(map(len, held))
 
     @property
     def ended(self) -> bool:

@@ -50,7 +50,10 @@ class RequestBodies:
         arriving: ArrivingBody | None = getattr(request, "agw_body", None)
         if arriving is not None:  # agw's front door: the body as it arrives
             if not self._reads or request.method != b"POST":
-                return arriving if not arriving.complete or arriving.received else None  # streamed as it arrives
+                if not arriving.complete:
+                    return arriving  # streamed as it arrives
+                # In already: sent with the request's head (the door held it, within the route's limit).
+                return BytesBodyProducer(arriving.take_whole(self.limit(request.method))) if arriving.received else None
             limit = self.limit(b"POST")
             # Most bodies are in when their head is routed on: no Deferred to wait on.
             raw = arriving.take_whole(limit) if arriving.complete else await arriving.whole(limit)

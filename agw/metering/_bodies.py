@@ -26,6 +26,14 @@ UsageExtractor = Callable[[dict[str, Any]], TokenUsage | None]
 UsageReport = Callable[[TokenUsage | None, str | None], None]
 
 
+def _loads(data: bytes) -> Any:
+    """C{data} as JSON (UTF-16 or -32, as json.loads detects them), or C{None}."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
 class JSONWatcher:
     """
     Keeps a JSON body (up to C{limit} bytes) and reports its usage at the
@@ -56,8 +64,12 @@ class JSONWatcher:
         if self._ends is not None:
             self._report(usage_in_tail(self._ends.tail, self._extract), model_in(self._ends))
             return
+        data = b"".join(self._chunks)
         try:
-            body = json.loads(b"".join(self._chunks))
+            # As text when it is UTF-8 (nearly always): json.loads of bytes first looks for the encoding.
+            body = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            body = _loads(data)
         except ValueError:
             body = None
         if isinstance(body, dict):

@@ -130,7 +130,9 @@ class BackendTarget:
             else:
                 upstream_path, query = azure_http(self.azure, path, query, model)
             return urlunsplit((scheme, self.authority, upstream_path, query, ""))
-        return urlunsplit((scheme, self.authority, self.path_for(path), query, ""))
+        # urlunsplit's result for an absolute path, without its argument checks on every request.
+        url = f"{scheme}://{self.authority}{self.path_for(path)}"
+        return f"{url}?{query}" if query else url
 
     def endpoint(self, reactor: IReactorTCP, timeout: float) -> IStreamClientEndpoint:
         """A client endpoint for this backend, TLS-verified when C{tls}."""
