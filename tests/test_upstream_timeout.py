@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from agw.config import Policies, RouteType
-from agw.http import HTTPForwarder, HTTPOptions
+from agw.http import AnswerDeadlines, HTTPForwarder, HTTPOptions
 from agw.metering import GatewayMetrics, RouteLabels
 from agw.routing import BackendTarget, RouteContext
 
@@ -114,3 +114,54 @@ class UpstreamTimeoutTests(TestCase):
         self.clock.advance(TIMEOUT + 1)
         self.assertEqual(request.responseCode, 504)
 
+
+
+class SharedDeadlineTests(TestCase):
+    """The deadlines of requests sent whole run on one timer, and each still expires at its own time."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.deadlines = AnswerDeadlines(self.clock, TIMEOUT)
+
+    def watched(self) -> tuple[Any, Deferred[Any]]:
+        pending: Deferred[Any] = Deferred(lambda d: d.errback(CancelledError()))
+        pending.addErrback(lambda failure: failure.trap(CancelledError))
+        deadline = self.deadlines.start()
+        deadline.watch(pending)
+        return deadline, pending
+
+    def test_each_expires_at_its_own_time(self) -> None:
+        first, _ = self.watched()
+        self.clock.advance(1)
+        second, _ = self.watched()
+        self.clock.advance(1)
+        third, _ = self.watched()
+        second.stop()  # its answer came
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(TIMEOUT - 2)
+        self.assertEqual([first.timed_out, second.timed_out, third.timed_out], [True, False, False])
+        self.clock.advance(1.5)
+        self.assertFalse(third.timed_out)
+        self.clock.advance(0.5)
+        self.assertEqual([first.timed_out, second.timed_out, third.timed_out], [True, False, True])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_timer_outlives_the_requests(self) -> None:
+        deadlines = [self.watched()[0] for _ in range(3)]
+        for deadline in deadlines:
+            deadline.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(TIMEOUT * 2)
+        self.assertEqual([deadline.timed_out for deadline in deadlines], [False] * 3)
+
+    def test_a_body_being_sent_moves_its_deadline(self) -> None:
+        sending, _ = self.watched()
+        waiting, _ = self.watched()
+        self.clock.advance(TIMEOUT - 1)
+        sending.progress()  # the upstream took a piece of its body: TIMEOUT more from now
+        self.clock.advance(1)
+        self.assertEqual([sending.timed_out, waiting.timed_out], [False, True])
+        self.clock.advance(TIMEOUT - 1.5)
+        self.assertFalse(sending.timed_out)
+        self.clock.advance(1)
+        self.assertTrue(sending.timed_out)

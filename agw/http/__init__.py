@@ -7,6 +7,7 @@ moderation endpoint (L{GuardCalls}, L{check_guards}). Imports L{agw.routing}, L{
 
 from agw.http._arriving import ArrivingBody, BodyBroken
 from agw.http._body import BodyRelay
+from agw.http._deadline import AnswerDeadline, AnswerDeadlines
 from agw.http._client import HTTPOptions, TargetEndpoints, UpstreamClient
 from agw.http._forward import HTTPForwarder
 from agw.http._answer import AnswerTooLarge, read_answer
@@ -14,6 +15,6 @@ from agw.http._guard_calls import MAX_ANSWER, GuardCallFailed, GuardCalls, check
 from agw.http._request_body import BytesBodyProducer, Refused, json_object
 
 __all__ = [
-    "MAX_ANSWER", "ArrivingBody", "BodyBroken", "BodyRelay", "GuardCallFailed", "GuardCalls", "HTTPForwarder", "HTTPOptions", "TargetEndpoints", "UpstreamClient",
+    "MAX_ANSWER", "AnswerDeadline", "AnswerDeadlines", "ArrivingBody", "BodyBroken", "BodyRelay", "GuardCallFailed", "GuardCalls", "HTTPForwarder", "HTTPOptions", "TargetEndpoints", "UpstreamClient",
     "check_guards", "check_response_texts", "read_answer", "AnswerTooLarge", "BytesBodyProducer", "Refused", "json_object",
 ]

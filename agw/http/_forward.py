@@ -32,7 +32,8 @@ from agw.http._body import BodyRelay, answer_head, kept_for_usage, when_client_l
 from agw.http._client import UpstreamClient, tls_failure
 from agw.http._prepare import GuardRejected, write_rejection
 from agw.http._request_bodies import RequestBodies, client_headers
-from agw.http._request_body import AnswerDeadline, Refused
+from agw.http._deadline import AnswerDeadlines
+from agw.http._request_body import Refused
 from agw.http._response_guard import answer_guard
 from agw.metering import (
     HTTPExchange,
@@ -86,6 +87,7 @@ class HTTPForwarder(Resource):
         self._client = client
         self._context = context
         self._reactor = context.reactor
+        self._deadlines = AnswerDeadlines(context.reactor, client.options.response_timeout)
         self._in_flight = in_flight if in_flight is not None else ConnectionTracker()
         # A request guard calls out (webhook, moderation): it may be sent the client's headers.
         self._calls_out = any(guard.regex is None for guard in context.policies.prompt_guard.request)
@@ -180,7 +182,7 @@ class HTTPForwarder(Resource):
             url = self._context.target.url(path, self._context.upstream_query(query), model=exchange.request_model)
         except NoDeployment as e:
             return self._answer(request, exchange, 400, str(e), "model_required", "invalid_request_error")
-        deadline = AnswerDeadline(self._reactor, self._client.options.response_timeout)  # from when the body is sent
+        deadline = self._deadlines.start()  # from when the body is sent
         pending = self._client.request(
             method, url, self._headers(request, exchange.span.traceparent), deadline.sending(body), self._context.target,
         )

@@ -1,9 +1,8 @@
 """
 Request bodies: a JSON body read as one object, with no key twice
 (L{json_object}); a body already in memory as the upstream client's body
-producer (L{BytesBodyProducer}); the upstream's time to answer, counted
-from when the body is sent (L{AnswerDeadline}); and L{Refused}, the
-gateway's own answer to a request it will not forward.
+producer (L{BytesBodyProducer}); and L{Refused}, the gateway's own answer
+to a request it will not forward.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -102,92 +101,3 @@ class BytesBodyProducer:
 
     def stopProducing(self) -> None:
         """Nothing to stop: the body was written whole."""
-
-
-@implementer(IConsumer)
-class _Counted:
-    """The connection a body is written to, telling C{deadline} of each write."""
-
-    def __init__(self, consumer: IConsumer, deadline: AnswerDeadline) -> None:
-        self._consumer, self._deadline = consumer, deadline
-
-    def write(self, data: bytes) -> None:
-        self._deadline.progress()
-        self._consumer.write(data)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._consumer.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._consumer.unregisterProducer()
-
-
-@implementer(IBodyProducer)
-class _SentBody:
-    """C{body}, telling C{deadline} of each write of it and of its end."""
-
-    def __init__(self, body: IBodyProducer, deadline: AnswerDeadline) -> None:
-        self._body, self._deadline = body, deadline
-        self.length = body.length
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        return self._body.startProducing(_Counted(consumer, self._deadline)).addCallback(self._deadline.sent)  # type: ignore[no-any-return]
-
-    def pauseProducing(self) -> None:
-        self._body.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._body.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self._body.stopProducing()
-
-
-class AnswerDeadline:
-    """
-    The upstream's time to answer (C{--upstream-timeout}): C{timeout}
-    seconds after the request's body has been sent (its producer's Deferred
-    fired: all of it written to the connection); while it is being sent,
-    C{timeout} seconds without the upstream taking any more of it. Counted
-    from the request, a large upload to a slow reader would be cut off
-    while still being sent. L{watch} the request's Deferred: past the
-    deadline it is cancelled, and C{timed_out} is set.
-    """
-
-    def __init__(self, clock: IReactorTime, timeout: float) -> None:
-        self._clock, self._timeout = clock, timeout
-        self._pending: Deferred[Any] | None = None
-        self._call: IDelayedCall | None = None
-        self.timed_out = False
-
-    def sending(self, body: IBodyProducer | None) -> IBodyProducer | None:
-        """C{body} as sent upstream: each of its writes and its end are told to this deadline."""
-        if body is None or isinstance(body, BytesBodyProducer):
-            return body  # written with the request's head: sent when the request is, where the deadline starts
-        return _SentBody(body, self)
-
-    def watch(self, pending: Deferred[Any]) -> None:
-        """The request's Deferred: cancelled if the deadline passes first."""
-        self._pending = pending
-        self._call = self._clock.callLater(self._timeout, self._expired)
-
-    def progress(self) -> None:
-        """A piece of the body was written: the upstream takes it, it gets C{timeout} more."""
-        if self._call is not None and self._call.active():
-            self._call.reset(self._timeout)
-
-    def sent(self, result: Any) -> Any:
-        """The whole body was written: the upstream has C{timeout} from now to answer."""
-        self.progress()
-        return result
-
-    def _expired(self) -> None:
-        self.timed_out = True
-        assert self._pending is not None
-        self._pending.cancel()
-
-    def stop(self) -> None:
-        """An answer (or a failure) came: no deadline any more."""
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = self._pending = None  # the call held this deadline, which held it: no cycle left for a GC
