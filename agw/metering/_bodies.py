@@ -236,7 +236,14 @@ class UsageChunkRemover:
         return _NULL_USAGE.sub(b"", event) + end
 
 
+# Where a chunk's usage is an object: a chunk without one (a null usage: every chunk before the
+# last) is not decoded. OpenAI writes its keys unescaped; SSEWatcher looks for usage the same way.
+_OBJECT_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+
+
 def _is_usage_chunk(data: bytes) -> bool:
+    if _OBJECT_USAGE.search(data) is None:
+        return False
     try:
         chunk = json.loads(data)
     except ValueError:
