@@ -4,7 +4,8 @@ relay's Autobahn protocol (L{agw.serve._takeover}), without a twisted.web
 channel and request built for it; everything around it behaves as it did
 through twisted.web (the same tests on --legacy-http): the 426 for a GET
 without an upgrade, other upgrades, a head over twisted.web's size, an
-upgrade pipelined behind a completion, the peer the session records.
+upgrade pipelined behind completions, the handshake the provider gets, the
+peer the session records.
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 
-from tests.support import CLIENT_KEY, GatewayTestCase, on_twisted_web, open_client, raw_exchange, recv_event, status_and_json, wait_until
+from tests.support import (
+    BACKEND_KEY,
+    CLIENT_KEY,
+    GatewayTestCase,
+    on_twisted_web,
+    open_client,
+    raw_exchange,
+    recv_event,
+    status_and_json,
+    wait_until,
+)
 
 COMPLETION = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -98,6 +109,24 @@ class UpgradeTests(GatewayTestCase):
         self.assertEqual(re.findall(rb"HTTP/1.1 (\d+)", answers), [b"200", b"200", b"101"])
         self.assertIn(b'"n": 7', echoed)
         self.assertEqual(len(self.fake.handshakes), 1)
+
+    @inlineCallbacks
+    def test_the_provider_gets_the_handshake_as_twisted_web_passed_it_on(self) -> Any:
+        # The target normalised, a header sent twice one value, the client's X-Forwarded-For replaced.
+        extra = b"X-Custom: a\r\nx-custom:  b \r\nX-Forwarded-For: 9.9.9.9\r\nUser-Agent: probe\r\n"
+        request = upgrade(extra, target=b"/v1//real%74ime/?model=gpt-realtime&x=%41")
+
+        def run() -> bytes:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(request)
+                return read_until(sock, b"session.created")
+
+        self.assertTrue((yield deferToThread(run)).startswith(b"HTTP/1.1 101"))
+        handshake = self.fake.handshakes[-1]
+        self.assertEqual(handshake.uri, "/v1/realtime?model=gpt-realtime&x=%41")
+        seen = {name: handshake.headers.get(name) for name in ("x-custom", "x-forwarded-for", "user-agent", "authorization")}
+        self.assertEqual(seen, {"x-custom": "a,b", "x-forwarded-for": "127.0.0.1", "user-agent": "probe",
+                                "authorization": f"Bearer {BACKEND_KEY}"})
 
     @inlineCallbacks
     def test_the_session_records_the_clients_address(self) -> Any:
