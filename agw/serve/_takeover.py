@@ -66,6 +66,9 @@ class SessionTakeover:
             transport.wrappedProtocol = protocol
         else:
             transport.protocol = protocol
+        # The door's reasons to stop reading (a request before this one) are not the relay's: it reads from now on,
+        # as WebSocketResource resumes the transport twisted.web paused.
+        transport.resumeProducing()
         protocol.makeConnection(transport)
         rest = b"".join(received)
         received.clear()
