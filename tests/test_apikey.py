@@ -25,6 +25,7 @@ from tests.support import (
     BACKEND_KEY,
     handshake_status,
     listening_fake,
+    on_twisted_web,
     open_client,
     recv_event,
     registry_samples,
@@ -387,3 +388,7 @@ class KeysWithoutBackendAuthTests(APIKeyGatewayTests):
         yield deferToThread(self.one_response, TEAM_B, True)
         self.assertNotIn("authorization", self.fake.handshakes[-1].headers)
         self.assertEqual(self.fake.handshakes[-1].protocols, ())
+
+
+# The same tests with the handshake through twisted.web (--legacy-http): the path embedders' sites take.
+TwistedWebStrictKeysTests = on_twisted_web(StrictKeysTests)

@@ -4,7 +4,7 @@ did not. A completions body over the route's limit is refused from its
 Content-Length before it is sent; a passthrough upload streams upstream as
 it arrives, never spooled, in bounded memory; pipelined requests are
 answered in order; a connection that served completions can go on to a
-Realtime upgrade or a WebRTC endpoint (handed to twisted.web); a head too
+Realtime upgrade (the relay's) or a WebRTC endpoint (twisted.web's); a head too
 large, an HTTP/1.0 client, a client that leaves mid-upload.
 """
 

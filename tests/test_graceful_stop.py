@@ -12,6 +12,7 @@ from twisted.internet.threads import deferToThread
 from tests.support import (
     GatewayTestCase,
     accepts_connections,
+    on_twisted_web,
     open_client,
     recv_event,
     registry_samples,
@@ -67,3 +68,6 @@ class GracefulStopTests(GatewayTestCase):
         counted = token_sums(registry_samples(self.gateway.metrics.registry))
         self.assertEqual({k: v for k, v in counted.items() if v}, {(op, model, t): v for (op, model, t), v in billed.items() if v})
 
+
+# The same tests with the handshake through twisted.web (--legacy-http): the path embedders' sites take.
+TwistedWebGracefulStopTests = on_twisted_web(GracefulStopTests)

@@ -22,6 +22,7 @@ from tests.support import (
     CLIENT_KEY,
     GatewayTestCase,
     handshake_status,
+    on_twisted_web,
     open_client,
     recv_event,
     token_sums,
@@ -274,3 +275,9 @@ class CompressionTests(GatewayTestCase):
         self.assertNotIn("sec-websocket-extensions", handshake.headers)
         samples = yield self.scrape()
         self.assertEqual({k: float(v) for k, v in self.fake.billed().items()}, token_sums(samples))
+
+
+# The same tests with the handshake through twisted.web (--legacy-http): the path embedders' sites take.
+TwistedWebCloseCodeTests = on_twisted_web(CloseCodeTests)
+TwistedWebRefusalTests = on_twisted_web(RefusalTests)
+TwistedWebSubprotocolTests = on_twisted_web(SubprotocolTests)

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
 from agw.testing import REALTIME_MODEL
-from tests.support import BACKEND_KEY, CLIENT_KEY, TOKEN_METRIC, GatewayTestCase, run_session, token_sums
+from tests.support import BACKEND_KEY, CLIENT_KEY, TOKEN_METRIC, GatewayTestCase, on_twisted_web, run_session, token_sums
 
 
 class SeedWalkthroughTests(GatewayTestCase):
@@ -86,3 +86,7 @@ class ReconnectTests(GatewayTestCase):
         self.assertEqual(len(reconnecting), 1)
         self.assertEqual(len(fake.handshakes), 2)
         self.assertEqual(fake.closes[0], (1011, "internal error"))
+
+
+# The same tests with the handshake through twisted.web (--legacy-http): the path embedders' sites take.
+TwistedWebSeedWalkthroughTests = on_twisted_web(SeedWalkthroughTests)

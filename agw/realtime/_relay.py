@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress
@@ -120,7 +121,7 @@ class RealtimeRelay:
             echoCloseCodeReason=True,
         )
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
-        self.resource = RealtimeResource(WebSocketResource(self._factory))
+        self.resource = RealtimeResource(WebSocketResource(self._factory), self._factory)
 
     def new_session(self, request: ConnectionRequest, peer: IAddress | None = None, query: str = "") -> RealtimeSession:
         """
@@ -255,9 +256,21 @@ class RealtimeResource(Resource):
     isLeaf = True
     webrtc: Resource | None = None
 
-    def __init__(self, websocket: WebSocketResource) -> None:
+    def __init__(self, websocket: WebSocketResource, factory: WebSocketServerFactory | None = None) -> None:
         super().__init__()
         self._websocket = websocket
+        self._factory = factory
+
+    def session_factory(self, path: str, upgrade: bytes | None) -> WebSocketServerFactory | None:
+        """
+        The relay's protocol factory when a request to C{path} (normalised)
+        whose C{Upgrade} header is C{upgrade} opens a session, as L{render}
+        would give it one: agw's front door hands such a connection to it
+        directly, without twisted.web. C{None}: L{render} decides.
+        """
+        if self._factory is None or webrtc_endpoint(path) is not None or (upgrade or b"").lower() != b"websocket":
+            return None
+        return self._factory
 
     def render(self, request: Request) -> bytes | int:
         upgrade = request.getHeader(b"upgrade") or b""

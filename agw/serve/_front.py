@@ -1,12 +1,13 @@
 """
 agw's own HTTP/1.1 front door for its listeners, parsing with httptools
-(llhttp): the route is chosen when a request's head arrives, so a body
-over the route's limit is refused from its C{Content-Length} before any
-upload, a client waiting for C{100 Continue} is checked for its key first,
-and a body streams upstream as it arrives. Requests to HTTP forwarders are
-served here (pipelined ones in order); anything else (a WebSocket upgrade,
-the WebRTC endpoints) is handed, with the rest of the connection, to the
-bind's twisted.web site (L{WebHandoff}).
+(llhttp): the route is chosen when a request's head arrives, so a body over
+the route's limit is refused from its C{Content-Length} before any upload,
+a client waiting for C{100 Continue} is checked for its key first, and a
+body streams upstream as it arrives. Requests to HTTP forwarders are served
+here (pipelined ones in order); a Realtime session's handshake goes, with
+the rest of the connection, to the relay's Autobahn protocol
+(L{SessionTakeover}), anything else (other upgrades, the WebRTC endpoints)
+to the bind's twisted.web site (L{WebHandoff}).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from agw.http import Refused
 from agw.routing import HeaderList
 from agw.serve._front_flow import ReadFlow
 from agw.serve._front_request import FrontRequest, HTTPDate
-from agw.serve._front_route import HandOff, Refusal, route_head, unreadable
+from agw.serve._front_route import HandOff, Refusal, TakeOver, route_head, unreadable
 from agw.serve._handoff import WebHandoff
+from agw.serve._takeover import SessionTakeover
 from agw.serve._site import GatewaySite, refusal_bytes
 from agw.serve._uploads import UploadPace
 
@@ -53,7 +55,7 @@ class FrontDoor(Protocol):
         self._reading: FrontRequest | None = None  # whose head or body is being parsed
         self._current: FrontRequest | None = None  # being answered
         self._waiting: deque[FrontRequest] = deque()  # pipelined behind it
-        self._handoff: WebHandoff | None = None
+        self._handoff: WebHandoff | SessionTakeover | None = None
         self._raw: list[bytes] | None = None  # after an upgrade: what arrived before the handoff
         self._closed = self._overflowed = False
         self._parsing = False  # within feed_data
@@ -177,8 +179,8 @@ class FrontDoor(Protocol):
         """Route C{request} and begin its answer (its body may still be arriving)."""
         self._current = request
         decided = route_head(getattr(self.site.resource, "routes", None), request)
-        if isinstance(decided, HandOff):
-            return self._hand_off(request)
+        if isinstance(decided, (HandOff, TakeOver)):
+            return self._hand_off(request, decided)
         if isinstance(decided, Refusal):
             if decided.closes:
                 return self._refuse(decided)
@@ -238,12 +240,13 @@ class FrontDoor(Protocol):
         if self.site.refused is not None:
             self.site.refused(method, status)
 
-    def _hand_off(self, request: FrontRequest) -> None:
-        """C{request} and the rest of the connection go to the bind's twisted.web site."""
+    def _hand_off(self, request: FrontRequest, decided: HandOff | TakeOver) -> None:
+        """C{request} and the rest of the connection go to the bind's twisted.web site, or the relay's protocol."""
         self._current = None
-        handoff = self._handoff = WebHandoff(self.site, self.transport)
+        handoff = self._handoff = (SessionTakeover(decided.factory, self.transport) if isinstance(decided, TakeOver)
+                                   else WebHandoff(self.site, self.transport))
         if self._idle is not None and self._idle.active():
-            self._idle.cancel()  # the channel times itself out
+            self._idle.cancel()  # the channel times itself out (Autobahn: its open-handshake timeout)
         self.resume("pipelined")
         for each in (request, *self._waiting):  # those pipelined behind it are twisted.web's too, in order
             handoff.request(each)
@@ -267,12 +270,8 @@ class FrontDoor(Protocol):
             self._pace = None
 
     def _check_idle(self) -> None:
-        """
-        The connection's one timer: a head must arrive whole within the
-        timeout (a client trickling one header byte at a time holds a
-        connection for ever otherwise), and a connection with nothing in
-        flight that stays silent that long is closed.
-        """
+        """The connection's one timer: a head must arrive whole within the timeout (a client trickling
+        one header byte at a time holds a connection for ever otherwise); one silent that long, idle, is closed."""
         timeout, now = self.site.timeOut, self._clock.seconds()
         self._idle = None
         if self._head_started is not None and now - self._head_started >= timeout:

@@ -1,22 +1,28 @@
 """
 What agw's front door does with a request once its head has arrived,
-before any of its body: the forwarder that serves it, a hand-off to the
-bind's twisted.web site, or agw's own refusal (a target that is not a
-path, no route, a body over the route's limit by its C{Content-Length}, a
-client waiting for C{100 Continue} whose key its route would refuse).
-Pure decisions; the door acts on them.
+before any of its body: the forwarder that serves it, a Realtime session's
+handshake for the relay's protocol, a hand-off to the bind's twisted.web
+site, or agw's own refusal (a target that is not a path, no route, a body
+over the route's limit by its C{Content-Length}, a client waiting for
+C{100 Continue} whose key its route would refuse). Pure decisions; the
+door acts on them.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import httptools
 from attrs import frozen
 
 from agw.decisions import KeyRefused
 from agw.http import HTTPForwarder, Refused
+from agw.realtime import RealtimeResource
 from agw.routing import BadTarget, BindResource
 from agw.serve._front_request import FrontRequest
 from agw.serve._site import NOT_ORIGIN_FORM, host_name
+from agw.serve._takeover import TWISTED_WEB_HEAD, web_head_size
 
 
 @frozen
@@ -42,6 +48,13 @@ class HandOff:
 HAND_OFF = HandOff()
 
 
+@frozen
+class TakeOver:
+    """A Realtime session's handshake: the connection goes to a protocol of C{factory}, the relay's (L{SessionTakeover})."""
+
+    factory: Any
+
+
 def unreadable(error: httptools.HttpParserError) -> Refusal:
     """The answer to what llhttp could not parse."""
     if isinstance(error, httptools.HttpParserInvalidURLError) and not str(error).startswith("Invalid char"):
@@ -51,10 +64,12 @@ def unreadable(error: httptools.HttpParserError) -> Refusal:
     return Refusal(400, "the request could not be read as HTTP/1.1", "invalid_request")
 
 
-def route_head(routes: BindResource | None, request: FrontRequest) -> HTTPForwarder | Refusal | HandOff:
+def route_head(routes: BindResource | None, request: FrontRequest) -> HTTPForwarder | Refusal | HandOff | TakeOver:
     """Where C{request} goes (C{routes}: the bind's, C{None} when the site is not a bind's); sets its normalised target."""
-    if request.upgrade or routes is None:
+    if routes is None:
         return HAND_OFF
+    if request.upgrade:
+        return _session(routes, request)
     if request.uri == b"*":
         return Refusal(400, NOT_ORIGIN_FORM, "invalid_request_target", closes=False)
     try:
@@ -76,3 +91,38 @@ def route_head(routes: BindResource | None, request: FrontRequest) -> HTTPForwar
         if refused is not None:
             return Refusal.of(refused)
     return resource
+
+
+# The host twisted.web routes an upgrade by (Request.getRequestHostname): the one a taken-over handshake is routed by.
+_WEB_HOST = re.compile(rb"^\[?(?P<host>.*?)\]?(:\d+)?$")
+
+
+def _sole(request: FrontRequest, name: bytes) -> bytes | None:
+    """The value of header C{name} if C{request} has it once (twisted.web and the door read the others differently)."""
+    values = [value for each, value in request.requestHeaders.pairs if each == name]
+    return values[0] if len(values) == 1 else None
+
+
+def _session(routes: BindResource, request: FrontRequest) -> TakeOver | HandOff:
+    """
+    An upgrade: a Realtime session's handshake (a WebSocket upgrade its
+    route's realtime type takes, L{RealtimeResource.session_factory}) is
+    taken over, routed as twisted.web routes it; anything else, and
+    anything twisted.web would answer itself before the relay saw it (a
+    body, a head over its size, headers it would read otherwise than the
+    door: a second Host or Upgrade), is twisted.web's, as before.
+    """
+    host, upgrade = _sole(request, b"host"), _sole(request, b"upgrade")
+    if request.method != b"GET" or host is None or upgrade is None or request.agw_body.length != 0:
+        return HAND_OFF
+    if web_head_size(request) > TWISTED_WEB_HEAD:
+        return HAND_OFF
+    try:
+        target, _, resource = routes.route(_WEB_HOST.match(host)["host"].decode("ascii", "replace").lower(), request.uri)
+    except BadTarget:
+        return HAND_OFF
+    factory = resource.session_factory(target.path, upgrade) if isinstance(resource, RealtimeResource) else None
+    if factory is None:
+        return HAND_OFF
+    request.uri, request.path = target.uri, target.path.encode("ascii")  # what Autobahn reads, as through twisted.web
+    return TakeOver(factory)

@@ -1,10 +1,11 @@
 """
 The rest of a front-door connection handed to the bind's twisted.web site:
-what agw's own door does not serve itself (a WebSocket upgrade, which the
-Realtime relay takes over, the WebRTC and SIP endpoints) is served as it
-always was. From a request on, the door re-frames what it parses (each
-head as it came, each body as it came or re-chunked) for the site's
-channel; after an upgrade, the bytes go to it as they arrive.
+what agw's own door does not serve itself (an upgrade it does not give to
+the Realtime relay itself, see L{agw.serve._takeover}; the WebRTC and SIP
+endpoints) is served as it always was. From a request on, the door
+re-frames what it parses (each head as it came, each body as it came or
+re-chunked) for the site's channel; after an upgrade, the bytes go to it as
+they arrive.
 """
 
 from __future__ import annotations
