@@ -277,9 +277,8 @@ def connect_upstream(
     factory.write_buffer_size = options.write_buffer_size
     factory.max_fragments = options.max_fragments
     connecting = target.endpoint(reactor, options.handshake_timeout).connect(factory)
-
     # Emptied when the handshake's outcome is known: the attempt holds this factory (which holds opened, whose
-    # canceller is cancel) and then the protocol, a cycle that would keep the session until the garbage collector ran.
+    # canceller is cancel), then the protocol: a cycle that kept the session until the garbage collector ran.
     attempt = [connecting]
 
     def cancel(opened: Deferred[UpstreamProtocol]) -> None:
@@ -294,8 +293,7 @@ def connect_upstream(
         attempt.pop().addBoth(lambda _: None)  # its result was the protocol
         return result
 
-    # The factory's guards (fire once; drop a protocol nobody wants)
-    # apply to this cancellable Deferred.
+    # The factory's guards (fire once; drop a protocol nobody wants) apply to this cancellable Deferred.
     factory.opened = opened = Deferred(cancel)
     connecting.addErrback(lambda failure: factory.failed(failure.value))
     opened.addTimeout(options.handshake_timeout, reactor)
