@@ -3,10 +3,11 @@ A finished Realtime session leaves no reference cycle behind: its legs,
 their Deferreds, frame readers and validators, the HTTP request its upgrade
 came in, go when it ends, not at the next garbage collection (as a finished
 HTTP request does: see C{NoCyclesTests} in tests/test_front_door.py).
-Whichever way it ends: the client closes, the provider closes, or the
-client's TCP connection just goes; to a provider by address, or by name
-over TLS (where two cycles inside Twisted are excused, see
-L{TLSProviderCycleTests}).
+Whichever way it ends: the client closes, the provider closes, the
+client's TCP connection just goes, or the client leaves with a response
+in flight (the upstream leg stays to cancel it and read its usage); to a
+provider by address, or by name over TLS (where two cycles inside Twisted
+are excused, see L{TLSProviderCycleTests}).
 """
 
 from __future__ import annotations
@@ -64,18 +65,23 @@ def read_to_end(sock: socket.socket) -> None:
         pass
 
 
-def open_session(port: int) -> socket.socket:
-    """A Realtime session through agw on a raw socket, read up to session.created, after one exchange (blocking)."""
+def open_session_started(port: int) -> socket.socket:
+    """A Realtime session through agw on a raw socket, read up to session.created (blocking)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((
         f"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\r\n"
     ).encode())
-    data = read_until(sock, b"session.created")
-    # One response, so that messages go both ways (and usage is read) before the session ends.
+    read_until(sock, b"session.created")
+    return sock
+
+
+def open_session(port: int) -> socket.socket:
+    """L{open_session_started}, then one response, so that messages go both ways (and usage is read)."""
+    sock = open_session_started(port)
     sock.sendall(client_frame(0x1, json.dumps({"type": "response.create"}).encode()))
-    read_until(sock, b"response.done", data)
+    read_until(sock, b"response.done")
     return sock
 
 
@@ -190,6 +196,27 @@ class RealtimeCycleTests(GatewayTestCase):
             yield wait_until(lambda: len(self.fake.closes) == closes)
 
         self.assertNoneLeftPerSession((yield self.garbage_of(sessions)))
+
+    @inlineCallbacks
+    def test_client_leaves_a_response_in_flight(self) -> Any:
+        """The upstream leg outlives the client's (it cancels the response and waits for its usage): then goes too."""
+        self.fake.response_delay = 30.0  # until cancelled
+        closes = len(self.fake.closes)
+
+        def leave(sock: socket.socket) -> None:
+            sock.sendall(client_frame(0x1, json.dumps({"type": "response.create"}).encode()))
+            read_until(sock, b"response.created")
+            sock.close()
+
+        def sessions(count: int) -> Any:
+            nonlocal closes
+            yield deferToThread(lambda: [leave(open_session_started(self.port)) for _ in range(count)])
+            closes += count
+            yield wait_until(lambda: len(self.fake.closes) == closes)
+
+        self.assertNoneLeftPerSession((yield self.garbage_of(sessions)))
+        # Each response was cancelled by the upstream leg, and its usage read, before that leg closed.
+        self.assertEqual(len(self.fake.ledger), WARM_UP + SESSIONS)
 
 
 class TLSProviderCycleTests(RealtimeCycleTests):
