@@ -11,7 +11,10 @@ What is here:
    agw's CPU per relayed message), and a limit on fragments per message.
    Only the common case is shortened: an open connection, no compression,
    no fragmentation, nothing queued; everything else goes through Autobahn.
- - Reactor timers for Autobahn factories (L{use_reactor_timers}).
+ - Reactor timers for Autobahn factories (L{use_reactor_timers}); the end
+   of a connection without leftover timers or reference cycles
+   (L{connection_ended}, L{DisplacingResource}, L{upgrade_done}: see
+   L{agw._internals._lifecycle}).
  - Masking (L{mask_payload}, L{masked_copy}) with Autobahn's compiled XOR
    masker called directly, not through its per-call wrapper object.
  - The client leg's compression: which extension offers Autobahn sees
@@ -35,6 +38,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from agw._internals._lifecycle import LIFECYCLE_REACHES, DisplacingResource, cancel_leftover_timers, connection_ended, upgrade_done
 from agw._internals._reach import CHECKED_WITH, Reach
 from agw._internals._prometheus import PROMETHEUS_REACHES, FastChild
 from agw._internals._tcp import TCP_REACHES, write_now
@@ -63,9 +67,6 @@ REACHES = (
     Reach(*_PROTOCOL, "onMessageFrameBegin", "LeanMessages: count fragments as they begin"),
     Reach(*_PROTOCOL, "onMessageEnd", "LeanMessages: deliver a message without the observable event"),
     Reach(*_PROTOCOL, "utf8validator", "use_utf8_validator: CPython's decoder instead of Autobahn's (108 us per 48 KB)"),
-    Reach(*_PROTOCOL, "closeHandshakeTimeoutCall", "cancel_leftover_timers: left pending when TCP ends first"),
-    Reach(*_PROTOCOL, "openHandshakeTimeoutCall", "cancel_leftover_timers"),
-    Reach(*_PROTOCOL, "serverConnectionDropTimeoutCall", "cancel_leftover_timers"),
     Reach(*_PROTOCOL, "closedByMe", "the relay legs: whether Autobahn failed this leg's peer"),
     Reach(*_PROTOCOL, "localCloseCode", "the relay legs: the code Autobahn failed a peer with"),
     Reach(*_PROTOCOL, "sendCloseFrame", "close with any RFC 6455 code (sendClose allows 1000 and 3000-4999 only)"),
@@ -78,7 +79,7 @@ REACHES = (
     Reach(*_PROTOCOL, "inside_message", "at_frame_boundary: ... and between messages"),
     Reach(*_PROTOCOL, "_dataReceived", "feed_autobahn: control frames go to Autobahn's own handling (ping, pong, close)"),
     Reach(*_SERVER, "websocket_extensions", "offer_only: offers agw declines never reach Autobahn's parser (it answers 400)"),
-) + WEB_REACHES + TCP_REACHES + PROMETHEUS_REACHES + ((
+) + WEB_REACHES + TCP_REACHES + PROMETHEUS_REACHES + LIFECYCLE_REACHES + ((
     # Only when Autobahn uses its compiled masker (USES_NVX).
     Reach("_nvx_xormasker", "lib", "nvx_xormask_new", "mask_payload: the compiled masker without its wrapper object"),
     Reach("_nvx_xormasker", "lib", "nvx_xormask_process", "mask_payload"),
@@ -237,18 +238,6 @@ def use_reactor_timers(factory: Any, reactor: IReactorTime) -> None:
     factory._batched_timer = ReactorTimer(reactor)
 
 
-def cancel_leftover_timers(protocol: Any) -> None:
-    """
-    Call from C{connectionLost}: Autobahn leaves its close-handshake timeout
-    pending when the connection ends before the peer's close frame arrives.
-    """
-    for name in ("closeHandshakeTimeoutCall", "openHandshakeTimeoutCall", "serverConnectionDropTimeoutCall"):
-        call = getattr(protocol, name, None)
-        if call is not None and call.active():
-            call.cancel()
-        setattr(protocol, name, None)
-
-
 # --- Accessors
 
 
@@ -293,7 +282,7 @@ def use_utf8_validator(protocol: Any, validator: Any) -> None:
 
 
 __all__ = [
-    "CHECKED_WITH", "REACHES", "FastChild", "write_now", "LeanMessages", "OwnBadRequests", "Reach", "at_frame_boundary", "cancel_leftover_timers", "feed_autobahn",
+    "CHECKED_WITH", "REACHES", "DisplacingResource", "FastChild", "write_now", "LeanMessages", "OwnBadRequests", "Reach", "at_frame_boundary", "cancel_leftover_timers", "connection_ended", "feed_autobahn",
     "frame_header", "handshake_bytes", "keep_connection_headers", "mask_payload", "masked_copy", "quiet_pool",
-    "request_disconnected", "request_method", "request_target", "use_reactor_timers", "use_utf8_validator",
+    "request_disconnected", "request_method", "request_target", "upgrade_done", "use_reactor_timers", "use_utf8_validator",
 ]

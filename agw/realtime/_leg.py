@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
-from agw._internals import LeanMessages, cancel_leftover_timers, use_utf8_validator
+from agw._internals import LeanMessages, connection_ended, use_utf8_validator
 from agw.realtime._passthrough import PassThrough
 from agw.realtime._utf8 import DecoderUtf8Validator
 from agw.routing import ConnectionTracker
@@ -100,6 +100,8 @@ class RelayLeg(PassThrough, LeanMessages):
     partner: RelayLeg | None = None
     # Set when the relay itself closed this leg (shutdown, partner closed).
     closed_with: tuple[int | None, str | None] | None = None
+    # The HTTP protocol the client's upgrade took the connection from (see DisplacingResource).
+    displaced: Any = None
 
     # Provided by Autobahn's protocol classes (sendCloseFrame and
     # dropConnection too; not declared here, or the mixin would shadow them).
@@ -134,7 +136,7 @@ class RelayLeg(PassThrough, LeanMessages):
         try:
             super().connectionLost(reason)  # type: ignore[misc]
         finally:
-            cancel_leftover_timers(self)
+            connection_ended(self, reason)  # nothing of it left for the garbage collector
             if self.tracker is not None:
                 self.tracker.discard(self)
 

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from agw._internals import use_reactor_timers
+from agw._internals import DisplacingResource, use_reactor_timers
 from agw.config import Policies
 from agw.decisions import resolve_alias
 from agw.decisions import KeyRefused
@@ -121,7 +121,7 @@ class RealtimeRelay:
             echoCloseCodeReason=True,
         )
         use_reactor_timers(self._factory, reactor)  # type: ignore[arg-type]
-        self.resource = RealtimeResource(WebSocketResource(self._factory), self._factory)
+        self.resource = RealtimeResource(DisplacingResource(self._factory), self._factory)
 
     def new_session(self, request: ConnectionRequest, peer: IAddress | None = None, query: str = "") -> RealtimeSession:
         """

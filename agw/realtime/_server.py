@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from agw._internals import offer_only, use_compression
+from agw._internals import offer_only, upgrade_done, use_compression
 from agw.decisions import KeyRefused, agw_event_id
 from agw.metering import (
     CLIENT_TO_UPSTREAM,
@@ -189,6 +189,7 @@ class RealtimeServerProtocol(RelayLeg, WebSocketServerProtocol):
         self.sendData("\r\n".join(head).encode("iso-8859-1") + answer.body)
 
     def onOpen(self) -> None:
+        upgrade_done(self)  # the HTTP request the upgrade came in need not last as long as the session
         deflate = deflate_setting(self.factory.relay.options.client_deflate)
         if deflate is not None:
             # Autobahn's extension object keeps zlib state for the whole session; agw's only while a message needs it.

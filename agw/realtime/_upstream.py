@@ -277,17 +277,24 @@ def connect_upstream(
     factory.write_buffer_size = options.write_buffer_size
     factory.max_fragments = options.max_fragments
     connecting = target.endpoint(reactor, options.handshake_timeout).connect(factory)
+    # Emptied when the handshake's outcome is known: the attempt holds this factory (which holds opened, whose
+    # canceller is cancel), then the protocol: a cycle that kept the session until the garbage collector ran.
+    attempt = [connecting]
 
     def cancel(opened: Deferred[UpstreamProtocol]) -> None:
         # Timed out, or the client left: abandon the attempt at any stage.
-        if not connecting.called:
-            connecting.cancel()
-        elif isinstance(connecting.result, UpstreamProtocol):
-            connecting.result.transport.abortConnection()
+        for pending in attempt:
+            if not pending.called:
+                pending.cancel()
+            elif isinstance(pending.result, UpstreamProtocol):
+                pending.result.transport.abortConnection()
 
-    # The factory's guards (fire once; drop a protocol nobody wants)
-    # apply to this cancellable Deferred.
+    def forget(result: Any) -> Any:
+        attempt.pop().addBoth(lambda _: None)  # its result was the protocol
+        return result
+
+    # The factory's guards (fire once; drop a protocol nobody wants) apply to this cancellable Deferred.
     factory.opened = opened = Deferred(cancel)
     connecting.addErrback(lambda failure: factory.failed(failure.value))
     opened.addTimeout(options.handshake_timeout, reactor)
-    return opened
+    return opened.addBoth(forget)

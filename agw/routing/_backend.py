@@ -6,6 +6,7 @@ C{ai:} backend's config.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from urllib.parse import urlunsplit
 
 from attrs import field, frozen
@@ -37,6 +38,18 @@ def read_trust_root(path: str) -> bytes:
     except Exception:
         raise TrustRootError(f"{path} holds no PEM certificate") from None
     return pem
+
+
+@lru_cache(maxsize=64)
+def client_tls(hostname: str, trust_root: bytes | None) -> IOpenSSLClientConnectionCreator:
+    """
+    Verified client TLS for C{hostname} (against C{trust_root}, PEM; the
+    system's roots when C{None}). One per name and root, shared by every
+    connection: each makes an OpenSSL context and holds itself in a
+    reference cycle (its curve chooser), a cost per connection otherwise.
+    """
+    trust = Certificate.loadPEM(trust_root) if trust_root is not None else None
+    return optionsForClientTLS(hostname, trustRoot=trust)
 
 
 @frozen
@@ -93,8 +106,7 @@ class BackendTarget:
 
     def client_tls_options(self) -> IOpenSSLClientConnectionCreator:
         """Client TLS for this target: verified, for C{tls_hostname} or the host."""
-        trust = Certificate.loadPEM(self.trust_root) if self.trust_root is not None else None
-        return optionsForClientTLS(self.tls_hostname or self.host, trustRoot=trust)
+        return client_tls(self.tls_hostname or self.host, self.trust_root)
 
     @property
     def authority(self) -> str:

@@ -48,7 +48,7 @@ class FrontDoor(Protocol):
         self.date = date if date is not None else HTTPDate()
         self._clock = site.upload_clock
         self.peer: Any = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
@@ -84,14 +84,14 @@ class FrontDoor(Protocol):
             else:
                 self._raw.append(data)
             return
-        if self._closed:
+        if self._closed or self._parser is None:
             return
         self._active = self._clock.seconds()
         self._parsing = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._raw = [data[upgrade.args[0]:]]
+            self._raw, self._parser = [data[upgrade.args[0]:]], None  # bytes from here on (see connectionLost)
             if self._handoff is not None:
                 self._handoff.replay(self._raw)
             return
@@ -285,6 +285,7 @@ class FrontDoor(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self._parser = None  # it holds this door's methods: a reference cycle, freed only by the garbage collector
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._stop_pace()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
@@ -14,6 +13,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from agw._internals import DisplacingResource
 from agw.testing._calls import FakeWebRTC
 from agw.testing._http import FakeAzure, FakeHTTPAPI, FakeV1
 from agw.testing._realtime import FakeRealtimeFactory
@@ -89,7 +89,7 @@ class FakeOpenAI(FakeSIP, FakeWebRTC, FakeState):
             from twisted.internet import reactor
         self.reactor = reactor  # client secrets expire, calls' responses take time
         root = Resource()
-        realtime = WebSocketResource(FakeRealtimeFactory(self, reactor))
+        realtime = DisplacingResource(FakeRealtimeFactory(self, reactor))
         http = FakeHTTPAPI(self)
         root.putChild(b"v1", FakeV1(realtime, http))
         azure = FakeAzure(realtime, http)

@@ -13,7 +13,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 
-from agw._internals import cancel_leftover_timers, use_reactor_timers
+from agw._internals import connection_ended, upgrade_done, use_reactor_timers
 from agw.config import MiB
 from agw.testing._http import azure_refusal
 from agw.testing._state import _HANG, Billed, FakeState, Handshake, Refusal, response_usage
@@ -73,6 +73,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         super().dataReceived(data)
 
     def onOpen(self) -> None:
+        upgrade_done(self)
         if self.call is not None:
             return self.call.attached(self)  # type: ignore[no-any-return]  # no session.created on a sideband
         self.factory.fake.sessions.append(self)
@@ -94,7 +95,7 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
-        cancel_leftover_timers(self)
+        connection_ended(self, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         getattr(self.call, "detached", lambda *_: None)(self, code)  # a sideband: its call hears of it
