@@ -40,7 +40,14 @@ def split_cached(usage: TokenUsage) -> dict[str, tuple[int, int]]:
     part of input, never more.
     """
     audio, image = _by(usage.input_by_modality, "audio"), _by(usage.input_by_modality, "image")
-    inputs = {"text": max(0, usage.input - audio - image), "audio": audio, "image": image}
+    text = max(0, usage.input - audio - image)
+    if not usage.cached_by_modality:  # none reported (chat completions): text, then audio, then image, as below
+        unattributed = max(0, usage.cached_input or 0)
+        cached_text = min(text, unattributed)
+        cached_audio = min(audio, unattributed - cached_text)
+        cached_image = min(image, unattributed - cached_text - cached_audio)
+        return {"text": (text, cached_text), "audio": (audio, cached_audio), "image": (image, cached_image)}
+    inputs = {"text": text, "audio": audio, "image": image}
     reported = dict(usage.cached_by_modality)
     cached = {modality: min(tokens, reported.get(modality, 0)) for modality, tokens in inputs.items()}
     unattributed = max(0, (usage.cached_input or 0) - sum(reported.values()))
@@ -95,8 +102,8 @@ def price_audio(catalog: Catalog | None, provider: str, model: str | None, durat
     return _cost({"transcription": (minutes, prices.rates.transcription_per_minute)}, Decimal(1), fallback)
 
 
-def _first(*rates: Decimal | None) -> Decimal | None:
-    return next((rate for rate in rates if rate is not None), None)
+def _first(rate: Decimal | None, otherwise: Decimal | None) -> Decimal | None:
+    return rate if rate is not None else otherwise
 
 
 def _lookup(catalog: Catalog | None, provider: str, model: str | None) -> tuple[ModelPrices | None, bool]:
@@ -111,9 +118,13 @@ def _lookup(catalog: Catalog | None, provider: str, model: str | None) -> tuple[
 
 
 def _cost(lines: Mapping[str, tuple[Any, Decimal | None]], unit: Decimal, fallback: bool) -> Cost:
-    used = {name: (amount, rate) for name, (amount, rate) in lines.items() if amount}
-    components = {name: Decimal(amount) * rate / unit for name, (amount, rate) in used.items() if rate is not None}
-    return _costed(bool(used), components, fallback)
+    used, components = False, {}
+    for name, (amount, rate) in lines.items():
+        if amount:
+            used = True
+            if rate is not None:
+                components[name] = Decimal(amount) * rate / unit
+    return _costed(used, components, fallback)
 
 
 def _costed(used: bool, components: dict[str, Decimal], fallback: bool) -> Cost:
