@@ -30,6 +30,7 @@ from twisted.internet.threads import deferToThread
 
 from agw.testing import FakeOpenAI, TestCA
 from tests.support import CLIENT_KEY, GatewayTestCase, running_gateway, seed_config_text, wait_until
+from tests.wire_support import read_until
 
 SESSIONS = 10
 WARM_UP = 3
@@ -44,16 +45,6 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
-
-
-def read_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
-    """Read from C{sock} until C{marker} was received (in what was read after C{data})."""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before {marker!r}")
-        data += chunk
-    return data
 
 
 def read_to_end(sock: socket.socket) -> None:
@@ -92,23 +83,34 @@ def close_normally(sock: socket.socket) -> None:
     sock.close()
 
 
-def held_by_twisted_tls(garbage: list[Any]) -> set[int]:
+def held_by_twisted(garbage: list[Any]) -> set[int]:
     """
-    The ids of the objects in C{garbage} that a frame of Twisted's TLS layer
-    holds. A TLS connection its peer ends without TLS's own close (the fake,
-    like Autobahn servers, aborts TCP after a close handshake it began) fails
-    in OpenSSL; C{TLSMemoryBIOProtocol._flushReceiveBIO} keeps that failure
-    in a local variable, and the failure holds its traceback: that frame, and
-    through it the frames it was called from (the connection's
-    C{connectionLost} calls, with their transport and reason). A cycle inside
-    Twisted, out of agw's reach; it holds the TCP transport of agw's upstream
-    leg, with its connector and factories, until the garbage collector runs
-    (the legs themselves and the session are not held).
+    The ids of the objects in C{garbage} that two cycles inside Twisted
+    hold, out of agw's reach:
+
+      - a frame of Twisted's TLS layer. A TLS connection its peer ends
+        without TLS's own close (the fake, like Autobahn servers, aborts TCP
+        after a close handshake it began) fails in OpenSSL;
+        C{TLSMemoryBIOProtocol._flushReceiveBIO} keeps that failure in a
+        local variable, and the failure holds its traceback: that frame, and
+        through it the frames it was called from (the connection's
+        C{connectionLost} calls, with their transport and reason). It holds
+        the TCP transport of agw's upstream leg, with its connector and
+        factories, until the garbage collector runs (the legs themselves and
+        the session are not held);
+      - the class C{HostnameEndpoint.connect} makes on every call (its
+        resolution receiver): like every class, it is in a cycle with its own
+        dict, and its methods hold the addresses resolved and the Deferred
+        that fired with them.
     """
     tls = os.path.join("twisted", "protocols", "tls.py")
     inside = {id(o) for o in garbage}
     held: set[int] = set()
-    stack = [o for o in garbage if isinstance(o, FrameType) and o.f_code.co_filename.endswith(tls)]
+    stack = [
+        o for o in garbage
+        if isinstance(o, FrameType) and o.f_code.co_filename.endswith(tls)
+        or isinstance(o, type) and o.__qualname__ == "HostnameEndpoint.connect.<locals>.EndpointReceiver"
+    ]
     while stack:
         each = stack.pop()
         if id(each) not in held:
@@ -121,8 +123,6 @@ class RealtimeCycleTests(GatewayTestCase):
     """Finished Realtime sessions leave nothing of agw, Twisted or Autobahn for the garbage collector."""
 
     maxDiff = None
-    # Types a cycle inside Twisted leaves per session, which agw cannot break (see TLSProviderCycleTests).
-    twisted_own: frozenset[str] = frozenset()
 
     def finished(self) -> bool:
         """Whether every session's two legs are gone."""
@@ -144,7 +144,7 @@ class RealtimeCycleTests(GatewayTestCase):
             yield inlineCallbacks(sessions)(SESSIONS)
             yield wait_until(self.finished)
             gc.collect()
-            excused = held_by_twisted_tls(gc.garbage)
+            excused = held_by_twisted(gc.garbage)
             left = [type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage if id(o) not in excused]
         finally:
             gc.set_debug(0)
@@ -153,7 +153,7 @@ class RealtimeCycleTests(GatewayTestCase):
 
     def assertNoneLeftPerSession(self, found: Counter[str]) -> None:
         # A few objects made once per run may be left (a thread's Deferred); what each session left counts SESSIONS.
-        left = {name: count for name, count in found.items() if count >= SESSIONS and name not in self.twisted_own}
+        left = {name: count for name, count in found.items() if count >= SESSIONS}
         self.assertEqual(left, {})
 
     @inlineCallbacks
@@ -223,12 +223,8 @@ class TLSProviderCycleTests(RealtimeCycleTests):
     """
     The same, the provider over verified TLS and by name (a resolver and
     TLS on the upstream leg). What a frame of Twisted's TLS layer holds is
-    not counted (see L{held_by_twisted_tls}), nor the addresses below.
+    not counted, nor what HostnameEndpoint's resolution receiver holds (see L{held_by_twisted}).
     """
-
-    # HostnameEndpoint.connect makes a class per call (its resolution receiver): like every class, it is in
-    # a reference cycle with its own dict, and its methods hold the list of the addresses resolved.
-    twisted_own = frozenset({"twisted.internet.address.IPv4Address"})
 
     @inlineCallbacks
     def setUp(self) -> Any:

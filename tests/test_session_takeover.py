@@ -33,6 +33,7 @@ from tests.support import (
     status_and_json,
     wait_until,
 )
+from tests.wire_support import read_until
 
 COMPLETION = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -60,16 +61,6 @@ def one_answer(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)
         return read_until(sock, b"\r\n\r\n")
-
-
-def read_until(sock: socket.socket, marker: bytes) -> bytes:
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"closed before {marker!r}: {data[:200]!r}")
-        data += chunk
-    return data
 
 
 class UpgradeTests(GatewayTestCase):

@@ -174,6 +174,16 @@ def _chunked_complete(body: bytes) -> bool:
         rest = rest[size + 2:]
 
 
+def read_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    """Read from C{sock} until C{marker} was received (in what was read after C{data}); all of it."""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before {marker!r}: {data[:200]!r}")
+        data += chunk
+    return data
+
+
 def raw_request(port: int, data: bytes, head_only: bool = False) -> tuple[bytes, bytes, bool]:
     """Send C{data} to agw on 127.0.0.1:C{port} and read one response (L{read_response}); blocking."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
