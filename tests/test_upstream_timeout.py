@@ -165,3 +165,20 @@ class SharedDeadlineTests(TestCase):
         self.assertFalse(sending.timed_out)
         self.clock.advance(1)
         self.assertTrue(sending.timed_out)
+
+    def test_a_request_started_by_an_expiry_keeps_the_order(self) -> None:
+        # A timed-out request answered at once may let the next one start (a pipelined request, say).
+        started: list[Any] = []
+        first, pending = self.watched()
+        pending.addBoth(lambda _: started.append(self.watched()[0]))
+        self.clock.advance(1)
+        second, _ = self.watched()
+        self.clock.advance(TIMEOUT - 1)
+        self.assertEqual([first.timed_out, second.timed_out, len(started)], [True, False, 1])
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [TIMEOUT + 1])
+        self.clock.advance(1)
+        self.assertTrue(second.timed_out)
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [2 * TIMEOUT])
+        self.clock.advance(TIMEOUT - 1)
+        self.assertTrue(started[0].timed_out)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

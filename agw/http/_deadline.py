@@ -55,6 +55,8 @@ class AnswerDeadlines:
         while self._waiting:
             deadline, expiry = next(iter(self._waiting.items()))
             if expiry > now:
+                if self._call is not None:  # one set by a request an expiry started (it expires later than this)
+                    self._call.cancel()
                 self._call = self.clock.callLater(expiry - now, self._expire)
                 return
             del self._waiting[deadline]
