@@ -6,7 +6,6 @@ C{ai:} backend's config.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 from urllib.parse import urlunsplit
 
 from attrs import field, frozen
@@ -40,18 +39,6 @@ def read_trust_root(path: str) -> bytes:
     return pem
 
 
-@lru_cache(maxsize=64)
-def client_tls(hostname: str, trust_root: bytes | None) -> IOpenSSLClientConnectionCreator:
-    """
-    Verified client TLS for C{hostname} (against C{trust_root}, PEM; the
-    system's roots when C{None}). One per name and root, shared by every
-    connection: each makes an OpenSSL context and holds itself in a
-    reference cycle (its curve chooser), a cost per connection otherwise.
-    """
-    trust = Certificate.loadPEM(trust_root) if trust_root is not None else None
-    return optionsForClientTLS(hostname, trustRoot=trust)
-
-
 @frozen
 class BackendTarget:
     """
@@ -75,6 +62,9 @@ class BackendTarget:
     azure: AzureProvider | None = None
     key_header: tuple[str, str] = BEARER
     model: str | None = None
+    # Its client TLS options, made on first use and shared by every connection to it: each would make
+    # an OpenSSL context, and hold itself in a reference cycle (its curve chooser), per connection otherwise.
+    _tls_options: list[IOpenSSLClientConnectionCreator] = field(factory=list, init=False, eq=False, repr=False)
 
     @classmethod
     def from_backend(
@@ -106,7 +96,10 @@ class BackendTarget:
 
     def client_tls_options(self) -> IOpenSSLClientConnectionCreator:
         """Client TLS for this target: verified, for C{tls_hostname} or the host."""
-        return client_tls(self.tls_hostname or self.host, self.trust_root)
+        if not self._tls_options:
+            trust = Certificate.loadPEM(self.trust_root) if self.trust_root is not None else None
+            self._tls_options.append(optionsForClientTLS(self.tls_hostname or self.host, trustRoot=trust))
+        return self._tls_options[0]
 
     @property
     def authority(self) -> str:
