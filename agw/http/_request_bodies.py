@@ -17,6 +17,7 @@ from twisted.web.server import Request
 
 from agw.config import RouteType
 from agw.http._arriving import ArrivingBody
+from agw.http._body import when_client_leaves
 from agw.http._client import HTTPOptions
 from agw.http._prepare import prepare_json
 from agw.http._request_body import BytesBodyProducer, Refused, json_object
@@ -80,6 +81,6 @@ class RequestBodies:
             parsed = await deferToThreadPool(reactor, reactor.getThreadPool(), json_object, raw)
         data = prepare_json(raw, self._type, self._context, exchange, headers, parsed)
         if isinstance(data, Deferred):  # a guard calls out: wait for it, unless the client leaves first
-            request.notifyFinish().addErrback(lambda _, preparing=data: preparing.cancel())
+            when_client_leaves(request, data.cancel)
             data = await data
         return BytesBodyProducer(data)

@@ -53,8 +53,7 @@ class HTTPExchange:
     body_timed_out: bool = False
     # Who made the request (the client key's consumer and metadata), if known.
     who: Attribution | None = None
-    # The client's TCP address (agentgateway's src.addr), if it has one.
-    # The client's address (src.addr, formatted only when a log line or span needs it: see client).
+    # The client's TCP address, if it has one (agentgateway's src.addr, formatted only when a log line or span needs it: see client).
     peer: IAddress | None = None
     # This request's span (config.tracing), ended by record().
     span: Span = NO_SPAN
@@ -107,14 +106,15 @@ class HTTPExchange:
         priced = models is not None and usage is not None and 200 <= billed < 300
         cost = metrics.record_tokens(route, models, usage, self.who) if priced else None  # type: ignore[arg-type]
         first = self.first_byte_at
+        ttft = first - self.started if first is not None and self.streamed else None
         if log.enabled or self.span is not NO_SPAN:  # the fields cost more than the metrics: built when they go somewhere
             fields = self._fields(method, status, duration)
             log.emit("http", route, models, **fields, **cost_fields(cost))
             if self.span is not NO_SPAN:
-                ttft = {"gen_ai.server.time_to_first_token": first - self.started} if first is not None and self.streamed else {}
+                timing = {"gen_ai.server.time_to_first_token": ttft} if ttft is not None else {}
                 self.span.end(
                     span_name(self.operation, self.request_model, fields["http.method"]), now,
-                    {**fields, **model_fields(models), **cost_fields(cost), **ttft}, error=status >= 500,
+                    {**fields, **model_fields(models), **cost_fields(cost), **timing}, error=status >= 500,
                 )
         if usage is not None and priced:  # charged through what admission held (nothing without budgets)
             self.reservation.settle(cost, usage.input + usage.output)
@@ -123,6 +123,6 @@ class HTTPExchange:
             return
         metrics.record_llm_timing(
             route, models, duration,
-            time_to_first_token=(first - self.started) if first is not None and self.streamed else None,
+            time_to_first_token=ttft,
             output_tokens=usage.output if usage is not None else 0, who=self.who,
         )

@@ -21,8 +21,6 @@ from agw.routing._headers import (
     KEY_HEADERS,
     KEY_PARAMETERS,
     agw_credentials,
-    client_response_headers,
-    connection_listed,
     forwarded_query,
     guard_headers,
     RequestHeaderPolicy,
@@ -36,7 +34,7 @@ from agw.routing._tree import BindResource, RoutedRoute, WebRTCEndpoint, route_t
 __all__ = [
     "CREDENTIALS", "FORWARDING", "HOP_BY_HOP", "KEY_HEADERS", "KEY_PARAMETERS", "OPENAI_HOST", "BackendTarget", "BadTarget",
     "BindResource", "ConnectionTracker", "ErrorResource", "GuardRunner", "HeaderList", "NoDeployment", "OriginTarget", "RouteContext",
-    "RoutedRoute", "TrustRootError", "agw_credentials", "client_gone", "client_host", "client_response_headers",
-    "connection_listed", "error_body", "forwarded_query", "guard_headers", "normalise_path", "parse_target",
+    "RoutedRoute", "TrustRootError", "agw_credentials", "client_gone", "client_host",
+    "error_body", "forwarded_query", "guard_headers", "normalise_path", "parse_target",
     "read_trust_root", "render_error", "RequestHeaderPolicy", "response_header_pairs", "byte_pairs", "route_type_for", "text_pairs", "upstream_headers", "WebRTCEndpoint", "webrtc_endpoint",
 ]

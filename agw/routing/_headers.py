@@ -66,17 +66,8 @@ def forwarded_query(query: str, agws: bool, parameter: str | None = None) -> str
 FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"})
 
 
-def connection_listed(headers: Iterable[tuple[str, str]]) -> set[str]:
-    """The header names listed in C{Connection} (RFC 9110 7.6.1): hop-by-hop too."""
-    listed: set[str] = set()
-    for name, value in headers:
-        if name == "connection":
-            listed.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return listed
-
-
 def _listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """L{connection_listed} of byte pairs."""
+    """The header names listed in C{Connection} (RFC 9110 7.6.1): hop-by-hop too."""
     listed: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
@@ -174,22 +165,15 @@ def guard_headers(client_headers: Iterable[tuple[str, str]], policies: Policies)
 _GATEWAY_OWN = frozenset({"date", "server"})
 
 
-def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """
-    The provider's response headers (lower-case names) the client gets:
-    all but hop-by-hop headers, those its C{Connection} lists, and its
-    C{Date} and C{Server} (the gateway sends its own). (L{response_header_pairs} as text.)
-    """
-    return [
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in response_header_pairs(list(_latin1(upstream)))
-    ]
-
-
 _RESPONSE_DROPPED = frozenset(name.encode("ascii") for name in HOP_BY_HOP | _GATEWAY_OWN)
 
 
 def response_header_pairs(upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """L{client_response_headers} of lower-case byte pairs."""
+    """
+    The provider's response headers (lower-case byte names) the client
+    gets: all but hop-by-hop headers, those its C{Connection} lists, and
+    its C{Date} and C{Server} (the gateway sends its own).
+    """
     dropped = _RESPONSE_DROPPED
     listed = _listed(upstream)
     if listed:
